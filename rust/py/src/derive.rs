@@ -1,0 +1,50 @@
+//! Bindings of `mdarts_core::derive`.
+
+use mdarts_core::derive;
+use numpy::PyReadonlyArrayDyn;
+use pyo3::prelude::*;
+
+use crate::error::IntoPy;
+use crate::genotype::{to_python, CellGenotype};
+
+/// A weights table as float64 or float32 numpy array.
+#[derive(FromPyObject)]
+pub enum Weights<'py> {
+    F64(PyReadonlyArrayDyn<'py, f64>),
+    F32(PyReadonlyArrayDyn<'py, f32>),
+}
+
+impl Weights<'_> {
+    /// The values in row-major order and the shape. Copies: the table is 112 numbers.
+    fn to_vec(&self) -> (Vec<f64>, Vec<usize>) {
+        match self {
+            Self::F64(a) => (a.as_array().iter().copied().collect(), a.as_array().shape().to_vec()),
+            Self::F32(a) => (a.as_array().iter().map(|&x| x as f64).collect(), a.as_array().shape().to_vec()),
+        }
+    }
+}
+
+/// Derive one cell from a (14, 8) table of op weights (softmax of α) with DARTS' rule: each node keeps
+/// its 2 incoming edges with the strongest non-'none' weight, each with its strongest non-'none' op.
+/// Ties go to the lower index.
+#[pyfunction]
+#[pyo3(signature = (weights, table = "cell"))]
+pub fn derive_cell(weights: Weights<'_>, table: &str) -> PyResult<CellGenotype> {
+    let (w, shape) = weights.to_vec();
+    Ok(CellGenotype { inner: derive::derive_cell(&w, &shape, table).py()? })
+}
+
+/// Derive a genotype from a dict of (14, 8) weight tables by name: `normal`/`reduce` gives a
+/// `Genotype`, the five multi-level names a `MultiLevelGenotype`.
+#[pyfunction]
+pub fn derive_genotype(py: Python<'_>, tables: std::collections::BTreeMap<String, Weights<'_>>) -> PyResult<PyObject> {
+    let tables: Vec<(String, Vec<f64>, Vec<usize>)> = tables
+        .into_iter()
+        .map(|(name, w)| {
+            let (v, s) = w.to_vec();
+            (name, v, s)
+        })
+        .collect();
+    let g = derive::derive_genotype(&tables).py()?;
+    to_python(py, g)
+}

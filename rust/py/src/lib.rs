@@ -1,0 +1,36 @@
+//! `mdarts_rs._core`: the PyO3 layer over `mdarts_core`. It converts arguments, calls the core and converts
+//! results; errors cross into Python in `error.rs` alone.
+
+use pyo3::prelude::*;
+
+mod derive;
+mod enumerate;
+mod error;
+mod genotype;
+mod space;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    error::register(m)?;
+    m.add("PRIMITIVES", mdarts_core::PRIMITIVES.to_vec())?;
+    m.add("NUM_EDGES", mdarts_core::space::NUM_EDGES)?;
+    m.add("STEPS", mdarts_core::space::STEPS)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<space::AlphaLayout>()?;
+    m.add_class::<genotype::CellGenotype>()?;
+    m.add_class::<genotype::Genotype>()?;
+    m.add_class::<genotype::MultiLevelGenotype>()?;
+    m.add_function(wrap_pyfunction!(space::search_space_size, m)?)?;
+    m.add_function(wrap_pyfunction!(space::derived_cell_count, m)?)?;
+    m.add_function(wrap_pyfunction!(space::reduction_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(genotype::parse_genotype, m)?)?;
+    m.add_function(wrap_pyfunction!(derive::derive_cell, m)?)?;
+    m.add_function(wrap_pyfunction!(derive::derive_genotype, m)?)?;
+    m.add_function(wrap_pyfunction!(enumerate::rank_cell, m)?)?;
+    m.add_function(wrap_pyfunction!(enumerate::unrank_cell, m)?)?;
+    m.add_function(wrap_pyfunction!(enumerate::rank_genotype, m)?)?;
+    m.add_function(wrap_pyfunction!(enumerate::unrank_genotype, m)?)?;
+    m.add_function(wrap_pyfunction!(enumerate::sample_cell, m)?)?;
+    m.add_function(wrap_pyfunction!(enumerate::sample_genotype, m)?)?;
+    Ok(())
+}
