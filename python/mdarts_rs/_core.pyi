@@ -1,5 +1,6 @@
 """Type stubs of the Rust extension ``mdarts_rs._core`` (checked by mypy.stubtest in the tests)."""
 
+import os
 from typing import Final, final
 
 import numpy as np
@@ -116,6 +117,56 @@ def unrank_genotype(rank: int, alpha_mode: str = "multilevel") -> Genotype | Mul
 def sample_cell(seed: int) -> CellGenotype: ...
 def sample_genotype(seed: int, alpha_mode: str = "multilevel") -> Genotype | MultiLevelGenotype: ...
 
+CIFAR10_MEAN: Final[list[float]]
+CIFAR10_STD: Final[list[float]]
+
+def load_cifar10_bin(
+    root: str | os.PathLike[str], split: str = "train"
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
+def search_split(n: int, portion: float = 1.0, seed: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+def augment_images(
+    images: npt.NDArray[np.uint8],
+    seed: int = 0,
+    epoch: int = 0,
+    batch: int = 0,
+    crop_padding: int = 4,
+    flip: bool = True,
+    cutout: int = 0,
+    normalize: bool = True,
+    channels_last: bool = False,
+) -> npt.NDArray[np.float32] | npt.NDArray[np.uint8]: ...
+@final
+class BatchLoader:
+    def __new__(
+        cls,
+        images: npt.NDArray[np.uint8],
+        labels: npt.NDArray[np.int64],
+        indices: npt.NDArray[np.int64] | None = None,
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        crop_padding: int = 4,
+        flip: bool = True,
+        cutout: int = 0,
+        normalize: bool = True,
+        channels_last: bool = False,
+        seed: int = 0,
+        workers: int = 2,
+        prefetch: int = 2,
+    ) -> BatchLoader: ...
+    def __len__(self) -> int: ...
+    @property
+    def num_images(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    def epoch(self, epoch: int) -> EpochIterator: ...
+@final
+class EpochIterator:
+    def __iter__(self) -> EpochIterator: ...
+    def __next__(self) -> tuple[npt.NDArray[np.float32] | npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
+    def __len__(self) -> int: ...
+
 __all__ = [
     "MdartsError", "SearchSpaceError", "GenotypeError", "DeriveError", "DataFormatError",
     "PRIMITIVES", "NUM_EDGES", "STEPS", "__version__",
@@ -123,4 +174,5 @@ __all__ = [
     "search_space_size", "derived_cell_count", "reduction_indices", "parse_genotype",
     "derive_cell", "derive_genotype", "rank_cell", "unrank_cell", "rank_genotype", "unrank_genotype",
     "sample_cell", "sample_genotype",
+    "CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10_bin", "search_split", "augment_images", "BatchLoader", "EpochIterator",
 ]

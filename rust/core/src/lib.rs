@@ -5,11 +5,14 @@
 //! ([`genotype`]), derivation ([`derive`]), enumeration and sampling ([`enumerate`]) and the CIFAR-10 data
 //! pipeline ([`cifar`], [`augment`], [`loader`]).
 
+pub mod augment;
+pub mod cifar;
 pub mod derive;
 pub mod enumerate;
 pub mod error;
 pub mod genotype;
 mod genotype_text;
+pub mod loader;
 pub mod rng;
 pub mod space;
 

@@ -3,10 +3,12 @@
 
 use pyo3::prelude::*;
 
+mod cifar;
 mod derive;
 mod enumerate;
 mod error;
 mod genotype;
+mod loader;
 mod space;
 
 #[pymodule]
@@ -32,5 +34,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(enumerate::unrank_genotype, m)?)?;
     m.add_function(wrap_pyfunction!(enumerate::sample_cell, m)?)?;
     m.add_function(wrap_pyfunction!(enumerate::sample_genotype, m)?)?;
+    cifar::register(m)?;
+    m.add_function(wrap_pyfunction!(cifar::load_cifar10_bin, m)?)?;
+    m.add_function(wrap_pyfunction!(cifar::search_split, m)?)?;
+    m.add_function(wrap_pyfunction!(cifar::augment_images, m)?)?;
+    m.add_class::<loader::BatchLoader>()?;
+    m.add_class::<loader::EpochIterator>()?;
     Ok(())
 }

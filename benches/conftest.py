@@ -1,0 +1,47 @@
+"""Benchmark helpers: the device in the log, and speed ratios against each group's baseline."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+_TIMES: dict[str, dict[str, float]] = {}
+
+
+def record(group: str, name: str, benchmark, items: int) -> None:
+    """Remember a finished benchmark's mean time; `items` is the work per round (images, steps...)."""
+    mean = benchmark.stats.stats.mean
+    _TIMES.setdefault(group, {})[name] = mean
+    benchmark.extra_info["items_per_s"] = items / mean
+
+
+def pytest_report_header(config):
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+    return f"mdarts-rs benches: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {dev}, torch {torch.__version__}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    for group, times in _TIMES.items():
+        base_name = next((n for n in times if n.startswith("baseline")), None)
+        if base_name is None:
+            continue
+        terminalreporter.write_sep("-", f"{group}: speed relative to {base_name}")
+        for name, t in times.items():
+            terminalreporter.write_line(f"{name:<40} {t * 1e3:10.1f} ms   x{times[base_name] / t:6.2f}")
+
+
+@pytest.fixture(scope="session")
+def cifar_train():
+    """Real CIFAR-10 training images if present (MDARTS_CIFAR_MINI or ../shared/data), else random ones."""
+    from mdarts_rs import data
+
+    env = os.environ.get("MDARTS_CIFAR_MINI")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
+    if (root / "data_batch_1.bin").exists():
+        return data.load_cifar10(root)
+    rng = __import__("numpy").random.default_rng(0)
+    return rng.integers(0, 256, (10_000, 3, 32, 32), dtype="uint8"), rng.integers(0, 10, 10_000).astype("int64")

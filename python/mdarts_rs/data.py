@@ -1,0 +1,246 @@
+"""CIFAR-10 for search and training: reading (binary or python version), the search split, an opt-in
+checked download, and a loader that hands Rust-made batches to torch without copying them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mdarts_rs._core import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    BatchLoader,
+    DataFormatError,
+    augment_images,
+    load_cifar10_bin,
+    search_split,
+)
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "BatchLoader",
+    "CifarLoader",
+    "augment_images",
+    "default_cache_dir",
+    "download_cifar10",
+    "load_cifar10",
+    "search_split",
+]
+
+#: The official archives and their published MD5 checksums.
+ARCHIVES = {
+    "binary": (
+        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+        "c32a1d4ab5d03f1284b67883e8d87530",
+        "cifar-10-batches-bin",
+    ),
+    "python": (
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+        "cifar-10-batches-py",
+    ),
+}
+_PY_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def default_cache_dir() -> Path:
+    """``$MDARTS_CACHE``, else ``~/.cache/mdarts_rs``."""
+    return Path(os.environ.get("MDARTS_CACHE", Path.home() / ".cache" / "mdarts_rs"))
+
+
+def _python_version_root(root: Path) -> Path | None:
+    for cand in (root, root / "cifar-10-batches-py"):
+        if (cand / "data_batch_1").is_file() or (cand / "test_batch").is_file():
+            return cand
+    return None
+
+
+def _load_python_version(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The pickled "python version": dicts with b'data' (N, 3072) uint8 and b'labels'."""
+    names = ["test_batch"] if split == "test" else [n for n in _PY_TRAIN if (root / n).is_file()]
+    if not names or not (root / names[0]).is_file():
+        raise FileNotFoundError(f"{root / ('test_batch' if split == 'test' else 'data_batch_1')}: file not found")
+    xs, ys = [], []
+    for name in names:
+        path = root / name
+        try:
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            data = np.asarray(d[b"data"], dtype=np.uint8)
+            labels = np.asarray(d.get(b"labels", d.get(b"fine_labels")), dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+            raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({e})") from None
+        if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
+            raise DataFormatError(f"{path}: data has shape {data.shape}, labels {labels.shape}; expected (N, 3072), (N,)")
+        bad = np.flatnonzero((labels < 0) | (labels > 9))
+        if bad.size:
+            raise DataFormatError(f"{path}: record {bad[0]}: label {labels[bad[0]]} is not a CIFAR-10 class (0-9)")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(labels)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def load_cifar10(root: str | os.PathLike[str], split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Load CIFAR-10 as ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``.
+
+    ``root`` is the binary version's folder (``cifar-10-batches-bin``) or the python version's
+    (``cifar-10-batches-py``), or a folder holding either. The binary version is read by the Rust reader,
+    which checks every record; errors name the file and record.
+    """
+    if split not in ("train", "test"):
+        raise DataFormatError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    has_bin = any((d / f).is_file() for d in (root, root / "cifar-10-batches-bin") for f in ("data_batch_1.bin", "test_batch.bin"))
+    if not has_bin:
+        py_root = _python_version_root(root)
+        if py_root is not None:
+            return _load_python_version(py_root, split)
+    return load_cifar10_bin(root, split)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_cifar10(cache_dir: str | os.PathLike[str] | None = None, version: str = "binary") -> Path:
+    """Download and unpack the official CIFAR-10 archive into ``cache_dir``, checked against its published
+    MD5; returns the data folder. An archive already in the cache is checked and reused.
+
+    Offline, this fails with a message saying where to put the files instead.
+    """
+    if version not in ARCHIVES:
+        raise DataFormatError(f"version must be one of {sorted(ARCHIVES)}, got {version!r}")
+    url, md5, folder = ARCHIVES[version]
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache / folder
+    if target.is_dir() and any(target.iterdir()):
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    archive = cache / url.rsplit("/", 1)[1]
+    if not archive.exists():
+        tmp = archive.with_name(archive.name + ".part")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise ConnectionError(
+                f"could not download {url} ({e}). Download it elsewhere and unpack it so that {target} holds "
+                f"the {folder} files, or pass --data to the folder where you keep them."
+            ) from None
+        os.replace(tmp, archive)
+    got = _md5(archive)
+    if got != md5:
+        raise DataFormatError(f"{archive}: MD5 {got} does not match the published {md5}; delete it and retry")
+    with tempfile.TemporaryDirectory(dir=cache) as tmpdir, tarfile.open(archive, "r:gz") as tar:
+        for m in tar.getmembers():
+            if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in Path(m.name).parts:
+                raise DataFormatError(f"{archive}: unexpected member {m.name!r}")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(tmpdir, filter="data")
+        else:  # members checked above
+            tar.extractall(tmpdir)
+        os.replace(Path(tmpdir) / folder, target)
+    return target
+
+
+class CifarLoader:
+    """Augmented CIFAR-10 batches as torch tensors, made in Rust worker threads.
+
+    Each epoch reshuffles (seeded by ``(seed, epoch)``) and augments every image with randomness keyed by
+    ``(seed, epoch, batch, position)``, so a run is reproducible whatever the number of workers. Batches
+    reach torch through ``torch.from_numpy`` on arrays Rust owns, without a copy. With ``normalize=False``
+    the batches stay uint8 until they reach ``device``, where they are normalised (less to move to a GPU).
+    ``pin_memory`` copies each batch into page-locked memory for an asynchronous host-to-device copy.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray | None = None,
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        augment: bool = True,
+        cutout: int = 0,
+        normalize: bool = True,
+        channels_last: bool = False,
+        seed: int = 0,
+        workers: int | None = None,
+        prefetch: int = 2,
+        device: str | torch.device = "cpu",
+        pin_memory: bool = False,
+    ) -> None:
+        if workers is None:
+            workers = min(4, os.cpu_count() or 1)
+        self._loader = BatchLoader(
+            np.ascontiguousarray(images, dtype=np.uint8),
+            np.ascontiguousarray(labels, dtype=np.int64),
+            None if indices is None else np.ascontiguousarray(indices, dtype=np.int64),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            crop_padding=4 if augment else 0,
+            flip=augment,
+            cutout=cutout,
+            normalize=normalize,
+            channels_last=channels_last,
+            seed=seed,
+            workers=workers,
+            prefetch=prefetch,
+        )
+        self.normalize = normalize
+        self.channels_last = channels_last
+        self.device = torch.device(device)
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.epoch = 0
+        mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+        self._mean, self._std = mean.to(self.device), std.to(self.device)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    @property
+    def num_images(self) -> int:
+        return self._loader.num_images
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve ``epoch`` next (for resuming a run)."""
+        self.epoch = epoch
+
+    def _to_torch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        if self.channels_last:
+            xt = xt.permute(0, 3, 1, 2)  # (N, H, W, C) memory seen as (N, C, H, W), channels-last strides
+        if self.pin_memory:
+            xt, yt = xt.pin_memory(), yt.pin_memory()
+        if self.device.type != "cpu":
+            xt = xt.to(self.device, non_blocking=True)
+            yt = yt.to(self.device, non_blocking=True)
+        if not self.normalize and self.device.type != "cpu":
+            xt = (xt.float().div_(255.0) - self._mean) / self._std
+        return xt, yt
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        self.epoch += 1
+        for x, y in self._loader.epoch(epoch):
+            yield self._to_torch(x, y)

@@ -1,0 +1,221 @@
+//! Reader of the official CIFAR-10 binary version, and the seeded train/validation split of the search.
+//!
+//! A `.bin` file holds records of 3,073 bytes: a label byte (0-9), then 1,024 red, 1,024 green and 1,024
+//! blue bytes, each plane 32×32 row-major. The training set is `data_batch_1.bin` … `data_batch_5.bin`
+//! (10,000 records each), the test set `test_batch.bin`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::DataError;
+use crate::rng::{mix, Rng};
+
+/// Image side in pixels.
+pub const SIDE: usize = 32;
+/// Colour channels.
+pub const CHANNELS: usize = 3;
+/// Bytes of one image.
+pub const IMAGE_BYTES: usize = CHANNELS * SIDE * SIDE;
+/// Bytes of one record: label + image.
+pub const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
+/// Records in one official batch file.
+pub const RECORDS_PER_FILE: usize = 10_000;
+/// Number of classes.
+pub const NUM_CLASSES: u8 = 10;
+/// Training batch files, in order.
+pub const TRAIN_FILES: [&str; 5] = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+/// Test batch file.
+pub const TEST_FILE: &str = "test_batch.bin";
+
+/// Images `(N, 3, 32, 32)` as bytes and their labels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Images {
+    /// `N · 3072` bytes, image after image, planes R, G, B.
+    pub pixels: Vec<u8>,
+    /// `N` labels in `0..10`.
+    pub labels: Vec<u8>,
+}
+
+impl Images {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+    }
+}
+
+/// Parse the bytes of one `.bin` file; `path` names it in errors. Accepts 1 to 10,000 whole records (the
+/// official files have 10,000; exact prefixes of them, such as a 2,000-image test subset, are accepted).
+pub fn parse_bin(bytes: &[u8], path: &Path, out: &mut Images) -> Result<(), DataError> {
+    let fmt = |message: String| DataError::Format { path: path.to_path_buf(), message };
+    if bytes.is_empty() {
+        return Err(fmt("empty file; a CIFAR-10 batch holds records of 3073 bytes".into()));
+    }
+    if bytes.len() % RECORD_BYTES != 0 {
+        let whole = bytes.len() / RECORD_BYTES;
+        return Err(fmt(format!(
+            "truncated: {} bytes is not a whole number of 3073-byte records (record {whole} has only {} bytes)",
+            bytes.len(),
+            bytes.len() % RECORD_BYTES
+        )));
+    }
+    let n = bytes.len() / RECORD_BYTES;
+    if n > RECORDS_PER_FILE {
+        return Err(fmt(format!("oversized: {n} records, a CIFAR-10 batch file holds at most {RECORDS_PER_FILE}")));
+    }
+    out.pixels.reserve(n * IMAGE_BYTES);
+    out.labels.reserve(n);
+    for (i, rec) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
+        if rec[0] >= NUM_CLASSES {
+            return Err(fmt(format!("record {i}: label {} is not a CIFAR-10 class (0-9)", rec[0])));
+        }
+    }
+    for rec in bytes.chunks_exact(RECORD_BYTES) {
+        out.labels.push(rec[0]);
+        out.pixels.extend_from_slice(&rec[1..]);
+    }
+    Ok(())
+}
+
+/// Encode images in the binary record format (the inverse of [`parse_bin`]).
+pub fn encode_bin(images: &Images) -> Vec<u8> {
+    let mut out = Vec::with_capacity(images.len() * RECORD_BYTES);
+    for i in 0..images.len() {
+        out.push(images.labels[i]);
+        out.extend_from_slice(images.image(i));
+    }
+    out
+}
+
+fn read(path: &Path, hint: &str) -> Result<Vec<u8>, DataError> {
+    fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            DataError::Missing { path: path.to_path_buf(), hint: hint.to_string() }
+        } else {
+            DataError::Io { path: path.to_path_buf(), source }
+        }
+    })
+}
+
+/// The folder holding the `.bin` files: `root` itself, or its `cifar-10-batches-bin` subfolder (where the
+/// official archive unpacks).
+pub fn resolve_root(root: &Path) -> PathBuf {
+    let sub = root.join("cifar-10-batches-bin");
+    if !root.join(TRAIN_FILES[0]).exists() && !root.join(TEST_FILE).exists() && sub.is_dir() {
+        sub
+    } else {
+        root.to_path_buf()
+    }
+}
+
+/// Which part of CIFAR-10.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// The 50,000 training images (`data_batch_1..5.bin`).
+    Train,
+    /// The 10,000 test images (`test_batch.bin`).
+    Test,
+}
+
+/// Load a split from the binary version in `root`. The training set reads `data_batch_1.bin` onward and
+/// stops at the first missing file (so a folder with only `data_batch_1.bin` serves 10,000 images), but a
+/// gap (a later file present after a missing one) is an error.
+pub fn load(root: &Path, split: Split) -> Result<Images, DataError> {
+    let root = resolve_root(root);
+    let hint = "download the CIFAR-10 binary version (cifar-10-binary.tar.gz) and point to its cifar-10-batches-bin folder, or call mdarts_rs.data.download_cifar10()";
+    if !root.is_dir() {
+        return Err(DataError::Missing { path: root, hint: hint.to_string() });
+    }
+    let mut out = Images::default();
+    match split {
+        Split::Test => parse_bin(&read(&root.join(TEST_FILE), hint)?, &root.join(TEST_FILE), &mut out)?,
+        Split::Train => {
+            let present: Vec<bool> = TRAIN_FILES.iter().map(|f| root.join(f).exists()).collect();
+            let count = present.iter().take_while(|p| **p).count();
+            if count == 0 {
+                return Err(DataError::Missing { path: root.join(TRAIN_FILES[0]), hint: hint.to_string() });
+            }
+            if let Some(gap) = present[count..].iter().position(|p| *p) {
+                return Err(DataError::Format {
+                    path: root.join(TRAIN_FILES[count + gap]),
+                    message: format!("{} is missing but this later batch is present; the training files must be data_batch_1.bin onward without gaps", TRAIN_FILES[count]),
+                });
+            }
+            for f in &TRAIN_FILES[..count] {
+                let p = root.join(f);
+                parse_bin(&read(&p, hint)?, &p, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The search split of DARTS' protocol: a permutation of `0..n` drawn from `seed`, of which the first
+/// `floor(portion · n / 2)` indices are S_train (weights) and the next as many are S_val (α). With
+/// `portion = 1` the 50,000 training images give 25,000 + 25,000.
+pub fn search_split(n: usize, portion: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+    if !(portion > 0.0 && portion <= 1.0) {
+        return Err(DataError::Argument(format!("portion must be in (0, 1], got {portion}")));
+    }
+    let half = ((portion * n as f64) as usize) / 2;
+    if half == 0 {
+        return Err(DataError::Argument(format!("portion {portion} of {n} images leaves no image for S_train and S_val")));
+    }
+    let mut perm: Vec<usize> = (0..n).collect();
+    Rng::new(mix(&[seed, 0x5EA2C4])).shuffle(&mut perm);
+    let val = perm[half..2 * half].to_vec();
+    perm.truncate(half);
+    Ok((perm, val))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(label: u8, fill: u8) -> Vec<u8> {
+        let mut r = vec![label];
+        r.extend(std::iter::repeat(fill).take(IMAGE_BYTES));
+        r
+    }
+
+    #[test]
+    fn parses_records_and_names_bad_ones() {
+        let p = Path::new("x.bin");
+        let mut bytes = record(3, 7);
+        bytes.extend(record(9, 1));
+        let mut out = Images::default();
+        parse_bin(&bytes, p, &mut out).unwrap();
+        assert_eq!(out.labels, vec![3, 9]);
+        assert_eq!(out.image(1)[0], 1);
+
+        bytes.extend(record(10, 0));
+        let e = parse_bin(&bytes, p, &mut Images::default()).unwrap_err().to_string();
+        assert_eq!(e, "x.bin: record 2: label 10 is not a CIFAR-10 class (0-9)");
+        let e = parse_bin(&bytes[..4000], p, &mut Images::default()).unwrap_err().to_string();
+        assert!(e.contains("truncated") && e.contains("record 1 has only 927 bytes"), "{e}");
+        assert!(parse_bin(&[], p, &mut Images::default()).is_err());
+    }
+
+    #[test]
+    fn split_is_seeded_disjoint_and_halved() {
+        let (t, v) = search_split(1000, 1.0, 2).unwrap();
+        assert_eq!((t.len(), v.len()), (500, 500));
+        let mut all: Vec<usize> = t.iter().chain(&v).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+        assert_eq!(search_split(1000, 1.0, 2).unwrap(), (t.clone(), v));
+        assert_ne!(search_split(1000, 1.0, 3).unwrap().0, t);
+        assert_eq!(search_split(1000, 0.1, 2).unwrap().0.len(), 50);
+        assert!(search_split(1000, 0.0, 2).is_err());
+        assert!(search_split(1000, f64::NAN, 2).is_err());
+    }
+}

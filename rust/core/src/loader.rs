@@ -1,0 +1,308 @@
+//! A batched CIFAR-10 loader: a seeded shuffle per epoch, augmentation in worker threads, and a bounded
+//! prefetch queue per worker.
+//!
+//! Batch `b` of an epoch is always made by worker `b % workers` and handed out in order, so the batches
+//! are the same for any number of workers (each image's randomness is keyed by (seed, epoch, batch,
+//! position), see [`crate::augment`]). Each worker runs at most `prefetch_per_worker` batches ahead.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::augment::{augment_batch, Augment, Layout};
+use crate::cifar::{Images, IMAGE_BYTES};
+use crate::error::DataError;
+use crate::rng::{mix, Rng};
+
+/// The pixel type of the batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Normalised float32.
+    F32,
+    /// Raw bytes, to be normalised on the GPU.
+    U8,
+}
+
+/// Loader settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoaderConfig {
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Shuffle the indices each epoch.
+    pub shuffle: bool,
+    /// Drop the last incomplete batch.
+    pub drop_last: bool,
+    /// Augmentation.
+    pub augment: Augment,
+    /// Memory layout of the batches.
+    pub layout: Layout,
+    /// Pixel type of the batches.
+    pub output: Output,
+    /// Seed of the shuffle and the augmentation.
+    pub seed: u64,
+    /// Worker threads; 0 makes batches on the calling thread.
+    pub workers: usize,
+    /// Batches each worker may run ahead.
+    pub prefetch_per_worker: usize,
+}
+
+/// The pixels of a batch.
+#[derive(Debug, PartialEq)]
+pub enum Pixels {
+    /// Normalised floats.
+    F32(Vec<f32>),
+    /// Raw bytes.
+    U8(Vec<u8>),
+}
+
+/// One batch: `len` images in the loader's layout and their labels.
+#[derive(Debug, PartialEq)]
+pub struct Batch {
+    /// `len · 3072` values.
+    pub pixels: Pixels,
+    /// `len` labels.
+    pub labels: Vec<i64>,
+}
+
+impl Batch {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// A loader over a subset of a dataset.
+#[derive(Debug)]
+pub struct Loader {
+    data: Arc<Images>,
+    indices: Arc<Vec<usize>>,
+    cfg: LoaderConfig,
+}
+
+impl Loader {
+    /// A loader over `indices` of `data`.
+    pub fn new(data: Arc<Images>, indices: Vec<usize>, cfg: LoaderConfig) -> Result<Self, DataError> {
+        if cfg.batch_size == 0 {
+            return Err(DataError::Argument("batch_size must be positive".into()));
+        }
+        if cfg.prefetch_per_worker == 0 && cfg.workers > 0 {
+            return Err(DataError::Argument("prefetch must be positive when workers are used".into()));
+        }
+        if let Some((k, &i)) = indices.iter().enumerate().find(|(_, &i)| i >= data.len()) {
+            return Err(DataError::Argument(format!("indices[{k}] = {i} is out of range for {} images", data.len())));
+        }
+        if cfg.augment.crop_padding > 32 || cfg.augment.cutout > 32 {
+            return Err(DataError::Argument("crop padding and cutout size must be at most 32".into()));
+        }
+        Ok(Self { data, indices: Arc::new(indices), cfg })
+    }
+
+    /// Batches per epoch.
+    pub fn len(&self) -> usize {
+        let n = self.indices.len();
+        if self.cfg.drop_last {
+            n / self.cfg.batch_size
+        } else {
+            n.div_ceil(self.cfg.batch_size)
+        }
+    }
+
+    /// Whether an epoch has no batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LoaderConfig {
+        &self.cfg
+    }
+
+    /// The order of the dataset indices in `epoch`.
+    pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        let mut order = (*self.indices).clone();
+        if self.cfg.shuffle {
+            Rng::new(mix(&[self.cfg.seed, epoch, 0x5A0FF1E])).shuffle(&mut order);
+        }
+        order
+    }
+
+    /// Make batch `b` of an epoch whose order is `order`.
+    pub fn make_batch(&self, order: &[usize], epoch: u64, b: usize) -> Batch {
+        let bs = self.cfg.batch_size;
+        let idx = &order[b * bs..((b + 1) * bs).min(order.len())];
+        let labels = idx.iter().map(|&i| self.data.labels[i] as i64).collect();
+        let n = idx.len() * IMAGE_BYTES;
+        let c = &self.cfg;
+        let pixels = match c.output {
+            Output::F32 => {
+                let mut out = vec![0f32; n];
+                augment_batch(&self.data.pixels, idx, &c.augment, c.layout, c.seed, epoch, b as u64, &mut out);
+                Pixels::F32(out)
+            }
+            Output::U8 => {
+                let mut out = vec![0u8; n];
+                augment_batch(&self.data.pixels, idx, &c.augment, c.layout, c.seed, epoch, b as u64, &mut out);
+                Pixels::U8(out)
+            }
+        };
+        Batch { pixels, labels }
+    }
+
+    /// Iterate over the batches of `epoch`, made by the worker threads.
+    pub fn epoch(self: &Arc<Self>, epoch: u64) -> EpochIter {
+        let order = Arc::new(self.epoch_order(epoch));
+        let total = self.len();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut receivers = Vec::new();
+        let mut handles = Vec::new();
+        for w in 0..self.cfg.workers.min(total) {
+            let (tx, rx) = sync_channel(self.cfg.prefetch_per_worker);
+            let (me, order, stop) = (Arc::clone(self), Arc::clone(&order), Arc::clone(&stop));
+            let workers = self.cfg.workers;
+            handles.push(std::thread::spawn(move || {
+                for b in (w..total).step_by(workers) {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if tx.send(me.make_batch(&order, epoch, b)).is_err() {
+                        break;
+                    }
+                }
+            }));
+            receivers.push(rx);
+        }
+        EpochIter { loader: Arc::clone(self), order, epoch, next: 0, total, receivers, handles, stop }
+    }
+}
+
+/// The batches of one epoch, in order. Dropping it stops the workers.
+pub struct EpochIter {
+    loader: Arc<Loader>,
+    order: Arc<Vec<usize>>,
+    epoch: u64,
+    next: usize,
+    total: usize,
+    receivers: Vec<Receiver<Batch>>,
+    handles: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochIter {
+    /// Batches not yet handed out.
+    pub fn remaining(&self) -> usize {
+        self.total - self.next
+    }
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<Batch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.total {
+            return None;
+        }
+        let b = self.next;
+        self.next += 1;
+        if self.receivers.is_empty() {
+            return Some(Ok(self.loader.make_batch(&self.order, self.epoch, b)));
+        }
+        let rx = &self.receivers[b % self.receivers.len()];
+        Some(rx.recv().map_err(|_| DataError::Argument(format!("loader worker for batch {b} stopped unexpectedly"))))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining(), Some(self.remaining()))
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receivers makes any blocked send fail, so every worker ends.
+        self.receivers.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(n: usize) -> Arc<Images> {
+        let pixels = (0..n * IMAGE_BYTES).map(|i| (i * 7 % 256) as u8).collect();
+        let labels = (0..n).map(|i| (i % 10) as u8).collect();
+        Arc::new(Images { pixels, labels })
+    }
+
+    fn cfg(workers: usize) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: 8,
+            shuffle: true,
+            drop_last: true,
+            augment: Augment { crop_padding: 4, flip: true, cutout: 16 },
+            layout: Layout::Nchw,
+            output: Output::F32,
+            seed: 11,
+            workers,
+            prefetch_per_worker: 2,
+        }
+    }
+
+    #[test]
+    fn batches_do_not_depend_on_worker_count() {
+        let data = dataset(70);
+        let collect = |w| {
+            let l = Arc::new(Loader::new(Arc::clone(&data), (0..70).collect(), cfg(w)).unwrap());
+            l.epoch(3).map(|b| b.unwrap()).collect::<Vec<_>>()
+        };
+        let a = collect(0);
+        assert_eq!(a.len(), 8);
+        assert_eq!(a, collect(1));
+        assert_eq!(a, collect(3));
+    }
+
+    #[test]
+    fn epochs_differ_and_cover_each_index_once() {
+        let data = dataset(64);
+        let l = Arc::new(Loader::new(data, (0..64).collect(), cfg(2)).unwrap());
+        let (a, b) = (l.epoch_order(0), l.epoch_order(1));
+        assert_ne!(a, b);
+        let mut s = a.clone();
+        s.sort_unstable();
+        assert_eq!(s, (0..64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn early_drop_stops_workers() {
+        let l = Arc::new(Loader::new(dataset(200), (0..200).collect(), cfg(2)).unwrap());
+        let mut it = l.epoch(0);
+        assert!(it.next().is_some());
+        drop(it); // must not hang
+    }
+
+    #[test]
+    fn last_batch_is_kept_without_drop_last() {
+        let mut c = cfg(2);
+        c.drop_last = false;
+        let l = Arc::new(Loader::new(dataset(20), (0..20).collect(), c).unwrap());
+        assert_eq!(l.len(), 3);
+        let sizes: Vec<usize> = l.epoch(0).map(|b| b.unwrap().len()).collect();
+        assert_eq!(sizes, vec![8, 8, 4]);
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        let mut c = cfg(1);
+        c.batch_size = 0;
+        assert!(Loader::new(dataset(4), vec![0], c).is_err());
+        assert!(Loader::new(dataset(4), vec![4], cfg(1)).unwrap_err().to_string().contains("indices[0] = 4"));
+    }
+}

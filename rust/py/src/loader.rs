@@ -1,0 +1,150 @@
+//! Bindings of `mdarts_core::loader`: `BatchLoader` and its per-epoch iterator.
+
+use std::sync::{Arc, Mutex};
+
+use mdarts_core::augment::{Augment, Layout};
+use mdarts_core::cifar::{Images, IMAGE_BYTES};
+use mdarts_core::loader::{Batch, EpochIter, Loader, LoaderConfig, Output, Pixels};
+use numpy::ndarray::Array1;
+use numpy::{IntoPyArray, PyReadonlyArray1, PyReadonlyArray4};
+use pyo3::prelude::*;
+
+use crate::cifar::{check_images, shaped};
+use crate::error::{DataFormatError, IntoPy};
+
+/// Batches of augmented CIFAR images, made by Rust worker threads with the GIL released.
+///
+/// Copies the selected images once at construction, so the loader never reads memory Python may change.
+#[pyclass(module = "mdarts_rs._core", name = "BatchLoader")]
+pub struct BatchLoader {
+    inner: Arc<Loader>,
+}
+
+#[pymethods]
+impl BatchLoader {
+    #[new]
+    #[pyo3(signature = (images, labels, indices = None, *, batch_size, shuffle = true, drop_last = true, crop_padding = 4, flip = true, cutout = 0, normalize = true, channels_last = false, seed = 0, workers = 2, prefetch = 2))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        images: PyReadonlyArray4<'_, u8>,
+        labels: PyReadonlyArray1<'_, i64>,
+        indices: Option<PyReadonlyArray1<'_, i64>>,
+        batch_size: usize,
+        shuffle: bool,
+        drop_last: bool,
+        crop_padding: usize,
+        flip: bool,
+        cutout: usize,
+        normalize: bool,
+        channels_last: bool,
+        seed: u64,
+        workers: usize,
+        prefetch: usize,
+    ) -> PyResult<Self> {
+        check_images(&images)?;
+        let (imgs, labs) = (images.as_array(), labels.as_array());
+        let n = imgs.shape()[0];
+        if labs.len() != n {
+            return Err(DataFormatError::new_err(format!("labels has {} entries for {n} images", labs.len())));
+        }
+        let idx: Vec<usize> = match &indices {
+            None => (0..n).collect(),
+            Some(ix) => ix
+                .as_array()
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    usize::try_from(i)
+                        .ok()
+                        .filter(|&i| i < n)
+                        .ok_or_else(|| DataFormatError::new_err(format!("indices[{k}] = {i} is out of range for {n} images")))
+                })
+                .collect::<PyResult<_>>()?,
+        };
+        let mut data = Images { pixels: Vec::with_capacity(idx.len() * IMAGE_BYTES), labels: Vec::with_capacity(idx.len()) };
+        for &i in &idx {
+            let l = labs[i];
+            if !(0..10).contains(&l) {
+                return Err(DataFormatError::new_err(format!("labels[{i}] = {l} is not a CIFAR-10 class (0-9)")));
+            }
+            data.labels.push(l as u8);
+            data.pixels.extend(imgs.index_axis(numpy::ndarray::Axis(0), i).iter().copied());
+        }
+        let cfg = LoaderConfig {
+            batch_size,
+            shuffle,
+            drop_last,
+            augment: Augment { crop_padding, flip, cutout },
+            layout: if channels_last { Layout::Nhwc } else { Layout::Nchw },
+            output: if normalize { Output::F32 } else { Output::U8 },
+            seed,
+            workers,
+            prefetch_per_worker: prefetch,
+        };
+        let count = data.len();
+        let loader = py.allow_threads(|| Loader::new(Arc::new(data), (0..count).collect(), cfg)).py()?;
+        Ok(Self { inner: Arc::new(loader) })
+    }
+
+    /// Batches per epoch.
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Images the loader serves.
+    #[getter]
+    fn num_images(&self) -> usize {
+        self.inner.epoch_order(0).len()
+    }
+
+    /// Images per batch.
+    #[getter]
+    fn batch_size(&self) -> usize {
+        self.inner.config().batch_size
+    }
+
+    /// The batches of `epoch`, in order: `(images, labels)` numpy arrays owned by Rust.
+    fn epoch(&self, epoch: u64) -> EpochIterator {
+        let cfg = self.inner.config();
+        EpochIterator { it: Mutex::new(Some(self.inner.epoch(epoch))), channels_last: cfg.layout == Layout::Nhwc }
+    }
+}
+
+/// Iterator over one epoch's batches.
+#[pyclass(module = "mdarts_rs._core", name = "EpochIterator")]
+pub struct EpochIterator {
+    // A Mutex only to make the class Sync; `__next__` has `&mut self` and never locks.
+    it: Mutex<Option<EpochIter>>,
+    channels_last: bool,
+}
+
+#[pymethods]
+impl EpochIterator {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+        let slot = self.it.get_mut().unwrap_or_else(|e| e.into_inner());
+        let Some(it) = slot.as_mut() else { return Ok(None) };
+        let next = py.allow_threads(|| it.next());
+        let Some(batch) = next else {
+            // Join the workers now rather than at garbage collection.
+            *slot = None;
+            return Ok(None);
+        };
+        let Batch { pixels, labels } = batch.py()?;
+        let n = labels.len();
+        let x = match pixels {
+            Pixels::F32(v) => shaped(py, v, n, self.channels_last),
+            Pixels::U8(v) => shaped(py, v, n, self.channels_last),
+        };
+        Ok(Some((x, Array1::from_vec(labels).into_pyarray(py).into_any())))
+    }
+
+    /// Batches not yet returned.
+    fn __len__(&self) -> usize {
+        self.it.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |it| it.remaining())
+    }
+}
