@@ -4,6 +4,8 @@ The search space, genotypes, derivation and enumeration live in the Rust core (`
 re-exported here; the supernet, search and evaluation are PyTorch modules built on top.
 """
 
+import importlib
+
 from mdarts_rs._core import (
     NUM_EDGES,
     PRIMITIVES,
@@ -33,6 +35,18 @@ from mdarts_rs._core import (
 )
 from mdarts_rs.genotype import load_genotype, save_genotype
 
+
+def __getattr__(name: str):  # torch-backed parts load on first use, so `import mdarts_rs` stays light
+    if name in ("SuperNet", "one_hot_weights"):
+        return getattr(importlib.import_module("mdarts_rs.supernet"), name)
+    if name == "count_params":
+        return importlib.import_module("mdarts_rs.primitives").count_params
+    if name == "run_search":
+        return importlib.import_module("mdarts_rs.search").run_search
+    if name == "SearchConfig":
+        return importlib.import_module("mdarts_rs.config").SearchConfig
+    raise AttributeError(f"module 'mdarts_rs' has no attribute {name!r}")
+
 __all__ = [
     "NUM_EDGES",
     "PRIMITIVES",
@@ -45,8 +59,11 @@ __all__ = [
     "GenotypeError",
     "MdartsError",
     "MultiLevelGenotype",
+    "SearchConfig",
     "SearchSpaceError",
+    "SuperNet",
     "__version__",
+    "count_params",
     "derive_cell",
     "derive_genotype",
     "derived_cell_count",
@@ -57,7 +74,9 @@ __all__ = [
     "reduction_indices",
     "sample_cell",
     "sample_genotype",
+    "one_hot_weights",
     "save_genotype",
+    "run_search",
     "search_space_size",
     "unrank_cell",
     "unrank_genotype",

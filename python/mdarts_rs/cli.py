@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
 from mdarts_rs import _core
+from mdarts_rs.config import PRESETS, SearchConfig
 
 
 def _pow10(n: int) -> str:
@@ -46,6 +52,207 @@ def sample(seed: int, alpha_mode: str, fmt: str) -> None:
     """Print a genotype drawn uniformly from the derived space (the random-search baseline)."""
     g = _core.sample_genotype(seed, alpha_mode)
     click.echo(g.to_json() if fmt == "json" else repr(g))
+
+
+def _float_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 0:
+        raise click.BadParameter("expected non-negative integers")
+    return out
+
+
+_SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+    click.option("--data", type=click.Path(path_type=Path), help="CIFAR-10 folder (binary or python version). Default: $MDARTS_DATA, else the download cache."),
+    click.option("--download", is_flag=True, help="Download CIFAR-10 (checked against its MD5) when no data folder is found."),
+    click.option("--out", type=click.Path(path_type=Path), default=Path("runs/search"), show_default=True, help="Run folder."),
+    click.option("--preset", type=click.Choice(sorted(PRESETS)), help="quick: a small supernet on a data subset (minutes on a CPU); paper: the defaults."),
+    click.option("--entropy-reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True, help="Sum (eq. 6) or mean of the edge entropies."),
+    click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+    click.option("--init-channels", type=click.IntRange(min=1), default=16, show_default=True, help="C of the supernet."),
+    click.option("--layers", type=click.IntRange(min=3), default=8, show_default=True, help="Cells of the supernet."),
+    click.option("--portion", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="Fraction of the training images used, split in half into S_train and S_val."),
+    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+    click.option("--seeds", callback=_int_list, help="Comma-separated seeds: one search each (the paper repeats 4)."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+    click.option("--lr", type=click.FloatRange(min=0), default=0.025, show_default=True, help="Weight learning rate (cosine to --lr-min)."),
+    click.option("--lr-min", type=click.FloatRange(min=0), default=0.001, show_default=True),
+    click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True),
+    click.option("--weight-decay", type=click.FloatRange(min=0), default=3e-4, show_default=True),
+    click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True),
+    click.option("--arch-lr", type=click.FloatRange(min=0), default=3e-4, show_default=True, help="α learning rate (Adam)."),
+    click.option("--arch-weight-decay", type=click.FloatRange(min=0), default=1e-3, show_default=True),
+    click.option("--workers", type=click.IntRange(min=0), help="Loader threads per loader. Default: min(4, CPUs)."),
+    click.option("--gap-images", type=click.IntRange(min=1), default=1024, show_default=True, help="Fixed S_val images for the supernet/derived gap."),
+    click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Cap the steps of each epoch (smoke runs)."),
+    click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint."),
+    click.option("--quiet", is_flag=True, help="No progress bars or epoch lines."),
+    click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
+]
+
+
+def search_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(_SEARCH_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def _resolve_data(data: Path | None, download: bool) -> Path:
+    from mdarts_rs.data import default_cache_dir, download_cifar10
+
+    if data is not None:
+        return data
+    if os.environ.get("MDARTS_DATA"):
+        return Path(os.environ["MDARTS_DATA"])
+    cached = default_cache_dir() / "cifar-10-batches-bin"
+    if cached.is_dir():
+        return cached
+    if download:
+        return download_cifar10()
+    raise click.UsageError("no CIFAR-10 folder: pass --data DIR (binary or python version), set MDARTS_DATA, or add --download")
+
+
+def _configs(ctx: click.Context, opts: dict[str, Any]) -> tuple[SearchConfig, Path]:
+    """A SearchConfig from the options, preset values filling whatever was not given explicitly."""
+    opts = dict(opts)
+    preset = opts.pop("preset")
+    data = _resolve_data(opts.pop("data"), opts.pop("download"))
+    opts.pop("seeds", None)
+    for key, value in PRESETS.get(preset or "", {}).items():
+        if ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
+            opts[key] = value
+    opts["plots"] = not opts.pop("no_plots")
+    try:
+        return SearchConfig(data=data, **opts), data
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _run_searches(
+    base: SearchConfig, variants: list[tuple[str, dict[str, Any]]], subfolders: bool
+) -> list[tuple[str, SearchConfig, Any]]:
+    """Run one search per variant (a sub-folder name and config overrides), in ``--out/<name>`` with
+    ``subfolders``, else in ``--out`` itself (one variant)."""
+    import dataclasses
+
+    from mdarts_rs.data import load_cifar10
+    from mdarts_rs.search import SearchDiverged, SearchInterrupted, run_search
+
+    try:
+        images, labels = load_cifar10(base.data, "train")  # type: ignore[arg-type]
+    except (FileNotFoundError, _core.MdartsError) as e:
+        raise click.ClickException(str(e)) from None
+    results = []
+    for name, overrides in variants:
+        out = base.out / name if subfolders else base.out
+        cfg = dataclasses.replace(base, out=out, **overrides)
+        try:
+            result = run_search(cfg, images, labels)
+        except SearchInterrupted as e:
+            click.echo(f"interrupted: {e}", err=True)
+            sys.exit(130)
+        except (SearchDiverged, FileExistsError, FileNotFoundError, ValueError) as e:
+            raise click.ClickException(str(e)) from None
+        if not cfg.quiet:
+            click.echo(f"{out}: {result.genotype!r}")
+        results.append((name, cfg, result))
+    return results
+
+
+def _summary_rows(results: list[tuple[str, SearchConfig, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, cfg, result in results:
+        last = result.history[-1]
+        rows.append({
+            "run": name, "alpha_mode": cfg.alpha_mode, "gamma": cfg.gamma, "seed": cfg.seed,
+            "val_acc": round(last["val_acc"], 4), "supernet_acc": round(last["gap"]["supernet_acc"], 4),
+            "derived_acc": round(last["gap"]["derived_acc"], 4), "gap": round(last["gap"]["gap"], 4),
+            "mean_entropy": round(sum(last["entropy"].values()) / len(last["entropy"]), 4),
+            "skip_connect": last["skip_connect"], "genotype": str(cfg.out / "genotype.json"),
+        })
+    return rows
+
+
+def _write_summary(out: Path, rows: list[dict[str, Any]]) -> Path:
+    from mdarts_rs.run import RunFolder, atomic_write_text
+
+    RunFolder(out).write_json("summary.json", rows)
+    cols = ["run", "alpha_mode", "gamma", "seed", "val_acc", "supernet_acc", "derived_acc", "gap", "mean_entropy", "skip_connect"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        skips = ", ".join(f"{k}: {v}" for k, v in r["skip_connect"].items())
+        lines.append("| " + " | ".join(skips if c == "skip_connect" else str(r[c]) for c in cols) + " |")
+    path = out / "summary.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+@main.command()
+@click.option("--alpha-mode", type=click.Choice(["multilevel", "shared", "both"]), default="multilevel", show_default=True,
+              help="multilevel: own α per level (the paper); shared: DARTS; both: one of each from the same seed.")
+@click.option("--gamma", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Weight of the entropy term; 0 gives plain multi-level.")
+@search_options
+@click.pass_context
+def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> None:
+    """Search a cell per level with the entropy heuristic on CIFAR-10."""
+    seeds = opts.get("seeds") or [opts["seed"]]
+    modes = ["shared", "multilevel"] if alpha_mode == "both" else [alpha_mode]
+    base, _ = _configs(ctx, {**opts, "alpha_mode": modes[0], "gamma": gamma})
+    variants = [(f"{m}_seed{s}" if len(seeds) > 1 else m, {"alpha_mode": m, "seed": s}) for s in seeds for m in modes]
+    results = _run_searches(base, variants, subfolders=len(variants) > 1)
+    if len(results) > 1:
+        click.echo(f"summary: {_write_summary(base.out, _summary_rows(results))}")
+        if base.plots and alpha_mode == "both":
+            from mdarts_rs.plots import plot_compare_runs
+
+            (base.out / "plots").mkdir(exist_ok=True)
+            plot_compare_runs([cfg.out for _, cfg, _ in results], base.out / "plots" / "skip_connect_shared_vs_multilevel.png")
+
+
+@main.command()
+@click.option("--gamma", "gammas", callback=_float_list, default="0,0.1,1,5,10", show_default=True, help="Comma-separated γ values.")
+@click.option("--alpha-mode", type=click.Choice(["multilevel", "shared"]), default="multilevel", show_default=True)
+@search_options
+@click.pass_context
+def sweep(ctx: click.Context, gammas: list[float], alpha_mode: str, **opts: Any) -> None:
+    """The paper's table-1 sweep over γ: one search per value, then a summary table."""
+    if not gammas or min(gammas) < 0:
+        raise click.BadParameter("expected non-negative γ values", param_hint="--gamma")
+    seeds = opts.get("seeds") or [opts["seed"]]
+    base, _ = _configs(ctx, {**opts, "alpha_mode": alpha_mode, "gamma": gammas[0]})
+    variants = [(f"gamma_{g:g}" + (f"_seed{s}" if len(seeds) > 1 else ""), {"gamma": g, "seed": s}) for g in gammas for s in seeds]
+    results = _run_searches(base, variants, subfolders=True)
+    path = _write_summary(base.out, _summary_rows(results))
+    click.echo(f"summary: {path}")
+    click.echo(path.read_text())
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
+def plot(runs: tuple[Path, ...], out: Path) -> None:
+    """Plot skip_connect per level over epochs for finished runs (e.g. shared against multilevel)."""
+    from mdarts_rs.plots import plot_compare_runs
+
+    try:
+        plot_compare_runs(list(runs), out)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise click.ClickException(f"cannot plot: {e}") from None
+    click.echo(str(out))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -239,8 +239,12 @@ class CifarLoader:
             xt = (xt.float().div_(255.0) - self._mean) / self._std
         return xt, yt
 
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``epoch`` from batch ``start`` on (to resume inside an epoch)."""
+        for x, y in self._loader.epoch(epoch, start):
+            yield self._to_torch(x, y)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
         self.epoch += 1
-        for x, y in self._loader.epoch(epoch):
-            yield self._to_torch(x, y)
+        return self.batches(epoch)

@@ -154,19 +154,21 @@ impl Loader {
         Batch { pixels, labels }
     }
 
-    /// Iterate over the batches of `epoch`, made by the worker threads.
-    pub fn epoch(self: &Arc<Self>, epoch: u64) -> EpochIter {
+    /// Iterate over the batches of `epoch` from batch `start` on (to resume inside an epoch), made by the
+    /// worker threads.
+    pub fn epoch(self: &Arc<Self>, epoch: u64, start: usize) -> EpochIter {
         let order = Arc::new(self.epoch_order(epoch));
         let total = self.len();
+        let start = start.min(total);
         let stop = Arc::new(AtomicBool::new(false));
         let mut receivers = Vec::new();
         let mut handles = Vec::new();
-        for w in 0..self.cfg.workers.min(total) {
+        let workers = self.cfg.workers.min(total - start);
+        for w in 0..workers {
             let (tx, rx) = sync_channel(self.cfg.prefetch_per_worker);
             let (me, order, stop) = (Arc::clone(self), Arc::clone(&order), Arc::clone(&stop));
-            let workers = self.cfg.workers;
             handles.push(std::thread::spawn(move || {
-                for b in (w..total).step_by(workers) {
+                for b in (start + w..total).step_by(workers) {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
@@ -177,7 +179,7 @@ impl Loader {
             }));
             receivers.push(rx);
         }
-        EpochIter { loader: Arc::clone(self), order, epoch, next: 0, total, receivers, handles, stop }
+        EpochIter { loader: Arc::clone(self), order, epoch, start, next: start, total, receivers, handles, stop }
     }
 }
 
@@ -186,6 +188,7 @@ pub struct EpochIter {
     loader: Arc<Loader>,
     order: Arc<Vec<usize>>,
     epoch: u64,
+    start: usize,
     next: usize,
     total: usize,
     receivers: Vec<Receiver<Batch>>,
@@ -212,7 +215,7 @@ impl Iterator for EpochIter {
         if self.receivers.is_empty() {
             return Some(Ok(self.loader.make_batch(&self.order, self.epoch, b)));
         }
-        let rx = &self.receivers[b % self.receivers.len()];
+        let rx = &self.receivers[(b - self.start) % self.receivers.len()];
         Some(rx.recv().map_err(|_| DataError::Argument(format!("loader worker for batch {b} stopped unexpectedly"))))
     }
 
@@ -261,12 +264,23 @@ mod tests {
         let data = dataset(70);
         let collect = |w| {
             let l = Arc::new(Loader::new(Arc::clone(&data), (0..70).collect(), cfg(w)).unwrap());
-            l.epoch(3).map(|b| b.unwrap()).collect::<Vec<_>>()
+            l.epoch(3, 0).map(|b| b.unwrap()).collect::<Vec<_>>()
         };
         let a = collect(0);
         assert_eq!(a.len(), 8);
         assert_eq!(a, collect(1));
         assert_eq!(a, collect(3));
+    }
+
+    #[test]
+    fn an_epoch_can_start_at_any_batch() {
+        let data = dataset(70);
+        let l = Arc::new(Loader::new(data, (0..70).collect(), cfg(3)).unwrap());
+        let all: Vec<Batch> = l.epoch(5, 0).map(|b| b.unwrap()).collect();
+        for start in 0..=all.len() {
+            let tail: Vec<Batch> = l.epoch(5, start).map(|b| b.unwrap()).collect();
+            assert_eq!(tail, all[start..]);
+        }
     }
 
     #[test]
@@ -283,7 +297,7 @@ mod tests {
     #[test]
     fn early_drop_stops_workers() {
         let l = Arc::new(Loader::new(dataset(200), (0..200).collect(), cfg(2)).unwrap());
-        let mut it = l.epoch(0);
+        let mut it = l.epoch(0, 0);
         assert!(it.next().is_some());
         drop(it); // must not hang
     }
@@ -294,7 +308,7 @@ mod tests {
         c.drop_last = false;
         let l = Arc::new(Loader::new(dataset(20), (0..20).collect(), c).unwrap());
         assert_eq!(l.len(), 3);
-        let sizes: Vec<usize> = l.epoch(0).map(|b| b.unwrap().len()).collect();
+        let sizes: Vec<usize> = l.epoch(0, 0).map(|b| b.unwrap().len()).collect();
         assert_eq!(sizes, vec![8, 8, 4]);
     }
 

@@ -84,7 +84,7 @@ proptest! {
         };
         let run = |w| {
             let l = Arc::new(Loader::new(Arc::clone(&data), (0..n).collect(), cfg(w)).unwrap());
-            l.epoch(2).map(|b| b.unwrap()).collect::<Vec<_>>()
+            l.epoch(2, 0).map(|b| b.unwrap()).collect::<Vec<_>>()
         };
         let a = run(0);
         prop_assert_eq!(a.iter().map(|b| b.len()).sum::<usize>(), n);

@@ -104,10 +104,11 @@ impl BatchLoader {
         self.inner.config().batch_size
     }
 
-    /// The batches of `epoch`, in order: `(images, labels)` numpy arrays owned by Rust.
-    fn epoch(&self, epoch: u64) -> EpochIterator {
+    /// The batches of `epoch` from batch `start` on, in order: `(images, labels)` numpy arrays owned by Rust.
+    #[pyo3(signature = (epoch, start = 0))]
+    fn epoch(&self, epoch: u64, start: usize) -> EpochIterator {
         let cfg = self.inner.config();
-        EpochIterator { it: Mutex::new(Some(self.inner.epoch(epoch))), channels_last: cfg.layout == Layout::Nhwc }
+        EpochIterator { it: Mutex::new(Some(self.inner.epoch(epoch, start))), channels_last: cfg.layout == Layout::Nhwc }
     }
 }
 

@@ -1,0 +1,331 @@
+"""The search loop: first-order bilevel optimisation of DARTS (Liu et al. 2019, section 2.3, ξ = 0) with
+the α objective of multi-level DARTS, L_val + γ·L_entropy (Li, Chen, Sun 2021, eqs. 6-7).
+
+Each step makes one α update on an S_val batch (Adam), then one weight update on an S_train batch (SGD
+with momentum, cosine learning rate, gradient clipping). After every epoch the genotype is derived in Rust
+and the diagnostics the paper's argument rests on are logged: op counts per level (skip_connect above
+all), mean edge entropy per table, and the gap between the supernet and the derived network.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mdarts_rs import _core
+from mdarts_rs.config import SearchConfig
+from mdarts_rs.data import CifarLoader, augment_images, search_split
+from mdarts_rs.run import RunFolder
+from mdarts_rs.supernet import SuperNet, Weights, one_hot_weights
+
+#: Config fields that may differ when resuming a run.
+RESUMABLE_CHANGES = {"resume", "quiet", "plots", "device", "workers", "out", "data"}
+
+
+class SearchDiverged(RuntimeError):
+    """A loss or α became NaN or infinite; the last good checkpoint is kept."""
+
+
+class SearchInterrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; the run was saved and can be resumed."""
+
+
+@dataclass
+class SearchResult:
+    """What a finished search returns."""
+
+    genotype: _core.Genotype | _core.MultiLevelGenotype
+    history: list[dict[str, Any]]
+    model: SuperNet
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def entropy_loss(h: Weights, reduction: str) -> torch.Tensor:
+    """L_entropy = −Σ p·ln p over every edge of every table (eq. 6); ``mean`` divides by the edge count."""
+    hs = torch.cat([v for v in h.values()])
+    return hs.sum() if reduction == "sum" else hs.mean()
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Run BN layers on batch statistics without touching their running statistics (momentum 0)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.training, m.momentum) for m in bns]
+    for m in bns:
+        m.train()
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, training, momentum in saved:
+            m.train(training)
+            m.momentum = momentum
+
+
+@torch.no_grad()
+def gap_accuracy(model: SuperNet, x: torch.Tensor, y: torch.Tensor, weights: Weights | None, sparse: bool, chunk: int = 256) -> float:
+    """Top-1 accuracy on a fixed set, BN on batch statistics of each chunk."""
+    correct = 0
+    with batch_statistics(model):
+        for i in range(0, len(y), chunk):
+            logits = model(x[i : i + chunk], weights, sparse=sparse)
+            correct += int((logits.argmax(1) == y[i : i + chunk]).sum())
+    return correct / max(1, len(y))
+
+
+class _Signals:
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
+
+    def __init__(self) -> None:
+        self.caught: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.caught = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Searcher:
+    """One search run over in-memory CIFAR-10 training images."""
+
+    def __init__(self, cfg: SearchConfig, images: np.ndarray, labels: np.ndarray, run: RunFolder | None = None):
+        self.cfg = cfg
+        self.run = run
+        self.device = resolve_device(cfg.device)
+        self.model = SuperNet(cfg.init_channels, 10, cfg.layers, cfg.alpha_mode, seed=cfg.seed).to(self.device)
+        train_idx, val_idx = search_split(len(labels), cfg.portion, cfg.seed)
+        common = dict(batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda")
+        self.train_loader = CifarLoader(images, labels, train_idx, seed=cfg.seed, **common)  # type: ignore[arg-type]
+        self.val_loader = CifarLoader(images, labels, val_idx, seed=cfg.seed + 1, **common)  # type: ignore[arg-type]
+        if len(self.train_loader) == 0:
+            raise ValueError(
+                f"S_train has {self.train_loader.num_images} images, fewer than one batch of {cfg.batch_size}: "
+                "raise --portion or lower --batch-size"
+            )
+        gap_idx = val_idx[: cfg.gap_images]
+        self.gap_x = torch.from_numpy(augment_images(images[gap_idx], crop_padding=0, flip=False)).to(self.device)
+        self.gap_y = torch.from_numpy(labels[gap_idx]).to(self.device)
+        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.lr_min)
+        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay)
+        self.steps = len(self.train_loader) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(self.train_loader))
+        self.steps = min(self.steps, len(self.val_loader))
+        self.epoch, self.step_in_epoch = 0, 0
+        self.acc = self._zero_acc()
+        self.history: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _zero_acc() -> dict[str, float]:
+        return {"train_loss": 0.0, "train_correct": 0.0, "val_loss": 0.0, "val_correct": 0.0, "n_train": 0.0, "n_val": 0.0, "entropy_loss": 0.0}
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "config": self.cfg.to_json(),
+            "epoch": self.epoch,
+            "step": self.step_in_epoch,
+            "acc": dict(self.acc),
+            "history": list(self.history),
+            "model": self.model.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "sched": self.sched.state_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        saved = SearchConfig.from_json(state["config"]).to_json()
+        mine = self.cfg.to_json()
+        changed = sorted(k for k in saved if saved[k] != mine[k] and k not in RESUMABLE_CHANGES)
+        if changed:
+            diffs = ", ".join(f"{k}: {saved[k]!r} -> {mine[k]!r}" for k in changed)
+            raise ValueError(f"cannot resume with a different configuration ({diffs})")
+        self.model.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step"])
+        self.acc = dict(state["acc"])
+        self.history = list(state["history"])
+
+    def save(self) -> None:
+        if self.run is not None:
+            self.run.save_checkpoint(self.state())
+
+    # ---- one step -------------------------------------------------------------------------------------
+
+    def train_step(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> dict[str, float]:
+        """One α update on (xv, yv), then one weight update on (xt, yt)."""
+        cfg, model = self.cfg, self.model
+        alphas = model.arch_parameters()
+        # α step: gradients of L_val + γ·L_entropy with respect to α only (the weight gradients this
+        # backward would also produce are never used, so autograd.grad skips them).
+        p, h = model.alphas()
+        logits_v = model(xv, p)
+        loss_v = F.cross_entropy(logits_v, yv)
+        ent = entropy_loss(h, cfg.entropy_reduction)
+        a_loss = loss_v + cfg.gamma * ent if cfg.gamma else loss_v
+        grads = torch.autograd.grad(a_loss, alphas)
+        for a, g in zip(alphas, grads):
+            a.grad = g
+        self.a_opt.step()
+        # Weight step with the updated α, held fixed.
+        with torch.no_grad():
+            p, _ = model.alphas()
+        self.w_opt.zero_grad(set_to_none=True)
+        logits = model(xt, p)
+        loss = F.cross_entropy(logits, yt)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.grad_clip)
+        self.w_opt.step()
+        # One host synchronisation for all step statistics.
+        stats = torch.stack([
+            a_loss.detach(), loss_v.detach(), loss.detach(), ent.detach(),
+            (logits_v.argmax(1) == yv).sum().to(loss.dtype), (logits.argmax(1) == yt).sum().to(loss.dtype),
+        ]).tolist()
+        out = dict(zip(("a_loss", "val_loss", "train_loss", "entropy_loss", "val_correct", "train_correct"), stats))
+        self._check_finite(out)
+        return out
+
+    def _check_finite(self, out: dict[str, float]) -> None:
+        where = f"epoch {self.epoch} step {self.step_in_epoch}"
+        for key in ("a_loss", "train_loss"):
+            if not math.isfinite(out[key]):
+                raise SearchDiverged(f"{where}: the {'α' if key == 'a_loss' else 'weight'} loss is {out[key]}; {self._kept()}")
+        for name, a in zip(self.model.layout.tables, self.model.arch_parameters()):
+            if not bool(torch.isfinite(a).all()):
+                raise SearchDiverged(f"{where}: α table '{name}' holds NaN or infinite values; {self._kept()}")
+
+    def _kept(self) -> str:
+        if self.run is not None and self.run.checkpoint.exists():
+            return f"the run stopped and the last good checkpoint is kept at {self.run.checkpoint}"
+        return "the run stopped before its first checkpoint"
+
+    # ---- one epoch ------------------------------------------------------------------------------------
+
+    def end_epoch(self, seconds: float) -> dict[str, Any]:
+        model = self.model
+        genotype = model.genotype()
+        with torch.no_grad():
+            _, h = model.alphas()
+        acc = self.acc
+        sup = gap_accuracy(model, self.gap_x, self.gap_y, None, sparse=False)
+        der = gap_accuracy(model, self.gap_x, self.gap_y, one_hot_weights(genotype, self.device), sparse=True)
+        op_counts = {t: c.op_counts() for t, c in genotype.cells.items()}
+        rec = {
+            "epoch": self.epoch,
+            "lr": self.w_opt.param_groups[0]["lr"],
+            "train_loss": acc["train_loss"] / max(1, acc["n_train"]),
+            "train_acc": acc["train_correct"] / max(1, acc["n_train"]),
+            "val_loss": acc["val_loss"] / max(1, acc["n_val"]),
+            "val_acc": acc["val_correct"] / max(1, acc["n_val"]),
+            "entropy_loss": acc["entropy_loss"] / max(1, self.steps),
+            "entropy": {t: float(v.mean()) for t, v in h.items()},
+            "op_counts": op_counts,
+            "skip_connect": {t: c["skip_connect"] for t, c in op_counts.items()},
+            "gap": {"supernet_acc": sup, "derived_acc": der, "gap": sup - der, "images": len(self.gap_y)},
+            "genotype": genotype.to_json(),
+            "seconds": seconds,
+        }
+        self.history.append(rec)
+        self.sched.step()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.acc = self._zero_acc()
+        if self.run is not None:
+            self.run.write_genotype(genotype, rec["epoch"])
+            self.run.write_metrics(self.history)
+            self.save()
+        return rec
+
+    def run_epochs(self) -> SearchResult:
+        cfg = self.cfg
+        with _Signals() as sig:
+            while self.epoch < cfg.epochs:
+                t0 = time.time()
+                batches = zip(
+                    self.train_loader.batches(self.epoch, self.step_in_epoch),
+                    self.val_loader.batches(self.epoch, self.step_in_epoch),
+                )
+                bar = tqdm(
+                    total=self.steps, initial=self.step_in_epoch, desc=f"{cfg.alpha_mode} γ={cfg.gamma:g} epoch {self.epoch + 1}/{cfg.epochs}",
+                    disable=cfg.quiet, leave=False, unit="step", dynamic_ncols=True,
+                )
+                for (xt, yt), (xv, yv) in batches:
+                    if self.step_in_epoch >= self.steps:
+                        break
+                    out = self.train_step(xt, yt, xv, yv)
+                    n_t, n_v = len(yt), len(yv)
+                    a = self.acc
+                    a["train_loss"] += out["train_loss"] * n_t
+                    a["val_loss"] += out["val_loss"] * n_v
+                    a["train_correct"] += out["train_correct"]
+                    a["val_correct"] += out["val_correct"]
+                    a["n_train"] += n_t
+                    a["n_val"] += n_v
+                    a["entropy_loss"] += out["entropy_loss"]
+                    self.step_in_epoch += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{out['train_loss']:.3f}", val=f"{out['val_loss']:.3f}", refresh=False)
+                    if sig.caught:
+                        bar.close()
+                        self.save()
+                        where = f"epoch {self.epoch} after step {self.step_in_epoch}"
+                        saved = f"saved to {self.run.checkpoint}; continue with --resume" if self.run else "not saved (no run folder)"
+                        raise SearchInterrupted(f"{sig.caught} at {where}: {saved}")
+                bar.close()
+                rec = self.end_epoch(time.time() - t0)
+                if not cfg.quiet:
+                    skips = " ".join(f"{t}={n}" for t, n in rec["skip_connect"].items())
+                    tqdm.write(
+                        f"epoch {rec['epoch'] + 1}/{cfg.epochs}: train acc {rec['train_acc']:.3f} val acc {rec['val_acc']:.3f} "
+                        f"gap {rec['gap']['gap']:+.3f} skip_connect {skips} ({rec['seconds']:.0f} s)"
+                    )
+        genotype = self.model.genotype()
+        if self.run is not None:
+            self.run.write_genotype(genotype)
+        return SearchResult(genotype=genotype, history=self.history, model=self.model)
+
+
+def run_search(cfg: SearchConfig, images: np.ndarray, labels: np.ndarray) -> SearchResult:
+    """Run (or with ``cfg.resume`` continue) a search whose files go to ``cfg.out``."""
+    run = RunFolder(cfg.out)
+    searcher = Searcher(cfg, images, labels, run)
+    if cfg.resume:
+        searcher.load_state(run.load_checkpoint())
+    elif run.checkpoint.exists():
+        raise FileExistsError(f"{run.checkpoint} exists: pass --resume to continue that run, or choose another --out")
+    run.write_json("config.json", cfg.to_json())
+    result = searcher.run_epochs()
+    if cfg.plots:
+        from mdarts_rs import plots
+
+        plots.plot_search_run(run, result)
+    return result

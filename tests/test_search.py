@@ -1,0 +1,220 @@
+"""The search loop: per-epoch derivation and logs, run files, resume, signals, the NaN guard, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import mdarts_rs as md
+from mdarts_rs.cli import main
+from mdarts_rs.config import SearchConfig
+from mdarts_rs.search import Searcher, SearchDiverged, SearchInterrupted, entropy_loss, run_search
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 64).astype(np.int64)
+
+
+def tiny_cfg(tmp_path, **kw) -> SearchConfig:
+    base = dict(out=tmp_path / "run", epochs=2, batch_size=4, init_channels=4, layers=5, steps_per_epoch=3,
+                gap_images=8, workers=1, quiet=True, plots=False, device="cpu", seed=0)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def alphas(model):
+    return {t: model.alphas.table(t).detach().clone() for t in model.layout.tables}
+
+
+def test_search_writes_run_files_and_valid_genotypes(tmp_path, tiny_data):
+    cfg = tiny_cfg(tmp_path, plots=True)
+    result = run_search(cfg, *tiny_data)
+    run = cfg.out
+    assert json.loads((run / "config.json").read_text())["alpha_mode"] == "multilevel"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        assert rec["epoch"] == i
+        g = md.MultiLevelGenotype.from_json(rec["genotype"])  # valid: parsing validates it
+        assert g == md.load_genotype(run / "genotypes" / f"epoch_{i:03d}.json")
+        assert set(rec["skip_connect"]) == set(g.cells)
+        assert rec["skip_connect"]["normal_mid"] == g.normal_mid.op_counts()["skip_connect"]
+        assert set(rec["entropy"]) == set(g.cells) and all(0 < h <= np.log(8) + 1e-6 for h in rec["entropy"].values())
+        assert rec["gap"]["images"] == 8 and 0 <= rec["gap"]["derived_acc"] <= 1
+        assert 0 <= rec["train_acc"] <= 1 and np.isfinite(rec["val_loss"])
+    assert md.load_genotype(run / "genotype.json") == result.genotype
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["alpha.png", "genotype.png", "skip_connect.png"]
+    assert (run / "checkpoint.pt").exists()
+    # The learning rate follows the cosine schedule from lr to lr_min over the epochs.
+    recs = [json.loads(x) for x in lines]
+    assert recs[0]["lr"] == pytest.approx(0.025) and recs[1]["lr"] < recs[0]["lr"]
+
+
+def test_search_entropy_term_sharpens_alpha(tmp_path, tiny_data):
+    """With a large γ the α objective is dominated by the entropy, which falls; with γ = 0 it does not."""
+    ent = {}
+    for gamma in (0.0, 50.0):
+        cfg = tiny_cfg(tmp_path, out=tmp_path / f"g{gamma}", gamma=gamma, arch_lr=0.1, epochs=1, steps_per_epoch=8)
+        res = run_search(cfg, *tiny_data)
+        ent[gamma] = np.mean(list(res.history[-1]["entropy"].values()))
+    assert ent[50.0] < ent[0.0] - 0.05
+    assert ent[0.0] > np.log(8) - 0.1
+
+
+def test_search_entropy_reduction():
+    h = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([3.0])}
+    assert entropy_loss(h, "sum").item() == 6.0
+    assert entropy_loss(h, "mean").item() == 2.0
+
+
+def test_search_resume_after_sigint_matches_uninterrupted(tmp_path, tiny_data, monkeypatch):
+    full = run_search(tiny_cfg(tmp_path, out=tmp_path / "full"), *tiny_data)
+
+    cfg = tiny_cfg(tmp_path, out=tmp_path / "cut")
+    original = Searcher.train_step
+    calls = {"n": 0}
+
+    def step_then_interrupt(self, *args):
+        out = original(self, *args)
+        calls["n"] += 1
+        if calls["n"] == 4:  # inside the second epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Searcher, "train_step", step_then_interrupt)
+    with pytest.raises(SearchInterrupted, match=r"SIGINT at epoch 1 after step 1: saved to .*continue with --resume"):
+        run_search(cfg, *tiny_data)
+    monkeypatch.setattr(Searcher, "train_step", original)
+    state = torch.load(cfg.out / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 1)
+
+    resumed = run_search(dataclasses.replace(cfg, resume=True), *tiny_data)
+    assert resumed.genotype == full.genotype
+    for t, a in alphas(full.model).items():
+        torch.testing.assert_close(alphas(resumed.model)[t], a, rtol=0, atol=0)
+    assert [r["train_loss"] for r in resumed.history] == pytest.approx([r["train_loss"] for r in full.history], rel=1e-6)
+
+
+def test_search_refuses_to_overwrite_or_resume_differently(tmp_path, tiny_data):
+    cfg = tiny_cfg(tmp_path, epochs=1, steps_per_epoch=1)
+    run_search(cfg, *tiny_data)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        run_search(cfg, *tiny_data)
+    with pytest.raises(ValueError, match=r"different configuration \(gamma: 1.0 -> 2.0\)"):
+        run_search(dataclasses.replace(cfg, resume=True, gamma=2.0), *tiny_data)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        run_search(dataclasses.replace(cfg, out=tmp_path / "other", resume=True), *tiny_data)
+
+
+def test_search_nan_guard_keeps_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
+    cfg = tiny_cfg(tmp_path)
+    original = Searcher.train_step
+
+    def poisoned(self, *args):
+        if self.epoch == 1:
+            with torch.no_grad():
+                self.model.alphas.table("normal_mid")[0, 0] = float("nan")
+        return original(self, *args)
+
+    monkeypatch.setattr(Searcher, "train_step", poisoned)
+    with pytest.raises(SearchDiverged, match=r"epoch 1 step 0: the α loss is nan; .*last good checkpoint is kept"):
+        run_search(cfg, *tiny_data)
+    state = torch.load(cfg.out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == 0
+    assert torch.isfinite(state["model"]["alphas.alpha_normal_mid"]).all()
+    assert len((cfg.out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_search_config_rejects_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        tiny_cfg(tmp_path, gamma=-1.0)
+    with pytest.raises(ValueError, match="at least 5 cells"):
+        tiny_cfg(tmp_path, layers=4)
+    with pytest.raises(ValueError, match="entropy_reduction"):
+        tiny_cfg(tmp_path, entropy_reduction="max")
+
+
+def write_bin(folder, images, labels):
+    folder.mkdir(parents=True, exist_ok=True)
+    rec = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(labels), -1)], axis=1)
+    (folder / "data_batch_1.bin").write_bytes(rec.tobytes())
+    return folder
+
+
+TINY = ["--epochs", "1", "--batch-size", "4", "--init-channels", "4", "--layers", "5", "--steps-per-epoch", "2",
+        "--gap-images", "8", "--workers", "1", "--device", "cpu", "--quiet"]
+
+
+def test_cli_search_both_modes_writes_summary_and_comparison(tmp_path, tiny_data):
+    data = write_bin(tmp_path / "cifar", *tiny_data)
+    out = tmp_path / "both"
+    r = CliRunner().invoke(main, ["search", "--alpha-mode", "both", "--data", str(data), "--out", str(out), *TINY])
+    assert r.exit_code == 0, r.output
+    assert (out / "shared" / "genotype.json").exists() and (out / "multilevel" / "genotype.json").exists()
+    assert isinstance(md.load_genotype(out / "shared" / "genotype.json"), md.Genotype)
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["alpha_mode"] for r in rows] == ["shared", "multilevel"]
+    assert (out / "plots" / "skip_connect_shared_vs_multilevel.png").stat().st_size > 0
+    r = CliRunner().invoke(main, ["plot", str(out / "shared"), str(out / "multilevel"), "--out", str(tmp_path / "f3.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "f3.png").exists()
+
+
+def test_cli_sweep_writes_table(tmp_path, tiny_data):
+    data = write_bin(tmp_path / "cifar", *tiny_data)
+    out = tmp_path / "sweep"
+    r = CliRunner().invoke(main, ["sweep", "--gamma", "0,5", "--data", str(data), "--out", str(out), "--no-plots", *TINY])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["gamma"] for r in rows] == [0.0, 5.0]
+    assert (out / "gamma_0" / "metrics.jsonl").exists() and (out / "gamma_5" / "genotype.json").exists()
+    assert "| gamma_5 | multilevel | 5.0 |" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gamma", "-1"], "-1"),
+        (["--layers", "4"], "at least 5 cells"),
+        (["--portion", "0"], "portion"),
+        (["--seeds", "a,b"], "comma-separated integers"),
+    ],
+)
+def test_cli_search_bad_options(tmp_path, tiny_data, args, message):
+    data = write_bin(tmp_path / "cifar", *tiny_data)
+    r = CliRunner().invoke(main, ["search", "--data", str(data), "--out", str(tmp_path / "x"), *args])
+    assert r.exit_code == 2
+    assert message in r.output
+
+
+def test_cli_search_missing_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("MDARTS_DATA", raising=False)
+    monkeypatch.setenv("MDARTS_CACHE", str(tmp_path / "cache"))
+    r = CliRunner().invoke(main, ["search", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--download" in r.output
+    r = CliRunner().invoke(main, ["search", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "file not found" in r.output
+
+
+@pytest.mark.data
+def test_cli_quick_search_on_real_subset(tmp_path, cifar_mini):
+    out = tmp_path / "quick"
+    r = CliRunner().invoke(main, ["search", "--preset", "quick", "--data", str(cifar_mini), "--out", str(out),
+                                  "--epochs", "1", "--steps-per-epoch", "3", "--portion", "0.02", "--quiet"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["layers"], cfg["init_channels"], cfg["batch_size"], cfg["epochs"]) == (5, 8, 16, 1)
+    rec = json.loads((out / "metrics.jsonl").read_text())
+    assert rec["epoch"] == 0 and rec["gap"]["images"] == 100
+    assert isinstance(md.load_genotype(out / "genotype.json"), md.MultiLevelGenotype)
+    assert {p.name for p in (out / "plots").iterdir()} == {"alpha.png", "genotype.png", "skip_connect.png"}
