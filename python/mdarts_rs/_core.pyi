@@ -167,6 +167,8 @@ class EpochIterator:
     def __next__(self) -> tuple[npt.NDArray[np.float32] | npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
     def __len__(self) -> int: ...
 
+def kernel_sources() -> list[tuple[str, str]]: ...
+
 __all__ = [
     "MdartsError", "SearchSpaceError", "GenotypeError", "DeriveError", "DataFormatError",
     "PRIMITIVES", "NUM_EDGES", "STEPS", "__version__",
@@ -174,5 +176,5 @@ __all__ = [
     "search_space_size", "derived_cell_count", "reduction_indices", "parse_genotype",
     "derive_cell", "derive_genotype", "rank_cell", "unrank_cell", "rank_genotype", "unrank_genotype",
     "sample_cell", "sample_genotype",
-    "CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10_bin", "search_split", "augment_images", "BatchLoader", "EpochIterator",
+    "CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10_bin", "search_split", "augment_images", "BatchLoader", "EpochIterator", "kernel_sources",
 ]

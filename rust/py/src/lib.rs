@@ -8,6 +8,7 @@ mod derive;
 mod enumerate;
 mod error;
 mod genotype;
+mod kernels;
 mod loader;
 mod space;
 
@@ -40,5 +41,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cifar::augment_images, m)?)?;
     m.add_class::<loader::BatchLoader>()?;
     m.add_class::<loader::EpochIterator>()?;
+    m.add_function(wrap_pyfunction!(kernels::kernel_sources, m)?)?;
     Ok(())
 }
