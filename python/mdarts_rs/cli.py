@@ -255,5 +255,97 @@ def plot(runs: tuple[Path, ...], out: Path) -> None:
     click.echo(str(out))
 
 
+@main.command()
+@click.argument("genotype")
+@click.option("--imagenet-size", type=click.IntRange(min=32), default=224, show_default=True, help="Input side for the ImageNet MACs.")
+def info(genotype: str, imagenet_size: int) -> None:
+    """Parameters and multiply-accumulates of GENOTYPE's evaluation networks (a genotype file or text)."""
+    from mdarts_rs.network import count_macs, count_params, eval_network
+
+    try:
+        g = _load_genotype_arg(genotype)
+    except (FileNotFoundError, _core.MdartsError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(repr(g))
+    click.echo(f"\n{'network':<34}{'params':>12}{'MACs':>16}")
+    for name, dataset, size in (("CIFAR-10 (20 cells, C = 36)", "cifar10", 32), ("ImageNet (14 cells, C = 48)", "imagenet", imagenet_size)):
+        net = eval_network(g, dataset)
+        click.echo(f"{name:<34}{count_params(net):>12,}{count_macs(net, (3, size, size)):>16,}")
+    click.echo("\nparams: network weights without the auxiliary head; MACs: convolutions and linear layers, batch 1.")
+
+
+def _load_genotype_arg(text: str) -> Any:
+    from mdarts_rs.genotype import load_genotype
+
+    return load_genotype(text)
+
+
+@main.command()
+@click.option("--genotype", required=True, help="genotype.json of a search, a DARTS-style text file, or the text itself.")
+@click.option("--data", type=click.Path(path_type=Path), help="CIFAR-10 folder, or for ImageNet a folder with train/ and val/.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True)
+@click.option("--dataset", type=click.Choice(["cifar10", "imagenet"]), default="cifar10", show_default=True, help="Also picks the recipe's defaults.")
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--batch-size", type=click.IntRange(min=1), help="Global batch (split over torchrun processes).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr-schedule", type=click.Choice(["cosine", "linear"]))
+@click.option("--warmup-epochs", type=click.IntRange(min=0))
+@click.option("--momentum", type=click.FloatRange(0, 1))
+@click.option("--weight-decay", type=click.FloatRange(min=0))
+@click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True))
+@click.option("--init-channels", type=click.IntRange(min=2))
+@click.option("--layers", type=click.IntRange(min=3))
+@click.option("--auxiliary/--no-auxiliary", default=None)
+@click.option("--auxiliary-weight", type=click.FloatRange(min=0))
+@click.option("--cutout", type=click.IntRange(0, 32))
+@click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True))
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True))
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seeds", callback=_int_list, help="Comma-separated seeds: one training each, in --out/seed<N>.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0))
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast.")
+@click.option("--channels-last", is_flag=True)
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Cap the steps of each epoch (smoke runs).")
+@click.option("--resume", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def train(**opts: Any) -> None:
+    """Train an evaluation network from scratch (DARTS' CIFAR-10 recipe, or the ImageNet recipe)."""
+    from mdarts_rs.evaluate import RECIPES, TrainConfig
+    from mdarts_rs.evaluate import train as run_train
+
+    seeds = opts.pop("seeds") or [opts["seed"]]
+    given = {k: v for k, v in opts.items() if v is not None}
+    base = {**RECIPES[opts["dataset"]], **given}
+    if opts["dataset"] == "cifar10" and "data" not in given:
+        base["data"] = _resolve_data(None, False)
+    for seed in seeds:
+        out = base["out"] / f"seed{seed}" if len(seeds) > 1 else base["out"]
+        try:
+            cfg = TrainConfig(**{**base, "seed": seed, "out": out})
+            history = run_train(cfg)
+        except (FileExistsError, FileNotFoundError, FloatingPointError, RuntimeError, _core.MdartsError) as e:
+            raise click.ClickException(str(e)) from None
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        last = history[-1]
+        click.echo(f"{out}: top-1 error {last['top1_err']:.4f}, top-5 error {last['top5_err']:.4f} after {len(history)} epochs")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="CIFAR-10 folder.")
+@click.option("--device", default="auto", show_default=True)
+def test(checkpoint: Path, data: Path | None, device: str) -> None:
+    """Top-1 and top-5 error of a trained network on the CIFAR-10 test set."""
+    from mdarts_rs.evaluate import evaluate_checkpoint
+
+    try:
+        r = evaluate_checkpoint(checkpoint, _resolve_data(data, False), device)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(r))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -150,6 +150,27 @@ def plot_compare_runs(run_dirs: Sequence[str | os.PathLike[str]], path: str | os
     plot_skip_connect(runs, path)
 
 
+def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
+    """Training loss and test top-1 error over epochs of a training run."""
+    epochs = [r["epoch"] + 1 for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(epochs, [r["train_loss"] for r in history], label="train")
+    a.plot(epochs, [r["test_loss"] for r in history], label="test")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss")
+    a.legend()
+    b.plot(epochs, [100 * r["top1_err"] for r in history], label="top-1")
+    b.plot(epochs, [100 * r["top5_err"] for r in history], label="top-5")
+    b.set_xlabel("epoch")
+    b.set_ylabel("test error (%)")
+    b.legend()
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def genotype_of_record(rec: Mapping[str, Any]) -> Any:
     """The genotype stored in a metrics record."""
     return parse_genotype(rec["genotype"])

@@ -1,0 +1,375 @@
+"""Training and testing the evaluation networks from scratch, as DARTS does on CIFAR-10 (Liu et al. 2019,
+section A.2: 600 epochs, batch 96, SGD 0.025 cosine, momentum 0.9, weight decay 3e-4, clip 5, auxiliary
+weight 0.4, cutout 16, drop-path 0.2 raised linearly) and as P-DARTS/PC-DARTS do on ImageNet (250 epochs,
+batch 1024, lr 0.5 with 5 warm-up epochs and linear decay, label smoothing 0.1).
+
+Under ``torchrun`` the same code trains with DistributedDataParallel: each rank reads its own shard of
+the training set with ``batch_size / world_size`` images per step, and metrics are reduced over ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mdarts_rs.genotype import load_genotype
+from mdarts_rs.network import NetworkCIFAR, NetworkImageNet, eval_network
+from mdarts_rs.run import RunFolder
+from mdarts_rs.search import resolve_device
+
+
+@dataclass
+class TrainConfig:
+    """A training run of an evaluation network."""
+
+    genotype: str = ""
+    data: Path | None = None
+    out: Path = Path("runs/train")
+    dataset: str = "cifar10"
+    epochs: int = 600
+    batch_size: int = 96
+    lr: float = 0.025
+    lr_schedule: str = "cosine"
+    warmup_epochs: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    init_channels: int = 36
+    layers: int = 20
+    auxiliary: bool = True
+    auxiliary_weight: float = 0.4
+    cutout: int = 16
+    drop_path: float = 0.2
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    workers: int | None = None
+    bf16: bool = False
+    channels_last: bool = False
+    steps_per_epoch: int | None = None
+    resume: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.data = Path(self.data) if self.data is not None else None
+        problems = []
+        if self.dataset not in ("cifar10", "imagenet"):
+            problems.append(f"dataset must be 'cifar10' or 'imagenet', got {self.dataset!r}")
+        if self.lr_schedule not in ("cosine", "linear"):
+            problems.append(f"lr_schedule must be 'cosine' or 'linear', got {self.lr_schedule!r}")
+        for name in ("epochs", "batch_size", "init_channels", "layers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.drop_path < 1:
+            problems.append(f"drop_path must be in [0, 1), got {self.drop_path}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+#: DARTS' CIFAR-10 recipe and the P-DARTS/PC-DARTS ImageNet recipe (mobile setting).
+RECIPES: dict[str, dict[str, Any]] = {
+    "cifar10": {},
+    "imagenet": {
+        "epochs": 250, "batch_size": 1024, "lr": 0.5, "lr_schedule": "linear", "warmup_epochs": 5,
+        "weight_decay": 3e-5, "init_channels": 48, "layers": 14, "cutout": 0, "drop_path": 0.0, "label_smoothing": 0.1,
+    },
+}
+
+
+# ---- distributed helpers -----------------------------------------------------------------------------
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> torch.device:
+    """Join the torchrun process group when WORLD_SIZE > 1; returns this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    if world()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ---- data ----------------------------------------------------------------------------------------------
+
+
+def shard_indices(n: int, seed: int, rank: int, world_size: int) -> np.ndarray:
+    """This rank's fixed share of ``n`` training images: a seeded permutation dealt out round-robin."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[rank::world_size])
+
+
+class CifarData:
+    """CIFAR-10 training shard (augmented, cutout) and test set (unaugmented) for this rank."""
+
+    def __init__(self, cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray], device: torch.device):
+        from mdarts_rs.data import CifarLoader
+
+        rank, ws = world()
+        if cfg.batch_size % ws:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {ws} processes")
+        common = dict(workers=cfg.workers, device=device, pin_memory=device.type == "cuda", channels_last=cfg.channels_last)
+        self.train = CifarLoader(images, labels, shard_indices(len(labels), cfg.seed, rank, ws), batch_size=cfg.batch_size // ws,
+                                 cutout=cfg.cutout, seed=cfg.seed + rank, **common)  # type: ignore[arg-type]
+        test_idx = np.arange(rank, len(test[1]), ws)  # each rank tests its share; metrics are summed
+        self.test = CifarLoader(test[0], test[1], test_idx, batch_size=256, shuffle=False, drop_last=False, augment=False, **common)  # type: ignore[arg-type]
+
+
+# ---- the training loop ----------------------------------------------------------------------------------
+
+
+def lr_at(cfg: TrainConfig, epoch: float) -> float:
+    """Learning rate at a (fractional) epoch: linear warm-up, then cosine to 0 or linear decay to 0."""
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
+    t = (epoch - cfg.warmup_epochs) / max(1, cfg.epochs - cfg.warmup_epochs)
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
+    return cfg.lr * (1 - t)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    return (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()
+
+
+@torch.no_grad()
+def evaluate_network(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device, bf16: bool = False) -> dict[str, float]:
+    """Top-1/top-5 error and loss over all batches (summed over ranks)."""
+    model.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss·n, top-1 correct, top-5 correct, n
+    for x, y in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits, _ = model(x)
+        logits = logits.float()
+        sums[0] += float(F.cross_entropy(logits, y, reduction="sum"))
+        sums[1] += float(accuracy(logits, y, 1))
+        sums[2] += float(accuracy(logits, y, min(5, logits.shape[1])))
+        sums[3] += len(y)
+    loss, c1, c5, n = all_reduce_sum(sums, device)
+    n = max(n, 1.0)
+    return {"test_loss": loss / n, "top1_err": 1 - c1 / n, "top5_err": 1 - c5 / n, "test_images": int(n)}
+
+
+class Trainer:
+    """One training run; ``run()`` trains to the end, checkpointing every epoch."""
+
+    def __init__(self, cfg: TrainConfig, model: NetworkCIFAR | NetworkImageNet, train_batches, test_batches, device: torch.device, run: RunFolder | None, genotype_json: str = ""):
+        self.cfg, self.device, self.run, self.genotype_json = cfg, device, run, genotype_json
+        self.train_batches, self.test_batches = train_batches, test_batches
+        self.model = model.to(device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = self.model
+        if world()[1] > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.opt = torch.optim.SGD(self.model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+
+    def state(self) -> dict[str, Any]:
+        return {"format": 1, "config": self.cfg.to_json(), "genotype": self.genotype_json, "epoch": self.epoch, "history": self.history,
+                "model": self.model.state_dict(), "opt": self.opt.state_dict(), "rng": torch.get_rng_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        saved, mine = state["config"], self.cfg.to_json()
+        changed = sorted(k for k in saved if saved[k] != mine.get(k) and k not in {"resume", "quiet", "device", "workers", "out", "data"})
+        if changed:
+            raise ValueError(f"cannot resume with a different configuration ({', '.join(changed)} changed)")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        torch.set_rng_state(state["rng"])
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, model, net = self.cfg, self.model, self.net
+        model.train()
+        # Drop-path probability raised linearly over training (DARTS).
+        model.drop_path_prob = cfg.drop_path * self.epoch / cfg.epochs
+        steps = len(self.train_batches)
+        if cfg.steps_per_epoch is not None:
+            steps = min(steps, cfg.steps_per_epoch)
+        sums = [0.0, 0.0, 0.0]  # loss·n, correct, n
+        rank, _ = world()
+        bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=cfg.quiet or rank != 0, leave=False, unit="step")
+        self.train_batches.set_epoch(self.epoch)
+        for step, (x, y) in enumerate(self.train_batches):
+            if step >= steps:
+                break
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(cfg, self.epoch + step / steps)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits, aux = net(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if aux is not None:
+                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux.float(), y, label_smoothing=cfg.label_smoothing)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            stats = torch.stack([loss.detach() * len(y), accuracy(logits.detach(), y, 1).to(loss.dtype)]).tolist()
+            if not math.isfinite(stats[0]):
+                raise FloatingPointError(f"epoch {self.epoch} step {step}: the training loss is {stats[0]}; the last good checkpoint is kept")
+            sums[0] += stats[0]
+            sums[1] += stats[1]
+            sums[2] += len(y)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats[0] / len(y):.3f}", refresh=False)
+        bar.close()
+        loss_sum, correct, n = all_reduce_sum(sums, self.device)
+        return {"train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1), "lr": self.opt.param_groups[0]["lr"]}
+
+    def run_epochs(self) -> list[dict[str, Any]]:
+        rank, _ = world()
+        while self.epoch < self.cfg.epochs:
+            t0 = time.time()
+            rec: dict[str, Any] = {"epoch": self.epoch, **self.train_epoch()}
+            rec.update(evaluate_network(self.net, iter(self.test_batches), self.device, self.cfg.bf16))
+            rec["seconds"] = time.time() - t0
+            self.history.append(rec)
+            self.epoch += 1
+            if rank == 0:
+                if self.run is not None:
+                    self.run.write_metrics(self.history)
+                    self.run.save_checkpoint(self.state())
+                if not self.cfg.quiet:
+                    tqdm.write(f"epoch {rec['epoch'] + 1}/{self.cfg.epochs}: train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}, "
+                               f"test top-1 err {rec['top1_err']:.4f} top-5 err {rec['top5_err']:.4f} ({rec['seconds']:.0f} s)")
+        return self.history
+
+
+def _imagenet_batches(cfg: TrainConfig, device: torch.device):
+    """ImageFolder train/val loaders with the ImageNet recipe's transforms (needs torchvision)."""
+    try:
+        from torchvision import datasets, transforms
+    except ImportError as e:
+        raise RuntimeError("ImageNet training needs torchvision (pip install 'mdarts-rs[bench]')") from e
+    assert cfg.data is not None, "ImageNet training needs --data"
+    normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                   transforms.ColorJitter(0.4, 0.4, 0.4, 0.2), transforms.ToTensor(), normalize])
+    test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize])
+    for sub in ("train", "val"):
+        if not (cfg.data / sub).is_dir():
+            raise FileNotFoundError(f"{cfg.data / sub}: ImageNet needs train/ and val/ ImageFolder directories")
+    train_set = datasets.ImageFolder(str(cfg.data / "train"), train_tf)
+    test_set = datasets.ImageFolder(str(cfg.data / "val"), test_tf)
+    rank, ws = world()
+    sampler = torch.utils.data.DistributedSampler(train_set, ws, rank, seed=cfg.seed) if ws > 1 else None
+    workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
+    train = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size // ws, shuffle=sampler is None, sampler=sampler,
+                                        num_workers=workers, pin_memory=device.type == "cuda", drop_last=True)
+    test = torch.utils.data.DataLoader(test_set, batch_size=256, num_workers=workers, pin_memory=device.type == "cuda",
+                                       sampler=torch.utils.data.DistributedSampler(test_set, ws, rank, shuffle=False) if ws > 1 else None)
+
+    class _Batches:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def set_epoch(self, epoch: int) -> None:
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+
+        def __iter__(self):
+            for x, y in self.loader:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    return _Batches(train), _Batches(test)
+
+
+def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
+    """A Trainer for ``cfg``; ``data`` = ((train images, labels), (test images, labels)) for CIFAR-10,
+    else read from ``cfg.data``."""
+    device = init_distributed(resolve_device(cfg.device))
+    torch.manual_seed(cfg.seed)
+    genotype = load_genotype(cfg.genotype)
+    classes = 10 if cfg.dataset == "cifar10" else None
+    model = eval_network(genotype, cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary, 0.0, classes)
+    rank, _ = world()
+    run = RunFolder(cfg.out) if rank == 0 else None
+    if cfg.dataset == "cifar10":
+        if data is None:
+            from mdarts_rs.data import load_cifar10
+
+            assert cfg.data is not None, "CIFAR-10 training needs --data"
+            data = (load_cifar10(cfg.data, "train"), load_cifar10(cfg.data, "test"))
+        (xtr, ytr), test = data
+        d = CifarData(cfg, xtr, ytr, test, device)
+        train_batches, test_batches = d.train, d.test
+    else:
+        train_batches, test_batches = _imagenet_batches(cfg, device)
+    return Trainer(cfg, model, train_batches, test_batches, device, run, genotype.to_json())
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike[str], data: Path, device: str = "auto", bf16: bool = False) -> dict[str, float]:
+    """Top-1/top-5 test error of a trained network's checkpoint on the CIFAR-10 test set in ``data``."""
+    from mdarts_rs.data import CifarLoader, load_cifar10
+    from mdarts_rs._core import parse_genotype
+
+    run = RunFolder(Path(checkpoint).parent)
+    state = run.load_checkpoint()
+    cfg = TrainConfig(**{**state["config"], "resume": False})
+    if cfg.dataset != "cifar10":
+        raise ValueError(f"{checkpoint}: testing supports the CIFAR-10 networks; this one is {cfg.dataset}")
+    dev = resolve_device(device)
+    model = eval_network(parse_genotype(state["genotype"]), cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary)
+    model.load_state_dict(state["model"])
+    x, y = load_cifar10(data, "test")
+    batches = CifarLoader(x, y, batch_size=256, shuffle=False, drop_last=False, augment=False, device=dev)
+    return evaluate_network(model.to(dev), iter(batches), dev, bf16)
+
+
+def train(cfg: TrainConfig, data: tuple | None = None) -> list[dict[str, Any]]:
+    """Train (or with ``cfg.resume`` continue) an evaluation network; returns the per-epoch metrics."""
+    trainer = build_trainer(cfg, data)
+    rank, _ = world()
+    if cfg.resume:
+        trainer.load_state(RunFolder(cfg.out).load_checkpoint())
+    elif rank == 0 and (cfg.out / "checkpoint.pt").exists():
+        raise FileExistsError(f"{cfg.out / 'checkpoint.pt'} exists: pass --resume to continue that run, or choose another --out")
+    if rank == 0:
+        assert trainer.run is not None
+        trainer.run.write_json("config.json", cfg.to_json())
+    history = trainer.run_epochs()
+    if rank == 0 and trainer.run is not None:
+        from mdarts_rs.plots import plot_learning_curves
+
+        plot_learning_curves(history, trainer.run.path / "learning_curves.png")
+    return history
