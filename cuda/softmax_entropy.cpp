@@ -23,6 +23,16 @@ void check_softmax_entropy_args(const at::Tensor& alpha) {
 
 namespace {
 
+// The row maximum and ln sum exp(alpha - max): ln p_k = (alpha_k - max) - ln z, exact for the largest entries.
+template <typename scalar_t, typename acc_t>
+void row_norm(const scalar_t* row, int64_t K, acc_t& mx, acc_t& logz) {
+  mx = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t k = 0; k < K; ++k) mx = std::max(mx, static_cast<acc_t>(row[k]));
+  acc_t z = 0;
+  for (int64_t k = 0; k < K; ++k) z += std::exp(static_cast<acc_t>(row[k]) - mx);
+  logz = std::log(z);
+}
+
 std::tuple<at::Tensor, at::Tensor> softmax_entropy_cpu(const at::Tensor& alpha_in) {
   check_softmax_entropy_args(alpha_in);
   auto alpha = alpha_in.contiguous();
@@ -37,11 +47,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_entropy_cpu(const at::Tensor& alpha_i
     at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
       for (int64_t e = begin; e < end; ++e) {
         const scalar_t* row = a + e * K;
-        acc_t mx = -std::numeric_limits<acc_t>::infinity();
-        for (int64_t k = 0; k < K; ++k) mx = std::max(mx, static_cast<acc_t>(row[k]));
-        acc_t z = 0;
-        for (int64_t k = 0; k < K; ++k) z += std::exp(static_cast<acc_t>(row[k]) - mx);
-        const acc_t logz = std::log(z);  // ln p_k = (alpha_k - max) - ln z, exact for the largest entries
+        acc_t mx, logz;
+        row_norm<scalar_t, acc_t>(row, K, mx, logz);
         acc_t ent = 0;
         for (int64_t k = 0; k < K; ++k) {
           const acc_t logp = (static_cast<acc_t>(row[k]) - mx) - logz;
@@ -77,11 +84,8 @@ at::Tensor softmax_entropy_backward_cpu(const at::Tensor& grad_p_in, const at::T
     at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
       for (int64_t e = begin; e < end; ++e) {
         const scalar_t* row = a + e * K;
-        acc_t mx = -std::numeric_limits<acc_t>::infinity();
-        for (int64_t k = 0; k < K; ++k) mx = std::max(mx, static_cast<acc_t>(row[k]));
-        acc_t z = 0;
-        for (int64_t k = 0; k < K; ++k) z += std::exp(static_cast<acc_t>(row[k]) - mx);
-        const acc_t logz = std::log(z);  // ln p_k = (alpha_k - max) - ln z, exact for the largest entries
+        acc_t mx, logz;
+        row_norm<scalar_t, acc_t>(row, K, mx, logz);
         acc_t dot = 0, ent = 0;
         for (int64_t k = 0; k < K; ++k) {
           const acc_t logp = (static_cast<acc_t>(row[k]) - mx) - logz;

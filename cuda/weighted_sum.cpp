@@ -40,6 +40,24 @@ std::vector<at::Tensor> dense_inputs(const at::TensorList xs) {
   return out;
 }
 
+BackwardSetup prepare_backward(const at::Tensor& grad, const at::TensorList xs, const at::Tensor& w, bool need_xs,
+                               bool need_w) {
+  check_weighted_sum_args(xs, w);
+  TORCH_CHECK(grad.sizes() == xs[0].sizes(), "weighted_sum_backward: grad has shape ", grad.sizes(),
+              " but the inputs have ", xs[0].sizes());
+  std::vector<at::Tensor> all(xs.begin(), xs.end());
+  all.push_back(grad);
+  BackwardSetup s;
+  s.xs = dense_inputs(all);
+  s.g = s.xs.back();
+  s.xs.pop_back();
+  if (need_xs) {
+    for (size_t k = 0; k < s.xs.size(); ++k) s.grad_xs.push_back(at::empty_like(s.g));
+  }
+  s.grad_w = need_w ? at::zeros_like(w) : at::empty({0}, w.options());
+  return s;
+}
+
 namespace {
 
 at::Tensor weighted_sum_cpu(at::TensorList xs_in, const at::Tensor& w_in) {
@@ -71,22 +89,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cpu(const 
                                                                            at::TensorList xs_in,
                                                                            const at::Tensor& w_in, bool need_xs,
                                                                            bool need_w) {
-  check_weighted_sum_args(xs_in, w_in);
-  TORCH_CHECK(grad_in.sizes() == xs_in[0].sizes(), "weighted_sum_backward: grad has shape ", grad_in.sizes(),
-              " but the inputs have ", xs_in[0].sizes());
-  std::vector<at::Tensor> all(xs_in.begin(), xs_in.end());
-  all.push_back(grad_in);
-  auto dense = dense_inputs(all);
-  auto g = dense.back();
-  dense.pop_back();
+  // Named references rather than structured bindings: lambdas capture those only from C++20 on.
+  BackwardSetup setup = prepare_backward(grad_in, xs_in, w_in, need_xs, need_w);
+  const at::Tensor& g = setup.g;
+  const std::vector<at::Tensor>& dense = setup.xs;
+  std::vector<at::Tensor>& grad_xs = setup.grad_xs;
+  at::Tensor& grad_w = setup.grad_w;
   const int64_t n = g.numel();
   const int64_t K = static_cast<int64_t>(dense.size());
-  std::vector<at::Tensor> grad_xs;
-  if (need_xs) {
-    for (int64_t k = 0; k < K; ++k) grad_xs.push_back(at::empty_like(g));
-  }
-  // Unneeded gradients come back empty (0 elements), never undefined.
-  at::Tensor grad_w = need_w ? at::zeros_like(w_in) : at::empty({0}, w_in.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "weighted_sum_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto w = w_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();

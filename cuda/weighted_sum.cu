@@ -200,22 +200,15 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> weighted_sum_backward_cuda(const
                                                                             at::TensorList xs_in,
                                                                             const at::Tensor& w_in, bool need_xs,
                                                                             bool need_w) {
-  check_weighted_sum_args(xs_in, w_in);
-  TORCH_CHECK(grad_in.sizes() == xs_in[0].sizes(), "weighted_sum_backward: grad has shape ", grad_in.sizes(),
-              " but the inputs have ", xs_in[0].sizes());
   const c10::cuda::CUDAGuard guard(w_in.device());
-  std::vector<at::Tensor> all(xs_in.begin(), xs_in.end());
-  all.push_back(grad_in);
-  auto dense = dense_inputs(all);
-  auto g = dense.back();
-  dense.pop_back();
+  // Named references rather than structured bindings: lambdas capture those only from C++20 on.
+  BackwardSetup setup = prepare_backward(grad_in, xs_in, w_in, need_xs, need_w);
+  const at::Tensor& g = setup.g;
+  const std::vector<at::Tensor>& dense = setup.xs;
+  std::vector<at::Tensor>& grad_xs = setup.grad_xs;
+  at::Tensor& grad_w = setup.grad_w;
   const int64_t n = g.numel();
   const int K = static_cast<int>(dense.size());
-  std::vector<at::Tensor> grad_xs;
-  if (need_xs) {
-    for (int k = 0; k < K; ++k) grad_xs.push_back(at::empty_like(g));
-  }
-  at::Tensor grad_w = need_w ? at::zeros_like(w_in) : at::empty({0}, w_in.options());
   if (n == 0 || (!need_xs && !need_w)) return {grad_xs, grad_w};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "weighted_sum_backward_cuda", [&] {
