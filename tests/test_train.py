@@ -162,3 +162,31 @@ def test_train_one_short_epoch_on_real_data_lowers_the_loss(tmp_path, cifar_mini
     history = trainer.run_epochs()
     assert history[0]["test_loss"] < before["test_loss"] - 0.05
     assert history[0]["top1_err"] < 0.85
+
+
+def test_train_imagenet_recipe_on_a_tiny_image_folder(tmp_path):
+    """The ImageNet path end to end on a 3-class ImageFolder of a few images: recipe defaults, the
+    linear schedule with warm-up, label smoothing, and top-5 error."""
+    pytest.importorskip("torchvision", reason="ImageNet training reads ImageFolder directories with torchvision")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for c in range(3):
+            d = tmp_path / "imagenet" / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--dataset", "imagenet", "--genotype", DARTS_V2, "--data", str(tmp_path / "imagenet"),
+                                  "--out", str(out), "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "4", "--init-channels", "4",
+                                  "--layers", "5", "--workers", "0", "--device", "cpu", "--quiet"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["lr_schedule"], cfg["label_smoothing"], cfg["weight_decay"]) == ("linear", 0.1, 3e-5)
+    hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["test_images"] for h in hist] == [6, 6]
+    # 3 steps per epoch; the logged rate is the last step's: warm-up lr·(e + 1)/(w + 1), then lr·(1 − t).
+    assert hist[0]["lr"] == pytest.approx(0.5 * (2 / 3 + 1) / 2)
+    assert hist[1]["lr"] == pytest.approx(0.5 * (1 - 2 / 3))
+    assert hist[-1]["top5_err"] == 0.0  # 3 classes: the true class is always among the top 5

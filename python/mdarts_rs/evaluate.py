@@ -311,7 +311,7 @@ def _imagenet_batches(cfg: TrainConfig, device: torch.device):
             for x, y in self.loader:
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    return _Batches(train), _Batches(test)
+    return _Batches(train), _Batches(test), len(train_set.classes)
 
 
 def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
@@ -320,11 +320,10 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
     device = init_distributed(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     genotype = load_genotype(cfg.genotype)
-    classes = 10 if cfg.dataset == "cifar10" else None
-    model = eval_network(genotype, cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary, 0.0, classes)
     rank, _ = world()
     run = RunFolder(cfg.out) if rank == 0 else None
     if cfg.dataset == "cifar10":
+        classes = 10
         if data is None:
             from mdarts_rs.data import load_cifar10
 
@@ -334,7 +333,8 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
         d = CifarData(cfg, xtr, ytr, test, device)
         train_batches, test_batches = d.train, d.test
     else:
-        train_batches, test_batches = _imagenet_batches(cfg, device)
+        train_batches, test_batches, classes = _imagenet_batches(cfg, device)  # classes: the folders in train/
+    model = eval_network(genotype, cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary, 0.0, classes)
     return Trainer(cfg, model, train_batches, test_batches, device, run, genotype.to_json())
 
 
