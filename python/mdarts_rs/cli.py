@@ -99,6 +99,7 @@ _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--workers", type=click.IntRange(min=0), help="Loader threads per loader. Default: min(4, CPUs)."),
     click.option("--gap-images", type=click.IntRange(min=1), default=1024, show_default=True, help="Fixed S_val images for the supernet/derived gap."),
     click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Cap the steps of each epoch (smoke runs)."),
+    click.option("--fast", is_flag=True, help="Batch the edges that read each node (same search, fewer and larger kernels)."),
     click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint."),
     click.option("--quiet", is_flag=True, help="No progress bars or epoch lines."),
     click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),

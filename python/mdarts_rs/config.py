@@ -36,6 +36,7 @@ class SearchConfig:
     workers: int | None = None
     gap_images: int = 1024
     steps_per_epoch: int | None = None
+    fast: bool = False
     resume: bool = False
     quiet: bool = False
     plots: bool = True

@@ -31,7 +31,7 @@ from mdarts_rs.run import RunFolder
 from mdarts_rs.supernet import SuperNet, Weights, one_hot_weights
 
 #: Config fields that may differ when resuming a run.
-RESUMABLE_CHANGES = {"resume", "quiet", "plots", "device", "workers", "out", "data"}
+RESUMABLE_CHANGES = {"resume", "quiet", "plots", "device", "workers", "out", "data"}  # not "fast": weights differ in layout
 
 
 class SearchDiverged(RuntimeError):
@@ -118,7 +118,7 @@ class Searcher:
         self.cfg = cfg
         self.run = run
         self.device = resolve_device(cfg.device)
-        self.model = SuperNet(cfg.init_channels, 10, cfg.layers, cfg.alpha_mode, seed=cfg.seed).to(self.device)
+        self.model = SuperNet(cfg.init_channels, 10, cfg.layers, cfg.alpha_mode, seed=cfg.seed, fast=cfg.fast).to(self.device)
         train_idx, val_idx = search_split(len(labels), cfg.portion, cfg.seed)
         common = dict(batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda")
         self.train_loader = CifarLoader(images, labels, train_idx, seed=cfg.seed, **common)  # type: ignore[arg-type]

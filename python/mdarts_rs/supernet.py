@@ -112,7 +112,9 @@ def initial_alphas(alpha_mode: str, seed: int) -> dict[str, torch.Tensor]:
 class SuperNet(nn.Module):
     """DARTS' search network with the α tables of ``alpha_mode`` ('multilevel' or 'shared').
 
-    ``seed`` seeds both the network weights and α (the same for either mode).
+    ``seed`` seeds both the network weights and α (the same for either mode). ``fast`` batches the edges
+    that read each node (``fastcell.FastSearchCell``): the same function and the same initial weights,
+    with far fewer kernels.
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class SuperNet(nn.Module):
         multiplier: int = STEPS,
         stem_multiplier: int = 3,
         seed: int = 0,
+        fast: bool = False,
     ):
         super().__init__()
         assert steps == STEPS and multiplier == STEPS, "the search space has 4 intermediate nodes, all concatenated"
@@ -146,6 +149,11 @@ class SuperNet(nn.Module):
                 c_pp, c_p = c_p, multiplier * c_curr
             self.global_pooling = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Linear(c_p, num_classes)
+        self.fast = fast
+        if fast:
+            from mdarts_rs.fastcell import FastSearchCell
+
+            self.cells = nn.ModuleList(FastSearchCell.from_plain(c) for c in self.cells)
         self.alphas = AlphaTables(self.layout.tables, initial_alphas(alpha_mode, seed))
 
     def arch_parameters(self) -> list[nn.Parameter]:

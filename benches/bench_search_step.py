@@ -1,0 +1,68 @@
+"""One first-order search step (an α step and a weight step, as ``Searcher.train_step`` makes them): the plain
+supernet (DARTS-style per-op modules) against the batched one (``--fast``), both α layouts, in one run.
+
+Run: ``pytest benches/bench_search_step.py``. On a GPU: batch 64 and 256, C = 16, 8 cells; each row logs
+ms per step, kernels per step (CUDA kernels in a profiled step) and peak memory. On a CPU: batch 8 and
+aten ops per step instead of kernels. The summary gives speed relative to the plain path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import record
+from torch.profiler import ProfilerActivity, profile
+
+from mdarts_rs.config import SearchConfig
+from mdarts_rs.search import Searcher
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+BATCHES = [64, 256] if CUDA else [8]
+
+
+def make_searcher(tmp_path, mode: str, fast: bool, batch: int) -> Searcher:
+    rng = np.random.default_rng(0)
+    n = 4 * batch
+    images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.int64)
+    cfg = SearchConfig(out=tmp_path, alpha_mode=mode, fast=fast, batch_size=batch, device=DEVICE, workers=1, quiet=True, plots=False, gap_images=8)
+    return Searcher(cfg, images, labels)
+
+
+def count_kernels(step) -> int:
+    activities = [ProfilerActivity.CUDA] if CUDA else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        step()
+        if CUDA:
+            torch.cuda.synchronize()
+    if CUDA:
+        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("mode", ["multilevel", "shared"])
+@pytest.mark.parametrize("path", ["baseline_plain", "fast"])
+def test_search_step(benchmark, tmp_path, path, mode, batch):
+    s = make_searcher(tmp_path, mode, path == "fast", batch)
+    (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
+    out = s.train_step(xt, yt, xv, yv)
+    assert np.isfinite(out["a_loss"]) and np.isfinite(out["train_loss"])
+
+    def step():
+        s.train_step(xt, yt, xv, yv)
+        if CUDA:
+            torch.cuda.synchronize()
+
+    kernels = count_kernels(step)
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(step, rounds=10 if CUDA else 3, iterations=1, warmup_rounds=2 if CUDA else 1)
+    benchmark.extra_info["kernels_per_step" if CUDA else "aten_ops_per_step"] = kernels
+    if CUDA:
+        benchmark.extra_info["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    record(f"search step {mode} batch {batch} ({DEVICE})", path, benchmark, 1)
+    print(f"\n{path} {mode} batch {batch}: {benchmark.stats.stats.mean * 1e3:.0f} ms/step, {kernels} "
+          f"{'kernels' if CUDA else 'aten ops'}/step" + (f", peak {benchmark.extra_info['peak_mem_GiB']} GiB" if CUDA else ""))

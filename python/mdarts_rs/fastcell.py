@@ -1,0 +1,211 @@
+"""A search cell that computes the same function as ``supernet.SearchCell`` with far fewer, larger kernels.
+
+Every edge that reads the same node is batched (the plan of the GPU fast path): the ReLU in front of the
+convolutions runs once per node, each convolution type runs once over all those edges as one grouped
+depthwise and one grouped pointwise convolution on the node repeated along channels, and each batch norm
+runs once over the concatenated channels. Pooling followed by a non-affine batch norm gives the same
+output on every edge that reads a node (same input, no parameters), so it runs once per node. The mixed
+sum of an edge is Σ_k p_k·o_k over the 7 ops that are not 'none' (whose term is zero), evaluated for all
+edges of a node at once.
+
+``FastSearchCell.from_plain`` copies a plain cell's weights and statistics, so both compute the same
+numbers up to summation order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mdarts_rs._core import PRIMITIVES, STEPS
+from mdarts_rs.primitives import FactorizedReduce, ReLUConvBN
+
+OP = {name: k for k, name in enumerate(PRIMITIVES)}
+
+
+def readers(j: int) -> list[int]:
+    """The intermediate nodes (0-based) that read state ``j`` (0, 1: cell inputs; 2..: nodes)."""
+    return list(range(max(0, j - 1), STEPS))
+
+
+def edge_id(node: int, j: int) -> int:
+    """Row of α for the edge from state ``j`` into intermediate node ``node``."""
+    return sum(2 + n for n in range(node)) + j
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, affine=False)
+
+
+class GroupedConvBranch(nn.Module):
+    """``blocks`` × (ReLU, depthwise k×k, pointwise, BN) for ``n`` edges at once, on an input that holds the
+    n edges' copies along channels (n·C). A separable convolution is 2 blocks (the second with stride 1
+    and no dilation), a dilated convolution 1 block."""
+
+    def __init__(self, c: int, n: int, kernel: int, stride: int, padding: int, dilation: int, blocks: int):
+        super().__init__()
+        self.c, self.n, self.kernel = c, n, kernel
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.dw = nn.ParameterList()
+        self.pw = nn.ParameterList()
+        self.bn = nn.ModuleList()
+        for _ in range(blocks):
+            dw, pw = torch.empty(n * c, 1, kernel, kernel), torch.empty(n * c, c, 1, 1)
+            for t in (dw, pw):  # nn.Conv2d's default initialisation, per edge
+                nn.init.kaiming_uniform_(t, a=math.sqrt(5))
+            self.dw.append(nn.Parameter(dw))
+            self.pw.append(nn.Parameter(pw))
+            self.bn.append(_bn(n * c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ReLU'd input repeated per edge, (B, n·C, H, W)."""
+        nc = self.n * self.c
+        for b, (dw, pw, bn) in enumerate(zip(self.dw, self.pw, self.bn)):
+            if b > 0:
+                x = F.relu(x)
+            first = b == 0
+            x = F.conv2d(x, dw, stride=self.stride if first else 1, padding=self.padding if first else self.kernel // 2,
+                         dilation=self.dilation if first else 1, groups=nc)
+            x = F.conv2d(x, pw, groups=self.n)
+            x = bn(x)
+        return x
+
+    @torch.no_grad()
+    def load_from(self, branches: list[nn.Sequential]) -> None:
+        """Copy the weights of ``n`` plain SepConv/DilConv modules (ReLU, dw, pw, BN, [ReLU, dw, pw, BN])."""
+        for b in range(len(self.dw)):
+            base = 4 * b
+            self.dw[b].copy_(torch.cat([m[base + 1].weight for m in branches]))
+            self.pw[b].copy_(torch.cat([m[base + 2].weight for m in branches]))
+            _copy_bn(self.bn[b], [m[base + 3] for m in branches])
+
+
+class GroupedFactorizedReduce(nn.Module):
+    """``n`` FactorizedReduce skip connections on the same input: two stride-2 1×1 convolutions to n·C/2
+    channels each, one BN over n·C channels ordered as the per-edge BNs are."""
+
+    def __init__(self, c: int, n: int):
+        super().__init__()
+        assert c % 2 == 0, f"FactorizedReduce needs an even width, got {c}"
+        self.c, self.n = c, n
+        self.conv_1 = nn.Conv2d(c, n * c // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(c, n * c // 2, 1, stride=2, bias=False)
+        self.bn = _bn(n * c)
+
+    def forward(self, relu_h: torch.Tensor) -> torch.Tensor:
+        a = self.conv_1(relu_h)
+        b = self.conv_2(relu_h[:, :, 1:, 1:])
+        bsz, _, h, w = a.shape
+        half = self.c // 2
+        # (B, n, C/2, H, W) twice -> (B, n, C, H, W): each edge's channels are [conv_1 half, conv_2 half]
+        out = torch.cat([a.view(bsz, self.n, half, h, w), b.view(bsz, self.n, half, h, w)], dim=2)
+        return self.bn(out.view(bsz, self.n * self.c, h, w))
+
+    @torch.no_grad()
+    def load_from(self, mods: list[FactorizedReduce]) -> None:
+        self.conv_1.weight.copy_(torch.cat([m.conv_1.weight for m in mods]))
+        self.conv_2.weight.copy_(torch.cat([m.conv_2.weight for m in mods]))
+        _copy_bn(self.bn, [m.bn for m in mods])
+
+
+def _copy_bn(dst: nn.BatchNorm2d, srcs: list[nn.BatchNorm2d]) -> None:
+    assert dst.running_mean is not None and dst.running_var is not None and dst.num_batches_tracked is not None
+    dst.running_mean.copy_(torch.cat([s.running_mean for s in srcs]))  # type: ignore[misc]
+    dst.running_var.copy_(torch.cat([s.running_var for s in srcs]))  # type: ignore[misc]
+    dst.num_batches_tracked.copy_(srcs[0].num_batches_tracked)  # type: ignore[arg-type]
+
+
+class NodeOps(nn.Module):
+    """Every candidate op of the ``n`` edges that read one state, batched."""
+
+    def __init__(self, c: int, n: int, stride: int):
+        super().__init__()
+        self.c, self.n, self.stride = c, n, stride
+        self.max_bn = _bn(c)
+        self.avg_bn = _bn(c)
+        self.skip = GroupedFactorizedReduce(c, n) if stride == 2 else None
+        self.sep_conv_3x3 = GroupedConvBranch(c, n, 3, stride, 1, 1, blocks=2)
+        self.sep_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 2, 1, blocks=2)
+        self.dil_conv_3x3 = GroupedConvBranch(c, n, 3, stride, 2, 2, blocks=1)
+        self.dil_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 4, 2, blocks=1)
+
+    def forward(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Mixed outputs of the n edges, (B, n, C, H', W'); ``p``: their (n, 8) op weights."""
+        s, n, c = self.stride, self.n, self.c
+        relu = F.relu(h)
+        rep = relu.repeat(1, n, 1, 1)  # (B, n·C, H, W): one copy per edge, for the grouped convolutions
+        w = p.t().reshape(len(PRIMITIVES), 1, n, 1, 1, 1)  # w[k]: (1, n, 1, 1, 1)
+
+        def per_edge(t: torch.Tensor) -> torch.Tensor:
+            return t.view(t.shape[0], n, c, t.shape[-2], t.shape[-1])
+
+        out = w[OP["sep_conv_3x3"]] * per_edge(self.sep_conv_3x3(rep))
+        out = out + w[OP["sep_conv_5x5"]] * per_edge(self.sep_conv_5x5(rep))
+        out = out + w[OP["dil_conv_3x3"]] * per_edge(self.dil_conv_3x3(rep))
+        out = out + w[OP["dil_conv_5x5"]] * per_edge(self.dil_conv_5x5(rep))
+        # Shared by every edge: (B, 1, C, H', W') broadcast over the n edges.
+        out = out + w[OP["max_pool_3x3"]] * self.max_bn(F.max_pool2d(h, 3, s, 1)).unsqueeze(1)
+        out = out + w[OP["avg_pool_3x3"]] * self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False)).unsqueeze(1)
+        skip = h.unsqueeze(1) if self.skip is None else per_edge(self.skip(relu))
+        return out + w[OP["skip_connect"]] * skip
+
+    @torch.no_grad()
+    def load_from(self, mixed_ops: list[nn.Module]) -> None:
+        """Copy the weights of the plain MixedOps of these edges (in reader order)."""
+        ops = [m.ops for m in mixed_ops]  # type: ignore[attr-defined]
+        # Every edge's pooling BN has seen the same inputs, so their statistics agree; take the first.
+        _copy_bn(self.max_bn, [ops[0][OP["max_pool_3x3"]][1]])
+        _copy_bn(self.avg_bn, [ops[0][OP["avg_pool_3x3"]][1]])
+        if self.skip is not None:
+            self.skip.load_from([o[OP["skip_connect"]] for o in ops])
+        for name in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"):
+            getattr(self, name).load_from([o[OP[name]] for o in ops])
+
+
+class FastSearchCell(nn.Module):
+    """A supernet cell with the edges that read each node batched (same function as ``SearchCell``)."""
+
+    def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction: bool, reduction_prev: bool):
+        super().__init__()
+        self.reduction = reduction
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, c, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)
+        self.nodes = nn.ModuleList()
+        self._edges: list[list[int]] = []
+        for j in range(STEPS + 1):  # states 0..4 are read by some node; the last node is read by none
+            self.nodes.append(NodeOps(c, len(readers(j)), 2 if reduction and j < 2 else 1))
+            self._edges.append([edge_id(i, j) for i in readers(j)])
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, p: torch.Tensor, sparse: bool = False) -> torch.Tensor:
+        """``p``: (14, 8) op weights of this cell's table. ``sparse`` is accepted for interface parity: the
+        dense sum with zero weights is already exact."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        mixed = [self.nodes[j](states[j], p[self._edges[j]]) for j in (0, 1)]
+        for i in range(STEPS):
+            node = sum(mixed[j][:, i - readers(j)[0]] for j in range(i + 2))
+            states.append(node)  # type: ignore[arg-type]
+            if i + 2 <= STEPS:
+                mixed.append(self.nodes[i + 2](node, p[self._edges[i + 2]]))  # type: ignore[arg-type]
+        return torch.cat(states[2:], dim=1)
+
+    @classmethod
+    def from_plain(cls, cell: nn.Module) -> FastSearchCell:
+        """A fast cell holding a plain ``SearchCell``'s weights and batch-norm statistics."""
+        pre0, pre1 = cell.preprocess0, cell.preprocess1  # type: ignore[union-attr]
+        c = pre1[1].out_channels  # type: ignore[index]
+        if isinstance(pre0, FactorizedReduce):
+            c_pp, reduction_prev = pre0.conv_1.in_channels, True
+        else:
+            c_pp, reduction_prev = pre0[1].in_channels, False  # type: ignore[index]
+        fast = cls(c_pp, pre1[1].in_channels, c, cell.reduction, reduction_prev)  # type: ignore[index, arg-type]
+        fast.preprocess0.load_state_dict(pre0.state_dict())  # type: ignore[union-attr]
+        fast.preprocess1.load_state_dict(pre1.state_dict())  # type: ignore[union-attr]
+        for j, node in enumerate(fast.nodes):
+            node.load_from([cell.edges[e] for e in fast._edges[j]])  # type: ignore[index, union-attr]
+        return fast
