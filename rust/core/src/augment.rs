@@ -213,10 +213,12 @@ mod tests {
     fn cutout_square_is_clipped_and_sized() {
         let aug = Augment { crop_padding: 0, flip: false, cutout: 16 };
         let d = Draw { dy: 0, dx: 0, flip: false, cut: Some((0, 31)) };
-        let cut: usize = (0..32).flat_map(|y| (0..32).map(move |x| (y, x))).filter(|&(y, x)| d.in_cut(16, y, x)).count();
+        let cut: usize =
+            (0..32).flat_map(|y| (0..32).map(move |x| (y, x))).filter(|&(y, x)| d.in_cut(16, y, x)).count();
         assert_eq!(cut, 8 * 9); // rows 0..8, columns 23..32
         let d = Draw { cut: Some((16, 16)), ..d };
-        let cut: usize = (0..32).flat_map(|y| (0..32).map(move |x| (y, x))).filter(|&(y, x)| d.in_cut(16, y, x)).count();
+        let cut: usize =
+            (0..32).flat_map(|y| (0..32).map(move |x| (y, x))).filter(|&(y, x)| d.in_cut(16, y, x)).count();
         assert_eq!(cut, 16 * 16);
         assert!(d.in_cut(16, 8, 8) && !d.in_cut(16, 24, 24) && d.in_cut(16, 23, 23));
         let _ = aug;

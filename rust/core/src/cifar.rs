@@ -23,7 +23,8 @@ pub const RECORDS_PER_FILE: usize = 10_000;
 /// Number of classes.
 pub const NUM_CLASSES: u8 = 10;
 /// Training batch files, in order.
-pub const TRAIN_FILES: [&str; 5] = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+pub const TRAIN_FILES: [&str; 5] =
+    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 /// Test batch file.
 pub const TEST_FILE: &str = "test_batch.bin";
 
@@ -168,7 +169,9 @@ pub fn search_split(n: usize, portion: f64, seed: u64) -> Result<(Vec<usize>, Ve
     }
     let half = ((portion * n as f64) as usize) / 2;
     if half == 0 {
-        return Err(DataError::Argument(format!("portion {portion} of {n} images leaves no image for S_train and S_val")));
+        return Err(DataError::Argument(format!(
+            "portion {portion} of {n} images leaves no image for S_train and S_val"
+        )));
     }
     let mut perm: Vec<usize> = (0..n).collect();
     Rng::new(mix(&[seed, 0x5EA2C4])).shuffle(&mut perm);

@@ -8,7 +8,9 @@
 
 use crate::error::DeriveError;
 use crate::genotype::{CellGenotype, NetworkGenotype, DEFAULT_CONCAT};
-use crate::space::{edge_index, node_inputs, AlphaMode, EDGES_PER_NODE, NONE_OP, NUM_EDGES, NUM_OPS, PRIMITIVES, STEPS};
+use crate::space::{
+    edge_index, node_inputs, AlphaMode, EDGES_PER_NODE, NONE_OP, NUM_EDGES, NUM_OPS, PRIMITIVES, STEPS,
+};
 
 /// Strongest non-'none' op of a row: (op index, weight). The first maximum wins.
 fn best_op(row: &[f64]) -> (usize, f64) {
@@ -25,7 +27,12 @@ fn best_op(row: &[f64]) -> (usize, f64) {
 /// `shape` is the table's shape as received, for the error message; `table` names it.
 pub fn derive_cell(weights: &[f64], shape: &[usize], table: &str) -> Result<CellGenotype, DeriveError> {
     if shape != [NUM_EDGES, NUM_OPS] || weights.len() != NUM_EDGES * NUM_OPS {
-        return Err(DeriveError::Shape { table: table.to_string(), rows: NUM_EDGES, cols: NUM_OPS, got: format!("{shape:?}") });
+        return Err(DeriveError::Shape {
+            table: table.to_string(),
+            rows: NUM_EDGES,
+            cols: NUM_OPS,
+            got: format!("{shape:?}"),
+        });
     }
     if let Some(i) = weights.iter().position(|w| !w.is_finite()) {
         return Err(DeriveError::NotFinite {

@@ -101,7 +101,8 @@ impl CellGenotype {
 
     /// Parse the JSON form; `at` names the cell in error messages.
     pub fn from_json_value(v: &Value, at: &str) -> Result<Self, GenotypeError> {
-        let obj = v.as_object().ok_or_else(|| GenotypeError::invalid(at, "expected an object with 'edges' and 'concat'"))?;
+        let obj =
+            v.as_object().ok_or_else(|| GenotypeError::invalid(at, "expected an object with 'edges' and 'concat'"))?;
         let edges_v = obj
             .get("edges")
             .and_then(Value::as_array)
@@ -114,15 +115,22 @@ impl CellGenotype {
                 .filter(|a| a.len() == 2)
                 .ok_or_else(|| GenotypeError::invalid(&here, "expected [op name, input index]"))?;
             let name = pair[0].as_str().ok_or_else(|| GenotypeError::invalid(&here, "op name must be a string"))?;
-            let input = json_index(&pair[1]).ok_or_else(|| GenotypeError::invalid(&here, "input must be a non-negative integer"))?;
+            let input = json_index(&pair[1])
+                .ok_or_else(|| GenotypeError::invalid(&here, "input must be a non-negative integer"))?;
             edges.push((name.to_string(), input));
         }
         let concat = match obj.get("concat") {
             None => DEFAULT_CONCAT.to_vec(),
             Some(c) => {
-                let arr = c.as_array().ok_or_else(|| GenotypeError::invalid(format!("{at}.concat"), "must be a list of node indices"))?;
+                let arr = c
+                    .as_array()
+                    .ok_or_else(|| GenotypeError::invalid(format!("{at}.concat"), "must be a list of node indices"))?;
                 arr.iter()
-                    .map(|x| json_index(x).ok_or_else(|| GenotypeError::invalid(format!("{at}.concat"), "must be a list of node indices")))
+                    .map(|x| {
+                        json_index(x).ok_or_else(|| {
+                            GenotypeError::invalid(format!("{at}.concat"), "must be a list of node indices")
+                        })
+                    })
                     .collect::<Result<Vec<_>, _>>()?
             }
         };
@@ -154,14 +162,22 @@ fn validate(edges: &[(usize, usize)], concat: &[usize], at: &str) -> Result<(), 
             if input >= node_inputs(node) {
                 return Err(GenotypeError::invalid(
                     here,
-                    format!("node {} can only read earlier nodes 0..{}, got input {input}", node + NUM_INPUTS, node + NUM_INPUTS),
+                    format!(
+                        "node {} can only read earlier nodes 0..{}, got input {input}",
+                        node + NUM_INPUTS,
+                        node + NUM_INPUTS
+                    ),
                 ));
             }
         }
         if pair[0].1 == pair[1].1 {
             return Err(GenotypeError::invalid(
                 format!("{at}.edges[{}]", node * EDGES_PER_NODE + 1),
-                format!("both edges of node {} read node {}; a node keeps 2 distinct edges", node + NUM_INPUTS, pair[0].1),
+                format!(
+                    "both edges of node {} read node {}; a node keeps 2 distinct edges",
+                    node + NUM_INPUTS,
+                    pair[0].1
+                ),
             ));
         }
     }
@@ -196,7 +212,12 @@ impl NetworkGenotype {
         if cells.len() != n {
             return Err(GenotypeError::invalid(
                 mode.name(),
-                format!("a {} genotype has {n} cells ({}), got {}", mode.name(), mode.table_names().join(", "), cells.len()),
+                format!(
+                    "a {} genotype has {n} cells ({}), got {}",
+                    mode.name(),
+                    mode.table_names().join(", "),
+                    cells.len()
+                ),
             ));
         }
         Ok(Self { mode, cells })
@@ -247,10 +268,9 @@ impl NetworkGenotype {
     pub fn from_json(text: &str) -> Result<Self, GenotypeError> {
         let v: Value = serde_json::from_str(text).map_err(|e| GenotypeError::Parse(format!("invalid JSON: {e}")))?;
         let obj = v.as_object().ok_or_else(|| GenotypeError::invalid("genotype", "expected a JSON object"))?;
-        let mode_name = obj
-            .get("alpha_mode")
-            .and_then(Value::as_str)
-            .ok_or_else(|| GenotypeError::invalid("alpha_mode", "missing, or not a string ('shared' or 'multilevel')"))?;
+        let mode_name = obj.get("alpha_mode").and_then(Value::as_str).ok_or_else(|| {
+            GenotypeError::invalid("alpha_mode", "missing, or not a string ('shared' or 'multilevel')")
+        })?;
         let mode = AlphaMode::parse(mode_name).map_err(|e| GenotypeError::invalid("alpha_mode", e.to_string()))?;
         let cells_v = obj
             .get("cells")

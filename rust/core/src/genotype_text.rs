@@ -179,7 +179,11 @@ pub(crate) fn parse(text: &str) -> Result<NetworkGenotype, GenotypeError> {
     }
     match p.next() {
         Some(Tok::Ident(_)) => {}
-        _ => return Err(err("expected text like Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])")),
+        _ => {
+            return Err(err(
+                "expected text like Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])",
+            ))
+        }
     }
     p.expect_sym('(')?;
     let mut fields: Vec<(String, Vec<(String, usize)>)> = Vec::new();
@@ -234,7 +238,8 @@ pub(crate) fn parse(text: &str) -> Result<NetworkGenotype, GenotypeError> {
     let mut cells = Vec::new();
     for t in mode.table_names() {
         let edges = &fields.iter().find(|(k, _)| k == t).expect("mode matched the field names").1;
-        let concat = concats.iter().find(|(k, _)| k == t).map(|(_, c)| c.clone()).unwrap_or_else(|| DEFAULT_CONCAT.to_vec());
+        let concat =
+            concats.iter().find(|(k, _)| k == t).map(|(_, c)| c.clone()).unwrap_or_else(|| DEFAULT_CONCAT.to_vec());
         cells.push(CellGenotype::from_named(edges, concat, t)?);
     }
     NetworkGenotype::new(mode, cells)

@@ -195,11 +195,8 @@ pub(crate) const fn binomial2(n: u64) -> u64 {
 /// `derived` is false, the space of derived networks otherwise. The size does not depend on depth: cells
 /// that share a table are the same cell.
 pub fn search_space_size(mode: AlphaMode, derived: bool) -> BigUint {
-    let per_cell = if derived {
-        BigUint::from(derived_cell_count())
-    } else {
-        BigUint::from(NUM_OPS).pow(NUM_EDGES as u32)
-    };
+    let per_cell =
+        if derived { BigUint::from(derived_cell_count()) } else { BigUint::from(NUM_OPS).pow(NUM_EDGES as u32) };
     let mut size = BigUint::one();
     for _ in mode.table_names() {
         size *= &per_cell;

@@ -10,6 +10,11 @@ use pyo3::prelude::*;
 
 use crate::error::{DataFormatError, IntoPy};
 
+/// Images and labels as numpy arrays.
+type ImagesAndLabels<'py> = (Bound<'py, PyArray4<u8>>, Bound<'py, PyArray1<i64>>);
+/// Two index arrays (S_train, S_val).
+type IndexPair<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>);
+
 /// Parse "train" or "test".
 fn split_of(name: &str) -> PyResult<Split> {
     match name {
@@ -29,11 +34,7 @@ pub fn labels_i64(labels: &[u8]) -> Vec<i64> {
 /// into numpy, without a copy.
 #[pyfunction]
 #[pyo3(signature = (root, split = "train"))]
-pub fn load_cifar10_bin<'py>(
-    py: Python<'py>,
-    root: PathBuf,
-    split: &str,
-) -> PyResult<(Bound<'py, PyArray4<u8>>, Bound<'py, PyArray1<i64>>)> {
+pub fn load_cifar10_bin<'py>(py: Python<'py>, root: PathBuf, split: &str) -> PyResult<ImagesAndLabels<'py>> {
     let split = split_of(split)?;
     let images = py.allow_threads(|| cifar::load(&root, split)).py()?;
     let n = images.len();
@@ -46,12 +47,7 @@ pub fn load_cifar10_bin<'py>(
 /// `floor(portion·n/2)` indices are S_train, the next as many S_val.
 #[pyfunction]
 #[pyo3(signature = (n, portion = 1.0, seed = 0))]
-pub fn search_split<'py>(
-    py: Python<'py>,
-    n: usize,
-    portion: f64,
-    seed: u64,
-) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>)> {
+pub fn search_split<'py>(py: Python<'py>, n: usize, portion: f64, seed: u64) -> PyResult<IndexPair<'py>> {
     let (t, v) = cifar::search_split(n, portion, seed).py()?;
     let to = |v: Vec<usize>| Array1::from_vec(v.into_iter().map(|i| i as i64).collect()).into_pyarray(py);
     Ok((to(t), to(v)))

@@ -106,7 +106,12 @@ pub struct Genotype {
 impl Genotype {
     #[new]
     #[pyo3(signature = (normal, reduce, normal_concat = None, reduce_concat = None))]
-    fn new(normal: CellArg, reduce: CellArg, normal_concat: Option<Vec<usize>>, reduce_concat: Option<Vec<usize>>) -> PyResult<Self> {
+    fn new(
+        normal: CellArg,
+        reduce: CellArg,
+        normal_concat: Option<Vec<usize>>,
+        reduce_concat: Option<Vec<usize>>,
+    ) -> PyResult<Self> {
         let cells = vec![cell_of(normal, normal_concat, "normal")?, cell_of(reduce, reduce_concat, "reduce")?];
         Ok(Self { inner: NetworkGenotype::new(AlphaMode::Shared, cells).py()? })
     }
@@ -190,7 +195,13 @@ pub struct MultiLevelGenotype {
 impl MultiLevelGenotype {
     #[new]
     #[pyo3(signature = (normal_low, reduce_low, normal_mid, reduce_mid, normal_high))]
-    fn new(normal_low: CellArg, reduce_low: CellArg, normal_mid: CellArg, reduce_mid: CellArg, normal_high: CellArg) -> PyResult<Self> {
+    fn new(
+        normal_low: CellArg,
+        reduce_low: CellArg,
+        normal_mid: CellArg,
+        reduce_mid: CellArg,
+        normal_high: CellArg,
+    ) -> PyResult<Self> {
         let args = [normal_low, reduce_low, normal_mid, reduce_mid, normal_high];
         let cells = args
             .into_iter()

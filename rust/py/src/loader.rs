@@ -55,14 +55,14 @@ impl BatchLoader {
                 .iter()
                 .enumerate()
                 .map(|(k, &i)| {
-                    usize::try_from(i)
-                        .ok()
-                        .filter(|&i| i < n)
-                        .ok_or_else(|| DataFormatError::new_err(format!("indices[{k}] = {i} is out of range for {n} images")))
+                    usize::try_from(i).ok().filter(|&i| i < n).ok_or_else(|| {
+                        DataFormatError::new_err(format!("indices[{k}] = {i} is out of range for {n} images"))
+                    })
                 })
                 .collect::<PyResult<_>>()?,
         };
-        let mut data = Images { pixels: Vec::with_capacity(idx.len() * IMAGE_BYTES), labels: Vec::with_capacity(idx.len()) };
+        let mut data =
+            Images { pixels: Vec::with_capacity(idx.len() * IMAGE_BYTES), labels: Vec::with_capacity(idx.len()) };
         for &i in &idx {
             let l = labs[i];
             if !(0..10).contains(&l) {
@@ -108,7 +108,10 @@ impl BatchLoader {
     #[pyo3(signature = (epoch, start = 0))]
     fn epoch(&self, epoch: u64, start: usize) -> EpochIterator {
         let cfg = self.inner.config();
-        EpochIterator { it: Mutex::new(Some(self.inner.epoch(epoch, start))), channels_last: cfg.layout == Layout::Nhwc }
+        EpochIterator {
+            it: Mutex::new(Some(self.inner.epoch(epoch, start))),
+            channels_last: cfg.layout == Layout::Nhwc,
+        }
     }
 }
 

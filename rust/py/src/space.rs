@@ -62,7 +62,12 @@ impl AlphaLayout {
     }
 
     fn __repr__(&self) -> String {
-        format!("AlphaLayout(alpha_mode='{}', layers={}, tables={:?})", self.inner.mode.name(), self.inner.cells.len(), self.inner.tables)
+        format!(
+            "AlphaLayout(alpha_mode='{}', layers={}, tables={:?})",
+            self.inner.mode.name(),
+            self.inner.cells.len(),
+            self.inner.tables
+        )
     }
 }
 
