@@ -312,7 +312,7 @@ def _load_genotype_arg(text: str) -> Any:
 @click.option("--quiet", is_flag=True)
 def train(**opts: Any) -> None:
     """Train an evaluation network from scratch (DARTS' CIFAR-10 recipe, or the ImageNet recipe)."""
-    from mdarts_rs.evaluate import RECIPES, TrainConfig
+    from mdarts_rs.config import RECIPES, TrainConfig
     from mdarts_rs.evaluate import train as run_train
 
     seeds = opts.pop("seeds") or [opts["seed"]]

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+def _not_positive(cfg: Any, names: tuple[str, ...]) -> list[str]:
+    return [f"{n} must be positive, got {getattr(cfg, n)}" for n in names if getattr(cfg, n) < 1]
+
+
+def _json(cfg: Any) -> dict[str, Any]:
+    """A config as JSON-ready values (paths as text)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
 @dataclass
@@ -53,9 +62,7 @@ class SearchConfig:
             problems.append(f"entropy_reduction must be 'sum' or 'mean', got {self.entropy_reduction!r}")
         if not self.gamma >= 0:
             problems.append(f"gamma must be >= 0, got {self.gamma}")
-        for name in ("epochs", "batch_size", "init_channels", "layers"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        problems += _not_positive(self, ("epochs", "batch_size", "init_channels", "layers"))
         if not 0 < self.portion <= 1:
             problems.append(f"portion must be in (0, 1], got {self.portion}")
         if not problems:
@@ -71,8 +78,7 @@ class SearchConfig:
             raise ValueError("; ".join(problems))
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+        return _json(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SearchConfig:
@@ -91,8 +97,62 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class SweepConfig:
-    """The paper's table-1 sweep over γ (Li, Chen, Sun 2021), at a configurable scale."""
+class TrainConfig:
+    """A training run of an evaluation network."""
 
-    gammas: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0, 5.0, 10.0])
-    base: SearchConfig = field(default_factory=SearchConfig)
+    genotype: str = ""
+    data: Path | None = None
+    out: Path = Path("runs/train")
+    dataset: str = "cifar10"
+    epochs: int = 600
+    batch_size: int = 96
+    lr: float = 0.025
+    lr_schedule: str = "cosine"
+    warmup_epochs: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    init_channels: int = 36
+    layers: int = 20
+    auxiliary: bool = True
+    auxiliary_weight: float = 0.4
+    cutout: int = 16
+    drop_path: float = 0.2
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    workers: int | None = None
+    bf16: bool = False
+    channels_last: bool = False
+    steps_per_epoch: int | None = None
+    resume: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.data = Path(self.data) if self.data is not None else None
+        problems = []
+        if self.dataset not in ("cifar10", "imagenet"):
+            problems.append(f"dataset must be 'cifar10' or 'imagenet', got {self.dataset!r}")
+        if self.lr_schedule not in ("cosine", "linear"):
+            problems.append(f"lr_schedule must be 'cosine' or 'linear', got {self.lr_schedule!r}")
+        problems += _not_positive(self, ("epochs", "batch_size", "init_channels", "layers"))
+        if not 0 <= self.drop_path < 1:
+            problems.append(f"drop_path must be in [0, 1), got {self.drop_path}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_json(self) -> dict[str, Any]:
+        return _json(self)
+
+
+#: DARTS' CIFAR-10 recipe and the P-DARTS/PC-DARTS ImageNet recipe (mobile setting).
+RECIPES: dict[str, dict[str, Any]] = {
+    "cifar10": {},
+    "imagenet": {
+        "epochs": 250, "batch_size": 1024, "lr": 0.5, "lr_schedule": "linear", "warmup_epochs": 5,
+        "weight_decay": 3e-5, "init_channels": 48, "layers": 14, "cutout": 0, "drop_path": 0.0, "label_smoothing": 0.1,
+    },
+}

@@ -9,12 +9,10 @@ the training set with ``batch_size / world_size`` images per step, and metrics a
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,74 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mdarts_rs.config import TrainConfig
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.network import NetworkCIFAR, NetworkImageNet, eval_network
 from mdarts_rs.run import RunFolder
 from mdarts_rs.search import resolve_device
-
-
-@dataclass
-class TrainConfig:
-    """A training run of an evaluation network."""
-
-    genotype: str = ""
-    data: Path | None = None
-    out: Path = Path("runs/train")
-    dataset: str = "cifar10"
-    epochs: int = 600
-    batch_size: int = 96
-    lr: float = 0.025
-    lr_schedule: str = "cosine"
-    warmup_epochs: int = 0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    init_channels: int = 36
-    layers: int = 20
-    auxiliary: bool = True
-    auxiliary_weight: float = 0.4
-    cutout: int = 16
-    drop_path: float = 0.2
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None
-    bf16: bool = False
-    channels_last: bool = False
-    steps_per_epoch: int | None = None
-    resume: bool = False
-    quiet: bool = False
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        self.data = Path(self.data) if self.data is not None else None
-        problems = []
-        if self.dataset not in ("cifar10", "imagenet"):
-            problems.append(f"dataset must be 'cifar10' or 'imagenet', got {self.dataset!r}")
-        if self.lr_schedule not in ("cosine", "linear"):
-            problems.append(f"lr_schedule must be 'cosine' or 'linear', got {self.lr_schedule!r}")
-        for name in ("epochs", "batch_size", "init_channels", "layers"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.drop_path < 1:
-            problems.append(f"drop_path must be in [0, 1), got {self.drop_path}")
-        if not 0 <= self.label_smoothing < 1:
-            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
-
-
-#: DARTS' CIFAR-10 recipe and the P-DARTS/PC-DARTS ImageNet recipe (mobile setting).
-RECIPES: dict[str, dict[str, Any]] = {
-    "cifar10": {},
-    "imagenet": {
-        "epochs": 250, "batch_size": 1024, "lr": 0.5, "lr_schedule": "linear", "warmup_epochs": 5,
-        "weight_decay": 3e-5, "init_channels": 48, "layers": 14, "cutout": 0, "drop_path": 0.0, "label_smoothing": 0.1,
-    },
-}
 
 
 # ---- distributed helpers -----------------------------------------------------------------------------

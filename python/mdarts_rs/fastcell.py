@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdarts_rs._core import PRIMITIVES, STEPS
-from mdarts_rs.primitives import FactorizedReduce, ReLUConvBN
+from mdarts_rs.primitives import FactorizedReduce
 
 OP = {name: k for k, name in enumerate(PRIMITIVES)}
 
@@ -170,12 +170,10 @@ class FastSearchCell(nn.Module):
 
     def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction: bool, reduction_prev: bool):
         super().__init__()
+        from mdarts_rs.supernet import search_preprocessing
+
         self.reduction = reduction
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, c, affine=False)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)
+        self.preprocess0, self.preprocess1 = search_preprocessing(c_prev_prev, c_prev, c, reduction_prev)
         self.nodes = nn.ModuleList()
         self._edges: list[list[int]] = []
         for j in range(STEPS + 1):  # states 0..4 are read by some node; the last node is read by none

@@ -49,6 +49,15 @@ class MixedOp(nn.Module):
         return ops.weighted_sum([op(x) for op in self.ops[1:]], p[1:])
 
 
+def search_preprocessing(c_prev_prev: int, c_prev: int, c: int, reduction_prev: bool) -> tuple[nn.Module, nn.Module]:
+    """The non-affine modules that bring a search cell's two inputs to ``c`` channels at its resolution."""
+    if reduction_prev:
+        pre0: nn.Module = FactorizedReduce(c_prev_prev, c, affine=False)
+    else:
+        pre0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False)
+    return pre0, ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)
+
+
 class SearchCell(nn.Module):
     """A supernet cell: 2 preprocessed inputs, 4 intermediate nodes each summing a mixed op of every
     earlier node (14 edges), and the concatenation of the intermediates."""
@@ -56,11 +65,7 @@ class SearchCell(nn.Module):
     def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction: bool, reduction_prev: bool):
         super().__init__()
         self.reduction = reduction
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, c, affine=False)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)
+        self.preprocess0, self.preprocess1 = search_preprocessing(c_prev_prev, c_prev, c, reduction_prev)
         self.edges = nn.ModuleList()
         for node in range(STEPS):
             for j in range(2 + node):
