@@ -173,8 +173,9 @@ def test_cli_search_both_modes_writes_summary_and_comparison(tmp_path, tiny_data
 def test_cli_sweep_writes_table(tmp_path, tiny_data):
     data = write_bin(tmp_path / "cifar", *tiny_data)
     out = tmp_path / "sweep"
-    r = CliRunner().invoke(main, ["sweep", "--gamma", "0,5", "--data", str(data), "--out", str(out), "--no-plots", *TINY])
+    r = CliRunner().invoke(main, ["sweep", "--gamma", "0,5", "--data", str(data), "--out", str(out), "--no-plots", "--fast", *TINY])
     assert r.exit_code == 0, r.output
+    assert json.loads((out / "gamma_5" / "config.json").read_text())["fast"] is True
     rows = json.loads((out / "summary.json").read_text())
     assert [r["gamma"] for r in rows] == [0.0, 5.0]
     assert (out / "gamma_0" / "metrics.jsonl").exists() and (out / "gamma_5" / "genotype.json").exists()
