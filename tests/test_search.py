@@ -219,3 +219,24 @@ def test_cli_quick_search_on_real_subset(tmp_path, cifar_mini):
     assert rec["epoch"] == 0 and rec["gap"]["images"] == 100
     assert isinstance(md.load_genotype(out / "genotype.json"), md.MultiLevelGenotype)
     assert {p.name for p in (out / "plots").iterdir()} == {"alpha.png", "genotype.png", "skip_connect.png"}
+
+
+def test_search_numeric_options(tmp_path, tiny_data):
+    """channels-last computes the same α gradient as the default layout; bf16 autocast a close one, with α
+    kept in float32; both run the whole loop."""
+    grads, losses = {}, {}
+    for name, kw in {"fp32": {}, "channels_last": {"channels_last": True}, "bf16": {"bf16": True}}.items():
+        s = Searcher(tiny_cfg(tmp_path, out=tmp_path / name, epochs=1, **kw), *tiny_data)
+        (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
+        if kw.get("channels_last"):
+            assert xt.is_contiguous(memory_format=torch.channels_last)
+        out = s.train_step(xt, yt, xv, yv)
+        grads[name] = torch.cat([a.grad.flatten() for a in s.model.arch_parameters()])
+        losses[name] = out["val_loss"]
+        assert all(a.dtype == torch.float32 for a in s.model.arch_parameters())
+        s.run_epochs()
+        assert np.isfinite(s.history[-1]["train_loss"])
+    torch.testing.assert_close(grads["channels_last"], grads["fp32"], rtol=1e-3, atol=1e-6)
+    cos = torch.nn.functional.cosine_similarity(grads["bf16"], grads["fp32"], dim=0)
+    assert cos > 0.95, f"bf16 α gradient has cosine {cos:.3f} with the float32 one"
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)

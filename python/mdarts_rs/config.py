@@ -46,6 +46,9 @@ class SearchConfig:
     gap_images: int = 1024
     steps_per_epoch: int | None = None
     fast: bool = False
+    bf16: bool = False
+    tf32: bool = False
+    channels_last: bool = False
     resume: bool = False
     quiet: bool = False
     plots: bool = True

@@ -119,8 +119,14 @@ class Searcher:
         self.run = run
         self.device = resolve_device(cfg.device)
         self.model = SuperNet(cfg.init_channels, 10, cfg.layers, cfg.alpha_mode, seed=cfg.seed, fast=cfg.fast).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         train_idx, val_idx = search_split(len(labels), cfg.portion, cfg.seed)
-        common = dict(batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda")
+        common = dict(batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda",
+                      channels_last=cfg.channels_last)
         self.train_loader = CifarLoader(images, labels, train_idx, seed=cfg.seed, **common)  # type: ignore[arg-type]
         self.val_loader = CifarLoader(images, labels, val_idx, seed=cfg.seed + 1, **common)  # type: ignore[arg-type]
         if len(self.train_loader) == 0:
@@ -188,8 +194,9 @@ class Searcher:
         # α step: gradients of L_val + γ·L_entropy with respect to α only (the weight gradients this
         # backward would also produce are never used, so autograd.grad skips them).
         p, h = model.alphas()
-        logits_v = model(xv, p)
-        loss_v = F.cross_entropy(logits_v, yv)
+        with self._autocast():
+            logits_v = model(xv, p)
+        loss_v = F.cross_entropy(logits_v.float(), yv)
         ent = entropy_loss(h, cfg.entropy_reduction)
         a_loss = loss_v + cfg.gamma * ent if cfg.gamma else loss_v
         grads = torch.autograd.grad(a_loss, alphas)
@@ -200,8 +207,9 @@ class Searcher:
         with torch.no_grad():
             p, _ = model.alphas()
         self.w_opt.zero_grad(set_to_none=True)
-        logits = model(xt, p)
-        loss = F.cross_entropy(logits, yt)
+        with self._autocast():
+            logits = model(xt, p)
+        loss = F.cross_entropy(logits.float(), yt)
         loss.backward()
         nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.grad_clip)
         self.w_opt.step()
@@ -213,6 +221,10 @@ class Searcher:
         out = dict(zip(("a_loss", "val_loss", "train_loss", "entropy_loss", "val_correct", "train_correct"), stats))
         self._check_finite(out)
         return out
+
+    def _autocast(self) -> torch.autocast:
+        """bfloat16 autocast of the network's forward when ``cfg.bf16`` (α, its softmax and the losses stay float32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def _check_finite(self, out: dict[str, float]) -> None:
         where = f"epoch {self.epoch} step {self.step_in_epoch}"
