@@ -40,7 +40,7 @@ def naive(xs, w):
 
 
 def stacked(xs, w):
-    return torch.tensordot(w, torch.stack(xs), dims=1)
+    return torch.tensordot(w.to(xs[0].dtype), torch.stack(xs), dims=1)
 
 
 def fused(xs, w):

@@ -179,18 +179,24 @@ class FastSearchCell(nn.Module):
         for j in range(STEPS + 1):  # states 0..4 are read by some node; the last node is read by none
             self.nodes.append(NodeOps(c, len(readers(j)), 2 if reduction and j < 2 else 1))
             self._edges.append([edge_id(i, j) for i in readers(j)])
+            # α rows of the edges reading state j, as a device buffer: indexing with a Python list would copy
+            # it from the host at every step (and cannot be captured in a CUDA graph).
+            self.register_buffer(f"rows_{j}", torch.tensor(self._edges[j]), persistent=False)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, p: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """``p``: (14, 8) op weights of this cell's table. ``sparse`` is accepted for interface parity: the
         dense sum with zero weights is already exact."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        mixed = [self.nodes[j](states[j], p[self._edges[j]]) for j in (0, 1)]
+        mixed = [self.nodes[j](states[j], p[self._rows(j)]) for j in (0, 1)]
         for i in range(STEPS):
             node = sum(mixed[j][:, i - readers(j)[0]] for j in range(i + 2))
             states.append(node)  # type: ignore[arg-type]
             if i + 2 <= STEPS:
-                mixed.append(self.nodes[i + 2](node, p[self._edges[i + 2]]))  # type: ignore[arg-type]
+                mixed.append(self.nodes[i + 2](node, p[self._rows(i + 2)]))  # type: ignore[arg-type]
         return torch.cat(states[2:], dim=1)
+
+    def _rows(self, j: int) -> torch.Tensor:
+        return getattr(self, f"rows_{j}")
 
     @classmethod
     def from_plain(cls, cell: nn.Module) -> FastSearchCell:
