@@ -22,12 +22,13 @@ DEVICE = "cuda" if CUDA else "cpu"
 BATCHES = [64, 256] if CUDA else [8]
 
 
-def make_searcher(tmp_path, mode: str, fast: bool, batch: int) -> Searcher:
+def make_searcher(tmp_path, mode: str, fast: bool, batch: int, graph: bool = False) -> Searcher:
     rng = np.random.default_rng(0)
     n = 4 * batch
     images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int64)
-    cfg = SearchConfig(out=tmp_path, alpha_mode=mode, fast=fast, batch_size=batch, device=DEVICE, workers=1, quiet=True, plots=False, gap_images=8)
+    cfg = SearchConfig(out=tmp_path, alpha_mode=mode, fast=fast, batch_size=batch, device=DEVICE, workers=1, quiet=True, plots=False,
+                       gap_images=8, cuda_graph=graph)
     return Searcher(cfg, images, labels)
 
 
@@ -44,17 +45,27 @@ def count_kernels(step) -> int:
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("mode", ["multilevel", "shared"])
-@pytest.mark.parametrize("path", ["baseline_plain", "fast"])
+@pytest.mark.parametrize("path", ["baseline_plain", "fast"] + (["fast_graph"] if CUDA else []))
 def test_search_step(benchmark, tmp_path, path, mode, batch):
-    s = make_searcher(tmp_path, mode, path == "fast", batch)
+    s = make_searcher(tmp_path, mode, path != "baseline_plain", batch, graph=path == "fast_graph")
     (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
-    out = s.train_step(xt, yt, xv, yv)
-    assert np.isfinite(out["a_loss"]) and np.isfinite(out["train_loss"])
+    if path == "fast_graph":
+        for _ in range(4):  # 3 eager warm-up steps, then the capture and its first replay
+            s.graph_step(xt, yt, xv, yv)
+        s.flush_device_stats()  # raises if a statistic is not finite
+        assert s._graph is not None, "the step was not captured"
 
-    def step():
-        s.train_step(xt, yt, xv, yv)
-        if CUDA:
+        def step():
+            s.graph_step(xt, yt, xv, yv)
             torch.cuda.synchronize()
+    else:
+        out = s.train_step(xt, yt, xv, yv)
+        assert np.isfinite(out["a_loss"]) and np.isfinite(out["train_loss"])
+
+        def step():
+            s.train_step(xt, yt, xv, yv)
+            if CUDA:
+                torch.cuda.synchronize()
 
     kernels = count_kernels(step)
     if CUDA:

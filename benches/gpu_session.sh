@@ -32,7 +32,7 @@ run() {
 }
 
 run build "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
-run cuda_tests "${PYTEST[@]}" -m cuda -rs tests/test_ops.py
+run cuda_tests "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_search.py
 run bench_ops "${PYTEST[@]}" -s benches/bench_ops.py --benchmark-json "$OUT/bench_ops.json"
 run bench_step "${PYTEST[@]}" -s benches/bench_search_step.py --benchmark-json "$OUT/bench_step.json"
 run bench_loader "${PYTEST[@]}" benches/bench_loader.py

@@ -103,6 +103,7 @@ _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--bf16", is_flag=True, help="bfloat16 autocast of the network (α and losses stay float32)."),
     click.option("--tf32", is_flag=True, help="Allow TF32 matrix multiplies and convolutions on the GPU."),
     click.option("--channels-last", is_flag=True, help="Channels-last network and batches."),
+    click.option("--cuda-graph", is_flag=True, help="Replay each search step as one CUDA graph (not yet measured on a GPU)."),
     click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint."),
     click.option("--quiet", is_flag=True, help="No progress bars or epoch lines."),
     click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),

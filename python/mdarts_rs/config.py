@@ -49,6 +49,7 @@ class SearchConfig:
     bf16: bool = False
     tf32: bool = False
     channels_last: bool = False
+    cuda_graph: bool = False
     resume: bool = False
     quiet: bool = False
     plots: bool = True

@@ -31,7 +31,7 @@ from mdarts_rs.run import RunFolder
 from mdarts_rs.supernet import SuperNet, Weights, one_hot_weights
 
 #: Config fields that may differ when resuming a run.
-RESUMABLE_CHANGES = {"resume", "quiet", "plots", "device", "workers", "out", "data"}  # not "fast": weights differ in layout
+RESUMABLE_CHANGES = {"resume", "quiet", "plots", "device", "workers", "out", "data", "cuda_graph"}  # not "fast": weights differ in layout
 
 
 class SearchDiverged(RuntimeError):
@@ -139,7 +139,15 @@ class Searcher:
         self.gap_y = torch.from_numpy(labels[gap_idx]).to(self.device)
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.lr_min)
-        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay)
+        self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
+        if cfg.cuda_graph and not self.use_graph:
+            tqdm.write("--cuda-graph needs a CUDA device; running the steps eagerly")
+        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), cfg.arch_lr, betas=cfg.arch_betas,
+                                      weight_decay=cfg.arch_weight_decay, capturable=self.use_graph)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_warmup = 0
+        self._acc_dev: torch.Tensor | None = None  # graph mode: step statistics summed on the device
+        self._neg_lr = torch.zeros((), device=self.device)  # graph mode: −lr, read by the captured update
         self.steps = len(self.train_loader) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(self.train_loader))
         self.steps = min(self.steps, len(self.val_loader))
         self.epoch, self.step_in_epoch = 0, 0
@@ -182,13 +190,16 @@ class Searcher:
         self.history = list(state["history"])
 
     def save(self) -> None:
+        self.flush_device_stats()
         if self.run is not None:
             self.run.save_checkpoint(self.state())
 
     # ---- one step -------------------------------------------------------------------------------------
 
-    def train_step(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> dict[str, float]:
-        """One α update on (xv, yv), then one weight update on (xt, yt)."""
+    def _step_stats(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> torch.Tensor:
+        """One α update on (xv, yv), then one weight update on (xt, yt), without host synchronisation.
+
+        Returns (α loss, val loss, train loss, entropy loss, val correct, train correct) on the device."""
         cfg, model = self.cfg, self.model
         alphas = model.arch_parameters()
         # α step: gradients of L_val + γ·L_entropy with respect to α only (the weight gradients this
@@ -211,20 +222,102 @@ class Searcher:
             logits = model(xt, p)
         loss = F.cross_entropy(logits.float(), yt)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.grad_clip)
-        self.w_opt.step()
-        # One host synchronisation for all step statistics.
-        stats = torch.stack([
+        params = model.weight_parameters()
+        nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True if self.use_graph else None)
+        if self.use_graph:
+            self._sgd_step(params)
+        else:
+            self.w_opt.step()
+        return torch.stack([
             a_loss.detach(), loss_v.detach(), loss.detach(), ent.detach(),
             (logits_v.argmax(1) == yv).sum().to(loss.dtype), (logits.argmax(1) == yt).sum().to(loss.dtype),
-        ]).tolist()
+        ])
+
+    def train_step(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> dict[str, float]:
+        """One α update on (xv, yv), then one weight update on (xt, yt); its statistics, checked finite."""
+        # One host synchronisation for all step statistics.
+        stats = self._step_stats(xt, yt, xv, yv).tolist()
         out = dict(zip(("a_loss", "val_loss", "train_loss", "entropy_loss", "val_correct", "train_correct"), stats))
         self._check_finite(out)
         return out
 
+    # ---- CUDA graph mode ------------------------------------------------------------------------------
+
+    def _sgd_step(self, params: list[nn.Parameter]) -> None:
+        """SGD with momentum and weight decay as torch.optim.SGD computes it (dampening 0, no Nesterov), with
+        the learning rate read from a device tensor so that the update can be captured in a CUDA graph.
+        The momentum buffers are torch.optim.SGD's own state, so checkpoints do not depend on the mode."""
+        cfg = self.cfg
+        for q in params:
+            state = self.w_opt.state[q]
+            if state.get("momentum_buffer") is None:  # eager warm-up steps create them, never the capture
+                state["momentum_buffer"] = torch.zeros_like(q)  # torch's first step: buf = grad = 0.9·0 + grad
+        live = [q for q in params if q.grad is not None]
+        grads = [q.grad for q in live]
+        bufs = [self.w_opt.state[q]["momentum_buffer"] for q in live]
+        torch._foreach_add_(grads, live, alpha=cfg.weight_decay)
+        torch._foreach_mul_(bufs, cfg.momentum)
+        torch._foreach_add_(bufs, grads)
+        torch._foreach_add_(live, torch._foreach_mul(bufs, self._neg_lr))
+
+    def _accumulate(self, stats: torch.Tensor, n_t: int, n_v: int) -> None:
+        # (train loss·n, val loss·n, train correct, val correct, n train, n val, entropy loss), on the device
+        # torch.full launches a fill kernel; new_tensor would copy from the host at every step.
+        nt, nv = (torch.full((), float(n), device=stats.device, dtype=stats.dtype) for n in (n_t, n_v))
+        row = torch.stack([stats[2] * n_t, stats[1] * n_v, stats[5], stats[4], nt, nv, stats[3]])
+        self._acc_dev = row if self._acc_dev is None else self._acc_dev + row
+
+    def flush_device_stats(self) -> None:
+        """Fold the statistics summed on the device into the epoch's totals and check they are finite."""
+        if self._acc_dev is None:
+            return
+        tl, vl, tc, vc, nt, nv, ent = self._acc_dev.tolist()
+        self._acc_dev = None
+        for key, v in zip(("train_loss", "val_loss", "train_correct", "val_correct", "n_train", "n_val", "entropy_loss"),
+                          (tl, vl, tc, vc, nt, nv, ent)):
+            self.acc[key] += v
+        self._check_finite({"a_loss": vl + ent, "train_loss": tl})
+
+    def graph_step(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> None:
+        """One step replayed from a CUDA graph (captured after 3 eager warm-up steps on a side stream); the
+        statistics stay on the device until ``flush_device_stats``. If capture fails, the run continues
+        eagerly with a message."""
+        if self._graph is None and self._graph_warmup >= 0:
+            if self._graph_warmup < 3:
+                self._graph_warmup += 1
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self._set_lr()
+                    self._accumulate(self._step_stats(xt, yt, xv, yv), len(yt), len(yv))
+                torch.cuda.current_stream().wait_stream(side)
+                return
+            try:
+                self._static = [t.clone() for t in (xt, yt, xv, yv)]
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._static_stats = self._step_stats(*self._static)
+                self._graph = graph
+            except Exception as e:  # anything that cannot be captured
+                self._graph_warmup = -1
+                tqdm.write(f"CUDA graph capture failed ({type(e).__name__}: {e}); continuing eagerly")
+        self._set_lr()
+        if self._graph is None:
+            self._accumulate(self._step_stats(xt, yt, xv, yv), len(yt), len(yv))
+            return
+        for dst, src in zip(self._static, (xt, yt, xv, yv)):
+            dst.copy_(src, non_blocking=True)
+        self._graph.replay()
+        self._accumulate(self._static_stats, len(yt), len(yv))
+
+    def _set_lr(self) -> None:
+        self._neg_lr.fill_(-self.w_opt.param_groups[0]["lr"])  # outside the graph, so replays see the schedule
+
     def _autocast(self) -> torch.autocast:
         """bfloat16 autocast of the network's forward when ``cfg.bf16`` (α, its softmax and the losses stay float32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        # The autocast cache holds casts made during a CUDA-graph capture, so it is off in graph mode.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16, cache_enabled=not self.use_graph)
 
     def _check_finite(self, out: dict[str, float]) -> None:
         where = f"epoch {self.epoch} step {self.step_in_epoch}"
@@ -243,6 +336,7 @@ class Searcher:
     # ---- one epoch ------------------------------------------------------------------------------------
 
     def end_epoch(self, seconds: float) -> dict[str, Any]:
+        self.flush_device_stats()
         model = self.model
         genotype = model.genotype()
         with torch.no_grad():
@@ -293,19 +387,28 @@ class Searcher:
                 for (xt, yt), (xv, yv) in batches:
                     if self.step_in_epoch >= self.steps:
                         break
-                    out = self.train_step(xt, yt, xv, yv)
-                    n_t, n_v = len(yt), len(yv)
-                    a = self.acc
-                    a["train_loss"] += out["train_loss"] * n_t
-                    a["val_loss"] += out["val_loss"] * n_v
-                    a["train_correct"] += out["train_correct"]
-                    a["val_correct"] += out["val_correct"]
-                    a["n_train"] += n_t
-                    a["n_val"] += n_v
-                    a["entropy_loss"] += out["entropy_loss"]
-                    self.step_in_epoch += 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{out['train_loss']:.3f}", val=f"{out['val_loss']:.3f}", refresh=False)
+                    if self.use_graph:
+                        self.graph_step(xt, yt, xv, yv)
+                        self.step_in_epoch += 1
+                        if self.step_in_epoch % 50 == 0:  # the only host synchronisations of graph mode
+                            self.flush_device_stats()
+                            a = self.acc
+                            bar.set_postfix(loss=f"{a['train_loss'] / max(1, a['n_train']):.3f}", refresh=False)
+                        bar.update(1)
+                    else:
+                        out = self.train_step(xt, yt, xv, yv)
+                        n_t, n_v = len(yt), len(yv)
+                        a = self.acc
+                        a["train_loss"] += out["train_loss"] * n_t
+                        a["val_loss"] += out["val_loss"] * n_v
+                        a["train_correct"] += out["train_correct"]
+                        a["val_correct"] += out["val_correct"]
+                        a["n_train"] += n_t
+                        a["n_val"] += n_v
+                        a["entropy_loss"] += out["entropy_loss"]
+                        self.step_in_epoch += 1
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{out['train_loss']:.3f}", val=f"{out['val_loss']:.3f}", refresh=False)
                     if sig.caught:
                         bar.close()
                         self.save()
