@@ -289,8 +289,9 @@ class Searcher:
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
                     self._set_lr()
-                    self._accumulate(self._step_stats(xt, yt, xv, yv), len(yt), len(yv))
+                    stats = self._step_stats(xt, yt, xv, yv)
                 torch.cuda.current_stream().wait_stream(side)
+                self._accumulate(stats, len(yt), len(yv))  # on the main stream, where the totals live
                 return
             try:
                 self._static = [t.clone() for t in (xt, yt, xv, yv)]
