@@ -77,3 +77,34 @@ def test_search_step(benchmark, tmp_path, path, mode, batch):
     record(f"search step {mode} batch {batch} ({DEVICE})", path, benchmark, 1)
     print(f"\n{path} {mode} batch {batch}: {benchmark.stats.stats.mean * 1e3:.0f} ms/step, {kernels} "
           f"{'kernels' if CUDA else 'aten ops'}/step" + (f", peak {benchmark.extra_info['peak_mem_GiB']} GiB" if CUDA else ""))
+
+
+@pytest.mark.parametrize("feed", ["baseline_fixed_batch", "loader"])
+def test_search_epoch_feed(benchmark, tmp_path, cifar_train, feed):
+    """Steps fed by the Rust loader against steps on one batch already on the device: a ratio near 1 means the
+    search never waits for data. Batched supernet (with CUDA graphs on a GPU), real images when present."""
+    x, y = cifar_train
+    batch = 64 if CUDA else 8
+    steps = 40 if CUDA else 4
+    cfg = SearchConfig(out=tmp_path, fast=True, cuda_graph=CUDA, batch_size=batch, device=DEVICE, quiet=True, plots=False, gap_images=8)
+    s = Searcher(cfg, x, y)
+    step = s.graph_step if CUDA else s.train_step
+    (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
+    for _ in range(4):  # warm-up (and, on a GPU, the capture)
+        step(xt, yt, xv, yv)
+
+    def run():
+        if feed == "loader":
+            for k, ((a, b), (c, d)) in enumerate(zip(s.train_loader.batches(1), s.val_loader.batches(1))):
+                if k == steps:
+                    break
+                step(a, b, c, d)
+        else:
+            for _ in range(steps):
+                step(xt, yt, xv, yv)
+        if CUDA:
+            torch.cuda.synchronize()
+        s.flush_device_stats()
+
+    benchmark.pedantic(run, rounds=3 if CUDA else 1, iterations=1, warmup_rounds=1 if CUDA else 0)
+    record(f"search epoch feed, {steps} steps, batch {batch} ({DEVICE})", feed, benchmark, steps)
