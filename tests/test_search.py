@@ -114,6 +114,10 @@ def test_search_refuses_to_overwrite_or_resume_differently(tmp_path, tiny_data):
         run_search(dataclasses.replace(cfg, resume=True, gamma=2.0), *tiny_data)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run_search(dataclasses.replace(cfg, out=tmp_path / "other", resume=True), *tiny_data)
+    (cfg.out / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"checkpoint.pt: cannot read checkpoint; the file is damaged"):
+        run_search(dataclasses.replace(cfg, resume=True), *tiny_data)
+    assert json.loads((cfg.out / "metrics.jsonl").read_text())["epoch"] == 0  # finished work is still there
 
 
 def test_search_nan_guard_keeps_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):

@@ -98,4 +98,9 @@ class RunFolder:
         try:
             return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for a damaged file
-            raise ValueError(f"{self.checkpoint}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+            # torch's own text is long and suggests weights_only=False, which does not help a damaged file.
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+            raise ValueError(
+                f"{self.checkpoint}: cannot read checkpoint; the file is damaged or was not written by mdarts-rs "
+                f"({type(e).__name__}: {first})"
+            ) from None
