@@ -131,7 +131,7 @@ def _resolve_data(data: Path | None, download: bool) -> Path:
     raise click.UsageError("no CIFAR-10 folder: pass --data DIR (binary or python version), set MDARTS_DATA, or add --download")
 
 
-def _configs(ctx: click.Context, opts: dict[str, Any]) -> tuple[SearchConfig, Path]:
+def _configs(ctx: click.Context, opts: dict[str, Any]) -> SearchConfig:
     """A SearchConfig from the options, preset values filling whatever was not given explicitly."""
     opts = dict(opts)
     preset = opts.pop("preset")
@@ -142,7 +142,7 @@ def _configs(ctx: click.Context, opts: dict[str, Any]) -> tuple[SearchConfig, Pa
             opts[key] = value
     opts["plots"] = not opts.pop("no_plots")
     try:
-        return SearchConfig(data=data, **opts), data
+        return SearchConfig(data=data, **opts)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 
@@ -216,7 +216,7 @@ def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> No
     """Search a cell per level with the entropy heuristic on CIFAR-10."""
     seeds = opts.get("seeds") or [opts["seed"]]
     modes = ["shared", "multilevel"] if alpha_mode == "both" else [alpha_mode]
-    base, _ = _configs(ctx, {**opts, "alpha_mode": modes[0], "gamma": gamma})
+    base = _configs(ctx, {**opts, "alpha_mode": modes[0], "gamma": gamma})
     variants = [(f"{m}_seed{s}" if len(seeds) > 1 else m, {"alpha_mode": m, "seed": s}) for s in seeds for m in modes]
     results = _run_searches(base, variants, subfolders=len(variants) > 1)
     if len(results) > 1:
@@ -238,7 +238,7 @@ def sweep(ctx: click.Context, gammas: list[float], alpha_mode: str, **opts: Any)
     if not gammas or min(gammas) < 0:
         raise click.BadParameter("expected non-negative γ values", param_hint="--gamma")
     seeds = opts.get("seeds") or [opts["seed"]]
-    base, _ = _configs(ctx, {**opts, "alpha_mode": alpha_mode, "gamma": gammas[0]})
+    base = _configs(ctx, {**opts, "alpha_mode": alpha_mode, "gamma": gammas[0]})
     variants = [(f"gamma_{g:g}" + (f"_seed{s}" if len(seeds) > 1 else ""), {"gamma": g, "seed": s}) for g in gammas for s in seeds]
     results = _run_searches(base, variants, subfolders=True)
     path = _write_summary(base.out, _summary_rows(results))
@@ -265,10 +265,11 @@ def plot(runs: tuple[Path, ...], out: Path) -> None:
 @click.option("--imagenet-size", type=click.IntRange(min=32), default=224, show_default=True, help="Input side for the ImageNet MACs.")
 def info(genotype: str, imagenet_size: int) -> None:
     """Parameters and multiply-accumulates of GENOTYPE's evaluation networks (a genotype file or text)."""
+    from mdarts_rs.genotype import load_genotype
     from mdarts_rs.network import count_macs, count_params, eval_network
 
     try:
-        g = _load_genotype_arg(genotype)
+        g = load_genotype(genotype)
     except (FileNotFoundError, _core.MdartsError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(repr(g))
@@ -277,12 +278,6 @@ def info(genotype: str, imagenet_size: int) -> None:
         net = eval_network(g, dataset)
         click.echo(f"{name:<34}{count_params(net):>12,}{count_macs(net, (3, size, size)):>16,}")
     click.echo("\nparams: network weights without the auxiliary head; MACs: convolutions and linear layers, batch 1.")
-
-
-def _load_genotype_arg(text: str) -> Any:
-    from mdarts_rs.genotype import load_genotype
-
-    return load_genotype(text)
 
 
 @main.command()

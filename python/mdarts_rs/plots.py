@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mdarts_rs._core import PRIMITIVES, CellGenotype, parse_genotype  # noqa: E402
+from mdarts_rs._core import PRIMITIVES, CellGenotype  # noqa: E402
 
 if TYPE_CHECKING:
     from mdarts_rs.run import RunFolder
@@ -169,8 +169,3 @@ def plot_learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def genotype_of_record(rec: Mapping[str, Any]) -> Any:
-    """The genotype stored in a metrics record."""
-    return parse_genotype(rec["genotype"])
