@@ -17,6 +17,15 @@ def _json(cfg: Any) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+def resume_conflicts(saved: dict[str, Any], current: dict[str, Any], may_change: set[str]) -> None:
+    """Raise ValueError naming every setting, outside ``may_change``, in which a checkpoint's configuration
+    differs from the one resuming it."""
+    changed = sorted(k for k in saved if saved[k] != current.get(k) and k not in may_change)
+    if changed:
+        diffs = ", ".join(f"{k}: {saved[k]!r} -> {current.get(k)!r}" for k in changed)
+        raise ValueError(f"cannot resume with a different configuration ({diffs})")
+
+
 @dataclass
 class SearchConfig:
     """A search run. Defaults are DARTS' first-order CIFAR-10 search (Liu et al. 2019, section 3.1) with

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mdarts_rs.config import TrainConfig
+from mdarts_rs.config import TrainConfig, resume_conflicts
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.network import NetworkCIFAR, NetworkImageNet, eval_network
 from mdarts_rs.run import RunFolder
@@ -141,10 +141,7 @@ class Trainer:
                 "model": self.model.state_dict(), "opt": self.opt.state_dict(), "rng": torch.get_rng_state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        saved, mine = state["config"], self.cfg.to_json()
-        changed = sorted(k for k in saved if saved[k] != mine.get(k) and k not in {"resume", "quiet", "device", "workers", "out", "data"})
-        if changed:
-            raise ValueError(f"cannot resume with a different configuration ({', '.join(changed)} changed)")
+        resume_conflicts(state["config"], self.cfg.to_json(), {"resume", "quiet", "device", "workers", "out", "data"})
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
