@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mdarts_rs import _core
-from mdarts_rs.config import SearchConfig
+from mdarts_rs.config import SearchConfig, resume_conflicts
 from mdarts_rs.data import CifarLoader, augment_images, search_split
 from mdarts_rs.run import RunFolder
 from mdarts_rs.supernet import SuperNet, Weights, one_hot_weights
@@ -154,9 +154,17 @@ class Searcher:
         self.acc = self._zero_acc()
         self.history: list[dict[str, Any]] = []
 
-    @staticmethod
-    def _zero_acc() -> dict[str, float]:
-        return {"train_loss": 0.0, "train_correct": 0.0, "val_loss": 0.0, "val_correct": 0.0, "n_train": 0.0, "n_val": 0.0, "entropy_loss": 0.0}
+    #: The epoch's running totals, in the order ``_add_totals`` and the device statistics use.
+    TOTALS = ("train_loss", "val_loss", "train_correct", "val_correct", "n_train", "n_val", "entropy_loss")
+
+    @classmethod
+    def _zero_acc(cls) -> dict[str, float]:
+        return dict.fromkeys(cls.TOTALS, 0.0)
+
+    def _add_totals(self, values: list[float] | tuple[float, ...]) -> None:
+        """Add (train loss·n, val loss·n, train correct, val correct, n train, n val, entropy loss) to the epoch."""
+        for key, v in zip(self.TOTALS, values):
+            self.acc[key] += v
 
     # ---- checkpoints ----------------------------------------------------------------------------------
 
@@ -175,12 +183,7 @@ class Searcher:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        saved = SearchConfig.from_json(state["config"]).to_json()
-        mine = self.cfg.to_json()
-        changed = sorted(k for k in saved if saved[k] != mine[k] and k not in RESUMABLE_CHANGES)
-        if changed:
-            diffs = ", ".join(f"{k}: {saved[k]!r} -> {mine[k]!r}" for k in changed)
-            raise ValueError(f"cannot resume with a different configuration ({diffs})")
+        resume_conflicts(SearchConfig.from_json(state["config"]).to_json(), self.cfg.to_json(), RESUMABLE_CHANGES)
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
@@ -261,7 +264,7 @@ class Searcher:
         torch._foreach_add_(live, torch._foreach_mul(bufs, self._neg_lr))
 
     def _accumulate(self, stats: torch.Tensor, n_t: int, n_v: int) -> None:
-        # (train loss·n, val loss·n, train correct, val correct, n train, n val, entropy loss), on the device
+        # The TOTALS of one step, on the device
         # torch.full launches a fill kernel; new_tensor would copy from the host at every step.
         nt, nv = (torch.full((), float(n), device=stats.device, dtype=stats.dtype) for n in (n_t, n_v))
         row = torch.stack([stats[2] * n_t, stats[1] * n_v, stats[5], stats[4], nt, nv, stats[3]])
@@ -271,11 +274,10 @@ class Searcher:
         """Fold the statistics summed on the device into the epoch's totals and check they are finite."""
         if self._acc_dev is None:
             return
-        tl, vl, tc, vc, nt, nv, ent = self._acc_dev.tolist()
+        totals = self._acc_dev.tolist()
         self._acc_dev = None
-        for key, v in zip(("train_loss", "val_loss", "train_correct", "val_correct", "n_train", "n_val", "entropy_loss"),
-                          (tl, vl, tc, vc, nt, nv, ent)):
-            self.acc[key] += v
+        self._add_totals(totals)
+        tl, vl, ent = totals[0], totals[1], totals[6]
         self._check_finite({"a_loss": vl + ent, "train_loss": tl})
 
     def graph_step(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> None:
@@ -399,14 +401,8 @@ class Searcher:
                     else:
                         out = self.train_step(xt, yt, xv, yv)
                         n_t, n_v = len(yt), len(yv)
-                        a = self.acc
-                        a["train_loss"] += out["train_loss"] * n_t
-                        a["val_loss"] += out["val_loss"] * n_v
-                        a["train_correct"] += out["train_correct"]
-                        a["val_correct"] += out["val_correct"]
-                        a["n_train"] += n_t
-                        a["n_val"] += n_v
-                        a["entropy_loss"] += out["entropy_loss"]
+                        self._add_totals((out["train_loss"] * n_t, out["val_loss"] * n_v, out["train_correct"],
+                                          out["val_correct"], n_t, n_v, out["entropy_loss"]))
                         self.step_in_epoch += 1
                         bar.update(1)
                         bar.set_postfix(loss=f"{out['train_loss']:.3f}", val=f"{out['val_loss']:.3f}", refresh=False)
