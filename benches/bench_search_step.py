@@ -1,17 +1,21 @@
 """One first-order search step (an α step and a weight step, as ``Searcher.train_step`` makes them): the plain
 supernet (DARTS-style per-op modules) against the batched one (``--fast``), both α layouts, in one run.
 
-Run: ``pytest benches/bench_search_step.py``. On a GPU: batch 64 and 256, C = 16, 8 cells; each row logs
+Run: ``pytest benches/bench_search_step.py``. On a GPU: batch 64 and 256, C = 16, 8 cells, float32 (no TF32),
+cuDNN autotuning on, as the search runs; the plain path uses the plain-torch mixed sums. Each row logs
 ms per step, kernels per step (CUDA kernels in a profiled step) and peak memory. On a CPU: batch 8 and
 aten ops per step instead of kernels. The summary gives speed relative to the plain path.
 """
 
 from __future__ import annotations
 
+import gc
+import os
+
 import numpy as np
 import pytest
 import torch
-from conftest import record
+from conftest import fast_options, record, variant
 from torch.profiler import ProfilerActivity, profile
 
 from mdarts_rs.config import SearchConfig
@@ -22,14 +26,20 @@ DEVICE = "cuda" if CUDA else "cpu"
 BATCHES = [64, 256] if CUDA else [8]
 
 
+#: The variant of the batched path to measure (see ``gpu_report.py``), e.g. "pointwise=dense,channels_last".
+FAST = os.environ.get("MDARTS_BENCH_FAST", "")
+
+
 def make_searcher(tmp_path, mode: str, fast: bool, batch: int, graph: bool = False) -> Searcher:
     rng = np.random.default_rng(0)
     n = 4 * batch
     images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int64)
+    flags, impl = variant(FAST if fast else "")
     cfg = SearchConfig(out=tmp_path, alpha_mode=mode, fast=fast, batch_size=batch, device=DEVICE, workers=1, quiet=True, plots=False,
-                       gap_images=8, cuda_graph=graph)
-    return Searcher(cfg, images, labels)
+                       gap_images=8, cuda_graph=graph, **flags)
+    with fast_options(impl):
+        return Searcher(cfg, images, labels)
 
 
 def count_kernels(step) -> int:
@@ -46,7 +56,12 @@ def count_kernels(step) -> int:
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("mode", ["multilevel", "shared"])
 @pytest.mark.parametrize("path", ["baseline_plain", "fast"] + (["fast_graph"] if CUDA else []))
-def test_search_step(benchmark, tmp_path, path, mode, batch):
+def test_search_step(benchmark, tmp_path, monkeypatch, path, mode, batch):
+    if CUDA:  # earlier rows' tensors and graph pools must not count towards this row's peak
+        gc.collect()
+        torch.cuda.empty_cache()
+    if path == "baseline_plain":  # DARTS' design: per-op modules and plain torch mixed sums, no fused kernels
+        monkeypatch.setenv("MDARTS_OPS", "ref")
     s = make_searcher(tmp_path, mode, path != "baseline_plain", batch, graph=path == "fast_graph")
     (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
     if path == "fast_graph":
@@ -70,11 +85,12 @@ def test_search_step(benchmark, tmp_path, path, mode, batch):
     kernels = count_kernels(step)
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
-    benchmark.pedantic(step, rounds=10 if CUDA else 3, iterations=1, warmup_rounds=2 if CUDA else 1)
+    eager = path != "fast_graph"  # hundreds of ms per step on a GPU; the graph-replayed step is the target
+    benchmark.pedantic(step, rounds=(5 if eager else 20) if CUDA else 3, iterations=1, warmup_rounds=2 if CUDA else 1)
     benchmark.extra_info["kernels_per_step" if CUDA else "aten_ops_per_step"] = kernels
     if CUDA:
         benchmark.extra_info["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    record(f"search step {mode} batch {batch} ({DEVICE})", path, benchmark, 1)
+    record(f"search step {mode} batch {batch} ({DEVICE}; batched variant: {FAST or 'default'})", path, benchmark, 1)
     print(f"\n{path} {mode} batch {batch}: {benchmark.stats.stats.mean * 1e3:.0f} ms/step, {kernels} "
           f"{'kernels' if CUDA else 'aten ops'}/step" + (f", peak {benchmark.extra_info['peak_mem_GiB']} GiB" if CUDA else ""))
 
@@ -86,8 +102,11 @@ def test_search_epoch_feed(benchmark, tmp_path, cifar_train, feed):
     x, y = cifar_train
     batch = 64 if CUDA else 8
     steps = 40 if CUDA else 4
-    cfg = SearchConfig(out=tmp_path, fast=True, cuda_graph=CUDA, batch_size=batch, device=DEVICE, quiet=True, plots=False, gap_images=8)
-    s = Searcher(cfg, x, y)
+    flags, impl = variant(FAST)
+    cfg = SearchConfig(out=tmp_path, fast=True, cuda_graph=CUDA, batch_size=batch, device=DEVICE, quiet=True, plots=False, gap_images=8,
+                       **flags)
+    with fast_options(impl):
+        s = Searcher(cfg, x, y)
     step = s.graph_step if CUDA else s.train_step
     (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
     for _ in range(4):  # warm-up (and, on a GPU, the capture)

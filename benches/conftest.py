@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,31 @@ def cifar_train():
         return data.load_cifar10(root)
     rng = __import__("numpy").random.default_rng(0)
     return rng.integers(0, 256, (10_000, 3, 32, 32), dtype="uint8"), rng.integers(0, 10, 10_000).astype("int64")
+
+
+def variant(spec: str) -> tuple[dict[str, bool], dict[str, str]]:
+    """A variant of the batched search path, 'pointwise=dense,batch_norm=cudnn,channels_last', as
+    (SearchConfig flags, ``fastcell.OPTIONS`` entries)."""
+    from mdarts_rs import fastcell
+
+    cfg, impl = {}, {}
+    for part in filter(None, spec.split(",")):
+        key, _, value = part.partition("=")
+        if key in fastcell.OPTIONS:
+            impl[key] = value
+        else:
+            cfg[key] = True
+    return cfg, impl
+
+
+@contextmanager
+def fast_options(impl: dict[str, str]) -> Iterator[None]:
+    """``fastcell.OPTIONS`` updated with ``impl`` while cells are built."""
+    from mdarts_rs import fastcell
+
+    saved = dict(fastcell.OPTIONS)
+    fastcell.OPTIONS.update(impl)
+    try:
+        yield
+    finally:
+        fastcell.OPTIONS.update(saved)

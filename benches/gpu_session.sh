@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of the project in one run, for a machine with one NVIDIA GPU whose Python has
 # torch, pytest, pytest-benchmark and hypothesis (no Rust needed: install a wheel built elsewhere with
-# `maturin build --release`). Results go to $OUT (default gpu-results/): device.txt, build.txt,
-# cuda_tests.txt, bench_ops.{txt,json}, bench_step.{txt,json}, bench_loader.txt.
+# `maturin build --release`). Sections run in order of importance, each under a time limit and all within
+# DEADLINE seconds (default 480); a section without time left is skipped and says so. Results go to $OUT
+# (default gpu-results/), one file per section: build.txt (device and kernel build), cuda_tests.txt,
+# report.txt (variants of the batched path, then the profile of plain, batched and the fastest variant),
+# bench_step.txt, search.txt (a 2-epoch search on the CIFAR-10 subset), numerics.txt, bench_ops.txt,
+# bench_loader.txt.
 #
 #   MDARTS_WHEEL=target/wheels/mdarts_rs-*.whl MDARTS_CIFAR_MINI=path/to/cifar10-mini bash benches/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
+DEADLINE="${DEADLINE:-480}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 if ! "$PY" -c "import mdarts_rs._core" 2>/dev/null; then
@@ -16,23 +21,36 @@ if ! "$PY" -c "import mdarts_rs._core" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --target /tmp/mdarts-site "$wheel" || exit 1
     export PYTHONPATH="/tmp/mdarts-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export MDARTS_CACHE="${MDARTS_CACHE:-/tmp/mdarts-cache}" PYTHONUNBUFFERED=1
-nvidia-smi > "$OUT/device.txt" 2>&1
+export MDARTS_CACHE="${MDARTS_CACHE:-/tmp/mdarts-cache}" PYTHONUNBUFFERED=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+MINI="${MDARTS_CIFAR_MINI:-../shared/data/cifar10-mini}"
 # Warnings are not errors here: the machine's other packages may emit some.
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o "filterwarnings=" --benchmark-columns=mean,ops)
 
-run() {
-    local name=$1
-    shift
-    echo "== $name: $*"
+run() {  # run NAME LIMIT COMMAND...: output to $OUT/NAME.txt, at most LIMIT seconds and what is left
+    local name=$1 limit=$2
+    shift 2
+    local left=$((DEADLINE - SECONDS))
+    ((left < limit)) && limit=$left
+    if ((limit < 15)); then
+        echo "== $name: skipped, ${left} s left of ${DEADLINE}" | tee -a "$OUT/$name.txt"
+        return
+    fi
+    echo "== $name (at ${SECONDS} s, limit ${limit} s): $*"
     local t0=$SECONDS
-    "$@" > "$OUT/$name.txt" 2>&1
+    timeout -k 5 "$limit" "$@" >> "$OUT/$name.txt" 2>&1
     echo "rc=$? seconds=$((SECONDS - t0))" >> "$OUT/$name.txt"
-    tail -n 30 "$OUT/$name.txt"
+    tail -n 25 "$OUT/$name.txt"
 }
 
-run build "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
-run cuda_tests "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_search.py
-run bench_ops "${PYTEST[@]}" -s benches/bench_ops.py --benchmark-json "$OUT/bench_ops.json"
-run bench_step "${PYTEST[@]}" -s benches/bench_search_step.py --benchmark-json "$OUT/bench_step.json"
-run bench_loader "${PYTEST[@]}" benches/bench_loader.py
+nvidia-smi > "$OUT/build.txt" 2>&1
+run build 200 "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
+run cuda_tests 120 "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_search.py
+# The fastest float32 variant of the batched path is measured by every later section.
+run report 150 "$PY" benches/gpu_report.py --sections variants,profile --best-file /tmp/mdarts-best
+export MDARTS_BENCH_FAST="$(cat /tmp/mdarts-best 2>/dev/null)"
+run bench_step 200 "${PYTEST[@]}" -s benches/bench_search_step.py
+run search 80 "$PY" benches/gpu_report.py --sections search --data "$MINI"
+run numerics 80 "$PY" benches/gpu_report.py --sections numerics
+run bench_ops 60 "${PYTEST[@]}" -s benches/bench_ops.py
+run bench_loader 40 "${PYTEST[@]}" benches/bench_loader.py
+echo "gpu_session: done at ${SECONDS} s"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mdarts_rs import fastcell
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.fastcell import FastSearchCell, edge_id, readers
 from mdarts_rs.primitives import count_params
@@ -19,12 +20,40 @@ def test_fastcell_reader_bookkeeping():
     assert ids == list(range(14))
 
 
+IMPLEMENTATIONS = [{"pointwise": pw, "batch_norm": bn} for pw in ("grouped", "dense") for bn in ("native", "cudnn")]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS, ids=lambda o: f"{o['pointwise']}-{o['batch_norm']}")
+def implementation(request, monkeypatch):
+    for key, value in request.param.items():
+        monkeypatch.setitem(fastcell.OPTIONS, key, value)
+    return request.param
+
+
+def conv_weight_grads(plain: SearchCell, fast: FastSearchCell) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(plain, fast) gradient pairs of every depthwise and pointwise weight, in the fast cell's order."""
+    pairs = []
+    for j, node in enumerate(fast.nodes):
+        for name in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"):
+            branch = getattr(node, name)
+            mods = [plain.edges[e].ops[fastcell.OP[name]] for e in fast._edges[j]]
+            for b in range(len(branch.dw)):
+                dw = torch.cat([m[4 * b + 1].weight.grad for m in mods])
+                if branch.dense and b == 0:  # stored in c·n+e order
+                    k = branch.kernel
+                    dw = dw.view(branch.n, branch.c, 1, k, k).transpose(0, 1).reshape(-1, 1, k, k)
+                pairs.append((dw, branch.dw[b].grad))
+                pairs.append((torch.cat([m[4 * b + 2].weight.grad for m in mods]), branch.pw[b].grad))
+    return pairs
+
+
 @pytest.mark.parametrize("reduction", [False, True])
 @pytest.mark.parametrize("reduction_prev", [False, True])
-def test_fastcell_matches_plain_cell(reduction, reduction_prev):
+def test_fastcell_matches_plain_cell(reduction, reduction_prev, implementation):
     torch.manual_seed(0)
     plain = SearchCell(8 if reduction_prev else 6, 6, 4, reduction, reduction_prev)
     fast = FastSearchCell.from_plain(plain)
+    assert fast.nodes[0].sep_conv_3x3.dense == (implementation["pointwise"] == "dense")
     s0 = torch.randn(3, 8 if reduction_prev else 6, 16 if reduction_prev else 8, 16 if reduction_prev else 8, dtype=torch.float64)
     s1 = torch.randn(3, 6, 8, 8, dtype=torch.float64)
     plain, fast = plain.double(), fast.double()
@@ -36,6 +65,10 @@ def test_fastcell_matches_plain_cell(reduction, reduction_prev):
     for x, y in zip(ga, gb):
         if x is not None:
             torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
+    plain(s0, s1, p).square().sum().backward()
+    fast(s0, s1, p).square().sum().backward()
+    for x, y in conv_weight_grads(plain, fast):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
     # Batch-norm statistics move the same way.
     plain_bn = plain.edges[0].ops[4][3].running_mean
     fast_bn = fast.nodes[0].sep_conv_3x3.bn[0].running_mean[: plain_bn.numel()]

@@ -14,6 +14,7 @@ numbers up to summation order.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -24,6 +25,14 @@ from mdarts_rs._core import PRIMITIVES, STEPS
 from mdarts_rs.primitives import FactorizedReduce
 
 OP = {name: k for k, name in enumerate(PRIMITIVES)}
+
+#: How the batched cell computes two of its parts; each choice computes the same function. Read when a
+#: cell is built. ``pointwise``: "grouped" (one grouped 1×1 convolution on the node repeated per edge) or
+#: "dense" (one dense 1×1 convolution with a block-diagonal weight; the first depthwise convolution then
+#: reads the node once with a channel multiplier instead of a repeated copy). ``batch_norm``: "native"
+#: (torch's non-affine batch norm) or "cudnn" (constant unit scale and zero shift, which lets torch use
+#: cuDNN's batch norm kernels on CUDA; x·1 + 0 is exact).
+OPTIONS = {"pointwise": "grouped", "batch_norm": "native"}
 
 
 def readers(j: int) -> list[int]:
@@ -36,8 +45,40 @@ def edge_id(node: int, j: int) -> int:
     return sum(2 + n for n in range(node)) + j
 
 
+class BatchNorm(nn.BatchNorm2d):
+    """Non-affine batch norm; with ``OPTIONS["batch_norm"] == "cudnn"`` it passes a constant unit scale and
+    zero shift (buffers outside the state dict) so that torch may run cuDNN's kernels."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, affine=False)
+        self.constant_affine = OPTIONS["batch_norm"] == "cudnn"
+        self.register_buffer("unit", torch.ones(channels), persistent=False)
+        self.register_buffer("zero", torch.zeros(channels), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.constant_affine or self.momentum is None:
+            return super().forward(x)
+        if self.training:
+            assert self.num_batches_tracked is not None
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.unit, self.zero, self.training, self.momentum, self.eps)
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, affine=False)
+    return BatchNorm(channels)
+
+
+def _block_diagonal(pw: torch.Tensor, n: int, eye: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """The dense (n·C, n·C, 1, 1) weight of n per-edge 1×1 convolutions ``pw`` (n·C, C, 1, 1): output
+    channel e·C+i reads edge e's channels only. Input channels are ordered e·C+c, or c·n+e if
+    ``interleaved``. Off-diagonal blocks are exact zeros (w·0), so the convolution is unchanged."""
+    c = pw.shape[1]
+    w = pw.view(n, c, c)
+    if interleaved:
+        dense = w.view(n, c, c, 1) * eye.view(n, 1, 1, n)  # [e, i, c, f] = w[e, i, c]·δ(e, f)
+    else:
+        dense = w.view(n, c, 1, c) * eye.view(n, 1, n, 1)  # [e, i, f, c] = w[e, i, c]·δ(e, f)
+    return dense.reshape(n * c, n * c, 1, 1)
 
 
 class GroupedConvBranch(nn.Module):
@@ -49,6 +90,8 @@ class GroupedConvBranch(nn.Module):
         super().__init__()
         self.c, self.n, self.kernel = c, n, kernel
         self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.dense = OPTIONS["pointwise"] == "dense"
+        self.register_buffer("eye", torch.eye(n), persistent=False)
         self.dw = nn.ParameterList()
         self.pw = nn.ParameterList()
         self.bn = nn.ModuleList()
@@ -61,15 +104,22 @@ class GroupedConvBranch(nn.Module):
             self.bn.append(_bn(n * c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ReLU'd input repeated per edge, (B, n·C, H, W)."""
+        """``x``: the ReLU'd node (B, C, H, W) when dense, else repeated per edge (B, n·C, H, W). Returns the n
+        edges' outputs, (B, n·C, H', W')."""
         nc = self.n * self.c
         for b, (dw, pw, bn) in enumerate(zip(self.dw, self.pw, self.bn)):
             if b > 0:
                 x = F.relu(x)
             first = b == 0
+            # Dense mode, first block: the depthwise weights are stored in c·n+e order, so that one
+            # convolution with channel multiplier n reads the node once.
+            groups = self.c if self.dense and first else nc
             x = F.conv2d(x, dw, stride=self.stride if first else 1, padding=self.padding if first else self.kernel // 2,
-                         dilation=self.dilation if first else 1, groups=nc)
-            x = F.conv2d(x, pw, groups=self.n)
+                         dilation=self.dilation if first else 1, groups=groups)
+            if self.dense:
+                x = F.conv2d(x, _block_diagonal(pw, self.n, self.eye, interleaved=first))
+            else:
+                x = F.conv2d(x, pw, groups=self.n)
             x = bn(x)
         return x
 
@@ -78,7 +128,11 @@ class GroupedConvBranch(nn.Module):
         """Copy the weights of ``n`` plain SepConv/DilConv modules (ReLU, dw, pw, BN, [ReLU, dw, pw, BN])."""
         for b in range(len(self.dw)):
             base = 4 * b
-            self.dw[b].copy_(torch.cat([m[base + 1].weight for m in branches]))
+            dw = torch.cat([m[base + 1].weight for m in branches])  # e·C+c order
+            if self.dense and b == 0:
+                k = self.kernel
+                dw = dw.view(self.n, self.c, 1, k, k).transpose(0, 1).reshape(self.n * self.c, 1, k, k)
+            self.dw[b].copy_(dw)
             self.pw[b].copy_(torch.cat([m[base + 2].weight for m in branches]))
             _copy_bn(self.bn[b], [m[base + 3] for m in branches])
 
@@ -136,7 +190,12 @@ class NodeOps(nn.Module):
         """Mixed outputs of the n edges, (B, n, C, H', W'); ``p``: their (n, 8) op weights."""
         s, n, c = self.stride, self.n, self.c
         relu = F.relu(h)
-        rep = relu.repeat(1, n, 1, 1)  # (B, n·C, H, W): one copy per edge, for the grouped convolutions
+        if self.sep_conv_3x3.dense:
+            rep = relu
+        else:
+            rep = relu.repeat(1, n, 1, 1)  # (B, n·C, H, W): one copy per edge, for the grouped convolutions
+            if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+                rep = rep.contiguous(memory_format=torch.channels_last)
         w = p.t().reshape(len(PRIMITIVES), 1, n, 1, 1, 1)  # w[k]: (1, n, 1, 1, 1)
 
         def per_edge(t: torch.Tensor) -> torch.Tensor:
@@ -189,7 +248,8 @@ class FastSearchCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         mixed = [self.nodes[j](states[j], p[self._rows(j)]) for j in (0, 1)]
         for i in range(STEPS):
-            node = sum(mixed[j][:, i - readers(j)[0]] for j in range(i + 2))
+            terms = [mixed[j][:, i - readers(j)[0]] for j in range(i + 2)]
+            node = functools.reduce(torch.add, terms)  # no 0 + first term, which would be a kernel of its own
             states.append(node)  # type: ignore[arg-type]
             if i + 2 <= STEPS:
                 mixed.append(self.nodes[i + 2](node, p[self._rows(i + 2)]))  # type: ignore[arg-type]

@@ -121,9 +121,12 @@ class Searcher:
         self.model = SuperNet(cfg.init_channels, 10, cfg.layers, cfg.alpha_mode, seed=cfg.seed, fast=cfg.fast).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cuda":
+            # float32 semantics unless --tf32 (cuDNN's own default would run convolutions in TF32), and
+            # cuDNN's autotuner for the fixed shapes of a search, as DARTS' code sets it.
+            torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.tf32
+            torch.backends.cudnn.benchmark = True
         train_idx, val_idx = search_split(len(labels), cfg.portion, cfg.seed)
         common = dict(batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda",
                       channels_last=cfg.channels_last)
@@ -246,6 +249,7 @@ class Searcher:
 
     # ---- CUDA graph mode ------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def _sgd_step(self, params: list[nn.Parameter]) -> None:
         """SGD with momentum and weight decay as torch.optim.SGD computes it (dampening 0, no Nesterov), with
         the learning rate read from a device tensor so that the update can be captured in a CUDA graph.

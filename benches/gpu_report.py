@@ -1,0 +1,257 @@
+"""Where the time of a search step goes, and what the numeric options change (a script, not a pytest file).
+
+    python benches/gpu_report.py [--batch 64] [--mode multilevel] [--sections variants,profile,numerics]
+
+- variants: ms per step of the graph-replayed batched path for each implementation in
+  ``fastcell.OPTIONS``, each with and without --channels-last, and with --tf32 and --bf16; the fastest
+  float32 one is written to --best-file and profiled next.
+- profile: wall ms per step, kernels per step, GPU kernel time per step and the top kernels of one step, for
+  the plain path (plain-torch mixed sums), the batched path (eager) and the batched path replayed as one
+  CUDA graph.
+- search: a short search on real images (--data), seconds per epoch and in all.
+- numerics: the first α gradient under each option against float32 (cosine, relative error), and the α
+  tables after a short run from the same seed and batches (largest difference, genotype identical or not).
+
+On a machine without CUDA it runs the same code eagerly on a small batch (a dry run of the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import os
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from conftest import fast_options, variant
+
+from mdarts_rs.config import SearchConfig
+from mdarts_rs.search import Searcher
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def make(args, tmp: str, fast: bool = True, graph: bool = False, **opts) -> Searcher:
+    rng = np.random.default_rng(0)
+    n = 4 * args.batch
+    images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.int64)
+    cfg = SearchConfig(out=tmp, alpha_mode=args.mode, fast=fast, batch_size=args.batch, device=DEVICE, workers=1, quiet=True,
+                       plots=False, gap_images=8, cuda_graph=graph and CUDA, **opts)
+    return Searcher(cfg, images, labels)
+
+
+def batches(s: Searcher):
+    (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
+    return xt, yt, xv, yv
+
+
+def stepper(s: Searcher, b):
+    if s.use_graph:
+        for _ in range(4):  # warm-up steps, capture, first replay
+            s.graph_step(*b)
+        s.flush_device_stats()
+        assert s._graph is not None, "the step was not captured"
+        return lambda: s.graph_step(*b)
+    return lambda: s.train_step(*b)
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def ms_per_step(step, n: int) -> float:
+    step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def kernel_profile(step, top: int) -> tuple[int, float, list[tuple[str, int, float]]]:
+    """Kernels (or aten ops on the CPU) in one step, their summed time in ms, and the top entries by time."""
+    with profile(activities=[ProfilerActivity.CUDA if CUDA else ProfilerActivity.CPU]) as prof:
+        step()
+        sync()
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for e in prof.events():
+        if (CUDA and e.device_type == torch.autograd.DeviceType.CUDA) or (not CUDA and e.name.startswith("aten::")):
+            by_name[e.name].append(e.time_range.elapsed_us() / 1e3)
+    rows = sorted(((name, len(ts), sum(ts)) for name, ts in by_name.items()), key=lambda r: -r[2])
+    return sum(r[1] for r in rows), sum(r[2] for r in rows), rows[:top]
+
+
+def section_profile(args, tmp: str) -> None:
+    print(f"\n## profile: {args.mode}, batch {args.batch}, {DEVICE}; batched path variant: {args.fast or 'default'}")
+    paths = [("plain", dict(fast=False)), ("fast", dict(fast=True)), ("fast_graph", dict(fast=True, graph=True))]
+    summary = []
+    for name, kw in paths:
+        if name == "fast_graph" and not CUDA:
+            continue
+        os.environ["MDARTS_OPS"] = "ref" if name == "plain" else "auto"
+        gc.collect()
+        if CUDA:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        s = make_variant(args, f"{tmp}/{name}", "" if name == "plain" else args.fast, **kw)
+        step = stepper(s, batches(s))
+        ms = ms_per_step(step, args.steps if name != "plain" else max(2, args.steps // 4))
+        peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
+        count, total, rows = kernel_profile(step, args.top)
+        summary.append((name, ms, count, total, peak))
+        print(f"\n### {name}: {ms:.1f} ms/step wall, {count} {'kernels' if CUDA else 'aten ops'}/step, {total:.1f} ms "
+              f"summed {'kernel' if CUDA else 'op'} time, peak {peak:.2f} GiB")
+        print(f"{'calls':>7} {'ms':>8} {'share':>6}  name")
+        for kname, calls, t in rows:
+            print(f"{calls:7d} {t:8.2f} {t / total:6.1%}  {kname[:110]}")
+        del s, step
+    os.environ["MDARTS_OPS"] = "auto"
+    print(f"\n| path | ms/step | kernels/step | kernel ms/step | peak GiB | speed-up |\n|---|---|---|---|---|---|")
+    for name, ms, count, total, peak in summary:
+        print(f"| {name} | {ms:.1f} | {count} | {total:.1f} | {peak:.2f} | {summary[0][1] / ms:.1f}x |")
+
+
+def make_variant(args, tmp: str, spec: str, **kw) -> Searcher:
+    cfg, impl = variant(spec)
+    with fast_options(impl):
+        return make(args, tmp, **cfg, **kw)
+
+
+#: Implementations of the batched path (same function), then the numeric options on two of them.
+IMPLS = ["", "pointwise=dense", "batch_norm=cudnn", "pointwise=dense,batch_norm=cudnn"]
+TIMED = IMPLS + [f"{x},channels_last".lstrip(",") for x in IMPLS] + ["tf32", "bf16"]
+NUMERIC = ["", "tf32", "channels_last", "bf16", "pointwise=dense,batch_norm=cudnn", "pointwise=dense,batch_norm=cudnn,channels_last"]
+
+
+def section_variants(args, tmp: str) -> None:
+    """Time every variant; write the fastest float32 one (no tf32/bf16) to ``args.best_file``."""
+    print(f"\n## variants of the batched path ({'graph' if CUDA else 'eager'}): {args.mode}, batch {args.batch}")
+    print("| variant | ms/step |\n|---|---|")
+    times = {}
+    for spec in TIMED:
+        gc.collect()
+        try:
+            s = make_variant(args, f"{tmp}/v_{len(times)}", spec, graph=True)
+            step = stepper(s, batches(s))
+            times[spec] = ms_per_step(step, args.steps)
+            del s, step
+        except Exception as e:  # one failing variant must not hide the others
+            print(f"| {spec or 'default'} | failed: {type(e).__name__}: {str(e)[:200]} |")
+            continue
+        print(f"| {spec or 'default'} | {times[spec]:.1f} |", flush=True)
+    exact = {k: v for k, v in times.items() if "tf32" not in k and "bf16" not in k}
+    if exact and args.best_file:
+        best = min(exact, key=exact.__getitem__)
+        print(f"fastest float32 variant: {best or 'default'}")
+        args.fast = best  # the profile section, when it runs later in this process, profiles this one
+        with open(args.best_file, "w") as f:
+            f.write(best)
+
+
+def alpha_grad(s: Searcher, b) -> torch.Tensor:
+    xt, yt, xv, yv = b
+    p, h = s.model.alphas()
+    with s._autocast():
+        logits = s.model(xv, p)
+    loss = F.cross_entropy(logits.float(), yv) + s.cfg.gamma * sum(v.sum() for v in h.values())
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, s.model.arch_parameters())]).double()
+
+
+def section_numerics(args, tmp: str) -> None:
+    print(f"\n## numerics against float32 (batched path, {args.mode}, batch {args.batch}, "
+          f"{args.numeric_steps} steps at arch lr {args.numeric_arch_lr})")
+    print("| option | first α grad cosine | first α grad rel. error | max abs α diff after run | "
+          "max abs α change (fp32) | genotype identical |\n|---|---|---|---|---|---|")
+    ref_grad = ref_alpha = ref_geno = init = None
+    for name in NUMERIC:
+        gc.collect()
+        s = make_variant(args, f"{tmp}/n_{len(name)}{name}", name, arch_lr=args.numeric_arch_lr, graph=True)
+        b = batches(s)
+        g = alpha_grad(s, b)
+        if init is None:
+            init = torch.cat([a.detach().flatten() for a in s.model.arch_parameters()]).double()
+        steps = [b]
+        for epoch in itertools.count():
+            for (xt, yt), (xv, yv) in zip(s.train_loader.batches(epoch), s.val_loader.batches(epoch)):
+                steps.append((xt, yt, xv, yv))
+            if len(steps) >= args.numeric_steps:
+                break
+        for bb in steps[: args.numeric_steps]:
+            if s.use_graph:
+                s.graph_step(*bb)
+            else:
+                s.train_step(*bb)
+        s.flush_device_stats()
+        alpha = torch.cat([a.detach().flatten() for a in s.model.arch_parameters()]).double()
+        geno = s.model.genotype().to_json()
+        if ref_grad is None:
+            ref_grad, ref_alpha, ref_geno = g, alpha, geno
+        cos = float(F.cosine_similarity(g, ref_grad, dim=0))
+        rel = float((g - ref_grad).norm() / ref_grad.norm())
+        print(f"| {name or 'float32'} | {cos:.5f} | {rel:.2e} | {float((alpha - ref_alpha).abs().max()):.2e} | "
+              f"{float((ref_alpha - init).abs().max()):.2e} | {geno == ref_geno} |", flush=True)
+        del s
+
+
+def section_search(args, tmp: str) -> None:
+    """A whole search of ``--search-epochs`` epochs on real images (``--data``), as ``mdarts-rs search
+    --fast --cuda-graph`` runs it, with the variant of ``--fast``: seconds per epoch and in all."""
+    from mdarts_rs import data
+    from mdarts_rs.search import run_search
+
+    images, labels = data.load_cifar10(args.data)
+    flags, impl = variant(args.fast)
+    cfg = SearchConfig(out=f"{tmp}/search", alpha_mode=args.mode, epochs=args.search_epochs, batch_size=args.batch, fast=True,
+                       cuda_graph=CUDA, device=DEVICE, plots=False, quiet=True, steps_per_epoch=args.search_steps, **flags)
+    print(f"\n## search: {len(labels)} images ({args.data}), {args.search_epochs} epochs, batch {args.batch}, "
+          f"variant {args.fast or 'default'}")
+    t0 = time.time()
+    with fast_options(impl):
+        result = run_search(cfg, images, labels)
+    total = time.time() - t0
+    steps = min((len(labels) // 2) // args.batch, args.search_steps or len(labels))
+    for rec in result.history:
+        print(f"epoch {rec['epoch']}: {rec['seconds']:.1f} s in steps ({steps} steps, {rec['seconds'] / steps * 1e3:.1f} ms/step), "
+              f"train acc {rec['train_acc']:.3f}, val acc {rec['val_acc']:.3f}, gap {rec['gap']['gap']:+.3f}")
+    print(f"whole run: {total:.1f} s (setup, steps, per-epoch derivation, gap and checkpoint)")
+    print(f"genotype: {result.genotype}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=64 if CUDA else 8)
+    ap.add_argument("--mode", default="multilevel", choices=["multilevel", "shared"])
+    ap.add_argument("--steps", type=int, default=20 if CUDA else 2, help="timed steps per row")
+    ap.add_argument("--top", type=int, default=15, help="kernels listed per path")
+    ap.add_argument("--numeric-steps", type=int, default=30 if CUDA else 3)
+    ap.add_argument("--numeric-arch-lr", type=float, default=3e-3)
+    ap.add_argument("--sections", default="variants,profile,numerics")
+    ap.add_argument("--tmp", default="/tmp/mdarts-gpu-report")
+    ap.add_argument("--data", help="CIFAR-10 folder for the search section")
+    ap.add_argument("--search-epochs", type=int, default=2)
+    ap.add_argument("--search-steps", type=int, help="cap the steps of each search epoch (dry runs)")
+    ap.add_argument("--best-file", help="where the variants section writes the fastest float32 variant")
+    ap.add_argument("--fast", default=os.environ.get("MDARTS_BENCH_FAST", ""),
+                    help="variant of the batched path that the profile section uses, e.g. pointwise=dense,channels_last")
+    args = ap.parse_args()
+    dev = torch.cuda.get_device_name(0) if CUDA else "no CUDA device"
+    print(f"# gpu_report: {dev}, torch {torch.__version__}, {os.cpu_count()} CPUs")
+    for sec in args.sections.split(","):
+        t0 = time.time()
+        sections = {"profile": section_profile, "variants": section_variants, "numerics": section_numerics, "search": section_search}
+        sections[sec](args, args.tmp)
+        print(f"({sec}: {time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
