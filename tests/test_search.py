@@ -277,15 +277,17 @@ def test_graph_mode_update_matches_torch_sgd(tmp_path, tiny_data):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("fast", [False, True])
 def test_search_cuda_graph_follows_eager_search(tmp_path, tiny_data, fast):
-    """Replaying the captured step gives the eager search: same genotype, α to 2e-3 after 12 steps at α lr
-    0.01 (3 eager warm-up steps, then 9 replays), finite statistics."""
+    """Replaying the captured step gives the eager search: α to 2e-3 after 12 steps at α lr 0.01 (3 eager
+    warm-up steps, then 9 replays), finite statistics. cuDNN's deterministic algorithms keep its run-to-run
+    variation out of the comparison. α within δ changes every op weight by a factor of at most e^{±2δ}, so
+    the two genotypes can differ only between candidates tied within e^{4δ}. (Without --deterministic,
+    one op choice differed on an H200, its α difference unrecorded; so genotypes are not compared here.)"""
     runs = {}
     for graph in (False, True):
         cfg = tiny_cfg(tmp_path, out=tmp_path / f"g{graph}", device="cuda", epochs=2, steps_per_epoch=6, arch_lr=0.01,
-                       fast=fast, cuda_graph=graph)
+                       fast=fast, cuda_graph=graph, deterministic=True)
         runs[graph] = run_search(cfg, *tiny_data)
     eager, graphed = runs[False], runs[True]
-    assert graphed.genotype == eager.genotype
     for t in eager.model.layout.tables:
         assert (eager.model.alphas.table(t) - graphed.model.alphas.table(t)).abs().max().item() < 2e-3
     assert graphed.history[-1]["train_loss"] == pytest.approx(eager.history[-1]["train_loss"], rel=1e-2)

@@ -13,6 +13,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from mdarts_rs.run import RunFolder
 from mdarts_rs.supernet import SuperNet, Weights, one_hot_weights
 
 #: Config fields that may differ when resuming a run.
-RESUMABLE_CHANGES = {"resume", "quiet", "plots", "device", "workers", "out", "data", "cuda_graph"}  # not "fast": weights differ in layout
+RESUMABLE_CHANGES = {"resume", "quiet", "plots", "device", "workers", "out", "data", "cuda_graph", "deterministic"}  # not "fast": weights differ in layout
 
 
 class SearchDiverged(RuntimeError):
@@ -123,10 +124,12 @@ class Searcher:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             # float32 semantics unless --tf32 (cuDNN's own default would run convolutions in TF32), and
-            # cuDNN's autotuner for the fixed shapes of a search, as DARTS' code sets it.
+            # cuDNN's autotuner for the fixed shapes of a search, as DARTS' code sets it, unless
+            # --deterministic asks for cuDNN's deterministic algorithms (run-to-run identical results).
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
             torch.backends.cudnn.allow_tf32 = cfg.tf32
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = not cfg.deterministic
+            torch.backends.cudnn.deterministic = cfg.deterministic
         train_idx, val_idx = search_split(len(labels), cfg.portion, cfg.seed)
         common = dict(batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda",
                       channels_last=cfg.channels_last)
@@ -368,7 +371,10 @@ class Searcher:
             "seconds": seconds,
         }
         self.history.append(rec)
-        self.sched.step()
+        with warnings.catch_warnings():
+            if self.use_graph:  # the captured update replaces w_opt.step(), which torch's scheduler looks for
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+            self.sched.step()
         self.epoch += 1
         self.step_in_epoch = 0
         self.acc = self._zero_acc()
