@@ -4,9 +4,9 @@
 # `maturin build --release`). Sections run in order of importance, each under a time limit and all within
 # DEADLINE seconds (default 480); a section without time left is skipped and says so. Results go to $OUT
 # (default gpu-results/), one file per section: build.txt (device and kernel build), cuda_tests.txt,
-# report.txt (variants of the batched path, then the profile of plain, batched and the fastest variant),
-# bench_step.txt, search.txt (a 2-epoch search on the CIFAR-10 subset), numerics.txt, bench_ops.txt,
-# bench_loader.txt.
+# report.txt (profile of the plain and batched paths, then the variants of the batched path),
+# bench_step.txt, search.txt (a 2-epoch search on the CIFAR-10 subset), numerics.txt, bench_ops.txt and
+# bench_loader.txt. Six minutes to eight on an H200 with warm-up and kernel build.
 #
 #   MDARTS_WHEEL=target/wheels/mdarts_rs-*.whl MDARTS_CIFAR_MINI=path/to/cifar10-mini bash benches/gpu_session.sh
 set -uo pipefail
@@ -45,12 +45,11 @@ run() {  # run NAME LIMIT COMMAND...: output to $OUT/NAME.txt, at most LIMIT sec
 nvidia-smi > "$OUT/build.txt" 2>&1
 run build 200 "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
 run cuda_tests 120 "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_search.py
-# The fastest float32 variant of the batched path is measured by every later section.
-run report 150 "$PY" benches/gpu_report.py --sections variants,profile --best-file /tmp/mdarts-best
-export MDARTS_BENCH_FAST="$(cat /tmp/mdarts-best 2>/dev/null)"
+run report 120 "$PY" benches/gpu_report.py --sections profile
 run bench_step 200 "${PYTEST[@]}" -s benches/bench_search_step.py
 run search 80 "$PY" benches/gpu_report.py --sections search --data "$MINI"
-run numerics 80 "$PY" benches/gpu_report.py --sections numerics
+run report 150 "$PY" benches/gpu_report.py --sections variants
+run numerics 100 "$PY" benches/gpu_report.py --sections numerics
 run bench_ops 60 "${PYTEST[@]}" -s benches/bench_ops.py
 run bench_loader 40 "${PYTEST[@]}" benches/bench_loader.py
 echo "gpu_session: done at ${SECONDS} s"
