@@ -10,7 +10,7 @@ from mdarts_rs import fastcell
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.fastcell import FastSearchCell, edge_id, readers
 from mdarts_rs.primitives import count_params
-from mdarts_rs.search import run_search
+from mdarts_rs.search import Searcher, run_search
 from mdarts_rs.supernet import SearchCell, SuperNet
 
 
@@ -101,3 +101,17 @@ def test_fast_search_follows_the_plain_search(tmp_path):
         assert moved > 0.03
         assert (a - b).abs().max().item() < 2e-3
     assert plain.history[-1]["train_loss"] == pytest.approx(fast.history[-1]["train_loss"], rel=1e-4)
+
+
+def test_resume_refuses_batched_weights_of_another_layout(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 32).astype(np.int64)
+    cfg = SearchConfig(out=tmp_path, batch_size=4, init_channels=4, layers=5, workers=1, quiet=True, plots=False, device="cpu",
+                       gap_images=4, fast=True)
+    monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "grouped")
+    state = Searcher(cfg, images, labels).state()
+    assert state["fast_options"]["pointwise"] == "grouped"
+    Searcher(cfg, images, labels).load_state(state)  # same layout: fine
+    monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "dense")
+    with pytest.raises(ValueError, match="pointwise='grouped' weights and this run builds pointwise='dense'"):
+        Searcher(cfg, images, labels).load_state(state)

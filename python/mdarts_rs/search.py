@@ -186,10 +186,21 @@ class Searcher:
             "w_opt": self.w_opt.state_dict(),
             "a_opt": self.a_opt.state_dict(),
             "sched": self.sched.state_dict(),
+            "fast_options": self.model.fast_options,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         resume_conflicts(SearchConfig.from_json(state["config"]).to_json(), self.cfg.to_json(), RESUMABLE_CHANGES)
+        if self.cfg.fast:
+            # The pointwise choice orders the depthwise weights differently; checkpoints written before it
+            # was recorded hold grouped ones.
+            saved = (state.get("fast_options") or {"pointwise": "grouped"})["pointwise"]
+            current = (self.model.fast_options or {})["pointwise"]
+            if saved != current:
+                raise ValueError(
+                    f"cannot resume: the checkpoint's batched cells hold pointwise={saved!r} weights and this run builds "
+                    f"pointwise={current!r} ones; set mdarts_rs.fastcell.OPTIONS['pointwise'] = {saved!r} before resuming"
+                )
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])

@@ -155,9 +155,12 @@ class SuperNet(nn.Module):
             self.global_pooling = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Linear(c_p, num_classes)
         self.fast = fast
+        #: How the batched cells store their weights (``fastcell.OPTIONS``, read when they are built).
+        self.fast_options: dict[str, str] | None = None
         if fast:
-            from mdarts_rs.fastcell import FastSearchCell
+            from mdarts_rs.fastcell import OPTIONS, FastSearchCell
 
+            self.fast_options = dict(OPTIONS)
             self.cells = nn.ModuleList(FastSearchCell.from_plain(c) for c in self.cells)
         self.alphas = AlphaTables(self.layout.tables, initial_alphas(alpha_mode, seed))
 
