@@ -10,6 +10,7 @@ all), mean edge entropy per table, and the gap between the supernet and the deri
 from __future__ import annotations
 
 import math
+import re
 import signal
 import threading
 import time
@@ -384,7 +385,7 @@ class Searcher:
         self.history.append(rec)
         with warnings.catch_warnings():
             if self.use_graph:  # the captured update replaces w_opt.step(), which torch's scheduler looks for
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
             self.sched.step()
         self.epoch += 1
         self.step_in_epoch = 0
