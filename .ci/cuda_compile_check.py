@@ -68,7 +68,8 @@ def main() -> None:
 
     print(f"ci: building the CUDA kernels with {home / 'bin' / 'nvcc'} for sm_{ARCH.replace('.', '')}", flush=True)
     ops.load_extension(with_cuda=True)
-    for op in ("weighted_sum", "weighted_sum_backward", "softmax_entropy", "softmax_entropy_backward"):
+    for op in ("weighted_sum", "weighted_sum_backward", "softmax_entropy", "softmax_entropy_backward", "node_mix",
+               "node_mix_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mdarts::{op}", "CUDA"), f"no CUDA kernel for {op}"
     print("ci: CUDA kernels compiled and registered")
 

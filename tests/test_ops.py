@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mdarts_rs import ops
 from mdarts_rs.ops import softmax_entropy_ref, weighted_sum_ref
+from cudacompare import assert_cuda_matches_reference
 
 
 @pytest.fixture(scope="module")
@@ -213,17 +214,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def test_weighted_sum_cuda_matches_cpu_reference(dtype, channels_last):
     ops.load_extension(with_cuda=True)
     xs, w = inputs((4, 16, 8, 8), 8, dtype=torch.float32, channels_last=channels_last)
-    ref = weighted_sum_ref(xs, w)
-    g = torch.randn_like(ref)
-    ref_grads = torch.autograd.grad(ref, [w, *xs], g)
-    xc = [x.detach().to("cuda", dtype).requires_grad_() for x in xs]
-    wc = w.detach().cuda().requires_grad_()
-    out = torch.ops.mdarts.weighted_sum(xc, wc)
-    grads = torch.autograd.grad(out, [wc, *xc], g.to("cuda", dtype))
-    tol = 1e-5 if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(out.float().cpu(), ref.detach(), rtol=tol, atol=tol)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a.float().cpu(), b, rtol=tol, atol=tol * 10)
+    assert_cuda_matches_reference(torch.ops.mdarts.weighted_sum, weighted_sum_ref, xs, w, dtype, grad_atol=10)
 
 
 @pytest.mark.cuda

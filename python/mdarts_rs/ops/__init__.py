@@ -2,6 +2,8 @@
 
 - ``weighted_sum(xs, w)``: Σ_k w[k]·xs[k] without stacking the inputs, with a fused backward.
 - ``softmax_entropy(alpha)``: row softmax p and row entropy h = −Σ p·ln p, with a fused backward.
+- ``node_mix(xs, w)``: the mixed sums of all edges that read one node (the batched cell), each op output
+  either per edge or shared by every edge, with a fused backward.
 
 The plain-torch references in ``_ref`` are the specification. The C++ (CPU) and CUDA kernels in the
 project's ``cuda/`` folder are embedded in ``mdarts_rs._core`` and built with torch.utils.cpp_extension on
@@ -22,11 +24,13 @@ from pathlib import Path
 
 import torch
 
-from mdarts_rs.ops._ref import softmax_entropy_ref, weighted_sum_ref
+from mdarts_rs.ops._ref import node_mix_ref, softmax_entropy_ref, weighted_sum_ref
 
 __all__ = [
     "extension_loaded",
     "load_extension",
+    "node_mix",
+    "node_mix_ref",
     "softmax_entropy",
     "softmax_entropy_ref",
     "weighted_sum",
@@ -128,6 +132,13 @@ def weighted_sum(xs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     return weighted_sum_ref(list(xs), w)
 
 
+def node_mix(xs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """out[b, e, r] = Σ_k w[e, k]·xs[k][b, e or 0, r]: xs[k] is (B, n, R) or shared (B, 1, R), w is (n, K)."""
+    if _use_extension(w):
+        return torch.ops.mdarts.node_mix(list(xs), w)
+    return node_mix_ref(list(xs), w)
+
+
 def softmax_entropy(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row softmax p and row entropy h of α (E, K)."""
     if _use_extension(alpha):
@@ -147,6 +158,15 @@ def _register_python_parts() -> None:
     @lib.register_fake("mdarts::weighted_sum_backward")
     def _ws_bwd_fake(grad, xs, w, need_xs, need_w):
         gxs = [torch.empty_like(grad) for _ in xs] if need_xs else []
+        return gxs, (torch.empty_like(w) if need_w else w.new_empty(0))
+
+    @lib.register_fake("mdarts::node_mix")
+    def _nm_fake(xs, w):
+        return xs[0].new_empty((xs[0].shape[0], w.shape[0], xs[0].shape[2]))
+
+    @lib.register_fake("mdarts::node_mix_backward")
+    def _nm_bwd_fake(grad, xs, w, need_xs, need_w):
+        gxs = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in xs] if need_xs else []
         return gxs, (torch.empty_like(w) if need_w else w.new_empty(0))
 
     @lib.register_fake("mdarts::softmax_entropy")
@@ -172,6 +192,24 @@ def _register_python_parts() -> None:
         return (list(gxs) if ctx.need_xs else [None] * ctx.k), (gw if ctx.need_w else None)
 
     lib.register_autograd("mdarts::weighted_sum", _ws_backward, setup_context=_ws_setup)
+
+    def _nm_setup(ctx, inputs, output):
+        xs, w = inputs
+        ctx.need_xs = [x.requires_grad for x in xs]
+        ctx.need_w = w.requires_grad
+        ctx.shapes = [x.shape for x in xs]
+        ctx.save_for_backward(w, *(xs if ctx.need_w else ()))
+
+    def _nm_backward(ctx, grad):
+        w, *xs = ctx.saved_tensors
+        if not xs:  # only shapes are read when grad_w is not needed
+            xs = [grad.new_zeros(1, 1, 1).expand(shape) for shape in ctx.shapes]
+        need_xs = any(ctx.need_xs)
+        gxs, gw = torch.ops.mdarts.node_mix_backward(grad, xs, w, need_xs, ctx.need_w)
+        grads = [g if need else None for g, need in zip(gxs, ctx.need_xs)] if need_xs else [None] * len(ctx.shapes)
+        return grads, (gw if ctx.need_w else None)
+
+    lib.register_autograd("mdarts::node_mix", _nm_backward, setup_context=_nm_setup)
 
     def _se_setup(ctx, inputs, output):
         (alpha,) = inputs

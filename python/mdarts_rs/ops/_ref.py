@@ -15,6 +15,17 @@ def weighted_sum_ref(xs: list[torch.Tensor] | tuple[torch.Tensor, ...], w: torch
     return out
 
 
+def node_mix_ref(xs: list[torch.Tensor] | tuple[torch.Tensor, ...], w: torch.Tensor) -> torch.Tensor:
+    """The mixed sums of the n edges that read one node: out[b, e, r] = Σ_k w[e, k]·xs[k][b, e, r], where
+    xs[k] is (B, n, R), one slice per edge, or (B, 1, R), shared by every edge; w is (n, K)."""
+    assert w.dim() == 2 and len(xs) == w.shape[1], f"need w (edges, {len(xs)}), got {tuple(w.shape)}"
+    cols = w.t().reshape(len(xs), 1, -1, 1)  # cols[k]: (1, n, 1)
+    out = xs[0] * cols[0]
+    for k in range(1, len(xs)):
+        out = out + xs[k] * cols[k]
+    return out
+
+
 def softmax_entropy_ref(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row softmax p of α (E, K) and row entropy h = −Σ_k p·ln p (Li et al. 2021, eq. 6), shape (E,).
 

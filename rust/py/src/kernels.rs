@@ -9,6 +9,9 @@ const SOURCES: &[(&str, &str)] = &[
     ("weighted_sum.cu", include_str!("../../../cuda/weighted_sum.cu")),
     ("softmax_entropy.cpp", include_str!("../../../cuda/softmax_entropy.cpp")),
     ("softmax_entropy.cu", include_str!("../../../cuda/softmax_entropy.cu")),
+    ("node_mix.h", include_str!("../../../cuda/node_mix.h")),
+    ("node_mix.cpp", include_str!("../../../cuda/node_mix.cpp")),
+    ("node_mix.cu", include_str!("../../../cuda/node_mix.cu")),
 ];
 
 /// The fused ops' sources as (file name, text) pairs, from the project's `cuda/` folder.

@@ -1,0 +1,36 @@
+// Shared declarations of the node_mix CPU and CUDA kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace mdarts {
+
+// The shape of one node_mix call: B batch rows, n edges, R values per edge and row, K op outputs, and
+// for each output whether it holds one slice per edge (n) or one shared by every edge (1).
+struct NodeMixShape {
+  int64_t B = 0, n = 0, R = 0, K = 0;
+  std::vector<bool> per_edge;
+};
+
+// Check node_mix's arguments (TORCH_CHECK with a message naming the argument) and return their shape.
+NodeMixShape check_node_mix_args(const at::TensorList xs, const at::Tensor& w);
+
+// The op outputs as contiguous tensors (copies only of those that are not).
+std::vector<at::Tensor> contiguous_inputs(const at::TensorList xs);
+
+// What both backward kernels start from: checked arguments and shape, g and (when grad_w is needed) the
+// inputs contiguous, and the outputs allocated, uninitialised (unneeded gradients come back with 0
+// elements, never undefined).
+struct NodeMixBackward {
+  NodeMixShape shape;
+  at::Tensor g;
+  std::vector<at::Tensor> xs;
+  std::vector<at::Tensor> grad_xs;
+  at::Tensor grad_w;
+};
+NodeMixBackward prepare_node_mix_backward(const at::Tensor& grad, const at::TensorList xs, const at::Tensor& w,
+                                          bool need_xs, bool need_w);
+
+}  // namespace mdarts
