@@ -2,9 +2,9 @@
 
     python benches/gpu_report.py [--batch 64] [--mode multilevel] [--sections variants,profile,numerics]
 
-- variants: ms per step of the graph-replayed batched path for each implementation in
-  ``fastcell.OPTIONS``, each with and without --channels-last, and with --tf32 and --bf16; the fastest
-  float32 one is written to --best-file and profiled next.
+- variants: ms per step of the graph-replayed batched path for the choices in ``fastcell.OPTIONS`` (each
+  change from the defaults alone, and grouped + native together), with --channels-last, --tf32 and --bf16;
+  the fastest float32 one is written to --best-file.
 - profile: wall ms per step, kernels per step, GPU kernel time per step and the top kernels of one step, for
   the plain path (plain-torch mixed sums), the batched path (eager) and the batched path replayed as one
   CUDA graph.
@@ -127,10 +127,10 @@ def make_variant(args, tmp: str, spec: str, **kw) -> Searcher:
         return make(args, tmp, **cfg, **kw)
 
 
-#: Implementations of the batched path (same function), then the numeric options on two of them.
-IMPLS = ["", "pointwise=dense", "batch_norm=cudnn", "pointwise=dense,batch_norm=cudnn"]
-TIMED = IMPLS + [f"{x},channels_last".lstrip(",") for x in IMPLS] + ["tf32", "bf16"]
-NUMERIC = ["", "tf32", "channels_last", "bf16", "pointwise=dense,batch_norm=cudnn", "pointwise=dense,batch_norm=cudnn,channels_last"]
+#: Implementations of the batched path (same function), then layouts and numeric options.
+IMPLS = ["", "mix=fused", "pointwise=grouped", "batch_norm=native", "pointwise=grouped,batch_norm=native"]
+TIMED = IMPLS + ["channels_last", "mix=fused,channels_last", "tf32", "bf16", "mix=fused,tf32"]
+NUMERIC = ["", "mix=fused", "tf32", "bf16", "channels_last", "pointwise=grouped,batch_norm=native"]
 
 
 def section_variants(args, tmp: str) -> None:

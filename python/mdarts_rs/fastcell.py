@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdarts_rs import ops
 from mdarts_rs._core import PRIMITIVES, STEPS
 from mdarts_rs.primitives import FactorizedReduce
 
@@ -31,10 +32,12 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: "dense" (one dense 1×1 convolution with a block-diagonal weight; the first depthwise convolution then
 #: reads the node once with a channel multiplier instead of a repeated copy). ``batch_norm``: "native"
 #: (torch's non-affine batch norm) or "cudnn" (constant unit scale and zero shift, which lets torch use
-#: cuDNN's batch norm kernels on CUDA; x·1 + 0 is exact). The defaults were the fastest float32 choice of
-#: a graph-replayed step on an H200 (batch 64: 119.7 ms against 133.8 ms for grouped/native; channels-last
-#: was slower with every choice); ``benches/gpu_report.py`` measures them all.
-OPTIONS = {"pointwise": "dense", "batch_norm": "cudnn"}
+#: cuDNN's batch norm kernels on CUDA; x·1 + 0 is exact). ``mix``: "torch" (a multiply and an add per op)
+#: or "fused" (``mdarts_rs.ops.node_mix``: one kernel forward, two passes backward, for all edges of a node).
+#: The pointwise and batch-norm defaults were the fastest float32 choice of a graph-replayed step on an H200
+#: (batch 64: 119.7 ms against 133.8 ms for grouped/native; channels-last was slower with every choice);
+#: "fused" mixing has not run on a GPU yet. ``benches/gpu_report.py`` measures them all.
+OPTIONS = {"pointwise": "dense", "batch_norm": "cudnn", "mix": "torch"}
 
 
 def readers(j: int) -> list[int]:
@@ -187,6 +190,7 @@ class NodeOps(nn.Module):
         self.sep_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 2, 1, blocks=2)
         self.dil_conv_3x3 = GroupedConvBranch(c, n, 3, stride, 2, 2, blocks=1)
         self.dil_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 4, 2, blocks=1)
+        self.fused_mix = OPTIONS["mix"] == "fused"
 
     def forward(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Mixed outputs of the n edges, (B, n, C, H', W'); ``p``: their (n, 8) op weights."""
@@ -203,6 +207,9 @@ class NodeOps(nn.Module):
         def per_edge(t: torch.Tensor) -> torch.Tensor:
             return t.view(t.shape[0], n, c, t.shape[-2], t.shape[-1])
 
+        if self.fused_mix:
+            return self._fused_mix(h, relu, rep, p)
+
         out = w[OP["sep_conv_3x3"]] * per_edge(self.sep_conv_3x3(rep))
         out = out + w[OP["sep_conv_5x5"]] * per_edge(self.sep_conv_5x5(rep))
         out = out + w[OP["dil_conv_3x3"]] * per_edge(self.dil_conv_3x3(rep))
@@ -212,6 +219,24 @@ class NodeOps(nn.Module):
         out = out + w[OP["avg_pool_3x3"]] * self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False)).unsqueeze(1)
         skip = h.unsqueeze(1) if self.skip is None else per_edge(self.skip(relu))
         return out + w[OP["skip_connect"]] * skip
+
+    def _fused_mix(self, h: torch.Tensor, relu: torch.Tensor, rep: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """The same sums as ``forward`` in one ``node_mix`` call over the op outputs in PRIMITIVES order."""
+        s, n = self.stride, self.n
+        outs = {
+            "max_pool_3x3": self.max_bn(F.max_pool2d(h, 3, s, 1)),
+            "avg_pool_3x3": self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False)),
+            "skip_connect": h if self.skip is None else self.skip(relu),
+        }
+        for name in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"):
+            outs[name] = getattr(self, name)(rep)
+        bsz, _, height, width = outs["max_pool_3x3"].shape
+        xs = []
+        for name in PRIMITIVES[1:]:  # 'none' adds zero
+            t = outs[name]
+            xs.append(t.reshape(bsz, t.shape[1] // self.c, self.c * height * width))  # (B, n or 1, R)
+        mixed = ops.node_mix(xs, p[:, 1:])
+        return mixed.view(bsz, n, self.c, height, width)
 
     @torch.no_grad()
     def load_from(self, mixed_ops: list[nn.Module]) -> None:
