@@ -192,6 +192,9 @@ class NodeOps(nn.Module):
         self.dil_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 4, 2, blocks=1)
         self.fused_mix = OPTIONS["mix"] == "fused"
 
+    #: The order of the torch sum: the convolutions, then the outputs shared by every edge.
+    MIX_ORDER = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "max_pool_3x3", "avg_pool_3x3", "skip_connect")
+
     def forward(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Mixed outputs of the n edges, (B, n, C, H', W'); ``p``: their (n, 8) op weights."""
         s, n, c = self.stride, self.n, self.c
@@ -202,27 +205,7 @@ class NodeOps(nn.Module):
             rep = relu.repeat(1, n, 1, 1)  # (B, n·C, H, W): one copy per edge, for the grouped convolutions
             if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
                 rep = rep.contiguous(memory_format=torch.channels_last)
-        w = p.t().reshape(len(PRIMITIVES), 1, n, 1, 1, 1)  # w[k]: (1, n, 1, 1, 1)
-
-        def per_edge(t: torch.Tensor) -> torch.Tensor:
-            return t.view(t.shape[0], n, c, t.shape[-2], t.shape[-1])
-
-        if self.fused_mix:
-            return self._fused_mix(h, relu, rep, p)
-
-        out = w[OP["sep_conv_3x3"]] * per_edge(self.sep_conv_3x3(rep))
-        out = out + w[OP["sep_conv_5x5"]] * per_edge(self.sep_conv_5x5(rep))
-        out = out + w[OP["dil_conv_3x3"]] * per_edge(self.dil_conv_3x3(rep))
-        out = out + w[OP["dil_conv_5x5"]] * per_edge(self.dil_conv_5x5(rep))
-        # Shared by every edge: (B, 1, C, H', W') broadcast over the n edges.
-        out = out + w[OP["max_pool_3x3"]] * self.max_bn(F.max_pool2d(h, 3, s, 1)).unsqueeze(1)
-        out = out + w[OP["avg_pool_3x3"]] * self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False)).unsqueeze(1)
-        skip = h.unsqueeze(1) if self.skip is None else per_edge(self.skip(relu))
-        return out + w[OP["skip_connect"]] * skip
-
-    def _fused_mix(self, h: torch.Tensor, relu: torch.Tensor, rep: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """The same sums as ``forward`` in one ``node_mix`` call over the op outputs in PRIMITIVES order."""
-        s, n = self.stride, self.n
+        # Each op's output: per edge (B, n·C, H', W'), or shared by every edge (B, C, H', W').
         outs = {
             "max_pool_3x3": self.max_bn(F.max_pool2d(h, 3, s, 1)),
             "avg_pool_3x3": self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False)),
@@ -231,12 +214,13 @@ class NodeOps(nn.Module):
         for name in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"):
             outs[name] = getattr(self, name)(rep)
         bsz, _, height, width = outs["max_pool_3x3"].shape
-        xs = []
-        for name in PRIMITIVES[1:]:  # 'none' adds zero
-            t = outs[name]
-            xs.append(t.reshape(bsz, t.shape[1] // self.c, self.c * height * width))  # (B, n or 1, R)
-        mixed = ops.node_mix(xs, p[:, 1:])
-        return mixed.view(bsz, n, self.c, height, width)
+        if self.fused_mix:  # one node_mix call over the outputs in PRIMITIVES order ('none' adds zero)
+            xs = [outs[name].reshape(bsz, outs[name].shape[1] // c, c * height * width) for name in PRIMITIVES[1:]]
+            return ops.node_mix(xs, p[:, 1:]).view(bsz, n, c, height, width)
+        w = p.t().reshape(len(PRIMITIVES), 1, n, 1, 1, 1)  # w[k]: (1, n, 1, 1, 1)
+        # (B, n or 1, C, H', W') views, weighted and summed in MIX_ORDER
+        terms = (w[OP[name]] * outs[name].view(bsz, outs[name].shape[1] // c, c, height, width) for name in self.MIX_ORDER)
+        return functools.reduce(torch.add, terms)
 
     @torch.no_grad()
     def load_from(self, mixed_ops: list[nn.Module]) -> None:
