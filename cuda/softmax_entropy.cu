@@ -10,40 +10,18 @@
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
+#include "softmax_entropy.h"
+
 namespace mdarts {
-
-void check_softmax_entropy_args(const at::Tensor& alpha);
-
 namespace {
 
 constexpr int kThreads = 128;
-
-// The row maximum and ln sum exp(alpha - max): ln p_k = (alpha_k - max) - ln z.
-template <typename scalar_t, typename acc_t>
-__device__ void row_norm(const scalar_t* row, int64_t K, acc_t& mx, acc_t& logz) {
-  mx = -INFINITY;
-  for (int64_t k = 0; k < K; ++k) mx = max(mx, static_cast<acc_t>(row[k]));
-  acc_t z = 0;
-  for (int64_t k = 0; k < K; ++k) z += exp(static_cast<acc_t>(row[k]) - mx);
-  logz = log(z);
-}
 
 template <typename scalar_t, typename acc_t>
 __global__ void softmax_entropy_fwd_kernel(const scalar_t* __restrict__ a, int64_t E, int64_t K,
                                            scalar_t* __restrict__ p, scalar_t* __restrict__ h) {
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (e >= E) return;
-  const scalar_t* row = a + e * K;
-  acc_t mx, logz;
-  row_norm<scalar_t, acc_t>(row, K, mx, logz);
-  acc_t ent = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    const acc_t logp = (static_cast<acc_t>(row[k]) - mx) - logz;
-    const acc_t pk = exp(logp);
-    p[e * K + k] = static_cast<scalar_t>(pk);
-    ent -= pk * logp;
-  }
-  h[e] = static_cast<scalar_t>(ent);
+  if (e < E) row::forward<scalar_t, acc_t>(a + e * K, K, p + e * K, h + e);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -51,23 +29,7 @@ __global__ void softmax_entropy_bwd_kernel(const scalar_t* __restrict__ gp, cons
                                            const scalar_t* __restrict__ a, int64_t E, int64_t K,
                                            scalar_t* __restrict__ out) {
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (e >= E) return;
-  const scalar_t* row = a + e * K;
-  acc_t mx, logz;
-  row_norm<scalar_t, acc_t>(row, K, mx, logz);
-  acc_t dot = 0, ent = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    const acc_t logp = (static_cast<acc_t>(row[k]) - mx) - logz;
-    const acc_t pk = exp(logp);
-    dot += pk * static_cast<acc_t>(gp[e * K + k]);
-    ent -= pk * logp;
-  }
-  const acc_t ghe = static_cast<acc_t>(gh[e]);
-  for (int64_t k = 0; k < K; ++k) {
-    const acc_t logp = (static_cast<acc_t>(row[k]) - mx) - logz;
-    const acc_t pk = exp(logp);
-    out[e * K + k] = static_cast<scalar_t>(pk * (static_cast<acc_t>(gp[e * K + k]) - dot) - ghe * pk * (logp + ent));
-  }
+  if (e < E) row::backward<scalar_t, acc_t>(a + e * K, gp + e * K, static_cast<acc_t>(gh[e]), K, out + e * K);
 }
 
 std::tuple<at::Tensor, at::Tensor> softmax_entropy_cuda(const at::Tensor& alpha_in) {
@@ -89,15 +51,9 @@ std::tuple<at::Tensor, at::Tensor> softmax_entropy_cuda(const at::Tensor& alpha_
 }
 
 at::Tensor softmax_entropy_backward_cuda(const at::Tensor& grad_p, const at::Tensor& grad_h, const at::Tensor& alpha_in) {
-  check_softmax_entropy_args(alpha_in);
-  TORCH_CHECK(grad_p.sizes() == alpha_in.sizes(), "softmax_entropy_backward: grad_p has shape ", grad_p.sizes(),
-              " but alpha has ", alpha_in.sizes());
-  TORCH_CHECK(grad_h.dim() == 1 && grad_h.size(0) == alpha_in.size(0),
-              "softmax_entropy_backward: grad_h must have shape (", alpha_in.size(0), ",), got ", grad_h.sizes());
   const c10::cuda::CUDAGuard guard(alpha_in.device());
-  auto alpha = alpha_in.contiguous();
-  auto gp = grad_p.to(alpha.scalar_type()).contiguous();
-  auto gh = grad_h.to(alpha.scalar_type()).contiguous();
+  const SoftmaxEntropyGrads in = prepare_softmax_entropy_backward(grad_p, grad_h, alpha_in);
+  const at::Tensor& alpha = in.alpha;
   const int64_t E = alpha.size(0), K = alpha.size(1);
   auto out = at::empty_like(alpha);
   if (E == 0) return out;
@@ -105,7 +61,7 @@ at::Tensor softmax_entropy_backward_cuda(const at::Tensor& grad_p, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, alpha.scalar_type(), "softmax_entropy_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     softmax_entropy_bwd_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        gp.const_data_ptr<scalar_t>(), gh.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(), E, K,
+        in.gp.const_data_ptr<scalar_t>(), in.gh.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(), E, K,
         out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -7,6 +7,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("weighted_sum.h", include_str!("../../../cuda/weighted_sum.h")),
     ("weighted_sum.cpp", include_str!("../../../cuda/weighted_sum.cpp")),
     ("weighted_sum.cu", include_str!("../../../cuda/weighted_sum.cu")),
+    ("softmax_entropy.h", include_str!("../../../cuda/softmax_entropy.h")),
     ("softmax_entropy.cpp", include_str!("../../../cuda/softmax_entropy.cpp")),
     ("softmax_entropy.cu", include_str!("../../../cuda/softmax_entropy.cu")),
     ("node_mix.h", include_str!("../../../cuda/node_mix.h")),
