@@ -115,3 +115,9 @@ def test_resume_refuses_batched_weights_of_another_layout(tmp_path, monkeypatch)
     monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "dense")
     with pytest.raises(ValueError, match="pointwise='grouped' weights and this run builds pointwise='dense'"):
         Searcher(cfg, images, labels).load_state(state)
+
+
+def test_unknown_implementation_choice_is_an_error(monkeypatch):
+    monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "blockdiag")
+    with pytest.raises(ValueError, match=r"OPTIONS\['pointwise'\] must be one of \('grouped', 'dense'\), got 'blockdiag'"):
+        SuperNet(C=4, layers=5, fast=True)

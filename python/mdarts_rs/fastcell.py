@@ -38,6 +38,15 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: (batch 64: 119.7 ms against 133.8 ms for grouped/native; channels-last was slower with every choice);
 #: "fused" mixing has not run on a GPU yet. ``benches/gpu_report.py`` measures them all.
 OPTIONS = {"pointwise": "dense", "batch_norm": "cudnn", "mix": "torch"}
+_CHOICES = {"pointwise": ("grouped", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused")}
+
+
+def _option(key: str) -> str:
+    """``OPTIONS[key]``, checked against its choices (a misspelt choice must not pick another one silently)."""
+    value = OPTIONS.get(key)
+    if value not in _CHOICES[key]:
+        raise ValueError(f"mdarts_rs.fastcell.OPTIONS[{key!r}] must be one of {_CHOICES[key]}, got {value!r}")
+    return value
 
 
 def readers(j: int) -> list[int]:
@@ -56,7 +65,7 @@ class BatchNorm(nn.BatchNorm2d):
 
     def __init__(self, channels: int):
         super().__init__(channels, affine=False)
-        self.constant_affine = OPTIONS["batch_norm"] == "cudnn"
+        self.constant_affine = _option("batch_norm") == "cudnn"
         self.register_buffer("unit", torch.ones(channels), persistent=False)
         self.register_buffer("zero", torch.zeros(channels), persistent=False)
 
@@ -95,7 +104,7 @@ class GroupedConvBranch(nn.Module):
         super().__init__()
         self.c, self.n, self.kernel = c, n, kernel
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.dense = OPTIONS["pointwise"] == "dense"
+        self.dense = _option("pointwise") == "dense"
         self.register_buffer("eye", torch.eye(n), persistent=False)
         self.dw = nn.ParameterList()
         self.pw = nn.ParameterList()
@@ -190,7 +199,7 @@ class NodeOps(nn.Module):
         self.sep_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 2, 1, blocks=2)
         self.dil_conv_3x3 = GroupedConvBranch(c, n, 3, stride, 2, 2, blocks=1)
         self.dil_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 4, 2, blocks=1)
-        self.fused_mix = OPTIONS["mix"] == "fused"
+        self.fused_mix = _option("mix") == "fused"
 
     #: The order of the torch sum: the convolutions, then the outputs shared by every edge.
     MIX_ORDER = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "max_pool_3x3", "avg_pool_3x3", "skip_connect")
