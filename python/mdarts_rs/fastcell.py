@@ -61,7 +61,11 @@ def edge_id(node: int, j: int) -> int:
 
 class BatchNorm(nn.BatchNorm2d):
     """Non-affine batch norm; with ``OPTIONS["batch_norm"] == "cudnn"`` it passes a constant unit scale and
-    zero shift (buffers outside the state dict) so that torch may run cuDNN's kernels."""
+    zero shift (buffers outside the state dict) so that torch may run cuDNN's kernels.
+
+    ``forward(x, scale)`` multiplies the normalised output by a per-channel ``scale`` inside the batch norm
+    (as its affine weight, with zero shift): the batched cell folds each op's mixing weight into the op's
+    last batch norm this way, and the batch-norm backward yields the weight's gradient with the input's."""
 
     def __init__(self, channels: int):
         super().__init__(channels, affine=False)
@@ -69,16 +73,20 @@ class BatchNorm(nn.BatchNorm2d):
         self.register_buffer("unit", torch.ones(channels), persistent=False)
         self.register_buffer("zero", torch.zeros(channels), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.constant_affine or self.momentum is None:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        if scale is None and not self.constant_affine:
             return super().forward(x)
+        if scale is None:
+            scale = self.unit
         if self.training:
             assert self.num_batches_tracked is not None
             self.num_batches_tracked.add_(1)
-        return F.batch_norm(x, self.running_mean, self.running_var, self.unit, self.zero, self.training, self.momentum, self.eps)
+        # momentum None: a cumulative average over the batches seen, as nn.BatchNorm2d computes it
+        factor = self.momentum if self.momentum is not None or not self.training else 1.0 / float(self.num_batches_tracked)
+        return F.batch_norm(x, self.running_mean, self.running_var, scale, self.zero, self.training, factor, self.eps)
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
+def _bn(channels: int) -> BatchNorm:
     return BatchNorm(channels)
 
 
@@ -117,9 +125,9 @@ class GroupedConvBranch(nn.Module):
             self.pw.append(nn.Parameter(pw))
             self.bn.append(_bn(n * c))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: the ReLU'd node (B, C, H, W) when dense, else repeated per edge (B, n·C, H, W). Returns the n
-        edges' outputs, (B, n·C, H', W')."""
+        edges' outputs, (B, n·C, H', W'), each channel multiplied by ``scale`` (n·C) if given."""
         nc = self.n * self.c
         for b, (dw, pw, bn) in enumerate(zip(self.dw, self.pw, self.bn)):
             if b > 0:
@@ -134,7 +142,7 @@ class GroupedConvBranch(nn.Module):
                 x = F.conv2d(x, _block_diagonal(pw, self.n, self.eye, interleaved=first))
             else:
                 x = F.conv2d(x, pw, groups=self.n)
-            x = bn(x)
+            x = bn(x, scale) if b == len(self.bn) - 1 else bn(x)
         return x
 
     @torch.no_grad()
@@ -163,14 +171,14 @@ class GroupedFactorizedReduce(nn.Module):
         self.conv_2 = nn.Conv2d(c, n * c // 2, 1, stride=2, bias=False)
         self.bn = _bn(n * c)
 
-    def forward(self, relu_h: torch.Tensor) -> torch.Tensor:
+    def forward(self, relu_h: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         a = self.conv_1(relu_h)
         b = self.conv_2(relu_h[:, :, 1:, 1:])
         bsz, _, h, w = a.shape
         half = self.c // 2
         # (B, n, C/2, H, W) twice -> (B, n, C, H, W): each edge's channels are [conv_1 half, conv_2 half]
         out = torch.cat([a.view(bsz, self.n, half, h, w), b.view(bsz, self.n, half, h, w)], dim=2)
-        return self.bn(out.view(bsz, self.n * self.c, h, w))
+        return self.bn(out.view(bsz, self.n * self.c, h, w), scale)
 
     @torch.no_grad()
     def load_from(self, mods: list[FactorizedReduce]) -> None:
@@ -201,8 +209,9 @@ class NodeOps(nn.Module):
         self.dil_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 4, 2, blocks=1)
         self.fused_mix = _option("mix") == "fused"
 
-    #: The order of the torch sum: the convolutions, then the outputs shared by every edge.
-    MIX_ORDER = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "max_pool_3x3", "avg_pool_3x3", "skip_connect")
+    #: The ops whose outputs are per edge, in PRIMITIVES order (consecutive columns of p); with the torch
+    #: mix, each one's op weight is folded into its last batch norm as a per-channel scale.
+    PER_EDGE = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
 
     def forward(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Mixed outputs of the n edges, (B, n, C, H', W'); ``p``: their (n, 8) op weights."""
@@ -214,22 +223,33 @@ class NodeOps(nn.Module):
             rep = relu.repeat(1, n, 1, 1)  # (B, n·C, H, W): one copy per edge, for the grouped convolutions
             if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
                 rep = rep.contiguous(memory_format=torch.channels_last)
+        per_edge = ("skip_connect", *self.PER_EDGE) if self.skip is not None else self.PER_EDGE
+        scale: dict[str, torch.Tensor | None] = dict.fromkeys(per_edge)
+        if not self.fused_mix:
+            # w·BN(x) = BN(x; γ = w, β = 0): each per-edge op's weight, repeated over its edge's C channels,
+            # scales its last batch norm (no multiply of the output forward, nor of its gradient backward).
+            first = OP[per_edge[0]]
+            cols = p[:, first : first + len(per_edge)].t()  # (ops, n), in PRIMITIVES order
+            scale = dict(zip(per_edge, cols.unsqueeze(-1).expand(len(per_edge), n, c).reshape(len(per_edge), n * c).unbind(0)))
         # Each op's output: per edge (B, n·C, H', W'), or shared by every edge (B, C, H', W').
         outs = {
             "max_pool_3x3": self.max_bn(F.max_pool2d(h, 3, s, 1)),
             "avg_pool_3x3": self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False)),
-            "skip_connect": h if self.skip is None else self.skip(relu),
+            "skip_connect": h if self.skip is None else self.skip(relu, scale["skip_connect"]),
         }
-        for name in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"):
-            outs[name] = getattr(self, name)(rep)
+        for name in self.PER_EDGE:
+            outs[name] = getattr(self, name)(rep, scale[name])
         bsz, _, height, width = outs["max_pool_3x3"].shape
         if self.fused_mix:  # one node_mix call over the outputs in PRIMITIVES order ('none' adds zero)
             xs = [outs[name].reshape(bsz, outs[name].shape[1] // c, c * height * width) for name in PRIMITIVES[1:]]
             return ops.node_mix(xs, p[:, 1:]).view(bsz, n, c, height, width)
-        w = p.t().reshape(len(PRIMITIVES), 1, n, 1, 1, 1)  # w[k]: (1, n, 1, 1, 1)
-        # (B, n or 1, C, H', W') views, weighted and summed in MIX_ORDER
-        terms = (w[OP[name]] * outs[name].view(bsz, outs[name].shape[1] // c, c, height, width) for name in self.MIX_ORDER)
-        return functools.reduce(torch.add, terms)
+        # The weighted per-edge outputs summed, then each shared output (B, 1, C, H', W') times its weights (1, n, 1, 1, 1)
+        mixed = functools.reduce(torch.add, (outs[name].view(bsz, n, c, height, width) for name in per_edge))
+        w = p.t().reshape(len(PRIMITIVES), 1, n, 1, 1, 1)
+        for name in ("max_pool_3x3", "avg_pool_3x3", "skip_connect"):
+            if name not in per_edge:
+                mixed = mixed + w[OP[name]] * outs[name].view(bsz, 1, c, height, width)
+        return mixed
 
     @torch.no_grad()
     def load_from(self, mixed_ops: list[nn.Module]) -> None:
@@ -266,13 +286,15 @@ class FastSearchCell(nn.Module):
         """``p``: (14, 8) op weights of this cell's table. ``sparse`` is accepted for interface parity: the
         dense sum with zero weights is already exact."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        mixed = [self.nodes[j](states[j], p[self._rows(j)]) for j in (0, 1)]
+        # The mixed outputs of each node's readers, one view per edge: unbind's backward stacks the edges'
+        # gradients in one kernel, where indexing would zero-fill and accumulate a full copy per edge.
+        mixed = [self.nodes[j](states[j], p[self._rows(j)]).unbind(1) for j in (0, 1)]
         for i in range(STEPS):
-            terms = [mixed[j][:, i - readers(j)[0]] for j in range(i + 2)]
+            terms = [mixed[j][i - readers(j)[0]] for j in range(i + 2)]
             node = functools.reduce(torch.add, terms)  # no 0 + first term, which would be a kernel of its own
             states.append(node)  # type: ignore[arg-type]
             if i + 2 <= STEPS:
-                mixed.append(self.nodes[i + 2](node, p[self._rows(i + 2)]))  # type: ignore[arg-type]
+                mixed.append(self.nodes[i + 2](node, p[self._rows(i + 2)]).unbind(1))  # type: ignore[arg-type]
         return torch.cat(states[2:], dim=1)
 
     def _rows(self, j: int) -> torch.Tensor:
