@@ -202,8 +202,9 @@ def _register_python_parts() -> None:
 
     def _nm_backward(ctx, grad):
         w, *xs = ctx.saved_tensors
-        if not xs:  # only shapes are read when grad_w is not needed
-            xs = [grad.new_zeros(1, 1, 1).expand(shape) for shape in ctx.shapes]
+        if not xs:  # only shapes are read when grad_w is not needed: one zero, expanded to each shape
+            zero = grad.new_zeros(())
+            xs = [zero.expand(shape) for shape in ctx.shapes]
         need_xs = any(ctx.need_xs)
         gxs, gw = torch.ops.mdarts.node_mix_backward(grad, xs, w, need_xs, ctx.need_w)
         grads = [g if need else None for g, need in zip(gxs, ctx.need_xs)] if need_xs else [None] * len(ctx.shapes)
