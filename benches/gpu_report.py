@@ -11,6 +11,9 @@
 - search: a short search on real images (--data), seconds per epoch and in all.
 - numerics: the first α gradient under each option against float32 (cosine, relative error), and the α
   tables after a short run from the same seed and batches (largest difference, genotype identical or not).
+- drift: the plain path against itself with another summation order (the fused weighted sums) and against
+  the batched path, over a few seeds, in float64 and float32: the largest α difference after a short run
+  from the same seed and batches, and whether the genotypes agree (float32's rounding noise, measured).
 
 On a machine without CUDA it runs the same code eagerly on a small batch (a dry run of the script).
 """
@@ -227,6 +230,48 @@ def section_search(args, tmp: str) -> None:
     print(f"genotype: {result.genotype}")
 
 
+def section_drift(args, tmp: str) -> None:
+    """Each seed: the plain path (plain-torch sums), the plain path with the fused weighted sums and the batched
+    path make ``--drift-steps`` steps on the same batches; the largest α difference to the first, and whether
+    the derived genotypes agree."""
+    from mdarts_rs import ops
+
+    c, layers = (int(v) for v in args.drift_model.split(","))
+    print(f"\n## drift from the plain path: C = {c}, {layers} cells, batch {args.batch}, {args.drift_steps} steps at arch lr "
+          f"{args.drift_lr}, {DEVICE}")
+    print("| dtype | seed | α change (plain) | plain, fused sums: max α diff | genotype same | batched: max α diff | genotype same |")
+    print("|---|---|---|---|---|---|---|")
+    paths = [("ref", False), ("ext", False), ("auto", True)]
+    try:
+        ops.load_extension()
+    except Exception as e:  # no compiler: the fused sums' row is left out
+        print(f"(fused sums unavailable: {type(e).__name__}: {e})")
+        paths = [("ref", False), ("auto", True)]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4 * args.batch * args.drift_steps, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, len(images)).astype(np.int64)
+    for dtype, seed in itertools.product((torch.float64, torch.float32), range(args.drift_seeds)):
+        alphas, genos = [], []
+        for k, (mode, fast) in enumerate(paths):
+            os.environ["MDARTS_OPS"] = mode
+            cfg = SearchConfig(out=f"{tmp}/drift_{k}", alpha_mode=args.mode, init_channels=c, layers=layers, fast=fast, batch_size=args.batch,
+                               arch_lr=args.drift_lr, seed=seed, device=DEVICE, workers=1, quiet=True, plots=False, gap_images=8)
+            s = Searcher(cfg, images, labels)
+            init = torch.cat([a.detach().flatten() for a in s.model.arch_parameters()]).double()
+            s.model.to(dtype)  # parameters keep their identity, so the optimizers follow
+            for (xt, yt), (xv, yv) in itertools.islice(zip(s.train_loader.batches(0), s.val_loader.batches(0)), args.drift_steps):
+                s.train_step(xt.to(dtype), yt, xv.to(dtype), yv)
+            alphas.append(torch.cat([a.detach().flatten() for a in s.model.arch_parameters()]).double())
+            genos.append(s.model.genotype().to_json())
+        os.environ["MDARTS_OPS"] = "auto"
+        cells = []
+        for a, g in zip(alphas[1:], genos[1:]):
+            cells += [f"{float((a - alphas[0]).abs().max()):.2e}", str(g == genos[0])]
+        if len(paths) == 2:
+            cells = ["-", "-", *cells]
+        print(f"| {str(dtype).split('.')[-1]} | {seed} | {float((alphas[0] - init).abs().max()):.2e} | {' | '.join(cells)} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=64 if CUDA else 8)
@@ -240,6 +285,10 @@ def main() -> None:
     ap.add_argument("--data", help="CIFAR-10 folder for the search section")
     ap.add_argument("--search-epochs", type=int, default=2)
     ap.add_argument("--search-steps", type=int, help="cap the steps of each search epoch (dry runs)")
+    ap.add_argument("--drift-seeds", type=int, default=5)
+    ap.add_argument("--drift-steps", type=int, default=6)
+    ap.add_argument("--drift-lr", type=float, default=0.01)
+    ap.add_argument("--drift-model", default="16,8" if CUDA else "4,5", help="C,cells of the drift section's supernet")
     ap.add_argument("--best-file", help="where the variants section writes the fastest float32 variant")
     ap.add_argument("--fast", default=os.environ.get("MDARTS_BENCH_FAST", ""),
                     help="variant of the batched path that the profile section uses, e.g. pointwise=dense,channels_last")
@@ -248,7 +297,8 @@ def main() -> None:
     print(f"# gpu_report: {dev}, torch {torch.__version__}, {os.cpu_count()} CPUs")
     for sec in args.sections.split(","):
         t0 = time.time()
-        sections = {"profile": section_profile, "variants": section_variants, "numerics": section_numerics, "search": section_search}
+        sections = {"profile": section_profile, "variants": section_variants, "numerics": section_numerics, "search": section_search,
+                    "drift": section_drift}
         sections[sec](args, args.tmp)
         print(f"({sec}: {time.time() - t0:.0f} s)", flush=True)
 
