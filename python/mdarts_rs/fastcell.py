@@ -279,30 +279,26 @@ class FastSearchCell(nn.Module):
             self.nodes.append(NodeOps(c, len(readers(j)), 2 if reduction and j < 2 else 1))
             self._edges.append([edge_id(i, j) for i in readers(j)])
         # The rows of p grouped by the state their edges read (a permutation of the 14 edges), as a device
-        # buffer: one gather per cell, then a slice per state (a Python list index would copy from the host
-        # at every step, which a CUDA graph cannot capture).
+        # buffer: one gather per cell, then one split into the states' rows (a Python list index would copy
+        # from the host at every step, which a CUDA graph cannot capture; split's backward is one kernel).
         self.register_buffer("edge_order", torch.tensor([e for edges in self._edges for e in edges]), persistent=False)
-        self._offsets = [sum(len(edges) for edges in self._edges[:j]) for j in range(STEPS + 2)]
+        self._sizes = [len(edges) for edges in self._edges]
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, p: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """``p``: (14, 8) op weights of this cell's table. ``sparse`` is accepted for interface parity: the
         dense sum with zero weights is already exact."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        p = p.index_select(0, self.edge_order)
+        rows = p.index_select(0, self.edge_order).split(self._sizes)  # rows[j]: the edges that read state j
         # The mixed outputs of each node's readers, one view per edge: unbind's backward stacks the edges'
         # gradients in one kernel, where indexing would zero-fill and accumulate a full copy per edge.
-        mixed = [self.nodes[j](states[j], self._rows(p, j)).unbind(1) for j in (0, 1)]
+        mixed = [self.nodes[j](states[j], rows[j]).unbind(1) for j in (0, 1)]
         for i in range(STEPS):
             terms = [mixed[j][i - readers(j)[0]] for j in range(i + 2)]
             node = functools.reduce(torch.add, terms)  # no 0 + first term, which would be a kernel of its own
             states.append(node)  # type: ignore[arg-type]
             if i + 2 <= STEPS:
-                mixed.append(self.nodes[i + 2](node, self._rows(p, i + 2)).unbind(1))  # type: ignore[arg-type]
+                mixed.append(self.nodes[i + 2](node, rows[i + 2]).unbind(1))  # type: ignore[arg-type]
         return torch.cat(states[2:], dim=1)
-
-    def _rows(self, grouped: torch.Tensor, j: int) -> torch.Tensor:
-        """The op weights of the edges that read state ``j``, from p with its rows in ``edge_order``."""
-        return grouped[self._offsets[j] : self._offsets[j + 1]]
 
     @classmethod
     def from_plain(cls, cell: nn.Module) -> FastSearchCell:
