@@ -6,7 +6,10 @@ depthwise and one grouped pointwise convolution on the node repeated along chann
 runs once over the concatenated channels. Pooling followed by a non-affine batch norm gives the same
 output on every edge that reads a node (same input, no parameters), so it runs once per node. The mixed
 sum of an edge is Σ_k p_k·o_k over the 7 ops that are not 'none' (whose term is zero), evaluated for all
-edges of a node at once.
+edges of a node at once: an op with an output per edge (the convolutions, and a reduction's factorized
+skip) ends in a non-affine batch norm, so its weight p_k becomes that batch norm's scale, p_k·BN(x) =
+BN(x; γ = p_k, β = 0), and costs no multiply forward or backward (the batch-norm backward yields ∂/∂γ
+with the input gradient); the outputs shared by every edge are multiplied and added.
 
 ``FastSearchCell.from_plain`` copies a plain cell's weights and statistics, so both compute the same
 numbers up to summation order.
