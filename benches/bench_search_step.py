@@ -3,8 +3,8 @@ supernet (DARTS-style per-op modules) against the batched one (``--fast``), both
 
 Run: ``pytest benches/bench_search_step.py``. On a GPU: batch 64 and 256, C = 16, 8 cells, float32 (no TF32),
 cuDNN autotuning on, as the search runs; the plain path uses the plain-torch mixed sums. Each row logs
-ms per step, kernels per step (CUDA kernels in a profiled step) and peak memory. On a CPU: batch 8 and
-aten ops per step instead of kernels. The summary gives speed relative to the plain path.
+ms per step, kernels per step (CUDA kernels in a profiled step) and peak memory. On a CPU: batch 8, and
+instead of kernels the aten ops that would launch one and the bytes of their tensors (``DispatchCount``). The summary gives speed relative to the plain path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import fast_options, record, variant
+from conftest import DispatchCount, fast_options, record, variant
 from torch.profiler import ProfilerActivity, profile
 
 from mdarts_rs.config import SearchConfig
@@ -42,15 +42,16 @@ def make_searcher(tmp_path, mode: str, fast: bool, batch: int, graph: bool = Fal
         return Searcher(cfg, images, labels)
 
 
-def count_kernels(step) -> int:
-    activities = [ProfilerActivity.CUDA] if CUDA else [ProfilerActivity.CPU]
-    with profile(activities=activities) as prof:
+def count_kernels(step) -> tuple[int, float]:
+    """CUDA kernels of one step (GB unknown: nan), or on a CPU its kernel-launching aten ops and their GB."""
+    if not CUDA:
+        with DispatchCount() as counts:
+            step()
+        return counts.total()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         step()
-        if CUDA:
-            torch.cuda.synchronize()
-    if CUDA:
-        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA), float("nan")
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -85,15 +86,17 @@ def test_search_step(benchmark, tmp_path, monkeypatch, path, mode, batch):
             if CUDA:
                 torch.cuda.synchronize()
 
-    kernels = count_kernels(step)
+    kernels, gb = count_kernels(step)
     eager = path != "fast_graph"  # hundreds of ms per step on a GPU; the graph-replayed step is the target
     benchmark.pedantic(step, rounds=(5 if eager else 20) if CUDA else 3, iterations=1, warmup_rounds=2 if CUDA else 1)
-    benchmark.extra_info["kernels_per_step" if CUDA else "aten_ops_per_step"] = kernels
+    benchmark.extra_info["kernels_per_step" if CUDA else "kernel_ops_per_step"] = kernels
     if CUDA:
         benchmark.extra_info["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    else:
+        benchmark.extra_info["tensor_GB_per_step"] = round(gb, 3)
     record(f"search step {mode} batch {batch} ({DEVICE}; batched variant: {FAST or 'default'})", path, benchmark, 1)
     print(f"\n{path} {mode} batch {batch}: {benchmark.stats.stats.mean * 1e3:.0f} ms/step, {kernels} "
-          f"{'kernels' if CUDA else 'aten ops'}/step" + (f", peak {benchmark.extra_info['peak_mem_GiB']} GiB" if CUDA else ""))
+          + (f"kernels/step, peak {benchmark.extra_info['peak_mem_GiB']} GiB" if CUDA else f"kernel-launching aten ops/step, {gb:.2f} GB of tensors"))
 
 
 @pytest.mark.parametrize("feed", ["baseline_fixed_batch", "loader"])

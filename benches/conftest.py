@@ -4,14 +4,48 @@ from __future__ import annotations
 
 import os
 import platform
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 _TIMES: dict[str, dict[str, float]] = {}
+
+#: Aten ops that launch no kernel: views, metadata, allocation.
+_NO_KERNEL = {
+    "_reshape_alias", "_unsafe_view", "alias", "as_strided", "detach", "empty", "empty_strided", "expand", "lift_fresh",
+    "narrow", "new_empty", "permute", "reshape", "select", "slice", "split", "split_with_sizes", "squeeze", "t", "transpose",
+    "unbind", "unfold", "unsqueeze", "view",
+}
+
+
+class DispatchCount(TorchDispatchMode):
+    """Per aten op that launches kernels: calls, and bytes of its tensor arguments and results (a lower bound
+    of its memory traffic). A device-independent proxy of the kernels and traffic of a step; ops run with
+    grad mode off are marked ``[bwd]`` (backward, and the inside of a custom op's autograd)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name not in _NO_KERNEL:
+            key = name if torch.is_grad_enabled() else f"{name}[bwd]"
+            self.calls[key] += 1
+            self.bytes[key] += sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor))
+        return out
+
+    def total(self) -> tuple[int, float]:
+        """Calls and GB in all."""
+        return sum(self.calls.values()), sum(self.bytes.values()) / 1e9
 
 
 def record(group: str, name: str, benchmark, items: int) -> None:
