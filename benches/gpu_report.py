@@ -11,6 +11,9 @@
 - search: a short search on real images (--data), seconds per epoch and in all.
 - numerics: the first α gradient under each option against float32 (cosine, relative error), and the α
   tables after a short run from the same seed and batches (largest difference, genotype identical or not).
+- traffic: per path, the aten ops that launch kernels and the bytes of their tensors in the α and weight
+  passes (forward and backward, no optimizer update), with the top ops by bytes: a device-independent proxy
+  of kernels and memory traffic per step (runs on a CPU as well).
 - drift: the plain path against itself with another summation order (the fused weighted sums) and against
   the batched path, over a few seeds, in float64 and float32: the largest α difference after a short run
   from the same seed and batches, and whether the genotypes agree (float32's rounding noise, measured).
@@ -32,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from conftest import fast_options, variant
+from conftest import DispatchCount, fast_options, variant
 
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.search import Searcher
@@ -230,6 +233,51 @@ def section_search(args, tmp: str) -> None:
     print(f"genotype: {result.genotype}")
 
 
+def section_traffic(args, tmp: str) -> None:
+    from mdarts_rs import ops
+
+    try:
+        ops.load_extension()
+        compiled = "ext" if not CUDA else "auto"
+    except Exception as e:  # no compiler: the fused rows run the references
+        print(f"(compiled ops unavailable: {type(e).__name__}: {e})")
+        compiled = "ref"
+    print(f"\n## traffic: {args.mode}, batch {args.batch}, C = 16, 8 cells; α pass and weight pass, forward and backward")
+    summary = []
+    for name, spec, fast, mode in [("plain", "", False, "ref"), ("fast", args.fast, True, compiled),
+                                   ("fast, mix=fused", ",".join(filter(None, [args.fast, "mix=fused"])), True, compiled)]:
+        os.environ["MDARTS_OPS"] = mode
+        gc.collect()
+        s = make_variant(args, f"{tmp}/t_{len(summary)}", spec, fast=fast)
+        xt, yt, xv, yv = batches(s)
+        model, alphas = s.model, s.model.arch_parameters()
+
+        def passes() -> None:
+            p, h = model.alphas()
+            loss = F.cross_entropy(model(xv, p), yv) + s.cfg.gamma * sum(v.sum() for v in h.values())
+            torch.autograd.grad(loss, alphas)
+            with torch.no_grad():
+                p, _ = model.alphas()
+            F.cross_entropy(model(xt, p), yt).backward()
+
+        passes()  # first calls build and autotune
+        model.zero_grad(set_to_none=True)
+        with DispatchCount() as counts:
+            passes()
+        sync()
+        calls, gb = counts.total()
+        summary.append((name, calls, gb))
+        print(f"\n### {name}: {calls} kernel-launching aten ops, {gb:.1f} GB of tensors (read and written)")
+        print(f"{'calls':>7} {'GB':>7} {'share':>6}  op")
+        for op, b in counts.bytes.most_common(args.top):
+            print(f"{counts.calls[op]:7d} {b / 1e9:7.2f} {b / 1e9 / gb:6.1%}  {op}")
+        del s
+    os.environ["MDARTS_OPS"] = "auto"
+    print("\n| path | kernel-launching ops | GB of tensors |\n|---|---|---|")
+    for name, calls, gb in summary:
+        print(f"| {name} | {calls} | {gb:.1f} |")
+
+
 def section_drift(args, tmp: str) -> None:
     """Each seed: the plain path (plain-torch sums), the plain path with the fused weighted sums and the batched
     path make ``--drift-steps`` steps on the same batches; the largest α difference to the first, and whether
@@ -298,7 +346,7 @@ def main() -> None:
     for sec in args.sections.split(","):
         t0 = time.time()
         sections = {"profile": section_profile, "variants": section_variants, "numerics": section_numerics, "search": section_search,
-                    "drift": section_drift}
+                    "drift": section_drift, "traffic": section_traffic}
         sections[sec](args, args.tmp)
         print(f"({sec}: {time.time() - t0:.0f} s)", flush=True)
 

@@ -5,8 +5,8 @@
 # DEADLINE seconds (default 480); a section without time left is skipped and says so. Results go to $OUT
 # (default gpu-results/), one file per section: build.txt (device and kernel build), cuda_tests.txt,
 # report.txt (profile of the plain and batched paths, then the variants of the batched path),
-# bench_step.txt, search.txt (a 2-epoch search on the CIFAR-10 subset), numerics.txt, bench_ops.txt and
-# bench_loader.txt. Six minutes to eight on an H200 with warm-up and kernel build.
+# bench_step.txt, search.txt (a 2-epoch search on the CIFAR-10 subset), numerics.txt, bench_ops.txt,
+# bench_loader.txt and drift.txt (float32 rounding noise of the search, plain path against itself). Six minutes to eight on an H200 with warm-up and kernel build.
 #
 #   MDARTS_WHEEL=target/wheels/mdarts_rs-*.whl MDARTS_CIFAR_MINI=path/to/cifar10-mini bash benches/gpu_session.sh
 set -uo pipefail
@@ -44,7 +44,7 @@ run() {  # run NAME LIMIT COMMAND...: output to $OUT/NAME.txt, at most LIMIT sec
 
 nvidia-smi > "$OUT/build.txt" 2>&1
 run build 200 "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
-run cuda_tests 120 "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_search.py
+run cuda_tests 120 "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_node_mix.py tests/test_search.py
 run report 120 "$PY" benches/gpu_report.py --sections profile
 run bench_step 200 "${PYTEST[@]}" -s benches/bench_search_step.py
 run search 80 "$PY" benches/gpu_report.py --sections search --data "$MINI"
@@ -52,4 +52,5 @@ run report 150 "$PY" benches/gpu_report.py --sections variants
 run numerics 100 "$PY" benches/gpu_report.py --sections numerics
 run bench_ops 60 "${PYTEST[@]}" -s benches/bench_ops.py
 run bench_loader 40 "${PYTEST[@]}" benches/bench_loader.py
+run drift 90 "$PY" benches/gpu_report.py --sections drift --drift-seeds 3
 echo "gpu_session: done at ${SECONDS} s"
