@@ -205,10 +205,21 @@ class Searcher:
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
+        self._adam_for_this_mode()
         self.sched.load_state_dict(state["sched"])
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step"])
         self.acc = dict(state["acc"])
         self.history = list(state["history"])
+
+    def _adam_for_this_mode(self) -> None:
+        """A loaded Adam state keeps the mode it was saved in: ``capturable`` and where its step counts live.
+        ``--cuda-graph`` may change on resuming, so they follow this run: a captured step needs capturable
+        Adam with its counts on the device, an eager one counts on the host (no synchronisation per step)."""
+        for group in self.a_opt.param_groups:
+            group["capturable"] = self.use_graph
+        for param, st in self.a_opt.state.items():
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(param.device if self.use_graph else "cpu")
 
     def save(self) -> None:
         self.flush_device_stats()
