@@ -35,7 +35,8 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: "dense" (one dense 1×1 convolution with a block-diagonal weight; the first depthwise convolution then
 #: reads the node once with a channel multiplier instead of a repeated copy). ``batch_norm``: "native"
 #: (torch's non-affine batch norm) or "cudnn" (constant unit scale and zero shift, which lets torch use
-#: cuDNN's batch norm kernels on CUDA; x·1 + 0 is exact). ``mix``: "torch" (a multiply and an add per op)
+#: cuDNN's batch norm kernels on CUDA; x·1 + 0 is exact); with the torch mix, the batch norms that carry
+#: mixing weights as their scale run as affine ones either way. ``mix``: "torch" (a multiply and an add per op)
 #: or "fused" (``mdarts_rs.ops.node_mix``: one kernel forward, two passes backward, for all edges of a node).
 #: The pointwise and batch-norm defaults were the fastest float32 choice of a graph-replayed step on an H200
 #: (batch 64: 119.7 ms against 133.8 ms for grouped/native; channels-last was slower with every choice);
