@@ -142,3 +142,20 @@ def test_unknown_implementation_choice_is_an_error(monkeypatch):
     monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "blockdiag")
     with pytest.raises(ValueError, match=r"OPTIONS\['pointwise'\] must be one of \('grouped', 'dense'\), got 'blockdiag'"):
         SuperNet(C=4, layers=5, fast=True)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_with_scale_is_torch_batch_norm_times_scale(momentum):
+    # The batched cell's batch norm with a folded scale: nn.BatchNorm2d's output times the scale and its
+    # running statistics, in training and in eval mode, also for momentum None (a cumulative average).
+    torch.manual_seed(0)
+    fast, ref = fastcell.BatchNorm(3), torch.nn.BatchNorm2d(3, affine=False)
+    fast.momentum = ref.momentum = momentum
+    scale = torch.tensor([0.5, 2.0, -1.0])
+    for training in (True, True, False):
+        x = torch.randn(4, 3, 5, 5)
+        fast.train(training)
+        ref.train(training)
+        torch.testing.assert_close(fast(x, scale), ref(x) * scale.view(1, 3, 1, 1))
+        torch.testing.assert_close(fast.running_mean, ref.running_mean)
+        torch.testing.assert_close(fast.running_var, ref.running_var)

@@ -86,7 +86,9 @@ class BatchNorm(nn.BatchNorm2d):
             assert self.num_batches_tracked is not None
             self.num_batches_tracked.add_(1)
         # momentum None: a cumulative average over the batches seen, as nn.BatchNorm2d computes it
-        factor = self.momentum if self.momentum is not None or not self.training else 1.0 / float(self.num_batches_tracked)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked)
         return F.batch_norm(x, self.running_mean, self.running_var, scale, self.zero, self.training, factor, self.eps)
 
 
