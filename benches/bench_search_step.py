@@ -18,7 +18,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import DispatchCount, fast_options, record, variant
+from conftest import DispatchCount, fast_options, random_searcher, record, variant
 from torch.profiler import ProfilerActivity, profile
 
 from mdarts_rs.config import SearchConfig
@@ -34,15 +34,7 @@ FAST = os.environ.get("MDARTS_BENCH_FAST", "")
 
 
 def make_searcher(tmp_path, mode: str, fast: bool, batch: int, graph: bool = False) -> Searcher:
-    rng = np.random.default_rng(0)
-    n = 4 * batch
-    images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
-    labels = rng.integers(0, 10, n).astype(np.int64)
-    flags, impl = variant(FAST if fast else "")
-    cfg = SearchConfig(out=tmp_path, alpha_mode=mode, fast=fast, batch_size=batch, device=DEVICE, workers=1, quiet=True, plots=False,
-                       gap_images=8, cuda_graph=graph, **flags)
-    with fast_options(impl):
-        return Searcher(cfg, images, labels)
+    return random_searcher(tmp_path, batch, FAST if fast else "", alpha_mode=mode, fast=fast, device=DEVICE, cuda_graph=graph)
 
 
 def count_kernels(step) -> tuple[int, float]:

@@ -35,23 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from conftest import DispatchCount, fast_options, variant
+from conftest import DispatchCount, fast_options, random_searcher, variant
 
 from mdarts_rs.config import SearchConfig
-from mdarts_rs.search import Searcher
+from mdarts_rs.search import Searcher, entropy_loss
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-
-
-def make(args, tmp: str, fast: bool = True, graph: bool = False, **opts) -> Searcher:
-    rng = np.random.default_rng(0)
-    n = 4 * args.batch
-    images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
-    labels = rng.integers(0, 10, n).astype(np.int64)
-    cfg = SearchConfig(out=tmp, alpha_mode=args.mode, fast=fast, batch_size=args.batch, device=DEVICE, workers=1, quiet=True,
-                       plots=False, gap_images=8, cuda_graph=graph and CUDA, **opts)
-    return Searcher(cfg, images, labels)
 
 
 def batches(s: Searcher):
@@ -127,10 +117,9 @@ def section_profile(args, tmp: str) -> None:
         print(f"| {name} | {ms:.1f} | {count} | {total:.1f} | {peak:.2f} | {summary[0][1] / ms:.1f}x |")
 
 
-def make_variant(args, tmp: str, spec: str, **kw) -> Searcher:
-    cfg, impl = variant(spec)
-    with fast_options(impl):
-        return make(args, tmp, **cfg, **kw)
+def make_variant(args, tmp: str, spec: str, fast: bool = True, graph: bool = False, **kw) -> Searcher:
+    """A searcher of ``args``' layout and batch on random images, with the batched-path variant ``spec``."""
+    return random_searcher(tmp, args.batch, spec, alpha_mode=args.mode, fast=fast, device=DEVICE, cuda_graph=graph and CUDA, **kw)
 
 
 #: Implementations of the batched path (same function), then layouts and numeric options.
@@ -169,7 +158,7 @@ def alpha_grad(s: Searcher, b) -> torch.Tensor:
     p, h = s.model.alphas()
     with s._autocast():
         logits = s.model(xv, p)
-    loss = F.cross_entropy(logits.float(), yv) + s.cfg.gamma * sum(v.sum() for v in h.values())
+    loss = F.cross_entropy(logits.float(), yv) + s.cfg.gamma * entropy_loss(h, s.cfg.entropy_reduction)
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, s.model.arch_parameters())]).double()
 
 
@@ -254,7 +243,7 @@ def section_traffic(args, tmp: str) -> None:
 
         def passes() -> None:
             p, h = model.alphas()
-            loss = F.cross_entropy(model(xv, p), yv) + s.cfg.gamma * sum(v.sum() for v in h.values())
+            loss = F.cross_entropy(model(xv, p), yv) + s.cfg.gamma * entropy_loss(h, s.cfg.entropy_reduction)
             torch.autograd.grad(loss, alphas)
             with torch.no_grad():
                 p, _ = model.alphas()
