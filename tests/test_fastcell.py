@@ -159,3 +159,20 @@ def test_batch_norm_with_scale_is_torch_batch_norm_times_scale(momentum):
         torch.testing.assert_close(fast(x, scale), ref(x) * scale.view(1, 3, 1, 1))
         torch.testing.assert_close(fast.running_mean, ref.running_mean)
         torch.testing.assert_close(fast.running_var, ref.running_var)
+
+
+def test_batch_norm_scale_may_be_strided_with_channels_last():
+    # A folded scale can be a stride-0 view (an edge's weight expanded over its channels, when one edge reads
+    # the node); torch's channels-last CPU batch-norm backward reads the weight as dense, so a strided one
+    # gave wrong (even non-finite) input gradients and NaN searches with --fast --channels-last.
+    torch.manual_seed(0)
+    bn = fastcell.BatchNorm(16)
+    scale = torch.rand(8)[3:4].expand(16)
+    assert scale.stride() == (0,)
+    x = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for s in (scale, scale.contiguous()):
+        xi = x.clone().requires_grad_()
+        grads.append(torch.autograd.grad(bn(xi, s), xi, g)[0])
+    torch.testing.assert_close(grads[0], grads[1])

@@ -80,8 +80,9 @@ class BatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         if scale is None and not self.constant_affine:
             return super().forward(x)
-        if scale is None:
-            scale = self.unit
+        # Dense: torch's channels-last CPU kernels read the weight as a dense vector, whatever its strides
+        # (a scale expanded from one edge's weight has stride 0).
+        scale = self.unit if scale is None else scale.contiguous()
         if self.training:
             assert self.num_batches_tracked is not None
             self.num_batches_tracked.add_(1)
