@@ -237,7 +237,8 @@ class NodeOps(nn.Module):
             # scales its last batch norm (no multiply of the output forward, nor of its gradient backward).
             first = OP[per_edge[0]]
             cols = p[:, first : first + len(per_edge)].t()  # (ops, n), in PRIMITIVES order
-            scale = dict(zip(per_edge, cols.unsqueeze(-1).expand(len(per_edge), n, c).reshape(len(per_edge), n * c).unbind(0)))
+            dense = cols.unsqueeze(-1).expand(len(per_edge), n, c).contiguous()  # one copy (reshape would not copy for n = 1)
+            scale = dict(zip(per_edge, dense.view(len(per_edge), n * c).unbind(0)))
         # Each op's output: per edge (B, n·C, H', W'), or shared by every edge (B, C, H', W').
         outs = {
             "max_pool_3x3": self.max_bn(F.max_pool2d(h, 3, s, 1)),
