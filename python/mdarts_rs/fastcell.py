@@ -251,12 +251,13 @@ class NodeOps(nn.Module):
         if self.fused_mix:  # one node_mix call over the outputs in PRIMITIVES order ('none' adds zero)
             xs = [outs[name].reshape(bsz, outs[name].shape[1] // c, c * height * width) for name in PRIMITIVES[1:]]
             return ops.node_mix(xs, p[:, 1:]).view(bsz, n, c, height, width)
-        # The weighted per-edge outputs summed, then each shared output (B, 1, C, H', W') times its weights (1, n, 1, 1, 1)
+        # The weighted per-edge outputs summed, then each shared output (B, 1, C, H', W') times its weights
+        # (1, n, 1, 1, 1) added by one addcmul (a multiply and an add would write and read an n-edge product)
         mixed = functools.reduce(torch.add, (outs[name].view(bsz, n, c, height, width) for name in per_edge))
         w = p.t().reshape(len(PRIMITIVES), 1, n, 1, 1, 1)
         for name in ("max_pool_3x3", "avg_pool_3x3", "skip_connect"):
             if name not in per_edge:
-                mixed = mixed + w[OP[name]] * outs[name].view(bsz, 1, c, height, width)
+                mixed = torch.addcmul(mixed, w[OP[name]], outs[name].view(bsz, 1, c, height, width))
         return mixed
 
     @torch.no_grad()
