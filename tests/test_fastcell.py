@@ -176,3 +176,22 @@ def test_batch_norm_scale_may_be_strided_with_channels_last():
         xi = x.clone().requires_grad_()
         grads.append(torch.autograd.grad(bn(xi, s), xi, g)[0])
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_add_shared_gradients(channels_last):
+    # The batched node's shared outputs (pooling, identity) added to every edge's sum with the edges' weights,
+    # and the batched matrix products of its backward: float64 gradcheck, also with channels-last inputs.
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    mixed = torch.randn(3, 4, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 8, dtype=torch.float64)[:, 1:4].detach().requires_grad_()  # strided, as p's columns are
+    shared = [torch.randn(3, 2, 5, 5, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_() for _ in range(3)]
+    out = fastcell.AddShared.apply(mixed, w, *shared)
+    expected = mixed + sum(w[:, k].view(1, 4, 1, 1, 1) * s.unsqueeze(1) for k, s in enumerate(shared))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-14)
+    assert torch.autograd.gradcheck(fastcell.AddShared.apply, (mixed, w, *shared))
+    # only some inputs need gradients (the weight pass holds w fixed; a pooled output may be constant)
+    w_fixed = w.detach()
+    assert torch.autograd.gradcheck(fastcell.AddShared.apply, (mixed, w_fixed, shared[0], shared[1].detach(), shared[2]))
+    assert torch.autograd.gradcheck(lambda w_: fastcell.AddShared.apply(mixed.detach(), w_, *(s.detach() for s in shared)), (w,))

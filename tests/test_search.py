@@ -226,12 +226,13 @@ def test_cli_quick_search_on_real_subset(tmp_path, cifar_mini):
     assert {p.name for p in (out / "plots").iterdir()} == {"alpha.png", "genotype.png", "skip_connect.png"}
 
 
-def test_search_numeric_options(tmp_path, tiny_data):
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
+def test_search_numeric_options(tmp_path, tiny_data, fast):
     """channels-last computes the same α gradient as the default layout; bf16 autocast a close one, with α
-    kept in float32; both run the whole loop."""
+    kept in float32; both run the whole loop, on the plain and on the batched supernet."""
     grads, losses = {}, {}
     for name, kw in {"fp32": {}, "channels_last": {"channels_last": True}, "bf16": {"bf16": True}}.items():
-        s = Searcher(tiny_cfg(tmp_path, out=tmp_path / name, epochs=1, **kw), *tiny_data)
+        s = Searcher(tiny_cfg(tmp_path, out=tmp_path / name, epochs=1, fast=fast, **kw), *tiny_data)
         (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
         if kw.get("channels_last"):
             assert xt.is_contiguous(memory_format=torch.channels_last)

@@ -9,7 +9,8 @@ sum of an edge is Σ_k p_k·o_k over the 7 ops that are not 'none' (whose term i
 edges of a node at once: an op with an output per edge (the convolutions, and a reduction's factorized
 skip) ends in a non-affine batch norm, so its weight p_k becomes that batch norm's scale, p_k·BN(x) =
 BN(x; γ = p_k, β = 0), and costs no multiply forward or backward (the batch-norm backward yields ∂/∂γ
-with the input gradient); the outputs shared by every edge are multiplied and added.
+with the input gradient); the outputs shared by every edge are added with their edges' weights by
+``AddShared``, whose backward is batched matrix products that read the gradient once per output.
 
 ``FastSearchCell.from_plain`` copies a plain cell's weights and statistics, so both compute the same
 numbers up to summation order.
@@ -201,6 +202,43 @@ def _copy_bn(dst: nn.BatchNorm2d, srcs: list[nn.BatchNorm2d]) -> None:
     dst.num_batches_tracked.copy_(srcs[0].num_batches_tracked)  # type: ignore[arg-type]
 
 
+class AddShared(torch.autograd.Function):
+    """``AddShared.apply(mixed, w, *shared)``: ``mixed[:, e] + Σ_k w[e, k]·shared[k]`` for every edge e, with
+    ``mixed`` (B, n, C, H, W), ``w`` (n, K) and K outputs (B, C, H, W) shared by the n edges.
+
+    The gradients are batched matrix products that read the output's gradient once each: ∂/∂shared[k] =
+    Σ_e w[e, k]·grad[:, e] and ∂/∂w[e, k] = ⟨grad[:, e], shared[k]⟩, where autograd's multiply-and-sum
+    formulas write and read an n-edge product for each."""
+
+    @staticmethod
+    def forward(ctx, mixed: torch.Tensor, w: torch.Tensor, *shared: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        assert shared, "AddShared needs at least one shared output"
+        n = mixed.shape[1]
+        out = mixed
+        for k, s in enumerate(shared):  # the first addcmul writes a new tensor, the others add to it in place
+            col = w[:, k].reshape(1, n, 1, 1, 1)
+            out = torch.addcmul(out, col, s.unsqueeze(1)) if k == 0 else out.addcmul_(col, s.unsqueeze(1))
+        ctx.save_for_backward(w, *(shared if ctx.needs_input_grad[1] else ()))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        w, *saved = ctx.saved_tensors
+        bsz, n = grad.shape[:2]
+        g = grad.reshape(bsz, n, -1)  # a view unless the gradient is channels-last
+        grads_shared = [
+            torch.bmm(w[:, k].to(g.dtype).reshape(1, 1, n).expand(bsz, 1, n), g).view(bsz, *grad.shape[2:])
+            if ctx.needs_input_grad[2 + k] else None
+            for k in range(w.shape[1])
+        ]
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            # under autocast the shared outputs may be bfloat16 and the sums float32 (w is); autograd casts
+            # each gradient back to its input's type
+            grad_w = torch.cat([torch.bmm(g, s.to(g.dtype).reshape(bsz, -1, 1)) for s in saved], dim=2).sum(0)
+        return grad, grad_w, *grads_shared
+
+
 class NodeOps(nn.Module):
     """Every candidate op of the ``n`` edges that read one state, batched."""
 
@@ -251,14 +289,10 @@ class NodeOps(nn.Module):
         if self.fused_mix:  # one node_mix call over the outputs in PRIMITIVES order ('none' adds zero)
             xs = [outs[name].reshape(bsz, outs[name].shape[1] // c, c * height * width) for name in PRIMITIVES[1:]]
             return ops.node_mix(xs, p[:, 1:]).view(bsz, n, c, height, width)
-        # The weighted per-edge outputs summed, then each shared output (B, 1, C, H', W') times its weights
-        # (1, n, 1, 1, 1) added by one addcmul (a multiply and an add would write and read an n-edge product)
+        # The weighted per-edge outputs summed, then the shared outputs times their edges' weights added
         mixed = functools.reduce(torch.add, (outs[name].view(bsz, n, c, height, width) for name in per_edge))
-        w = p.t().reshape(len(PRIMITIVES), 1, n, 1, 1, 1)
-        for name in ("max_pool_3x3", "avg_pool_3x3", "skip_connect"):
-            if name not in per_edge:
-                mixed = torch.addcmul(mixed, w[OP[name]], outs[name].view(bsz, 1, c, height, width))
-        return mixed
+        shared = [name for name in PRIMITIVES[1:] if name not in per_edge]  # consecutive columns of p from 1
+        return AddShared.apply(mixed, p[:, 1 : 1 + len(shared)], *(outs[name] for name in shared))
 
     @torch.no_grad()
     def load_from(self, mixed_ops: list[nn.Module]) -> None:
