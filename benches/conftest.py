@@ -18,16 +18,16 @@ _TIMES: dict[str, dict[str, float]] = {}
 
 #: Aten ops that launch no kernel: views, metadata, allocation.
 _NO_KERNEL = {
-    "_reshape_alias", "_unsafe_view", "alias", "as_strided", "detach", "empty", "empty_strided", "expand", "lift_fresh",
-    "narrow", "new_empty", "permute", "reshape", "select", "slice", "split", "split_with_sizes", "squeeze", "t", "transpose",
-    "unbind", "unfold", "unsqueeze", "view",
+    "_reshape_alias", "_unsafe_view", "alias", "as_strided", "detach", "diagonal", "empty", "empty_strided", "expand",
+    "lift_fresh", "narrow", "new_empty", "permute", "reshape", "select", "slice", "split", "split_with_sizes", "squeeze",
+    "t", "transpose", "unbind", "unfold", "unsqueeze", "view",
 }
 
 
 class DispatchCount(TorchDispatchMode):
     """Per aten op that launches kernels: calls, and bytes of its tensor arguments and results (a lower bound
     of its memory traffic). A device-independent proxy of the kernels and traffic of a step; ops run with
-    grad mode off are marked ``[bwd]`` (backward, and the inside of a custom op's autograd)."""
+    grad mode off are marked ``[bwd]`` (backward, and the inside of custom autograd functions and ops)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -195,3 +195,19 @@ def test_add_shared_gradients(channels_last):
     w_fixed = w.detach()
     assert torch.autograd.gradcheck(fastcell.AddShared.apply, (mixed, w_fixed, shared[0], shared[1].detach(), shared[2]))
     assert torch.autograd.gradcheck(lambda w_: fastcell.AddShared.apply(mixed.detach(), w_, *(s.detach() for s in shared)), (w,))
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_block_diagonal_weight(interleaved):
+    # The dense 1×1 weight of n per-edge convolutions: a dense convolution with it is the n convolutions on
+    # their edges' channels, and its backward hands each edge its own block of the gradient (gradcheck).
+    torch.manual_seed(0)
+    n, c = 3, 4
+    pw = torch.randn(n * c, c, 1, 1, dtype=torch.float64, requires_grad=True)
+    eye = torch.eye(n, dtype=torch.float64)
+    x = torch.randn(2, n * c, 5, 5, dtype=torch.float64)  # channels e·C+c
+    x_in = x.view(2, n, c, 5, 5).transpose(1, 2).reshape(2, n * c, 5, 5) if interleaved else x  # c·n+e if interleaved
+    dense = torch.nn.functional.conv2d(x_in, fastcell.BlockDiagonal.apply(pw, eye, interleaved))
+    grouped = torch.nn.functional.conv2d(x, pw, groups=n)
+    torch.testing.assert_close(dense, grouped, rtol=0, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda w: fastcell.BlockDiagonal.apply(w, eye, interleaved), (pw,))

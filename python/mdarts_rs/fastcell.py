@@ -98,17 +98,32 @@ def _bn(channels: int) -> BatchNorm:
     return BatchNorm(channels)
 
 
-def _block_diagonal(pw: torch.Tensor, n: int, eye: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """The dense (n·C, n·C, 1, 1) weight of n per-edge 1×1 convolutions ``pw`` (n·C, C, 1, 1): output
-    channel e·C+i reads edge e's channels only. Input channels are ordered e·C+c, or c·n+e if
-    ``interleaved``. Off-diagonal blocks are exact zeros (w·0), so the convolution is unchanged."""
-    c = pw.shape[1]
-    w = pw.view(n, c, c)
-    if interleaved:
-        dense = w.view(n, c, c, 1) * eye.view(n, 1, 1, n)  # [e, i, c, f] = w[e, i, c]·δ(e, f)
-    else:
-        dense = w.view(n, c, 1, c) * eye.view(n, 1, n, 1)  # [e, i, f, c] = w[e, i, c]·δ(e, f)
-    return dense.reshape(n * c, n * c, 1, 1)
+class BlockDiagonal(torch.autograd.Function):
+    """``BlockDiagonal.apply(pw, eye, interleaved)``: the dense (n·C, n·C, 1, 1) weight of n per-edge 1×1
+    convolutions ``pw`` (n·C, C, 1, 1), ``eye`` the n×n identity: output channel e·C+i reads edge e's
+    channels only. Input channels are ordered e·C+c, or c·n+e if ``interleaved``. Off-diagonal blocks are
+    exact zeros (w·0), so the convolution is unchanged. The backward copies the diagonal blocks of the
+    gradient out in one kernel (a multiply's backward would multiply the whole gradient, then sum it)."""
+
+    @staticmethod
+    def forward(ctx, pw: torch.Tensor, eye: torch.Tensor, interleaved: bool) -> torch.Tensor:  # type: ignore[override]
+        n, c = eye.shape[0], pw.shape[1]
+        ctx.n, ctx.c, ctx.interleaved = n, c, interleaved
+        w = pw.view(n, c, c)
+        if interleaved:
+            dense = w.view(n, c, c, 1) * eye.view(n, 1, 1, n)  # [e, i, c, f] = w[e, i, c]·δ(e, f)
+        else:
+            dense = w.view(n, c, 1, c) * eye.view(n, 1, n, 1)  # [e, i, f, c] = w[e, i, c]·δ(e, f)
+        return dense.reshape(n * c, n * c, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        n, c = ctx.n, ctx.c
+        if ctx.interleaved:
+            blocks = torch.diagonal(grad.reshape(n, c, c, n), 0, 0, 3)  # [i, c, e] = grad[e, i, c, e]
+        else:
+            blocks = torch.diagonal(grad.reshape(n, c, n, c), 0, 0, 2)  # [i, c, e] = grad[e, i, e, c]
+        return blocks.permute(2, 0, 1).reshape(n * c, c, 1, 1), None, None
 
 
 class GroupedConvBranch(nn.Module):
@@ -147,7 +162,7 @@ class GroupedConvBranch(nn.Module):
             x = F.conv2d(x, dw, stride=self.stride if first else 1, padding=self.padding if first else self.kernel // 2,
                          dilation=self.dilation if first else 1, groups=groups)
             if self.dense:
-                x = F.conv2d(x, _block_diagonal(pw, self.n, self.eye, interleaved=first))
+                x = F.conv2d(x, BlockDiagonal.apply(pw, self.eye, first))
             else:
                 x = F.conv2d(x, pw, groups=self.n)
             x = bn(x, scale) if b == len(self.bn) - 1 else bn(x)
