@@ -26,6 +26,27 @@ def node_mix_ref(xs: list[torch.Tensor] | tuple[torch.Tensor, ...], w: torch.Ten
     return out
 
 
+def bn_mix_ref(
+    xs: list[torch.Tensor] | tuple[torch.Tensor, ...], w: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-edge sum of K non-affine batch norms in training mode, weighted per edge: xs[k] is (B, n·C, H, W)
+    (edge e owns channels e·C..e·C+C−1), w is (n, K), and out[b, e·C+c] = Σ_k w[e, k]·(xs[k][b, e·C+c] − μ_k)
+    / √(σ²_k + ε) with the batch mean μ_k and biased variance σ²_k of that channel. Returns (out, μ, σ²), the
+    statistics (K, n·C) as the running statistics' inputs (no gradient)."""
+    assert w.dim() == 2 and len(xs) == w.shape[1], f"need w (edges, {len(xs)}), got {tuple(w.shape)}"
+    c = xs[0].shape[1] // w.shape[0]
+    out, means, variances = None, [], []
+    for k, x in enumerate(xs):
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        scale = w[:, k].repeat_interleave(c) * torch.rsqrt(var + eps)
+        term = (x - mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+        out = term if out is None else out + term
+        means.append(mean.detach())
+        variances.append(var.detach())
+    assert out is not None
+    return out, torch.stack(means), torch.stack(variances)
+
+
 def softmax_entropy_ref(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row softmax p of α (E, K) and row entropy h = −Σ_k p·ln p (Li et al. 2021, eq. 6), shape (E,).
 

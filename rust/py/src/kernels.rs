@@ -13,6 +13,9 @@ const SOURCES: &[(&str, &str)] = &[
     ("node_mix.h", include_str!("../../../cuda/node_mix.h")),
     ("node_mix.cpp", include_str!("../../../cuda/node_mix.cpp")),
     ("node_mix.cu", include_str!("../../../cuda/node_mix.cu")),
+    ("bn_mix.h", include_str!("../../../cuda/bn_mix.h")),
+    ("bn_mix.cpp", include_str!("../../../cuda/bn_mix.cpp")),
+    ("bn_mix.cu", include_str!("../../../cuda/bn_mix.cu")),
 ];
 
 /// The fused ops' sources as (file name, text) pairs, from the project's `cuda/` folder.

@@ -1,0 +1,238 @@
+// bn_mix: the per-edge ops of a batched search node (mdarts_rs.fastcell) end in non-affine batch norms whose
+// outputs, weighted by the edges' op weights, are summed. One op does the batch norms (training mode: batch
+// statistics), the weights and the sum:
+//   out[b, e*C+c, r] = sum_k w[e, k] * (xs[k][b, e*C+c, r] - mean[k, e*C+c]) * rsqrt(var[k, e*C+c] + eps)
+// with mean and the biased var over (b, r), returned for the running statistics. Backward, per input k and
+// channel ch (N = B*R values, s = rsqrt(var + eps), S1 = sum g, S2 = sum g*(x - mean)):
+//   grad_xs[k] = w[e, k] * s * (g - S1/N - (x - mean) * s^2 * S2/N),  grad_w[e, k] = sum_c s * S2.
+// Sums run in double. Schema and CPU kernels; the CUDA kernels are in bn_mix.cu. The plain-torch reference
+// is mdarts_rs.ops._ref.bn_mix_ref.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "bn_mix.h"
+#include "node_mix.h"
+
+namespace mdarts {
+
+BnMixShape check_bn_mix_args(const at::TensorList xs, const at::Tensor& w, double eps) {
+  TORCH_CHECK(!xs.empty(), "bn_mix: needs at least one input tensor");
+  TORCH_CHECK(w.dim() == 2, "bn_mix: w must be (edges, inputs), got ", w.dim(), " dimensions");
+  TORCH_CHECK(w.size(1) == static_cast<int64_t>(xs.size()), "bn_mix: ", xs.size(), " inputs but w has ", w.size(1),
+              " columns");
+  TORCH_CHECK(w.size(0) > 0, "bn_mix: w has no rows (edges)");
+  TORCH_CHECK(at::isFloatingType(w.scalar_type()), "bn_mix: w must be floating point, got ", w.scalar_type());
+  TORCH_CHECK(eps > 0, "bn_mix: eps must be positive, got ", eps);
+  const auto& x0 = xs[0];
+  TORCH_CHECK(x0.dim() == 4, "bn_mix: xs[0] must be (batch, edges*channels, height, width), got shape ", x0.sizes());
+  TORCH_CHECK(at::isFloatingType(x0.scalar_type()), "bn_mix: inputs must be floating point, got ", x0.scalar_type());
+  for (size_t k = 0; k < xs.size(); ++k) {
+    TORCH_CHECK(xs[k].sizes() == x0.sizes(), "bn_mix: xs[", k, "] has shape ", xs[k].sizes(), " but xs[0] has ",
+                x0.sizes());
+    TORCH_CHECK(xs[k].scalar_type() == x0.scalar_type(), "bn_mix: xs[", k, "] is ", xs[k].scalar_type(),
+                " but xs[0] is ", x0.scalar_type());
+    TORCH_CHECK(xs[k].device() == w.device(), "bn_mix: xs[", k, "] is on ", xs[k].device(), " but w is on ",
+                w.device());
+  }
+  BnMixShape s;
+  s.K = w.size(1);
+  s.n = w.size(0);
+  TORCH_CHECK(x0.size(1) % s.n == 0, "bn_mix: ", x0.size(1), " channels do not split into ", s.n,
+              " edges (w's rows)");
+  s.C = x0.size(1) / s.n;
+  s.B = x0.size(0);
+  s.R = x0.size(2) * x0.size(3);
+  TORCH_CHECK(s.count() > 1, "bn_mix: batch norm needs more than one value per channel, got input shape ", x0.sizes());
+  return s;
+}
+
+at::ScalarType bn_mix_stat_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorList xs, const at::Tensor& w,
+                                      const at::Tensor& mean, const at::Tensor& var, double eps, bool need_xs,
+                                      bool need_w) {
+  BnMixBackward out;
+  out.shape = check_bn_mix_args(xs, w, eps);
+  const BnMixShape& s = out.shape;
+  TORCH_CHECK(grad.sizes() == xs[0].sizes(), "bn_mix_backward: grad has shape ", grad.sizes(), " but the output has ",
+              xs[0].sizes());
+  for (const auto* t : {&mean, &var}) {
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == s.K && t->size(1) == s.channels(), "bn_mix_backward: statistics must be (",
+                s.K, ", ", s.channels(), "), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == bn_mix_stat_type(xs[0].scalar_type()), "bn_mix_backward: statistics must be ",
+                bn_mix_stat_type(xs[0].scalar_type()), ", got ", t->scalar_type());
+  }
+  out.g = grad.contiguous().to(xs[0].scalar_type());
+  out.xs = contiguous_inputs(xs);
+  out.mean = mean.contiguous();
+  out.var = var.contiguous();
+  if (need_xs) {
+    for (const auto& x : xs) out.grad_xs.push_back(at::empty(x.sizes(), out.g.options()));
+  }
+  out.grad_w = need_w ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::empty({0}, w.options());
+  return out;
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, const at::Tensor& w_in, double eps) {
+  const BnMixShape s = check_bn_mix_args(xs_in, w_in, eps);
+  auto xs = contiguous_inputs(xs_in);
+  const auto stat = bn_mix_stat_type(xs[0].scalar_type());
+  auto mean = at::empty({s.K, s.channels()}, xs[0].options().dtype(stat));
+  auto var = at::empty({s.K, s.channels()}, xs[0].options().dtype(stat));
+  auto out = at::empty(xs[0].sizes(), xs[0].options());
+  const int64_t nc = s.channels(), R = s.R, B = s.B;
+  const double N = static_cast<double>(s.count());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "bn_mix_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto w = w_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const acc_t* wp = w.data_ptr<acc_t>();
+    stat_t* mp = mean.data_ptr<stat_t>();
+    stat_t* vp = var.data_ptr<stat_t>();
+    // Statistics: one double sum and sum of squares per (input, channel).
+    at::parallel_for(0, s.K * nc, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t kc = begin; kc < end; ++kc) {
+        const int64_t k = kc / nc, ch = kc % nc;
+        const scalar_t* x = xs[k].const_data_ptr<scalar_t>();
+        double sum = 0, sq = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* row = x + (b * nc + ch) * R;
+          for (int64_t r = 0; r < R; ++r) {
+            const double v = static_cast<double>(row[r]);
+            sum += v;
+            sq += v * v;
+          }
+        }
+        const double m = sum / N;
+        mp[kc] = static_cast<stat_t>(m);
+        vp[kc] = static_cast<stat_t>(std::max(sq / N - m * m, 0.0));
+      }
+    });
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B * nc, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> scale(s.K), shift(s.K);
+      std::vector<const scalar_t*> rows(s.K);
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const int64_t ch = bc % nc, e = ch / s.C;
+        for (int64_t k = 0; k < s.K; ++k) {
+          scale[k] = wp[e * s.K + k] * static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(vp[k * nc + ch]) + eps));
+          shift[k] = static_cast<acc_t>(mp[k * nc + ch]);
+          rows[k] = xs[k].const_data_ptr<scalar_t>() + bc * R;
+        }
+        for (int64_t r = 0; r < R; ++r) {
+          acc_t v = 0;
+          for (int64_t k = 0; k < s.K; ++k) v += scale[k] * (static_cast<acc_t>(rows[k][r]) - shift[k]);
+          op[bc * R + r] = static_cast<scalar_t>(v);
+        }
+      }
+    });
+  });
+  return {out, mean, var};
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> bn_mix_backward_cpu(const at::Tensor& grad_in, at::TensorList xs_in,
+                                                                     const at::Tensor& w_in, const at::Tensor& mean_in,
+                                                                     const at::Tensor& var_in, double eps, bool need_xs,
+                                                                     bool need_w) {
+  // Named references rather than structured bindings: lambdas capture those only from C++20 on.
+  BnMixBackward setup = prepare_bn_mix_backward(grad_in, xs_in, w_in, mean_in, var_in, eps, need_xs, need_w);
+  const BnMixShape& s = setup.shape;
+  const at::Tensor& g = setup.g;
+  const std::vector<at::Tensor>& xs = setup.xs;
+  std::vector<at::Tensor>& grad_xs = setup.grad_xs;
+  at::Tensor& grad_w = setup.grad_w;
+  if (!need_xs && !need_w) return {grad_xs, grad_w};
+  const int64_t nc = s.channels(), R = s.R, B = s.B;
+  const double N = static_cast<double>(s.count());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bn_mix_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto w = w_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const acc_t* wp = w.data_ptr<acc_t>();
+    const stat_t* mp = setup.mean.const_data_ptr<stat_t>();
+    const stat_t* vp = setup.var.const_data_ptr<stat_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    // Per channel: S1 = sum g (shared by the inputs) and S2[k] = sum g*(x_k - mean_k), in double.
+    std::vector<double> s1(nc), s2(s.K * nc);
+    at::parallel_for(0, nc, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t ch = begin; ch < end; ++ch) {
+        double a = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* gr = gp + (b * nc + ch) * R;
+          for (int64_t r = 0; r < R; ++r) a += static_cast<double>(gr[r]);
+        }
+        s1[ch] = a;
+        for (int64_t k = 0; k < s.K; ++k) {
+          const scalar_t* x = xs[k].const_data_ptr<scalar_t>();
+          const double m = static_cast<double>(mp[k * nc + ch]);
+          double d = 0;
+          for (int64_t b = 0; b < B; ++b) {
+            const scalar_t* gr = gp + (b * nc + ch) * R;
+            const scalar_t* xr = x + (b * nc + ch) * R;
+            for (int64_t r = 0; r < R; ++r) d += static_cast<double>(gr[r]) * (static_cast<double>(xr[r]) - m);
+          }
+          s2[k * nc + ch] = d;
+        }
+      }
+    });
+    if (need_xs) {
+      for (int64_t k = 0; k < s.K; ++k) {
+        const scalar_t* x = xs[k].const_data_ptr<scalar_t>();
+        scalar_t* out = grad_xs[k].data_ptr<scalar_t>();
+        at::parallel_for(0, B * nc, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t bc = begin; bc < end; ++bc) {
+            const int64_t ch = bc % nc, e = ch / s.C, kc = k * nc + ch;
+            const double inv = 1.0 / std::sqrt(static_cast<double>(vp[kc]) + eps);
+            const acc_t scale = static_cast<acc_t>(wp[e * s.K + k] * inv);
+            const acc_t g_mean = static_cast<acc_t>(s1[ch] / N);
+            const acc_t proj = static_cast<acc_t>(s2[kc] / N * inv * inv);
+            const acc_t m = static_cast<acc_t>(mp[kc]);
+            for (int64_t r = 0; r < R; ++r) {
+              const acc_t gv = static_cast<acc_t>(gp[bc * R + r]);
+              const acc_t xc = static_cast<acc_t>(x[bc * R + r]) - m;
+              out[bc * R + r] = static_cast<scalar_t>(scale * (gv - g_mean - xc * proj));
+            }
+          }
+        });
+      }
+    }
+    if (need_w) {
+      std::vector<double> total(s.n * s.K, 0.0);
+      for (int64_t e = 0; e < s.n; ++e) {
+        for (int64_t k = 0; k < s.K; ++k) {
+          double t = 0;
+          for (int64_t c = 0; c < s.C; ++c) {
+            const int64_t kc = k * nc + e * s.C + c;
+            t += s2[kc] / std::sqrt(static_cast<double>(vp[kc]) + eps);
+          }
+          total[e * s.K + k] = t;
+        }
+      }
+      grad_w.copy_(at::tensor(total, at::TensorOptions().dtype(at::kDouble)).view({s.n, s.K}));
+    }
+  });
+  return {grad_xs, grad_w};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(mdarts, m) {
+  m.def("bn_mix(Tensor[] xs, Tensor w, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "bn_mix_backward(Tensor grad, Tensor[] xs, Tensor w, Tensor mean, Tensor var, float eps, bool need_xs, "
+      "bool need_w) -> (Tensor[], Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mdarts, CPU, m) {
+  m.impl("bn_mix", &bn_mix_cpu);
+  m.impl("bn_mix_backward", &bn_mix_backward_cpu);
+}
+
+}  // namespace mdarts

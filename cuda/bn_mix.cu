@@ -1,0 +1,302 @@
+// CUDA kernels of bn_mix (schema, CPU kernels and the formulas in bn_mix.cpp).
+//
+// Forward: the statistics in two kernels (per (input, channel, batch share) a double sum and sum of squares,
+// then a fixed-order sum of the shares, so results do not depend on scheduling), then one pass that reads
+// every input once and writes the weighted sum of the normalised inputs. Backward: per (channel, batch
+// share) the double sums S1 = sum g and S2[k] = sum g*(x_k - mean_k), reading g and each input once; a
+// fixed-order sum of the shares; the weight gradients from S2 (one thread per weight); one pass that reads
+// g and the inputs once and writes every input gradient. No host synchronisation.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "bn_mix.h"
+#include "node_mix.h"
+
+namespace mdarts {
+namespace {
+
+constexpr int kMaxInputs = 8;
+constexpr int kThreads = 256;
+constexpr int kTargetBlocks = 1024;  // reduction blocks per kernel: several per SM on an H100/H200
+
+template <typename T>
+struct Inputs {
+  const T* x[kMaxInputs];
+};
+
+template <typename T>
+struct Outputs {
+  T* x[kMaxInputs];
+};
+
+int elementwise_blocks(int64_t work) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 8192)));
+}
+
+// Batch shares per channel: enough reduction blocks to fill the GPU, at most one per batch row (and within
+// the grid's y limit).
+int batch_shares(int64_t channel_blocks, int64_t B) {
+  const int64_t want = (kTargetBlocks + channel_blocks - 1) / channel_blocks;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, B, 65535})));
+}
+
+__device__ inline float inv_sqrt(float x) { return rsqrtf(x); }
+__device__ inline double inv_sqrt(double x) { return rsqrt(x); }
+
+// Sum the first `count` values of every thread's `v` over the block; thread 0 gets the totals.
+template <int MaxValues>
+__device__ void block_sum(double* v, int count) {
+  __shared__ double warps[kThreads / 32][MaxValues];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int j = 0; j < count; ++j) {
+    double s = v[j];
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) warps[warp][j] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int j = 0; j < count; ++j) {
+      double s = 0;
+      for (int i = 0; i < kThreads / 32; ++i) s += warps[i][j];
+      v[j] = s;
+    }
+  }
+}
+
+// Block (k*nc + ch, share): sum and sum of squares of input k, channel ch, over batch rows share,
+// share + shares, ... into partial[((k*nc + ch) * shares + share) * 2 + {0, 1}].
+template <typename scalar_t>
+__global__ void stats_partial_kernel(Inputs<scalar_t> xs, int64_t nc, int64_t B, int64_t R, double* __restrict__ partial) {
+  const int64_t kc = blockIdx.x, k = kc / nc, ch = kc - k * nc;
+  const int64_t share = blockIdx.y, shares = gridDim.y;
+  const int64_t rows = (B - share + shares - 1) / shares;
+  const scalar_t* x = xs.x[k];
+  double v[2] = {0, 0};
+  for (int64_t i = threadIdx.x; i < rows * R; i += blockDim.x) {
+    const int64_t bi = i / R, r = i - bi * R;
+    const double a = static_cast<double>(x[((share + bi * shares) * nc + ch) * R + r]);
+    v[0] += a;
+    v[1] += a * a;
+  }
+  block_sum<2>(v, 2);
+  if (threadIdx.x == 0) {
+    partial[(kc * shares + share) * 2] = v[0];
+    partial[(kc * shares + share) * 2 + 1] = v[1];
+  }
+}
+
+template <typename stat_t>
+__global__ void stats_finish_kernel(const double* __restrict__ partial, int64_t rows, int shares, double N,
+                                    stat_t* __restrict__ mean, stat_t* __restrict__ var) {
+  const int64_t kc = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (kc >= rows) return;
+  double sum = 0, sq = 0;
+  for (int i = 0; i < shares; ++i) {
+    sum += partial[(kc * shares + i) * 2];
+    sq += partial[(kc * shares + i) * 2 + 1];
+  }
+  const double m = sum / N;
+  mean[kc] = static_cast<stat_t>(m);
+  var[kc] = static_cast<stat_t>(fmax(sq / N - m * m, 0.0));
+}
+
+template <typename scalar_t, typename acc_t, typename stat_t>
+__global__ void bn_mix_fwd_kernel(Inputs<scalar_t> xs, const acc_t* __restrict__ w, int64_t ws0, int64_t ws1,
+                                  const stat_t* __restrict__ mean, const stat_t* __restrict__ var, acc_t eps, int64_t nc,
+                                  int64_t C, int64_t R, int K, int64_t total, scalar_t* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t ch = (i / R) % nc, e = ch / C;
+    acc_t sum = 0;
+    for (int k = 0; k < K; ++k) {
+      const int64_t kc = k * nc + ch;
+      const acc_t scale = w[e * ws0 + k * ws1] * inv_sqrt(static_cast<acc_t>(var[kc]) + eps);
+      sum += scale * (static_cast<acc_t>(xs.x[k][i]) - static_cast<acc_t>(mean[kc]));
+    }
+    out[i] = static_cast<scalar_t>(sum);
+  }
+}
+
+// Block (ch, share): S1 = sum g and S2[k] = sum g*(x_k - mean_k) over the share's batch rows, into
+// partial[((ch * shares + share) * (K + 1) + j], j = 0 for S1 and 1 + k for S2[k].
+template <typename scalar_t, typename stat_t>
+__global__ void bwd_partial_kernel(const scalar_t* __restrict__ g, Inputs<scalar_t> xs, const stat_t* __restrict__ mean,
+                                   int64_t nc, int64_t B, int64_t R, int K, double* __restrict__ partial) {
+  const int64_t ch = blockIdx.x, share = blockIdx.y, shares = gridDim.y;
+  const int64_t rows = (B - share + shares - 1) / shares;
+  double m[kMaxInputs];
+  double v[kMaxInputs + 1];
+  for (int k = 0; k < K; ++k) m[k] = static_cast<double>(mean[k * nc + ch]);
+  for (int j = 0; j <= K; ++j) v[j] = 0;
+  for (int64_t i = threadIdx.x; i < rows * R; i += blockDim.x) {
+    const int64_t bi = i / R, r = i - bi * R;
+    const int64_t at = ((share + bi * shares) * nc + ch) * R + r;
+    const double gv = static_cast<double>(g[at]);
+    v[0] += gv;
+    for (int k = 0; k < K; ++k) v[1 + k] += gv * (static_cast<double>(xs.x[k][at]) - m[k]);
+  }
+  block_sum<kMaxInputs + 1>(v, K + 1);
+  if (threadIdx.x == 0) {
+    for (int j = 0; j <= K; ++j) partial[(ch * shares + share) * (K + 1) + j] = v[j];
+  }
+}
+
+// sums[j * nc + ch]: the shares of (ch, j) summed in order.
+__global__ void bwd_finish_kernel(const double* __restrict__ partial, int64_t nc, int K, int shares,
+                                  double* __restrict__ sums) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= nc * (K + 1)) return;
+  const int64_t j = t / nc, ch = t - j * nc;
+  double s = 0;
+  for (int i = 0; i < shares; ++i) s += partial[(ch * shares + i) * (K + 1) + j];
+  sums[t] = s;
+}
+
+// grad_w[e, k] = sum_c S2[k, e*C + c] * rsqrt(var + eps), one thread per weight.
+template <typename stat_t>
+__global__ void bwd_grad_w_kernel(const double* __restrict__ sums, const stat_t* __restrict__ var, double eps, int64_t n,
+                                  int64_t C, int K, double* __restrict__ grad_w) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= n * K) return;
+  const int64_t e = t / K, k = t - e * K, nc = n * C;
+  double s = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t ch = e * C + c;
+    s += sums[(1 + k) * nc + ch] / sqrt(static_cast<double>(var[k * nc + ch]) + eps);
+  }
+  grad_w[t] = s;
+}
+
+template <typename scalar_t, typename acc_t, typename stat_t>
+__global__ void bwd_grad_xs_kernel(const scalar_t* __restrict__ g, Inputs<scalar_t> xs, Outputs<scalar_t> grads,
+                                   const acc_t* __restrict__ w, int64_t ws0, int64_t ws1, const stat_t* __restrict__ mean,
+                                   const stat_t* __restrict__ var, const double* __restrict__ sums, acc_t eps, acc_t N,
+                                   int64_t nc, int64_t C, int64_t R, int K, int64_t total) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t ch = (i / R) % nc, e = ch / C;
+    const acc_t gc = static_cast<acc_t>(g[i]) - static_cast<acc_t>(sums[ch]) / N;
+    for (int k = 0; k < K; ++k) {
+      const int64_t kc = k * nc + ch;
+      const acc_t inv = inv_sqrt(static_cast<acc_t>(var[kc]) + eps);
+      const acc_t proj = static_cast<acc_t>(sums[(1 + k) * nc + ch]) / N * inv * inv;
+      const acc_t xc = static_cast<acc_t>(xs.x[k][i]) - static_cast<acc_t>(mean[kc]);
+      grads.x[k][i] = static_cast<scalar_t>(w[e * ws0 + k * ws1] * inv * (gc - xc * proj));
+    }
+  }
+}
+
+// The weights in the accumulation type; no copy when they already are (their strides go to the kernels).
+at::Tensor weights_in(const at::Tensor& w, at::ScalarType acc) { return w.scalar_type() == acc ? w : w.to(acc); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cuda(at::TensorList xs_in, const at::Tensor& w_in, double eps) {
+  const BnMixShape s = check_bn_mix_args(xs_in, w_in, eps);
+  TORCH_CHECK(s.K <= kMaxInputs, "bn_mix: at most ", kMaxInputs, " inputs on CUDA, got ", s.K);
+  const c10::cuda::CUDAGuard guard(w_in.device());
+  auto xs = contiguous_inputs(xs_in);
+  const auto stat = bn_mix_stat_type(xs[0].scalar_type());
+  const int64_t nc = s.channels();
+  auto mean = at::empty({s.K, nc}, xs[0].options().dtype(stat));
+  auto var = at::empty({s.K, nc}, xs[0].options().dtype(stat));
+  auto out = at::empty(xs[0].sizes(), xs[0].options());
+  const int64_t total = out.numel();
+  if (total == 0) return {out, mean, var};
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int shares = batch_shares(s.K * nc, s.B);
+  auto partial = at::empty({s.K * nc * shares * 2}, xs[0].options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "bn_mix_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    Inputs<scalar_t> ptrs{};
+    for (int64_t k = 0; k < s.K; ++k) ptrs.x[k] = xs[k].const_data_ptr<scalar_t>();
+    stats_partial_kernel<scalar_t><<<dim3(static_cast<unsigned>(s.K * nc), static_cast<unsigned>(shares)), kThreads, 0,
+                                     stream>>>(ptrs, nc, s.B, s.R, partial.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    stats_finish_kernel<stat_t><<<static_cast<unsigned>((s.K * nc + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+        partial.const_data_ptr<double>(), s.K * nc, shares, static_cast<double>(s.count()), mean.data_ptr<stat_t>(),
+        var.data_ptr<stat_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto w = weights_in(w_in, c10::CppTypeToScalarType<acc_t>::value);
+    bn_mix_fwd_kernel<scalar_t, acc_t, stat_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
+        ptrs, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean.const_data_ptr<stat_t>(),
+        var.const_data_ptr<stat_t>(), static_cast<acc_t>(eps), nc, s.C, s.R, static_cast<int>(s.K), total,
+        out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, mean, var};
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> bn_mix_backward_cuda(const at::Tensor& grad_in, at::TensorList xs_in,
+                                                                      const at::Tensor& w_in, const at::Tensor& mean_in,
+                                                                      const at::Tensor& var_in, double eps, bool need_xs,
+                                                                      bool need_w) {
+  const c10::cuda::CUDAGuard guard(w_in.device());
+  BnMixBackward setup = prepare_bn_mix_backward(grad_in, xs_in, w_in, mean_in, var_in, eps, need_xs, need_w);
+  const BnMixShape& s = setup.shape;
+  TORCH_CHECK(s.K <= kMaxInputs, "bn_mix_backward: at most ", kMaxInputs, " inputs on CUDA, got ", s.K);
+  const at::Tensor& g = setup.g;
+  const std::vector<at::Tensor>& xs = setup.xs;
+  std::vector<at::Tensor>& grad_xs = setup.grad_xs;
+  at::Tensor& grad_w = setup.grad_w;
+  const int64_t total = g.numel(), nc = s.channels();
+  if (!need_xs && !need_w) return {grad_xs, grad_w};
+  if (total == 0) {
+    if (need_w) grad_w.zero_();
+    return {grad_xs, grad_w};
+  }
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int shares = batch_shares(nc, s.B);
+  auto partial = at::empty({nc * shares * (s.K + 1)}, g.options().dtype(at::kDouble));
+  auto sums = at::empty({(s.K + 1) * nc}, g.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bn_mix_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    Inputs<scalar_t> ptrs{};
+    for (int64_t k = 0; k < s.K; ++k) ptrs.x[k] = xs[k].const_data_ptr<scalar_t>();
+    const stat_t* mean = setup.mean.const_data_ptr<stat_t>();
+    const stat_t* var = setup.var.const_data_ptr<stat_t>();
+    bwd_partial_kernel<scalar_t, stat_t><<<dim3(static_cast<unsigned>(nc), static_cast<unsigned>(shares)), kThreads, 0,
+                                           stream>>>(g.const_data_ptr<scalar_t>(), ptrs, mean, nc, s.B, s.R,
+                                                     static_cast<int>(s.K), partial.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    bwd_finish_kernel<<<static_cast<unsigned>((nc * (s.K + 1) + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+        partial.const_data_ptr<double>(), nc, static_cast<int>(s.K), shares, sums.data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (need_w) {
+      auto gw = at::empty({s.n, s.K}, sums.options());
+      bwd_grad_w_kernel<stat_t><<<static_cast<unsigned>((s.n * s.K + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+          sums.const_data_ptr<double>(), var, eps, s.n, s.C, static_cast<int>(s.K), gw.data_ptr<double>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      grad_w.copy_(gw);
+    }
+    if (need_xs) {
+      const auto w = weights_in(w_in, c10::CppTypeToScalarType<acc_t>::value);
+      Outputs<scalar_t> outs{};
+      for (int64_t k = 0; k < s.K; ++k) outs.x[k] = grad_xs[k].data_ptr<scalar_t>();
+      bwd_grad_xs_kernel<scalar_t, acc_t, stat_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
+          g.const_data_ptr<scalar_t>(), ptrs, outs, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean, var,
+          sums.const_data_ptr<double>(), static_cast<acc_t>(eps), static_cast<acc_t>(s.count()), nc, s.C, s.R,
+          static_cast<int>(s.K), total);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {grad_xs, grad_w};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mdarts, CUDA, m) {
+  m.impl("bn_mix", &bn_mix_cuda);
+  m.impl("bn_mix_backward", &bn_mix_backward_cuda);
+}
+
+}  // namespace mdarts
