@@ -123,9 +123,9 @@ def make_variant(args, tmp: str, spec: str, fast: bool = True, graph: bool = Fal
 
 
 #: Implementations of the batched path (same function), then layouts and numeric options.
-IMPLS = ["", "mix=fused", "pointwise=grouped", "batch_norm=native", "pointwise=grouped,batch_norm=native"]
+IMPLS = ["", "mix=fused_bn", "mix=fused", "pointwise=grouped", "batch_norm=native", "pointwise=grouped,batch_norm=native"]
 TIMED = IMPLS + ["channels_last", "mix=fused,channels_last", "tf32", "bf16", "mix=fused,tf32"]
-NUMERIC = ["", "mix=fused", "tf32", "bf16", "channels_last", "pointwise=grouped,batch_norm=native"]
+NUMERIC = ["", "mix=fused_bn", "mix=fused", "tf32", "bf16", "channels_last", "pointwise=grouped,batch_norm=native"]
 
 
 def section_variants(args, tmp: str) -> None:
@@ -234,7 +234,8 @@ def section_traffic(args, tmp: str) -> None:
     print(f"\n## traffic: {args.mode}, batch {args.batch}, C = 16, 8 cells; α pass and weight pass, forward and backward")
     summary = []
     for name, spec, fast, mode in [("plain", "", False, "ref"), ("fast", args.fast, True, compiled),
-                                   ("fast, mix=fused", ",".join(filter(None, [args.fast, "mix=fused"])), True, compiled)]:
+                                   ("fast, mix=fused", ",".join(filter(None, [args.fast, "mix=fused"])), True, compiled),
+                                   ("fast, mix=fused_bn", ",".join(filter(None, [args.fast, "mix=fused_bn"])), True, compiled)]:
         os.environ["MDARTS_OPS"] = mode
         gc.collect()
         s = make_variant(args, f"{tmp}/t_{len(summary)}", spec, fast=fast)

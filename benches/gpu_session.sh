@@ -44,7 +44,7 @@ run() {  # run NAME LIMIT COMMAND...: output to $OUT/NAME.txt, at most LIMIT sec
 
 nvidia-smi > "$OUT/build.txt" 2>&1
 run build 200 "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
-run cuda_tests 120 "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_node_mix.py tests/test_search.py
+run cuda_tests 120 "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_node_mix.py tests/test_bn_mix.py tests/test_search.py
 run report 120 "$PY" benches/gpu_report.py --sections profile
 run bench_step 200 "${PYTEST[@]}" -s benches/bench_search_step.py
 run search 80 "$PY" benches/gpu_report.py --sections search --data "$MINI"

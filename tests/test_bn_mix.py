@@ -1,13 +1,18 @@
 """The fused batch norms and sums of a batched node's per-edge ops (``mdarts::bn_mix``) against their
-plain-torch reference."""
+plain-torch reference, and the batched cell and search built with them against the plain ones."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from mdarts_rs import ops
+from mdarts_rs import fastcell, ops
+from mdarts_rs.config import SearchConfig
+from mdarts_rs.fastcell import FastSearchCell
 from mdarts_rs.ops import bn_mix_ref
+from mdarts_rs.search import Searcher
+from mdarts_rs.supernet import SearchCell
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +99,51 @@ def test_bn_mix_opcheck(ext, args):
     xs, w = bn_inputs(2, 2, 3, (4, 4), 3, dtype=torch.float32, grad=args != "no_grad")
     w.requires_grad_(args == "grad_both")
     torch.library.opcheck(ext.bn_mix.default, (xs, w, 1e-5))
+
+
+@pytest.mark.parametrize("reduction", [False, True])
+def test_fast_cell_with_fused_bn_matches_plain_cell(ext, monkeypatch, reduction):
+    """The batched cell with ``OPTIONS['mix'] = 'fused_bn'`` (compiled CPU kernels) computes the plain cell's
+    output, α gradient and batch-norm statistics."""
+    monkeypatch.setenv("MDARTS_OPS", "ext")
+    monkeypatch.setitem(fastcell.OPTIONS, "mix", "fused_bn")
+    torch.manual_seed(0)
+    plain = SearchCell(6, 6, 4, reduction, False).double()
+    fast = FastSearchCell.from_plain(plain).double()
+    assert fast.nodes[0].fused_bn
+    s0, s1 = torch.randn(3, 6, 8, 8, dtype=torch.float64), torch.randn(3, 6, 8, 8, dtype=torch.float64)
+    p = torch.softmax(torch.randn(14, 8, dtype=torch.float64), -1).requires_grad_()
+    a, b = plain(s0, s1, p), fast(s0, s1, p)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    (ga,), (gb,) = torch.autograd.grad(a.square().sum(), [p]), torch.autograd.grad(b.square().sum(), [p])
+    torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-10)
+    last = plain.edges[0].ops[fastcell.OP["dil_conv_5x5"]][3]
+    fast_last = fast.nodes[0].dil_conv_5x5.bn[0]
+    torch.testing.assert_close(last.running_var, fast_last.running_var[: last.running_var.numel()], rtol=1e-12, atol=1e-12)
+
+
+def test_fused_bn_search_is_the_plain_search_in_float64(ext, monkeypatch, tmp_path):
+    # Same seed, same batches, float64: the batched supernet with bn_mix makes the plain supernet's search.
+    monkeypatch.setenv("MDARTS_OPS", "ext")
+    monkeypatch.setitem(fastcell.OPTIONS, "mix", "fused_bn")
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 64).astype(np.int64)
+    pair = []
+    for fast in (False, True):
+        cfg = SearchConfig(out=tmp_path / str(fast), batch_size=4, init_channels=4, layers=5, gap_images=8, workers=1,
+                           quiet=True, plots=False, device="cpu", fast=fast, arch_lr=0.01)
+        pair.append(Searcher(cfg, images, labels))
+    plain, fast = pair
+    for s in pair:
+        s.model.double()
+    batches = list(zip(plain.train_loader.batches(0), plain.val_loader.batches(0)))[:4]
+    for (xt, yt), (xv, yv) in batches:
+        a, b = (s.train_step(xt.double(), yt, xv.double(), yv) for s in pair)
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-10, abs=1e-12), key
+    for x, y in zip(plain.model.arch_parameters(), fast.model.arch_parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-10)
+    assert plain.model.genotype() == fast.model.genotype()
 
 
 @pytest.mark.cuda

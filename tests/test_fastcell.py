@@ -20,10 +20,11 @@ def test_fastcell_reader_bookkeeping():
     assert ids == list(range(14))
 
 
-IMPLEMENTATIONS = [{"pointwise": pw, "batch_norm": bn} for pw in ("grouped", "dense") for bn in ("native", "cudnn")]
+IMPLEMENTATIONS = [{"pointwise": pw, "batch_norm": bn, "mix": "torch"} for pw in ("grouped", "dense") for bn in ("native", "cudnn")]
+IMPLEMENTATIONS += [{"pointwise": pw, "batch_norm": bn, "mix": "fused_bn"} for pw, bn in (("grouped", "native"), ("dense", "cudnn"))]
 
 
-@pytest.fixture(params=IMPLEMENTATIONS, ids=lambda o: f"{o['pointwise']}-{o['batch_norm']}")
+@pytest.fixture(params=IMPLEMENTATIONS, ids=lambda o: "-".join(o.values()))
 def implementation(request, monkeypatch):
     for key, value in request.param.items():
         monkeypatch.setitem(fastcell.OPTIONS, key, value)
@@ -54,6 +55,7 @@ def test_fastcell_matches_plain_cell(reduction, reduction_prev, implementation):
     plain = SearchCell(8 if reduction_prev else 6, 6, 4, reduction, reduction_prev)
     fast = FastSearchCell.from_plain(plain)
     assert fast.nodes[0].sep_conv_3x3.dense == (implementation["pointwise"] == "dense")
+    assert fast.nodes[0].fused_bn == (implementation["mix"] == "fused_bn")
     s0 = torch.randn(3, 8 if reduction_prev else 6, 16 if reduction_prev else 8, 16 if reduction_prev else 8, dtype=torch.float64)
     s1 = torch.randn(3, 6, 8, 8, dtype=torch.float64)
     plain, fast = plain.double(), fast.double()
@@ -69,10 +71,16 @@ def test_fastcell_matches_plain_cell(reduction, reduction_prev, implementation):
     fast(s0, s1, p).square().sum().backward()
     for x, y in conv_weight_grads(plain, fast):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
-    # Batch-norm statistics move the same way.
-    plain_bn = plain.edges[0].ops[4][3].running_mean
-    fast_bn = fast.nodes[0].sep_conv_3x3.bn[0].running_mean[: plain_bn.numel()]
-    torch.testing.assert_close(plain_bn, fast_bn)
+    # Batch-norm statistics move the same way, those of the ops' last batch norms included.
+    for b in (0, 1):
+        for stat in ("running_mean", "running_var", "num_batches_tracked"):
+            plain_bn = getattr(plain.edges[0].ops[4][4 * b + 3], stat)
+            fast_bn = getattr(fast.nodes[0].sep_conv_3x3.bn[b], stat)
+            torch.testing.assert_close(plain_bn, fast_bn[: plain_bn.numel()] if plain_bn.dim() else fast_bn)
+    # In eval mode (running statistics) as well.
+    plain.eval()
+    fast.eval()
+    torch.testing.assert_close(plain(s0, s1, p), fast(s0, s1, p), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("mode", ["multilevel", "shared"])

@@ -37,13 +37,15 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: reads the node once with a channel multiplier instead of a repeated copy). ``batch_norm``: "native"
 #: (torch's non-affine batch norm) or "cudnn" (constant unit scale and zero shift, which lets torch use
 #: cuDNN's batch norm kernels on CUDA; x·1 + 0 is exact); with the torch mix, the batch norms that carry
-#: mixing weights as their scale run as affine ones either way. ``mix``: "torch" (a multiply and an add per op)
-#: or "fused" (``mdarts_rs.ops.node_mix``: one kernel forward, two passes backward, for all edges of a node).
+#: mixing weights as their scale run as affine ones either way. ``mix``: "torch" (the per-edge ops' weights
+#: folded into their last batch norms, then adds), "fused" (``mdarts_rs.ops.node_mix``: one kernel forward,
+#: two passes backward, for all edges of a node) or "fused_bn" (``mdarts_rs.ops.bn_mix``: the per-edge ops'
+#: last batch norms, their weights and their sum in one op, in training mode; eval mode runs "torch").
 #: The pointwise and batch-norm defaults were the fastest float32 choice of a graph-replayed step on an H200
 #: (batch 64: 119.7 ms against 133.8 ms for grouped/native; channels-last was slower with every choice);
-#: "fused" mixing has not run on a GPU yet. ``benches/gpu_report.py`` measures them all.
+#: "fused" and "fused_bn" mixing have not run on a GPU yet. ``benches/gpu_report.py`` measures them all.
 OPTIONS = {"pointwise": "dense", "batch_norm": "cudnn", "mix": "torch"}
-_CHOICES = {"pointwise": ("grouped", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused")}
+_CHOICES = {"pointwise": ("grouped", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn")}
 
 
 def _option(key: str) -> str:
@@ -148,9 +150,10 @@ class GroupedConvBranch(nn.Module):
             self.pw.append(nn.Parameter(pw))
             self.bn.append(_bn(n * c))
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
         """``x``: the ReLU'd node (B, C, H, W) when dense, else repeated per edge (B, n·C, H, W). Returns the n
-        edges' outputs, (B, n·C, H', W'), each channel multiplied by ``scale`` (n·C) if given."""
+        edges' outputs, (B, n·C, H', W'), each channel multiplied by ``scale`` (n·C) if given; without
+        ``normalize``, the input of the last batch norm (its caller normalises)."""
         nc = self.n * self.c
         for b, (dw, pw, bn) in enumerate(zip(self.dw, self.pw, self.bn)):
             if b > 0:
@@ -165,7 +168,10 @@ class GroupedConvBranch(nn.Module):
                 x = F.conv2d(x, BlockDiagonal.apply(pw, self.eye, first))
             else:
                 x = F.conv2d(x, pw, groups=self.n)
-            x = bn(x, scale) if b == len(self.bn) - 1 else bn(x)
+            if b < len(self.bn) - 1:
+                x = bn(x)
+            elif normalize:
+                x = bn(x, scale)
         return x
 
     @torch.no_grad()
@@ -194,14 +200,15 @@ class GroupedFactorizedReduce(nn.Module):
         self.conv_2 = nn.Conv2d(c, n * c // 2, 1, stride=2, bias=False)
         self.bn = _bn(n * c)
 
-    def forward(self, relu_h: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, relu_h: torch.Tensor, scale: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
         a = self.conv_1(relu_h)
         b = self.conv_2(relu_h[:, :, 1:, 1:])
         bsz, _, h, w = a.shape
         half = self.c // 2
         # (B, n, C/2, H, W) twice -> (B, n, C, H, W): each edge's channels are [conv_1 half, conv_2 half]
         out = torch.cat([a.view(bsz, self.n, half, h, w), b.view(bsz, self.n, half, h, w)], dim=2)
-        return self.bn(out.view(bsz, self.n * self.c, h, w), scale)
+        out = out.view(bsz, self.n * self.c, h, w)
+        return self.bn(out, scale) if normalize else out
 
     @torch.no_grad()
     def load_from(self, mods: list[FactorizedReduce]) -> None:
@@ -254,6 +261,30 @@ class AddShared(torch.autograd.Function):
         return grad, grad_w, *grads_shared
 
 
+@torch.no_grad()
+def _update_running_stats(bns: list[BatchNorm], mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """Update the running statistics of ``bns`` as nn.BatchNorm2d does after a training batch whose per-channel
+    means and biased variances are the rows of ``mean`` and ``var`` (one per batch norm); ``count`` values per
+    channel. One foreach kernel per kind of statistic when the momenta agree."""
+    counters = [bn.num_batches_tracked for bn in bns]
+    torch._foreach_add_(counters, 1)  # type: ignore[arg-type]
+    unbiased = var * (count / (count - 1))
+    means = [bn.running_mean for bn in bns]
+    variances = [bn.running_var for bn in bns]
+    new_means = list(mean.to(means[0].dtype).unbind(0))  # type: ignore[union-attr]
+    new_variances = list(unbiased.to(means[0].dtype).unbind(0))  # type: ignore[union-attr]
+    momenta = {bn.momentum for bn in bns}
+    if len(momenta) == 1 and None not in momenta:
+        factor = momenta.pop()
+        torch._foreach_lerp_(means, new_means, factor)  # type: ignore[arg-type]
+        torch._foreach_lerp_(variances, new_variances, factor)  # type: ignore[arg-type]
+        return
+    for bn, m, v in zip(bns, new_means, new_variances):  # momentum None: a cumulative average
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum  # type: ignore[arg-type]
+        bn.running_mean.lerp_(m, factor)  # type: ignore[union-attr]
+        bn.running_var.lerp_(v, factor)  # type: ignore[union-attr]
+
+
 class NodeOps(nn.Module):
     """Every candidate op of the ``n`` edges that read one state, batched."""
 
@@ -268,10 +299,16 @@ class NodeOps(nn.Module):
         self.dil_conv_3x3 = GroupedConvBranch(c, n, 3, stride, 2, 2, blocks=1)
         self.dil_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 4, 2, blocks=1)
         self.fused_mix = _option("mix") == "fused"
+        self.fused_bn = _option("mix") == "fused_bn"
 
     #: The ops whose outputs are per edge, in PRIMITIVES order (consecutive columns of p); with the torch
     #: mix, each one's op weight is folded into its last batch norm as a per-channel scale.
     PER_EDGE = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+
+    def _per_edge_modules(self) -> dict[str, nn.Module]:
+        """The per-edge ops' modules, in PRIMITIVES order (consecutive columns of p)."""
+        mods: dict[str, nn.Module] = {"skip_connect": self.skip} if self.skip is not None else {}
+        return mods | {name: getattr(self, name) for name in self.PER_EDGE}
 
     def forward(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Mixed outputs of the n edges, (B, n, C, H', W'); ``p``: their (n, 8) op weights."""
@@ -283,29 +320,39 @@ class NodeOps(nn.Module):
             rep = relu.repeat(1, n, 1, 1)  # (B, n·C, H, W): one copy per edge, for the grouped convolutions
             if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
                 rep = rep.contiguous(memory_format=torch.channels_last)
-        per_edge = ("skip_connect", *self.PER_EDGE) if self.skip is not None else self.PER_EDGE
+        per_edge = self._per_edge_modules()
+        first = OP[next(iter(per_edge))]
+        cols = p[:, first : first + len(per_edge)]  # (n, ops), in PRIMITIVES order
+        last_bns = [m.bn if isinstance(m, GroupedFactorizedReduce) else m.bn[-1] for m in per_edge.values()]
+        # bn_mix computes batch statistics: in training mode only (an evaluation runs the torch mix)
+        fuse_bn = self.fused_bn and all(bn.training for bn in last_bns)
         scale: dict[str, torch.Tensor | None] = dict.fromkeys(per_edge)
-        if not self.fused_mix:
+        if not self.fused_mix and not fuse_bn:
             # w·BN(x) = BN(x; γ = w, β = 0): each per-edge op's weight, repeated over its edge's C channels,
             # scales its last batch norm (no multiply of the output forward, nor of its gradient backward).
-            first = OP[per_edge[0]]
-            cols = p[:, first : first + len(per_edge)].t()  # (ops, n), in PRIMITIVES order
-            dense = cols.unsqueeze(-1).expand(len(per_edge), n, c).contiguous()  # one copy (reshape would not copy for n = 1)
+            dense = cols.t().unsqueeze(-1).expand(len(per_edge), n, c).contiguous()  # one copy (reshape would not copy for n = 1)
             scale = dict(zip(per_edge, dense.view(len(per_edge), n * c).unbind(0)))
-        # Each op's output: per edge (B, n·C, H', W'), or shared by every edge (B, C, H', W').
+        # Each op's output: per edge (B, n·C, H', W'), or shared by every edge (B, C, H', W'); with fuse_bn, the
+        # per-edge ops' outputs before their last batch norm.
         outs = {
             "max_pool_3x3": self.max_bn(F.max_pool2d(h, 3, s, 1)),
             "avg_pool_3x3": self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False)),
-            "skip_connect": h if self.skip is None else self.skip(relu, scale["skip_connect"]),
+            "skip_connect": h,
         }
-        for name in self.PER_EDGE:
-            outs[name] = getattr(self, name)(rep, scale[name])
+        for name, module in per_edge.items():
+            outs[name] = module(relu if name == "skip_connect" else rep, scale[name], normalize=not fuse_bn)
         bsz, _, height, width = outs["max_pool_3x3"].shape
         if self.fused_mix:  # one node_mix call over the outputs in PRIMITIVES order ('none' adds zero)
             xs = [outs[name].reshape(bsz, outs[name].shape[1] // c, c * height * width) for name in PRIMITIVES[1:]]
             return ops.node_mix(xs, p[:, 1:]).view(bsz, n, c, height, width)
-        # The weighted per-edge outputs summed, then the shared outputs times their edges' weights added
-        mixed = functools.reduce(torch.add, (outs[name].view(bsz, n, c, height, width) for name in per_edge))
+        if fuse_bn:
+            assert len({bn.eps for bn in last_bns}) == 1, "bn_mix needs one eps for all batch norms of a node"
+            mixed, mean, var = ops.bn_mix([outs[name] for name in per_edge], cols, last_bns[0].eps)
+            _update_running_stats(last_bns, mean, var, bsz * height * width)
+            mixed = mixed.view(bsz, n, c, height, width)
+        else:  # the weighted per-edge outputs summed
+            mixed = functools.reduce(torch.add, (outs[name].view(bsz, n, c, height, width) for name in per_edge))
+        # then the shared outputs times their edges' weights added
         shared = [name for name in PRIMITIVES[1:] if name not in per_edge]  # consecutive columns of p from 1
         return AddShared.apply(mixed, p[:, 1 : 1 + len(shared)], *(outs[name] for name in shared))
 
