@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "bn_mix.h"
@@ -109,10 +110,11 @@ __global__ void stats_finish_kernel(const double* __restrict__ partial, int64_t 
   var[kc] = static_cast<stat_t>(fmax(sq / N - m * m, 0.0));
 }
 
-template <typename scalar_t, typename acc_t, typename stat_t>
+template <typename scalar_t, typename acc_t, typename stat_t, int KT>
 __global__ void bn_mix_fwd_kernel(Inputs<scalar_t> xs, const acc_t* __restrict__ w, int64_t ws0, int64_t ws1,
                                   const stat_t* __restrict__ mean, const stat_t* __restrict__ var, acc_t eps, int64_t nc,
-                                  int64_t C, int64_t R, int K, int64_t total, scalar_t* __restrict__ out) {
+                                  int64_t C, int64_t R, int k_arg, int64_t total, scalar_t* __restrict__ out) {
+  const int K = KT > 0 ? KT : k_arg;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t ch = (i / R) % nc, e = ch / C;
@@ -128,9 +130,10 @@ __global__ void bn_mix_fwd_kernel(Inputs<scalar_t> xs, const acc_t* __restrict__
 
 // Block (ch, share): S1 = sum g and S2[k] = sum g*(x_k - mean_k) over the share's batch rows, into
 // partial[((ch * shares + share) * (K + 1) + j], j = 0 for S1 and 1 + k for S2[k].
-template <typename scalar_t, typename stat_t>
+template <typename scalar_t, typename stat_t, int KT>
 __global__ void bwd_partial_kernel(const scalar_t* __restrict__ g, Inputs<scalar_t> xs, const stat_t* __restrict__ mean,
-                                   int64_t nc, int64_t B, int64_t R, int K, double* __restrict__ partial) {
+                                   int64_t nc, int64_t B, int64_t R, int k_arg, double* __restrict__ partial) {
+  const int K = KT > 0 ? KT : k_arg;
   const int64_t ch = blockIdx.x, share = blockIdx.y, shares = gridDim.y;
   const int64_t rows = (B - share + shares - 1) / shares;
   double m[kMaxInputs];
@@ -176,11 +179,12 @@ __global__ void bwd_grad_w_kernel(const double* __restrict__ sums, const stat_t*
   grad_w[t] = s;
 }
 
-template <typename scalar_t, typename acc_t, typename stat_t>
+template <typename scalar_t, typename acc_t, typename stat_t, int KT>
 __global__ void bwd_grad_xs_kernel(const scalar_t* __restrict__ g, Inputs<scalar_t> xs, Outputs<scalar_t> grads,
                                    const acc_t* __restrict__ w, int64_t ws0, int64_t ws1, const stat_t* __restrict__ mean,
                                    const stat_t* __restrict__ var, const double* __restrict__ sums, acc_t eps, acc_t N,
-                                   int64_t nc, int64_t C, int64_t R, int K, int64_t total) {
+                                   int64_t nc, int64_t C, int64_t R, int k_arg, int64_t total) {
+  const int K = KT > 0 ? KT : k_arg;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t ch = (i / R) % nc, e = ch / C;
@@ -192,6 +196,20 @@ __global__ void bwd_grad_xs_kernel(const scalar_t* __restrict__ g, Inputs<scalar
       const acc_t xc = static_cast<acc_t>(xs.x[k][i]) - static_cast<acc_t>(mean[kc]);
       grads.x[k][i] = static_cast<scalar_t>(w[e * ws0 + k * ws1] * inv * (gc - xc * proj));
     }
+  }
+}
+
+// f(std::integral_constant<int, KT>{}) with KT = K for the input counts of a batched node (4; 5 in a
+// reduction cell's first two nodes), so that the kernels' loops over the inputs unroll into registers, and
+// KT = 0 (count read at run time) otherwise.
+template <typename F>
+void with_input_count(int64_t K, F&& f) {
+  if (K == 4) {
+    f(std::integral_constant<int, 4>{});
+  } else if (K == 5) {
+    f(std::integral_constant<int, 5>{});
+  } else {
+    f(std::integral_constant<int, 0>{});
   }
 }
 
@@ -226,11 +244,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cuda(at::TensorList xs_in,
         var.data_ptr<stat_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const auto w = weights_in(w_in, c10::CppTypeToScalarType<acc_t>::value);
-    bn_mix_fwd_kernel<scalar_t, acc_t, stat_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
-        ptrs, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean.const_data_ptr<stat_t>(),
-        var.const_data_ptr<stat_t>(), static_cast<acc_t>(eps), nc, s.C, s.R, static_cast<int>(s.K), total,
-        out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_input_count(s.K, [&](auto kt) {
+      bn_mix_fwd_kernel<scalar_t, acc_t, stat_t, decltype(kt)::value><<<elementwise_blocks(total), kThreads, 0, stream>>>(
+          ptrs, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean.const_data_ptr<stat_t>(),
+          var.const_data_ptr<stat_t>(), static_cast<acc_t>(eps), nc, s.C, s.R, static_cast<int>(s.K), total,
+          out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return {out, mean, var};
 }
@@ -264,10 +284,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> bn_mix_backward_cuda(const at::T
     for (int64_t k = 0; k < s.K; ++k) ptrs.x[k] = xs[k].const_data_ptr<scalar_t>();
     const stat_t* mean = setup.mean.const_data_ptr<stat_t>();
     const stat_t* var = setup.var.const_data_ptr<stat_t>();
-    bwd_partial_kernel<scalar_t, stat_t><<<dim3(static_cast<unsigned>(nc), static_cast<unsigned>(shares)), kThreads, 0,
-                                           stream>>>(g.const_data_ptr<scalar_t>(), ptrs, mean, nc, s.B, s.R,
-                                                     static_cast<int>(s.K), partial.data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_input_count(s.K, [&](auto kt) {
+      bwd_partial_kernel<scalar_t, stat_t, decltype(kt)::value>
+          <<<dim3(static_cast<unsigned>(nc), static_cast<unsigned>(shares)), kThreads, 0, stream>>>(
+              g.const_data_ptr<scalar_t>(), ptrs, mean, nc, s.B, s.R, static_cast<int>(s.K), partial.data_ptr<double>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
     bwd_finish_kernel<<<static_cast<unsigned>((nc * (s.K + 1) + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
         partial.const_data_ptr<double>(), nc, static_cast<int>(s.K), shares, sums.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -282,11 +304,13 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> bn_mix_backward_cuda(const at::T
       const auto w = weights_in(w_in, c10::CppTypeToScalarType<acc_t>::value);
       Outputs<scalar_t> outs{};
       for (int64_t k = 0; k < s.K; ++k) outs.x[k] = grad_xs[k].data_ptr<scalar_t>();
-      bwd_grad_xs_kernel<scalar_t, acc_t, stat_t><<<elementwise_blocks(total), kThreads, 0, stream>>>(
-          g.const_data_ptr<scalar_t>(), ptrs, outs, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean, var,
-          sums.const_data_ptr<double>(), static_cast<acc_t>(eps), static_cast<acc_t>(s.count()), nc, s.C, s.R,
-          static_cast<int>(s.K), total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_input_count(s.K, [&](auto kt) {
+        bwd_grad_xs_kernel<scalar_t, acc_t, stat_t, decltype(kt)::value><<<elementwise_blocks(total), kThreads, 0, stream>>>(
+            g.const_data_ptr<scalar_t>(), ptrs, outs, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean, var,
+            sums.const_data_ptr<double>(), static_cast<acc_t>(eps), static_cast<acc_t>(s.count()), nc, s.C, s.R,
+            static_cast<int>(s.K), total);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     }
   });
   return {grad_xs, grad_w};
