@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "node_mix.h"
@@ -39,9 +40,10 @@ int blocks_for(int64_t work) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks * 8)));
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, int KT>
 __global__ void node_mix_fwd_kernel(InPtrs<scalar_t> xs, unsigned per_edge, const acc_t* __restrict__ w, int64_t ws0,
-                                    int64_t ws1, int64_t n, int64_t R, int K, int64_t total, scalar_t* __restrict__ out) {
+                                    int64_t ws1, int64_t n, int64_t R, int k_arg, int64_t total, scalar_t* __restrict__ out) {
+  const int K = KT > 0 ? KT : k_arg;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t be = i / R, r = i - be * R;
@@ -55,10 +57,11 @@ __global__ void node_mix_fwd_kernel(InPtrs<scalar_t> xs, unsigned per_edge, cons
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, int KT>
 __global__ void node_mix_grad_xs_kernel(const scalar_t* __restrict__ g, OutPtrs<scalar_t> grads, unsigned per_edge,
-                                        const acc_t* __restrict__ w, int64_t ws0, int64_t ws1, int64_t n, int64_t R, int K,
-                                        int64_t columns) {
+                                        const acc_t* __restrict__ w, int64_t ws0, int64_t ws1, int64_t n, int64_t R,
+                                        int k_arg, int64_t columns) {
+  const int K = KT > 0 ? KT : k_arg;
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < columns;
        j += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t b = j / R, r = j - b * R;
@@ -90,9 +93,10 @@ __device__ acc_t warp_sum(acc_t v) {
 
 // Block (x, e): the K dot products of edge e over a strided share of the B*R columns, into
 // partial[(e * gridDim.x + x) * K + k].
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, int KT>
 __global__ void node_mix_grad_w_kernel(const scalar_t* __restrict__ g, InPtrs<scalar_t> xs, unsigned per_edge, int64_t n,
-                                       int64_t R, int K, int64_t columns, acc_t* __restrict__ partial) {
+                                       int64_t R, int k_arg, int64_t columns, acc_t* __restrict__ partial) {
+  const int K = KT > 0 ? KT : k_arg;
   const int64_t e = blockIdx.y;
   acc_t acc[kMaxInputs];
   for (int k = 0; k < K; ++k) acc[k] = 0;
@@ -131,6 +135,17 @@ __global__ void node_mix_grad_w_finish(const acc_t* __restrict__ partial, int bl
   grad_w[ek] = static_cast<w_t>(s);
 }
 
+// f(std::integral_constant<int, KT>{}) with KT = 7 for a batched node's 7 op outputs, so that the kernels'
+// loops over the inputs unroll into registers, and KT = 0 (count read at run time) otherwise.
+template <typename F>
+void with_input_count(int64_t K, F&& f) {
+  if (K == 7) {
+    f(std::integral_constant<int, 7>{});
+  } else {
+    f(std::integral_constant<int, 0>{});
+  }
+}
+
 // The weights in the accumulation type; no copy when they already are (their strides go to the kernels).
 at::Tensor weights_as(const at::Tensor& w, at::ScalarType acc) { return w.scalar_type() == acc ? w : w.to(acc); }
 
@@ -154,10 +169,12 @@ at::Tensor node_mix_cuda(at::TensorList xs_in, const at::Tensor& w_in) {
     const auto w = weights_as(w_in, c10::CppTypeToScalarType<acc_t>::value);
     InPtrs<scalar_t> ptrs{};
     for (int64_t k = 0; k < s.K; ++k) ptrs.x[k] = xs[k].const_data_ptr<scalar_t>();
-    node_mix_fwd_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        ptrs, edge_mask(s), w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), s.n, s.R, static_cast<int>(s.K), total,
-        out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_input_count(s.K, [&](auto kt) {
+      node_mix_fwd_kernel<scalar_t, acc_t, decltype(kt)::value><<<blocks_for(total), kThreads, 0, stream>>>(
+          ptrs, edge_mask(s), w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), s.n, s.R, static_cast<int>(s.K),
+          total, out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }
@@ -187,10 +204,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> node_mix_backward_cuda(const at:
     if (need_xs) {
       OutPtrs<scalar_t> outs{};
       for (int64_t k = 0; k < s.K; ++k) outs.x[k] = grad_xs[k].data_ptr<scalar_t>();
-      node_mix_grad_xs_kernel<scalar_t, acc_t><<<blocks_for(columns), kThreads, 0, stream>>>(
-          g.const_data_ptr<scalar_t>(), outs, mask, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), s.n, s.R,
-          static_cast<int>(s.K), columns);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_input_count(s.K, [&](auto kt) {
+        node_mix_grad_xs_kernel<scalar_t, acc_t, decltype(kt)::value><<<blocks_for(columns), kThreads, 0, stream>>>(
+            g.const_data_ptr<scalar_t>(), outs, mask, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), s.n, s.R,
+            static_cast<int>(s.K), columns);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     }
     if (need_w) {
       InPtrs<scalar_t> ptrs{};
@@ -198,10 +217,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> node_mix_backward_cuda(const at:
       const int blocks = static_cast<int>(std::min<int64_t>((columns + kThreads - 1) / kThreads, kMaxBlocks / 4));
       auto partial = at::empty({s.n * blocks * s.K}, g.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
       const dim3 grid(blocks, static_cast<unsigned>(s.n));
-      node_mix_grad_w_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-          g.const_data_ptr<scalar_t>(), ptrs, mask, s.n, s.R, static_cast<int>(s.K), columns,
-          partial.data_ptr<acc_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_input_count(s.K, [&](auto kt) {
+        node_mix_grad_w_kernel<scalar_t, acc_t, decltype(kt)::value><<<grid, kThreads, 0, stream>>>(
+            g.const_data_ptr<scalar_t>(), ptrs, mask, s.n, s.R, static_cast<int>(s.K), columns,
+            partial.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
       // Straight into grad_w (contiguous) when it has the accumulation type, else through a buffer.
       const bool direct = grad_w.scalar_type() == partial.scalar_type();
       auto grad_acc = direct ? grad_w : at::empty({s.n, s.K}, partial.options());
