@@ -1,10 +1,14 @@
-// bn_mix: the per-edge ops of a batched search node (mdarts_rs.fastcell) end in non-affine batch norms whose
-// outputs, weighted by the edges' op weights, are summed. One op does the batch norms (training mode: batch
-// statistics), the weights and the sum:
-//   out[b, e*C+c, r] = sum_k w[e, k] * (xs[k][b, e*C+c, r] - mean[k, e*C+c]) * rsqrt(var[k, e*C+c] + eps)
-// with mean and the biased var over (b, r), returned for the running statistics. Backward, per input k and
-// channel ch (N = B*R values, s = rsqrt(var + eps), S1 = sum g, S2 = sum g*(x - mean)):
-//   grad_xs[k] = w[e, k] * s * (g - S1/N - (x - mean) * s^2 * S2/N),  grad_w[e, k] = sum_c s * S2.
+// bn_mix: the mixed outputs of all edges that read one node of the batched search cell (mdarts_rs.fastcell),
+// for the cell's torch-free path. The node's per-edge ops end in non-affine batch norms; its shared ops
+// (pooling, identity) give one output for every edge. One op does the per-edge batch norms (training mode:
+// batch statistics), the weights and the sum. With w (n, S + K), shared columns first:
+//   out[b, e*C+c, r] = sum_s w[e, s] * shared[s][b, c, r]
+//                    + sum_k w[e, S+k] * (xs[k][b, e*C+c, r] - mean[k, e*C+c]) * rsqrt(var[k, e*C+c] + eps)
+// with mean and the biased var over (b, r), returned for the running statistics. Backward, per channel ch
+// (N = B*R values, s = rsqrt(var + eps), S1 = sum g, S2[k] = sum g*(x_k - mean_k), S3[s] = sum g*shared[s]):
+//   grad_xs[k] = w[e, S+k] * s * (g - S1/N - (x_k - mean_k) * s^2 * S2[k]/N),
+//   grad_shared[s][b, c, r] = sum_e w[e, s] * g[b, e*C+c, r],
+//   grad_w[e, S+k] = sum_c s * S2[k],  grad_w[e, s] = sum_c S3[s].
 // Sums run in double. Schema and CPU kernels; the CUDA kernels are in bn_mix.cu. The plain-torch reference
 // is mdarts_rs.ops._ref.bn_mix_ref.
 #include <ATen/Dispatch.h>
@@ -20,11 +24,11 @@
 
 namespace mdarts {
 
-BnMixShape check_bn_mix_args(const at::TensorList xs, const at::Tensor& w, double eps) {
-  TORCH_CHECK(!xs.empty(), "bn_mix: needs at least one input tensor");
+BnMixShape check_bn_mix_args(const at::TensorList xs, const at::TensorList shared, const at::Tensor& w, double eps) {
+  TORCH_CHECK(!xs.empty(), "bn_mix: needs at least one per-edge input tensor");
   TORCH_CHECK(w.dim() == 2, "bn_mix: w must be (edges, inputs), got ", w.dim(), " dimensions");
-  TORCH_CHECK(w.size(1) == static_cast<int64_t>(xs.size()), "bn_mix: ", xs.size(), " inputs but w has ", w.size(1),
-              " columns");
+  TORCH_CHECK(w.size(1) == static_cast<int64_t>(shared.size() + xs.size()), "bn_mix: ", shared.size(), " shared and ",
+              xs.size(), " per-edge inputs but w has ", w.size(1), " columns");
   TORCH_CHECK(w.size(0) > 0, "bn_mix: w has no rows (edges)");
   TORCH_CHECK(at::isFloatingType(w.scalar_type()), "bn_mix: w must be floating point, got ", w.scalar_type());
   TORCH_CHECK(eps > 0, "bn_mix: eps must be positive, got ", eps);
@@ -40,7 +44,8 @@ BnMixShape check_bn_mix_args(const at::TensorList xs, const at::Tensor& w, doubl
                 w.device());
   }
   BnMixShape s;
-  s.K = w.size(1);
+  s.S = static_cast<int64_t>(shared.size());
+  s.K = static_cast<int64_t>(xs.size());
   s.n = w.size(0);
   TORCH_CHECK(x0.size(1) % s.n == 0, "bn_mix: ", x0.size(1), " channels do not split into ", s.n,
               " edges (w's rows)");
@@ -48,16 +53,26 @@ BnMixShape check_bn_mix_args(const at::TensorList xs, const at::Tensor& w, doubl
   s.B = x0.size(0);
   s.R = x0.size(2) * x0.size(3);
   TORCH_CHECK(s.count() > 1, "bn_mix: batch norm needs more than one value per channel, got input shape ", x0.sizes());
+  for (size_t j = 0; j < shared.size(); ++j) {
+    const auto& t = shared[j];
+    TORCH_CHECK(t.dim() == 4 && t.size(0) == s.B && t.size(1) == s.C && t.size(2) == x0.size(2) &&
+                    t.size(3) == x0.size(3),
+                "bn_mix: shared[", j, "] has shape ", t.sizes(), "; expected (", s.B, ", ", s.C, ", ", x0.size(2), ", ",
+                x0.size(3), ")");
+    TORCH_CHECK(t.scalar_type() == x0.scalar_type(), "bn_mix: shared[", j, "] is ", t.scalar_type(), " but xs[0] is ",
+                x0.scalar_type());
+    TORCH_CHECK(t.device() == w.device(), "bn_mix: shared[", j, "] is on ", t.device(), " but w is on ", w.device());
+  }
   return s;
 }
 
 at::ScalarType bn_mix_stat_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorList xs, const at::Tensor& w,
-                                      const at::Tensor& mean, const at::Tensor& var, double eps, bool need_xs,
-                                      bool need_w) {
+BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorList xs, const at::TensorList shared,
+                                      const at::Tensor& w, const at::Tensor& mean, const at::Tensor& var, double eps,
+                                      bool need_xs, bool need_shared, bool need_w) {
   BnMixBackward out;
-  out.shape = check_bn_mix_args(xs, w, eps);
+  out.shape = check_bn_mix_args(xs, shared, w, eps);
   const BnMixShape& s = out.shape;
   TORCH_CHECK(grad.sizes() == xs[0].sizes(), "bn_mix_backward: grad has shape ", grad.sizes(), " but the output has ",
               xs[0].sizes());
@@ -69,10 +84,15 @@ BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorLi
   }
   out.g = grad.contiguous().to(xs[0].scalar_type());
   out.xs = contiguous_inputs(xs);
+  // The shared inputs are read only for their weights' gradients; otherwise they may be placeholders.
+  if (need_w) out.shared = contiguous_inputs(shared);
   out.mean = mean.contiguous();
   out.var = var.contiguous();
   if (need_xs) {
     for (const auto& x : xs) out.grad_xs.push_back(at::empty(x.sizes(), out.g.options()));
+  }
+  if (need_shared) {
+    for (const auto& t : shared) out.grad_shared.push_back(at::empty(t.sizes(), out.g.options()));
   }
   out.grad_w = need_w ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::empty({0}, w.options());
   return out;
@@ -80,14 +100,16 @@ BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorLi
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, const at::Tensor& w_in, double eps) {
-  const BnMixShape s = check_bn_mix_args(xs_in, w_in, eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, at::TensorList shared_in,
+                                                          const at::Tensor& w_in, double eps) {
+  const BnMixShape s = check_bn_mix_args(xs_in, shared_in, w_in, eps);
   auto xs = contiguous_inputs(xs_in);
+  auto shared = contiguous_inputs(shared_in);
   const auto stat = bn_mix_stat_type(xs[0].scalar_type());
   auto mean = at::empty({s.K, s.channels()}, xs[0].options().dtype(stat));
   auto var = at::empty({s.K, s.channels()}, xs[0].options().dtype(stat));
   auto out = at::empty(xs[0].sizes(), xs[0].options());
-  const int64_t nc = s.channels(), R = s.R, B = s.B;
+  const int64_t nc = s.channels(), R = s.R, B = s.B, W = s.S + s.K;
   const double N = static_cast<double>(s.count());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "bn_mix_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -118,16 +140,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, 
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, B * nc, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> scale(s.K), shift(s.K);
-      std::vector<const scalar_t*> rows(s.K);
+      std::vector<const scalar_t*> rows(s.K), shared_rows(s.S);
       for (int64_t bc = begin; bc < end; ++bc) {
-        const int64_t ch = bc % nc, e = ch / s.C;
+        const int64_t b = bc / nc, ch = bc % nc, e = ch / s.C, c = ch % s.C;
         for (int64_t k = 0; k < s.K; ++k) {
-          scale[k] = wp[e * s.K + k] * static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(vp[k * nc + ch]) + eps));
+          const double inv = 1.0 / std::sqrt(static_cast<double>(vp[k * nc + ch]) + eps);
+          scale[k] = wp[e * W + s.S + k] * static_cast<acc_t>(inv);
           shift[k] = static_cast<acc_t>(mp[k * nc + ch]);
           rows[k] = xs[k].const_data_ptr<scalar_t>() + bc * R;
         }
+        for (int64_t j = 0; j < s.S; ++j) shared_rows[j] = shared[j].const_data_ptr<scalar_t>() + (b * s.C + c) * R;
         for (int64_t r = 0; r < R; ++r) {
           acc_t v = 0;
+          for (int64_t j = 0; j < s.S; ++j) v += wp[e * W + j] * static_cast<acc_t>(shared_rows[j][r]);
           for (int64_t k = 0; k < s.K; ++k) v += scale[k] * (static_cast<acc_t>(rows[k][r]) - shift[k]);
           op[bc * R + r] = static_cast<scalar_t>(v);
         }
@@ -137,19 +162,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, 
   return {out, mean, var};
 }
 
-std::tuple<std::vector<at::Tensor>, at::Tensor> bn_mix_backward_cpu(const at::Tensor& grad_in, at::TensorList xs_in,
-                                                                     const at::Tensor& w_in, const at::Tensor& mean_in,
-                                                                     const at::Tensor& var_in, double eps, bool need_xs,
-                                                                     bool need_w) {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_backward_cpu(
+    const at::Tensor& grad_in, at::TensorList xs_in, at::TensorList shared_in, const at::Tensor& w_in,
+    const at::Tensor& mean_in, const at::Tensor& var_in, double eps, bool need_xs, bool need_shared, bool need_w) {
   // Named references rather than structured bindings: lambdas capture those only from C++20 on.
-  BnMixBackward setup = prepare_bn_mix_backward(grad_in, xs_in, w_in, mean_in, var_in, eps, need_xs, need_w);
+  BnMixBackward setup =
+      prepare_bn_mix_backward(grad_in, xs_in, shared_in, w_in, mean_in, var_in, eps, need_xs, need_shared, need_w);
   const BnMixShape& s = setup.shape;
   const at::Tensor& g = setup.g;
   const std::vector<at::Tensor>& xs = setup.xs;
+  const std::vector<at::Tensor>& shared = setup.shared;
   std::vector<at::Tensor>& grad_xs = setup.grad_xs;
+  std::vector<at::Tensor>& grad_shared = setup.grad_shared;
   at::Tensor& grad_w = setup.grad_w;
-  if (!need_xs && !need_w) return {grad_xs, grad_w};
-  const int64_t nc = s.channels(), R = s.R, B = s.B;
+  const int64_t nc = s.channels(), R = s.R, B = s.B, C = s.C, W = s.S + s.K;
   const double N = static_cast<double>(s.count());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bn_mix_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -159,38 +185,52 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> bn_mix_backward_cpu(const at::Te
     const stat_t* mp = setup.mean.const_data_ptr<stat_t>();
     const stat_t* vp = setup.var.const_data_ptr<stat_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    // Per channel: S1 = sum g (shared by the inputs) and S2[k] = sum g*(x_k - mean_k), in double.
-    std::vector<double> s1(nc), s2(s.K * nc);
-    at::parallel_for(0, nc, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t ch = begin; ch < end; ++ch) {
-        double a = 0;
-        for (int64_t b = 0; b < B; ++b) {
-          const scalar_t* gr = gp + (b * nc + ch) * R;
-          for (int64_t r = 0; r < R; ++r) a += static_cast<double>(gr[r]);
-        }
-        s1[ch] = a;
-        for (int64_t k = 0; k < s.K; ++k) {
-          const scalar_t* x = xs[k].const_data_ptr<scalar_t>();
-          const double m = static_cast<double>(mp[k * nc + ch]);
-          double d = 0;
+    // Per channel, in double: S1 = sum g, S2[k] = sum g*(x_k - mean_k), and (for grad_w) S3[j] = sum g*shared[j].
+    std::vector<double> s1(nc), s2(s.K * nc), s3(s.S * nc);
+    if (need_xs || need_w) {
+      at::parallel_for(0, nc, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t ch = begin; ch < end; ++ch) {
+          const int64_t c = ch % C;
+          double a = 0;
           for (int64_t b = 0; b < B; ++b) {
             const scalar_t* gr = gp + (b * nc + ch) * R;
-            const scalar_t* xr = x + (b * nc + ch) * R;
-            for (int64_t r = 0; r < R; ++r) d += static_cast<double>(gr[r]) * (static_cast<double>(xr[r]) - m);
+            for (int64_t r = 0; r < R; ++r) a += static_cast<double>(gr[r]);
           }
-          s2[k * nc + ch] = d;
+          s1[ch] = a;
+          for (int64_t k = 0; k < s.K; ++k) {
+            const scalar_t* x = xs[k].const_data_ptr<scalar_t>();
+            const double m = static_cast<double>(mp[k * nc + ch]);
+            double d = 0;
+            for (int64_t b = 0; b < B; ++b) {
+              const scalar_t* gr = gp + (b * nc + ch) * R;
+              const scalar_t* xr = x + (b * nc + ch) * R;
+              for (int64_t r = 0; r < R; ++r) d += static_cast<double>(gr[r]) * (static_cast<double>(xr[r]) - m);
+            }
+            s2[k * nc + ch] = d;
+          }
+          if (!need_w) continue;
+          for (int64_t j = 0; j < s.S; ++j) {
+            const scalar_t* t = shared[j].const_data_ptr<scalar_t>();
+            double d = 0;
+            for (int64_t b = 0; b < B; ++b) {
+              const scalar_t* gr = gp + (b * nc + ch) * R;
+              const scalar_t* tr = t + (b * C + c) * R;
+              for (int64_t r = 0; r < R; ++r) d += static_cast<double>(gr[r]) * static_cast<double>(tr[r]);
+            }
+            s3[j * nc + ch] = d;
+          }
         }
-      }
-    });
+      });
+    }
     if (need_xs) {
       for (int64_t k = 0; k < s.K; ++k) {
         const scalar_t* x = xs[k].const_data_ptr<scalar_t>();
         scalar_t* out = grad_xs[k].data_ptr<scalar_t>();
         at::parallel_for(0, B * nc, 1, [&](int64_t begin, int64_t end) {
           for (int64_t bc = begin; bc < end; ++bc) {
-            const int64_t ch = bc % nc, e = ch / s.C, kc = k * nc + ch;
+            const int64_t ch = bc % nc, e = ch / C, kc = k * nc + ch;
             const double inv = 1.0 / std::sqrt(static_cast<double>(vp[kc]) + eps);
-            const acc_t scale = static_cast<acc_t>(wp[e * s.K + k] * inv);
+            const acc_t scale = static_cast<acc_t>(wp[e * W + s.S + k] * inv);
             const acc_t g_mean = static_cast<acc_t>(s1[ch] / N);
             const acc_t proj = static_cast<acc_t>(s2[kc] / N * inv * inv);
             const acc_t m = static_cast<acc_t>(mp[kc]);
@@ -203,31 +243,51 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> bn_mix_backward_cpu(const at::Te
         });
       }
     }
+    if (need_shared) {
+      for (int64_t j = 0; j < s.S; ++j) {
+        scalar_t* out = grad_shared[j].data_ptr<scalar_t>();
+        at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t bc = begin; bc < end; ++bc) {
+            const int64_t b = bc / C, c = bc % C;
+            for (int64_t r = 0; r < R; ++r) {
+              acc_t v = 0;
+              for (int64_t e = 0; e < s.n; ++e) v += wp[e * W + j] * static_cast<acc_t>(gp[(b * nc + e * C + c) * R + r]);
+              out[bc * R + r] = static_cast<scalar_t>(v);
+            }
+          }
+        });
+      }
+    }
     if (need_w) {
-      std::vector<double> total(s.n * s.K, 0.0);
+      std::vector<double> total(s.n * W, 0.0);
       for (int64_t e = 0; e < s.n; ++e) {
+        for (int64_t j = 0; j < s.S; ++j) {
+          double t = 0;
+          for (int64_t c = 0; c < C; ++c) t += s3[j * nc + e * C + c];
+          total[e * W + j] = t;
+        }
         for (int64_t k = 0; k < s.K; ++k) {
           double t = 0;
-          for (int64_t c = 0; c < s.C; ++c) {
-            const int64_t kc = k * nc + e * s.C + c;
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t kc = k * nc + e * C + c;
             t += s2[kc] / std::sqrt(static_cast<double>(vp[kc]) + eps);
           }
-          total[e * s.K + k] = t;
+          total[e * W + s.S + k] = t;
         }
       }
-      grad_w.copy_(at::tensor(total, at::TensorOptions().dtype(at::kDouble)).view({s.n, s.K}));
+      grad_w.copy_(at::tensor(total, at::TensorOptions().dtype(at::kDouble)).view({s.n, W}));
     }
   });
-  return {grad_xs, grad_w};
+  return {grad_xs, grad_shared, grad_w};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mdarts, m) {
-  m.def("bn_mix(Tensor[] xs, Tensor w, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("bn_mix(Tensor[] xs, Tensor[] shared, Tensor w, float eps) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "bn_mix_backward(Tensor grad, Tensor[] xs, Tensor w, Tensor mean, Tensor var, float eps, bool need_xs, "
-      "bool need_w) -> (Tensor[], Tensor)");
+      "bn_mix_backward(Tensor grad, Tensor[] xs, Tensor[] shared, Tensor w, Tensor mean, Tensor var, float eps, "
+      "bool need_xs, bool need_shared, bool need_w) -> (Tensor[], Tensor[], Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mdarts, CPU, m) {

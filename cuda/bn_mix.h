@@ -7,16 +7,16 @@
 
 namespace mdarts {
 
-// The shape of one bn_mix call: K inputs (B, n*C, H, W), n edges of C channels each, R = H*W values per
-// batch row and channel.
+// The shape of one bn_mix call: S shared inputs (B, C, H, W) and K per-edge inputs (B, n*C, H, W) for n
+// edges of C channels each; R = H*W values per batch row and channel.
 struct BnMixShape {
-  int64_t B = 0, n = 0, C = 0, R = 0, K = 0;
+  int64_t B = 0, n = 0, C = 0, R = 0, K = 0, S = 0;
   int64_t channels() const { return n * C; }
   int64_t count() const { return B * R; }  // values per channel: the batch-norm statistics' N
 };
 
 // Check bn_mix's arguments (TORCH_CHECK with a message naming the argument) and return their shape.
-BnMixShape check_bn_mix_args(const at::TensorList xs, const at::Tensor& w, double eps);
+BnMixShape check_bn_mix_args(const at::TensorList xs, const at::TensorList shared, const at::Tensor& w, double eps);
 
 // The statistics' type for inputs of type t: float for float, half and bfloat16, double for double.
 at::ScalarType bn_mix_stat_type(at::ScalarType t);
@@ -26,12 +26,12 @@ at::ScalarType bn_mix_stat_type(at::ScalarType t);
 struct BnMixBackward {
   BnMixShape shape;
   at::Tensor g, mean, var;
-  std::vector<at::Tensor> xs;
-  std::vector<at::Tensor> grad_xs;
+  std::vector<at::Tensor> xs, shared;
+  std::vector<at::Tensor> grad_xs, grad_shared;
   at::Tensor grad_w;
 };
-BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorList xs, const at::Tensor& w,
-                                      const at::Tensor& mean, const at::Tensor& var, double eps, bool need_xs,
-                                      bool need_w);
+BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorList xs, const at::TensorList shared,
+                                      const at::Tensor& w, const at::Tensor& mean, const at::Tensor& var, double eps,
+                                      bool need_xs, bool need_shared, bool need_w);
 
 }  // namespace mdarts

@@ -22,19 +22,22 @@ def ext():
     return torch.ops.mdarts
 
 
-def bn_inputs(b, n, c, hw, k, dtype=torch.float64, seed=0, grad=True):
-    """K inputs (B, n·C, H, W) away from zero mean and unit variance (as convolution outputs are), weights (n, K)."""
+def bn_inputs(b, n, c, hw, k, s=2, dtype=torch.float64, seed=0, grad=True):
+    """K per-edge inputs (B, n·C, H, W) away from zero mean and unit variance (as convolution outputs are), S
+    shared inputs (B, C, H, W), weights (n, S + K)."""
     g = torch.Generator().manual_seed(seed)
     xs = [(torch.randn(b, n * c, *hw, generator=g, dtype=dtype) * (0.5 + k_) + k_ - 1).requires_grad_(grad) for k_ in range(k)]
-    w = torch.rand(n, k, generator=g, dtype=dtype).requires_grad_(grad)
-    return xs, w
+    shared = [torch.randn(b, c, *hw, generator=g, dtype=dtype).requires_grad_(grad) for _ in range(s)]
+    w = torch.rand(n, s + k, generator=g, dtype=dtype).requires_grad_(grad)
+    return xs, shared, w
 
 
-def test_bn_mix_reference_is_weighted_batch_norms():
-    xs, w = bn_inputs(3, 2, 4, (5, 5), 3)
-    out, mean, var = bn_mix_ref(xs, w, 1e-5)
+def test_bn_mix_reference_is_weighted_batch_norms_plus_shared():
+    xs, shared, w = bn_inputs(3, 2, 4, (5, 5), 3)
+    out, mean, var = bn_mix_ref(xs, shared, w, 1e-5)
     bn = torch.nn.BatchNorm2d(8, affine=False, dtype=torch.float64)
-    expected = sum(bn(x) * w[:, k].repeat_interleave(4).view(1, 8, 1, 1) for k, x in enumerate(xs))
+    expected = sum(bn(x) * w[:, 2 + k].repeat_interleave(4).view(1, 8, 1, 1) for k, x in enumerate(xs))
+    expected = expected + sum(torch.cat([w[e, j] * t for e in range(2)], dim=1) for j, t in enumerate(shared))
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(mean[1], xs[1].mean((0, 2, 3)))
     torch.testing.assert_close(var[2], xs[2].var((0, 2, 3), correction=0))
@@ -42,63 +45,73 @@ def test_bn_mix_reference_is_weighted_batch_norms():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize(("b", "n", "c", "hw", "k"), [(3, 2, 3, (4, 4), 4), (2, 1, 2, (3, 5), 5), (4, 4, 1, (2, 2), 1), (1, 2, 2, (1, 3), 2)])
-def test_bn_mix_gradcheck_float64(ext, seed, b, n, c, hw, k):
-    xs, w = bn_inputs(b, n, c, hw, k, seed=seed)
-    out, mean, var = ext.bn_mix(xs, w, 1e-5)
-    ref_out, ref_mean, ref_var = bn_mix_ref(xs, w, 1e-5)
+@pytest.mark.parametrize(("b", "n", "c", "hw", "k", "s"),
+                         [(3, 2, 3, (4, 4), 4, 3), (2, 1, 2, (3, 5), 5, 2), (4, 4, 1, (2, 2), 1, 0), (1, 2, 2, (1, 3), 2, 1)])
+def test_bn_mix_gradcheck_float64(ext, seed, b, n, c, hw, k, s):
+    xs, shared, w = bn_inputs(b, n, c, hw, k, s, seed=seed)
+    out, mean, var = ext.bn_mix(xs, shared, w, 1e-5)
+    ref_out, ref_mean, ref_var = bn_mix_ref(xs, shared, w, 1e-5)
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(mean, ref_mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(var, ref_var, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda w, *xs: ext.bn_mix(list(xs), w, 1e-5)[0], (w, *xs))
+    assert torch.autograd.gradcheck(lambda w, *t: ext.bn_mix(list(t[:k]), list(t[k:]), w, 1e-5)[0], (w, *xs, *shared))
 
 
 def test_bn_mix_partial_grads_and_noncontiguous_inputs(ext):
-    xs, w = bn_inputs(3, 2, 3, (4, 4), 4, grad=False)
+    xs, shared, w = bn_inputs(3, 2, 3, (4, 4), 4, 3, grad=False)
     xs[2] = xs[2].contiguous(memory_format=torch.channels_last)  # same values, another memory layout
+    shared[1] = shared[1].contiguous(memory_format=torch.channels_last)
     w.requires_grad_(True)
     g = torch.randn(3, 6, 4, 4, dtype=torch.float64)
-    (gw,) = torch.autograd.grad(ext.bn_mix(xs, w, 1e-5)[0], w, g)
-    (gw_ref,) = torch.autograd.grad(bn_mix_ref(xs, w, 1e-5)[0], w, g)
+    (gw,) = torch.autograd.grad(ext.bn_mix(xs, shared, w, 1e-5)[0], w, g)
+    (gw_ref,) = torch.autograd.grad(bn_mix_ref(xs, shared, w, 1e-5)[0], w, g)
     torch.testing.assert_close(gw, gw_ref)
-    xs2, w2 = bn_inputs(2, 2, 2, (3, 3), 3)
-    w2.requires_grad_(False)  # the weight pass: inputs need gradients, weights do not
-    assert torch.autograd.gradcheck(lambda *xs: ext.bn_mix(list(xs), w2, 1e-5)[0], tuple(xs2))
+    # the weight pass: inputs need gradients, weights do not; one shared input is a constant
+    xs2, shared2, w2 = bn_inputs(2, 2, 2, (3, 3), 3, 3)
+    w2.requires_grad_(False)
+    shared2[0].requires_grad_(False)
+    assert torch.autograd.gradcheck(lambda *t: ext.bn_mix(list(t[:3]), [shared2[0], *t[3:]], w2, 1e-5)[0],
+                                    (*xs2, *shared2[1:]))
+    # only the shared inputs need gradients
+    assert torch.autograd.gradcheck(lambda *t: ext.bn_mix([x.detach() for x in xs2], [shared2[0], *t], w2, 1e-5)[0],
+                                    tuple(shared2[1:]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_bn_mix_low_precision_matches_reference(ext, dtype):
-    xs, w = bn_inputs(4, 2, 8, (8, 8), 4, dtype=torch.float32, grad=False)
-    ref, ref_mean, _ = bn_mix_ref([x.double() for x in xs], w.double(), 1e-5)
+    xs, shared, w = bn_inputs(4, 2, 8, (8, 8), 4, 3, dtype=torch.float32, grad=False)
+    ref, ref_mean, _ = bn_mix_ref([x.double() for x in xs], [t.double() for t in shared], w.double(), 1e-5)
     tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
-    out, mean, var = ext.bn_mix([x.to(dtype) for x in xs], w, 1e-5)
+    out, mean, var = ext.bn_mix([x.to(dtype) for x in xs], [t.to(dtype) for t in shared], w, 1e-5)
     assert out.dtype == dtype and mean.dtype == var.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * 4)
     torch.testing.assert_close(mean.double(), ref_mean, rtol=tol, atol=tol)
 
 
 def test_bn_mix_rejects_bad_arguments(ext):
-    xs, w = bn_inputs(2, 2, 3, (4, 4), 3, grad=False)
-    with pytest.raises(RuntimeError, match="3 inputs but w has 2 columns"):
-        ext.bn_mix(xs, w[:, :2], 1e-5)
+    xs, shared, w = bn_inputs(2, 2, 3, (4, 4), 3, 2, grad=False)
+    with pytest.raises(RuntimeError, match="2 shared and 3 per-edge inputs but w has 4 columns"):
+        ext.bn_mix(xs, shared, w[:, :4], 1e-5)
     with pytest.raises(RuntimeError, match="6 channels do not split into 4 edges"):
-        ext.bn_mix(xs, torch.rand(4, 3, dtype=torch.float64), 1e-5)
+        ext.bn_mix(xs, shared, torch.rand(4, 5, dtype=torch.float64), 1e-5)
     with pytest.raises(RuntimeError, match=r"xs\[1\] has shape"):
-        ext.bn_mix([xs[0], xs[1][:, :, :2], xs[2]], w, 1e-5)
+        ext.bn_mix([xs[0], xs[1][:, :, :2], xs[2]], shared, w, 1e-5)
+    with pytest.raises(RuntimeError, match=r"shared\[1\] has shape \[2, 6, 4, 4\]; expected \(2, 3, 4, 4\)"):
+        ext.bn_mix(xs, [shared[0], xs[0]], w, 1e-5)
     with pytest.raises(RuntimeError, match="more than one value per channel"):
-        ext.bn_mix([x[:1, :, :1, :1] for x in xs], w, 1e-5)
+        ext.bn_mix([x[:1, :, :1, :1] for x in xs], [t[:1, :, :1, :1] for t in shared], w, 1e-5)
     with pytest.raises(RuntimeError, match="eps must be positive"):
-        ext.bn_mix(xs, w, 0.0)
+        ext.bn_mix(xs, shared, w, 0.0)
     with pytest.raises(RuntimeError, match=r"must be \(batch, edges\*channels, height, width\)"):
-        ext.bn_mix([x[0] for x in xs], w, 1e-5)
+        ext.bn_mix([x[0] for x in xs], shared, w, 1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
-@pytest.mark.parametrize("args", ["grad_both", "grad_xs", "no_grad"])
+@pytest.mark.parametrize("args", ["grad_all", "grad_inputs", "no_grad"])
 def test_bn_mix_opcheck(ext, args):
-    xs, w = bn_inputs(2, 2, 3, (4, 4), 3, dtype=torch.float32, grad=args != "no_grad")
-    w.requires_grad_(args == "grad_both")
-    torch.library.opcheck(ext.bn_mix.default, (xs, w, 1e-5))
+    xs, shared, w = bn_inputs(2, 2, 3, (4, 4), 3, 2, dtype=torch.float32, grad=args != "no_grad")
+    w.requires_grad_(args == "grad_all")
+    torch.library.opcheck(ext.bn_mix.default, (xs, shared, w, 1e-5))
 
 
 @pytest.mark.parametrize("reduction", [False, True])
@@ -149,17 +162,19 @@ def test_fused_bn_search_is_the_plain_search_in_float64(ext, monkeypatch, tmp_pa
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("b", "n", "c", "hw", "k"), [(64, 4, 16, (32, 32), 4), (64, 1, 64, (8, 8), 5), (3, 2, 3, (5, 5), 2)])
-def test_bn_mix_cuda_matches_cpu_reference(dtype, b, n, c, hw, k):
+@pytest.mark.parametrize(("b", "n", "c", "hw", "k", "s"),
+                         [(64, 4, 16, (32, 32), 4, 3), (64, 1, 64, (8, 8), 5, 2), (3, 2, 3, (5, 5), 2, 1), (4, 3, 2, (4, 4), 1, 0)])
+def test_bn_mix_cuda_matches_cpu_reference(dtype, b, n, c, hw, k, s):
     ops.load_extension(with_cuda=True)
-    xs, w = bn_inputs(b, n, c, hw, k, dtype=torch.float32)
-    ref, ref_mean, ref_var = bn_mix_ref(xs, w, 1e-5)
+    xs, shared, w = bn_inputs(b, n, c, hw, k, s, dtype=torch.float32)
+    ref, ref_mean, ref_var = bn_mix_ref(xs, shared, w, 1e-5)
     g = torch.randn_like(ref)
-    ref_grads = torch.autograd.grad(ref, [w, *xs], g)
+    ref_grads = torch.autograd.grad(ref, [w, *xs, *shared], g)
     xc = [x.detach().to("cuda", dtype).requires_grad_() for x in xs]
+    sc = [t.detach().to("cuda", dtype).requires_grad_() for t in shared]
     wc = w.detach().cuda().requires_grad_()
-    out, mean, var = torch.ops.mdarts.bn_mix(xc, wc, 1e-5)
-    grads = torch.autograd.grad(out, [wc, *xc], g.to("cuda", dtype))
+    out, mean, var = torch.ops.mdarts.bn_mix(xc, sc, wc, 1e-5)
+    grads = torch.autograd.grad(out, [wc, *xc, *sc], g.to("cuda", dtype))
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(out.float().cpu(), ref.detach(), rtol=tol, atol=tol)
     torch.testing.assert_close(mean.cpu(), ref_mean, rtol=tol, atol=tol)

@@ -40,7 +40,7 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: mixing weights as their scale run as affine ones either way. ``mix``: "torch" (the per-edge ops' weights
 #: folded into their last batch norms, then adds), "fused" (``mdarts_rs.ops.node_mix``: one kernel forward,
 #: two passes backward, for all edges of a node) or "fused_bn" (``mdarts_rs.ops.bn_mix``: the per-edge ops'
-#: last batch norms, their weights and their sum in one op, in training mode; eval mode runs "torch").
+#: last batch norms and the weighted sum of all outputs in one op, in training mode; eval mode runs "torch").
 #: The pointwise and batch-norm defaults were the fastest float32 choice of a graph-replayed step on an H200
 #: (batch 64: 119.7 ms against 133.8 ms for grouped/native; channels-last was slower with every choice);
 #: "fused" and "fused_bn" mixing have not run on a GPU yet. ``benches/gpu_report.py`` measures them all.
@@ -321,8 +321,6 @@ class NodeOps(nn.Module):
             if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
                 rep = rep.contiguous(memory_format=torch.channels_last)
         per_edge = self._per_edge_modules()
-        first = OP[next(iter(per_edge))]
-        cols = p[:, first : first + len(per_edge)]  # (n, ops), in PRIMITIVES order
         last_bns = [m.bn if isinstance(m, GroupedFactorizedReduce) else m.bn[-1] for m in per_edge.values()]
         # bn_mix computes batch statistics: in training mode only (an evaluation runs the torch mix)
         fuse_bn = self.fused_bn and all(bn.training for bn in last_bns)
@@ -330,7 +328,9 @@ class NodeOps(nn.Module):
         if not self.fused_mix and not fuse_bn:
             # w·BN(x) = BN(x; γ = w, β = 0): each per-edge op's weight, repeated over its edge's C channels,
             # scales its last batch norm (no multiply of the output forward, nor of its gradient backward).
-            dense = cols.t().unsqueeze(-1).expand(len(per_edge), n, c).contiguous()  # one copy (reshape would not copy for n = 1)
+            first = OP[next(iter(per_edge))]
+            cols = p[:, first : first + len(per_edge)].t()  # (ops, n), in PRIMITIVES order
+            dense = cols.unsqueeze(-1).expand(len(per_edge), n, c).contiguous()  # one copy (reshape would not copy for n = 1)
             scale = dict(zip(per_edge, dense.view(len(per_edge), n * c).unbind(0)))
         # Each op's output: per edge (B, n·C, H', W'), or shared by every edge (B, C, H', W'); with fuse_bn, the
         # per-edge ops' outputs before their last batch norm.
@@ -345,15 +345,15 @@ class NodeOps(nn.Module):
         if self.fused_mix:  # one node_mix call over the outputs in PRIMITIVES order ('none' adds zero)
             xs = [outs[name].reshape(bsz, outs[name].shape[1] // c, c * height * width) for name in PRIMITIVES[1:]]
             return ops.node_mix(xs, p[:, 1:]).view(bsz, n, c, height, width)
-        if fuse_bn:
-            assert len({bn.eps for bn in last_bns}) == 1, "bn_mix needs one eps for all batch norms of a node"
-            mixed, mean, var = ops.bn_mix([outs[name] for name in per_edge], cols, last_bns[0].eps)
-            _update_running_stats(last_bns, mean, var, bsz * height * width)
-            mixed = mixed.view(bsz, n, c, height, width)
-        else:  # the weighted per-edge outputs summed
-            mixed = functools.reduce(torch.add, (outs[name].view(bsz, n, c, height, width) for name in per_edge))
-        # then the shared outputs times their edges' weights added
         shared = [name for name in PRIMITIVES[1:] if name not in per_edge]  # consecutive columns of p from 1
+        if fuse_bn:  # one op: the per-edge ops' last batch norms, and every output weighted and summed
+            assert len({bn.eps for bn in last_bns}) == 1, "bn_mix needs one eps for all batch norms of a node"
+            mixed, mean, var = ops.bn_mix([outs[name] for name in per_edge], [outs[name] for name in shared], p[:, 1:],
+                                          last_bns[0].eps)
+            _update_running_stats(last_bns, mean, var, bsz * height * width)
+            return mixed.view(bsz, n, c, height, width)
+        # The weighted per-edge outputs summed, then the shared outputs times their edges' weights added
+        mixed = functools.reduce(torch.add, (outs[name].view(bsz, n, c, height, width) for name in per_edge))
         return AddShared.apply(mixed, p[:, 1 : 1 + len(shared)], *(outs[name] for name in shared))
 
     @torch.no_grad()

@@ -27,18 +27,30 @@ def node_mix_ref(xs: list[torch.Tensor] | tuple[torch.Tensor, ...], w: torch.Ten
 
 
 def bn_mix_ref(
-    xs: list[torch.Tensor] | tuple[torch.Tensor, ...], w: torch.Tensor, eps: float
+    xs: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    shared: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    w: torch.Tensor,
+    eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The per-edge sum of K non-affine batch norms in training mode, weighted per edge: xs[k] is (B, n·C, H, W)
-    (edge e owns channels e·C..e·C+C−1), w is (n, K), and out[b, e·C+c] = Σ_k w[e, k]·(xs[k][b, e·C+c] − μ_k)
-    / √(σ²_k + ε) with the batch mean μ_k and biased variance σ²_k of that channel. Returns (out, μ, σ²), the
-    statistics (K, n·C) as the running statistics' inputs (no gradient)."""
-    assert w.dim() == 2 and len(xs) == w.shape[1], f"need w (edges, {len(xs)}), got {tuple(w.shape)}"
-    c = xs[0].shape[1] // w.shape[0]
-    out, means, variances = None, [], []
+    """The mixed outputs of the n edges that read one node, with the per-edge ops' last batch norms: S shared
+    inputs (B, C, H, W) and K per-edge inputs xs[k] (B, n·C, H, W) (edge e owns channels e·C..e·C+C−1), w
+    (n, S + K) with the shared inputs' columns first, and out[b, e·C+c] = Σ_s w[e, s]·shared[s][b, c] +
+    Σ_k w[e, S+k]·(xs[k][b, e·C+c] − μ_k)/√(σ²_k + ε), a non-affine batch norm in training mode (batch mean
+    μ_k and biased variance σ²_k of the channel). Returns (out, μ, σ²), the statistics (K, n·C) as the running
+    statistics' inputs (no gradient)."""
+    n_shared = len(shared)
+    assert w.dim() == 2 and w.shape[1] == n_shared + len(xs), f"need w (edges, {n_shared + len(xs)}), got {tuple(w.shape)}"
+    n = w.shape[0]
+    bsz, nc, height, width = xs[0].shape
+    c = nc // n
+    out = None
+    for j, t in enumerate(shared):
+        term = (w[:, j].view(1, n, 1, 1, 1) * t.unsqueeze(1)).reshape(bsz, nc, height, width)
+        out = term if out is None else out + term
+    means, variances = [], []
     for k, x in enumerate(xs):
         var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-        scale = w[:, k].repeat_interleave(c) * torch.rsqrt(var + eps)
+        scale = w[:, n_shared + k].repeat_interleave(c) * torch.rsqrt(var + eps)
         term = (x - mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
         out = term if out is None else out + term
         means.append(mean.detach())
