@@ -219,3 +219,28 @@ def test_block_diagonal_weight(interleaved):
     grouped = torch.nn.functional.conv2d(x, pw, groups=n)
     torch.testing.assert_close(dense, grouped, rtol=0, atol=1e-13)
     assert torch.autograd.gradcheck(lambda w: fastcell.BlockDiagonal.apply(w, eye, interleaved), (pw,))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_running_stats_update_is_batch_norms(momentum):
+    # mix "fused_bn" updates the running statistics of a cell's batch norms together, from bn_mix's batch
+    # statistics: as nn.BatchNorm2d updates them, also for momentum None (a cumulative average).
+    torch.manual_seed(0)
+    xs = [torch.randn(4, 3, 5, 5) * 2 + 1, torch.randn(4, 3, 5, 5), torch.randn(4, 2, 2, 3) - 3]
+    fast = [fastcell.BatchNorm(x.shape[1]) for x in xs]
+    ref = [torch.nn.BatchNorm2d(x.shape[1], affine=False) for x in xs]
+    for bn in fast + ref:
+        bn.momentum = momentum
+    for _ in range(3):
+        updates = []
+        for bns, group in ((fast[:2], xs[:2]), (fast[2:], xs[2:])):  # two nodes with different value counts
+            mean = torch.stack([x.mean((0, 2, 3)) for x in group])
+            var = torch.stack([x.var((0, 2, 3), correction=0) for x in group])
+            updates.append((bns, mean, var, group[0].shape[0] * group[0].shape[2] * group[0].shape[3]))
+        fastcell._update_running_stats(updates)
+        for bn, x in zip(ref, xs):
+            bn(x)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+        assert int(a.num_batches_tracked) == int(b.num_batches_tracked) == 3

@@ -261,18 +261,25 @@ class AddShared(torch.autograd.Function):
         return grad, grad_w, *grads_shared
 
 
+#: A batched node's pending update of its per-edge ops' last batch norms: the batch norms, the batch means
+#: and biased variances (one row each), and the values per channel.
+StatsUpdate = tuple[list[BatchNorm], torch.Tensor, torch.Tensor, int]
+
+
 @torch.no_grad()
-def _update_running_stats(bns: list[BatchNorm], mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-    """Update the running statistics of ``bns`` as nn.BatchNorm2d does after a training batch whose per-channel
-    means and biased variances are the rows of ``mean`` and ``var`` (one per batch norm); ``count`` values per
-    channel. One foreach kernel per kind of statistic when the momenta agree."""
-    counters = [bn.num_batches_tracked for bn in bns]
-    torch._foreach_add_(counters, 1)  # type: ignore[arg-type]
-    unbiased = var * (count / (count - 1))
+def _update_running_stats(updates: list[StatsUpdate]) -> None:
+    """Update the running statistics of batch norms as nn.BatchNorm2d does after a training batch whose
+    per-channel means and biased variances are given (the rows of each update's tensors, one per batch
+    norm). One foreach kernel per kind of statistic for all of them when their momenta agree."""
+    bns = [bn for update in updates for bn in update[0]]
+    torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)  # type: ignore[misc]
     means = [bn.running_mean for bn in bns]
     variances = [bn.running_var for bn in bns]
-    new_means = list(mean.to(means[0].dtype).unbind(0))  # type: ignore[union-attr]
-    new_variances = list(unbiased.to(means[0].dtype).unbind(0))  # type: ignore[union-attr]
+    dtype = means[0].dtype  # type: ignore[union-attr]
+    new_means = [m for _, mean, _, _ in updates for m in mean.to(dtype).unbind(0)]
+    # unbiased variances: each node's biased ones times count / (count - 1)
+    new_variances = torch._foreach_mul([var.to(dtype) for _, _, var, _ in updates], [n / (n - 1) for *_, n in updates])
+    new_variances = [v for var in new_variances for v in var.unbind(0)]
     momenta = {bn.momentum for bn in bns}
     if len(momenta) == 1 and None not in momenta:
         factor = momenta.pop()
@@ -310,8 +317,10 @@ class NodeOps(nn.Module):
         mods: dict[str, nn.Module] = {"skip_connect": self.skip} if self.skip is not None else {}
         return mods | {name: getattr(self, name) for name in self.PER_EDGE}
 
-    def forward(self, h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """Mixed outputs of the n edges, (B, n, C, H', W'); ``p``: their (n, 8) op weights."""
+    def forward(self, h: torch.Tensor, p: torch.Tensor, stats: list[StatsUpdate] | None = None) -> torch.Tensor:
+        """Mixed outputs of the n edges, (B, n, C, H', W'); ``p``: their (n, 8) op weights. With mix "fused_bn"
+        in training mode, the running statistics that bn_mix's batch norms computed are updated at once, or
+        appended to ``stats`` for the caller to update together with other nodes'."""
         s, n, c = self.stride, self.n, self.c
         relu = F.relu(h)
         if self.sep_conv_3x3.dense:
@@ -350,7 +359,11 @@ class NodeOps(nn.Module):
             assert len({bn.eps for bn in last_bns}) == 1, "bn_mix needs one eps for all batch norms of a node"
             mixed, mean, var = ops.bn_mix([outs[name] for name in per_edge], [outs[name] for name in shared], p[:, 1:],
                                           last_bns[0].eps)
-            _update_running_stats(last_bns, mean, var, bsz * height * width)
+            update = (last_bns, mean, var, bsz * height * width)
+            if stats is None:
+                _update_running_stats([update])
+            else:
+                stats.append(update)
             return mixed.view(bsz, n, c, height, width)
         # The weighted per-edge outputs summed, then the shared outputs times their edges' weights added
         mixed = functools.reduce(torch.add, (outs[name].view(bsz, n, c, height, width) for name in per_edge))
@@ -396,13 +409,16 @@ class FastSearchCell(nn.Module):
         rows = p.index_select(0, self.edge_order).split(self._sizes)  # rows[j]: the edges that read state j
         # The mixed outputs of each node's readers, one view per edge: unbind's backward stacks the edges'
         # gradients in one kernel, where indexing would zero-fill and accumulate a full copy per edge.
-        mixed = [self.nodes[j](states[j], rows[j]).unbind(1) for j in (0, 1)]
+        stats: list[StatsUpdate] = []  # the nodes' batch-norm statistics (mix "fused_bn"), updated together
+        mixed = [self.nodes[j](states[j], rows[j], stats).unbind(1) for j in (0, 1)]
         for i in range(STEPS):
             terms = [mixed[j][i - readers(j)[0]] for j in range(i + 2)]
             node = functools.reduce(torch.add, terms)  # no 0 + first term, which would be a kernel of its own
             states.append(node)  # type: ignore[arg-type]
             if i + 2 <= STEPS:
-                mixed.append(self.nodes[i + 2](node, rows[i + 2]).unbind(1))  # type: ignore[arg-type]
+                mixed.append(self.nodes[i + 2](node, rows[i + 2], stats).unbind(1))  # type: ignore[arg-type]
+        if stats:
+            _update_running_stats(stats)
         return torch.cat(states[2:], dim=1)
 
     @classmethod
