@@ -4,7 +4,9 @@
 // batch statistics), the weights and the sum. With w (n, S + K), shared columns first:
 //   out[b, e*C+c, r] = sum_s w[e, s] * shared[s][b, c, r]
 //                    + sum_k w[e, S+k] * (xs[k][b, e*C+c, r] - mean[k, e*C+c]) * rsqrt(var[k, e*C+c] + eps)
-// with mean and the biased var over (b, r), returned for the running statistics. Backward, per channel ch
+// with mean and the biased var over (b, r), returned for the running statistics; with relu, out is
+// max(out, 0) (a batch norm followed by a ReLU: one per-edge input, no shared ones, w = 1). Backward, with g
+// the output gradient (masked where the output is not positive, with relu), per channel ch
 // (N = B*R values, s = rsqrt(var + eps), S1 = sum g, S2[k] = sum g*(x_k - mean_k), S3[s] = sum g*shared[s]):
 //   grad_xs[k] = w[e, S+k] * s * (g - S1/N - (x_k - mean_k) * s^2 * S2[k]/N),
 //   grad_shared[s][b, c, r] = sum_e w[e, s] * g[b, e*C+c, r],
@@ -70,7 +72,7 @@ at::ScalarType bn_mix_stat_type(at::ScalarType t) { return t == at::kDouble ? at
 
 BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorList xs, const at::TensorList shared,
                                       const at::Tensor& w, const at::Tensor& mean, const at::Tensor& var, double eps,
-                                      bool need_xs, bool need_shared, bool need_w) {
+                                      bool relu, bool need_xs, bool need_shared, bool need_w) {
   BnMixBackward out;
   out.shape = check_bn_mix_args(xs, shared, w, eps);
   const BnMixShape& s = out.shape;
@@ -84,8 +86,9 @@ BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorLi
   }
   out.g = grad.contiguous().to(xs[0].scalar_type());
   out.xs = contiguous_inputs(xs);
-  // The shared inputs are read only for their weights' gradients; otherwise they may be placeholders.
-  if (need_w) out.shared = contiguous_inputs(shared);
+  // The shared inputs are read only for their weights' gradients and the ReLU's mask; otherwise they may be
+  // placeholders.
+  if (need_w || relu) out.shared = contiguous_inputs(shared);
   out.mean = mean.contiguous();
   out.var = var.contiguous();
   if (need_xs) {
@@ -101,7 +104,7 @@ BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorLi
 namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, at::TensorList shared_in,
-                                                          const at::Tensor& w_in, double eps) {
+                                                          const at::Tensor& w_in, double eps, bool relu) {
   const BnMixShape s = check_bn_mix_args(xs_in, shared_in, w_in, eps);
   auto xs = contiguous_inputs(xs_in);
   auto shared = contiguous_inputs(shared_in);
@@ -154,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, 
           acc_t v = 0;
           for (int64_t j = 0; j < s.S; ++j) v += wp[e * W + j] * static_cast<acc_t>(shared_rows[j][r]);
           for (int64_t k = 0; k < s.K; ++k) v += scale[k] * (static_cast<acc_t>(rows[k][r]) - shift[k]);
-          op[bc * R + r] = static_cast<scalar_t>(v);
+          op[bc * R + r] = static_cast<scalar_t>(relu && v < 0 ? acc_t(0) : v);
         }
       }
     });
@@ -164,12 +167,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, 
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_backward_cpu(
     const at::Tensor& grad_in, at::TensorList xs_in, at::TensorList shared_in, const at::Tensor& w_in,
-    const at::Tensor& mean_in, const at::Tensor& var_in, double eps, bool need_xs, bool need_shared, bool need_w) {
+    const at::Tensor& mean_in, const at::Tensor& var_in, double eps, bool relu, bool need_xs, bool need_shared,
+    bool need_w) {
   // Named references rather than structured bindings: lambdas capture those only from C++20 on.
-  BnMixBackward setup =
-      prepare_bn_mix_backward(grad_in, xs_in, shared_in, w_in, mean_in, var_in, eps, need_xs, need_shared, need_w);
+  BnMixBackward setup = prepare_bn_mix_backward(grad_in, xs_in, shared_in, w_in, mean_in, var_in, eps, relu, need_xs,
+                                                need_shared, need_w);
   const BnMixShape& s = setup.shape;
-  const at::Tensor& g = setup.g;
+  at::Tensor& g = setup.g;
   const std::vector<at::Tensor>& xs = setup.xs;
   const std::vector<at::Tensor>& shared = setup.shared;
   std::vector<at::Tensor>& grad_xs = setup.grad_xs;
@@ -184,6 +188,30 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
     const acc_t* wp = w.data_ptr<acc_t>();
     const stat_t* mp = setup.mean.const_data_ptr<stat_t>();
     const stat_t* vp = setup.var.const_data_ptr<stat_t>();
+    if (relu) {
+      // The output gradient where the output, recomputed as the forward pass computes it, is positive.
+      auto masked = at::empty_like(g);
+      scalar_t* mp_out = masked.data_ptr<scalar_t>();
+      const scalar_t* graw = g.const_data_ptr<scalar_t>();
+      at::parallel_for(0, B * nc, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bc = begin; bc < end; ++bc) {
+          const int64_t b = bc / nc, ch = bc % nc, e = ch / C, c = ch % C;
+          for (int64_t r = 0; r < R; ++r) {
+            acc_t v = 0;
+            for (int64_t j = 0; j < s.S; ++j)
+              v += wp[e * W + j] * static_cast<acc_t>(shared[j].const_data_ptr<scalar_t>()[(b * C + c) * R + r]);
+            for (int64_t k = 0; k < s.K; ++k) {
+              const double inv = 1.0 / std::sqrt(static_cast<double>(vp[k * nc + ch]) + eps);
+              const acc_t scale = wp[e * W + s.S + k] * static_cast<acc_t>(inv);
+              v += scale * (static_cast<acc_t>(xs[k].const_data_ptr<scalar_t>()[bc * R + r]) -
+                            static_cast<acc_t>(mp[k * nc + ch]));
+            }
+            mp_out[bc * R + r] = v > 0 ? graw[bc * R + r] : scalar_t(0);
+          }
+        }
+      });
+      g = masked;
+    }
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     // Per channel, in double: S1 = sum g, S2[k] = sum g*(x_k - mean_k), and (for grad_w) S3[j] = sum g*shared[j].
     std::vector<double> s1(nc), s2(s.K * nc), s3(s.S * nc);
@@ -284,10 +312,10 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mdarts, m) {
-  m.def("bn_mix(Tensor[] xs, Tensor[] shared, Tensor w, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("bn_mix(Tensor[] xs, Tensor[] shared, Tensor w, float eps, bool relu=False) -> (Tensor, Tensor, Tensor)");
   m.def(
       "bn_mix_backward(Tensor grad, Tensor[] xs, Tensor[] shared, Tensor w, Tensor mean, Tensor var, float eps, "
-      "bool need_xs, bool need_shared, bool need_w) -> (Tensor[], Tensor[], Tensor)");
+      "bool relu, bool need_xs, bool need_shared, bool need_w) -> (Tensor[], Tensor[], Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mdarts, CPU, m) {

@@ -6,7 +6,9 @@
 // output. Backward: per (channel, batch share) the double sums S1, S2[k] and (for grad_w) S3[s], reading g and
 // each input once; a fixed-order sum of the shares; the weight gradients from those (one thread per weight);
 // one pass over the columns that reads g and the per-edge inputs once and writes every input gradient, the
-// shared ones included. No host synchronisation.
+// shared ones included. With relu the forward clamps at zero and the backward kernels recompute the output
+// where they read g (same operations as the forward) to mask g where it is not positive. No host
+// synchronisation.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -75,6 +77,23 @@ __device__ void block_sum(double* v, int count) {
   }
 }
 
+// The mixed value at (b, e*C+c, r) before the optional ReLU, as every kernel computes it (same operations in
+// the same order, so the backward's ReLU mask is the forward's): sv holds the shared inputs at (b, c, r).
+template <typename scalar_t, typename acc_t, typename stat_t>
+__device__ __forceinline__ acc_t mixed_value(const Inputs<scalar_t>& xs, const acc_t* sv, const acc_t* __restrict__ w,
+                                             int64_t ws0, int64_t ws1, const stat_t* __restrict__ mean,
+                                             const stat_t* __restrict__ var, acc_t eps, int64_t e, int64_t ch,
+                                             int64_t nc, int64_t i, int K, int S) {
+  acc_t sum = 0;
+  for (int s = 0; s < S; ++s) sum += w[e * ws0 + s * ws1] * sv[s];
+  for (int k = 0; k < K; ++k) {
+    const int64_t kc = k * nc + ch;
+    const acc_t scale = w[e * ws0 + (S + k) * ws1] * inv_sqrt(static_cast<acc_t>(var[kc]) + eps);
+    sum += scale * (static_cast<acc_t>(xs.x[k][i]) - static_cast<acc_t>(mean[kc]));
+  }
+  return sum;
+}
+
 // Block (k*nc + ch, share): sum and sum of squares of input k, channel ch, over batch rows share,
 // share + shares, ... into partial[((k*nc + ch) * shares + share) * 2 + {0, 1}].
 template <typename scalar_t>
@@ -118,7 +137,7 @@ template <typename scalar_t, typename acc_t, typename stat_t, int KT, int ST>
 __global__ void bn_mix_fwd_kernel(Inputs<scalar_t> xs, Inputs<scalar_t> shared, const acc_t* __restrict__ w,
                                   int64_t ws0, int64_t ws1, const stat_t* __restrict__ mean,
                                   const stat_t* __restrict__ var, acc_t eps, int64_t n, int64_t C, int64_t R, int k_arg,
-                                  int s_arg, int64_t columns, scalar_t* __restrict__ out) {
+                                  int s_arg, bool relu, int64_t columns, scalar_t* __restrict__ out) {
   const int K = KT > 0 ? KT : k_arg;
   const int S = KT > 0 ? ST : s_arg;
   const int64_t nc = n * C;
@@ -129,27 +148,23 @@ __global__ void bn_mix_fwd_kernel(Inputs<scalar_t> xs, Inputs<scalar_t> shared, 
     for (int s = 0; s < S; ++s) sv[s] = static_cast<acc_t>(shared.x[s][j]);
     for (int64_t e = 0; e < n; ++e) {
       const int64_t ch = e * C + c, i = (b * nc + ch) * R + r;
-      acc_t sum = 0;
-      for (int s = 0; s < S; ++s) sum += w[e * ws0 + s * ws1] * sv[s];
-      for (int k = 0; k < K; ++k) {
-        const int64_t kc = k * nc + ch;
-        const acc_t scale = w[e * ws0 + (S + k) * ws1] * inv_sqrt(static_cast<acc_t>(var[kc]) + eps);
-        sum += scale * (static_cast<acc_t>(xs.x[k][i]) - static_cast<acc_t>(mean[kc]));
-      }
-      out[i] = static_cast<scalar_t>(sum);
+      const acc_t sum = mixed_value(xs, sv, w, ws0, ws1, mean, var, eps, e, ch, nc, i, K, S);
+      out[i] = static_cast<scalar_t>(relu && sum < 0 ? acc_t(0) : sum);
     }
   }
 }
 
-// Block (ch, share): S1 = sum g, S2[k] = sum g*(x_k - mean_k) and, for the first `s_sums` shared inputs,
-// S3[s] = sum g*shared[s], over the share's batch rows, into partial[(ch * shares + share) * V + v] with
-// V = 1 + K + s_sums and v = 0 for S1, 1 + k for S2[k], 1 + K + s for S3[s].
-template <typename scalar_t, typename stat_t, int KT, int ST>
+// Block (ch, share): S1 = sum g, S2[k] = sum g*(x_k - mean_k) and, with shared_sums, S3[s] = sum g*shared[s],
+// over the share's batch rows, into partial[(ch * shares + share) * V + v] with V = 1 + K (+ S) and v = 0
+// for S1, 1 + k for S2[k], 1 + K + s for S3[s]. With relu, g is masked where the output is not positive.
+template <typename scalar_t, typename acc_t, typename stat_t, int KT, int ST>
 __global__ void bwd_partial_kernel(const scalar_t* __restrict__ g, Inputs<scalar_t> xs, Inputs<scalar_t> shared,
-                                   const stat_t* __restrict__ mean, int64_t n, int64_t C, int64_t B, int64_t R, int k_arg,
-                                   int s_arg, bool shared_sums, double* __restrict__ partial) {
+                                   const acc_t* __restrict__ w, int64_t ws0, int64_t ws1, const stat_t* __restrict__ mean,
+                                   const stat_t* __restrict__ var, acc_t eps, int64_t n, int64_t C, int64_t B, int64_t R,
+                                   int k_arg, int s_arg, bool shared_sums, bool relu, double* __restrict__ partial) {
   const int K = KT > 0 ? KT : k_arg;
-  const int S = shared_sums ? (KT > 0 ? ST : s_arg) : 0;
+  const int S_all = KT > 0 ? ST : s_arg;
+  const int S = shared_sums ? S_all : 0;
   const int V = 1 + K + S;
   const int64_t nc = n * C, ch = blockIdx.x, c = ch % C, share = blockIdx.y, shares = gridDim.y;
   const int64_t rows = (B - share + shares - 1) / shares;
@@ -160,7 +175,12 @@ __global__ void bwd_partial_kernel(const scalar_t* __restrict__ g, Inputs<scalar
   for (int64_t i = threadIdx.x; i < rows * R; i += blockDim.x) {
     const int64_t bi = i / R, r = i - bi * R, b = share + bi * shares;
     const int64_t at = (b * nc + ch) * R + r;
-    const double gv = static_cast<double>(g[at]);
+    double gv = static_cast<double>(g[at]);
+    if (relu) {
+      acc_t sv[kMaxInputs];
+      for (int s = 0; s < S_all; ++s) sv[s] = static_cast<acc_t>(shared.x[s][(b * C + c) * R + r]);
+      if (!(mixed_value(xs, sv, w, ws0, ws1, mean, var, eps, ch / C, ch, nc, at, K, S_all) > 0)) gv = 0;
+    }
     v[0] += gv;
     for (int k = 0; k < K; ++k) v[1 + k] += gv * (static_cast<double>(xs.x[k][at]) - m[k]);
     for (int s = 0; s < S; ++s) v[1 + K + s] += gv * static_cast<double>(shared.x[s][(b * C + c) * R + r]);
@@ -210,18 +230,23 @@ __global__ void bwd_grads_kernel(const scalar_t* __restrict__ g, Inputs<scalar_t
                                  Outputs<scalar_t> grad_shared, const acc_t* __restrict__ w, int64_t ws0, int64_t ws1,
                                  const stat_t* __restrict__ mean, const stat_t* __restrict__ var,
                                  const double* __restrict__ sums, acc_t eps, acc_t N, int64_t n, int64_t C, int64_t R,
-                                 int k_arg, int s_arg, bool need_xs, bool need_shared, int64_t columns) {
+                                 int k_arg, int s_arg, bool relu, bool need_xs, bool need_shared, Inputs<scalar_t> shared,
+                                 int64_t columns) {
   const int K = KT > 0 ? KT : k_arg;
   const int S = KT > 0 ? ST : s_arg;
   const int64_t nc = n * C;
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < columns;
        j += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t b = j / (C * R), cr = j - b * C * R, c = cr / R, r = cr - c * R;
-    acc_t gs[kMaxInputs];
+    acc_t gs[kMaxInputs], sv[kMaxInputs];
     for (int s = 0; s < S; ++s) gs[s] = 0;
+    if (relu) {
+      for (int s = 0; s < S; ++s) sv[s] = static_cast<acc_t>(shared.x[s][j]);
+    }
     for (int64_t e = 0; e < n; ++e) {
       const int64_t ch = e * C + c, i = (b * nc + ch) * R + r;
-      const acc_t gv = static_cast<acc_t>(g[i]);
+      acc_t gv = static_cast<acc_t>(g[i]);
+      if (relu && !(mixed_value(xs, sv, w, ws0, ws1, mean, var, eps, e, ch, nc, i, K, S) > 0)) gv = 0;
       if (need_shared) {
         for (int s = 0; s < S; ++s) gs[s] += w[e * ws0 + s * ws1] * gv;
       }
@@ -242,11 +267,14 @@ __global__ void bwd_grads_kernel(const scalar_t* __restrict__ g, Inputs<scalar_t
 }
 
 // f(std::integral_constant<int, KT>{}, std::integral_constant<int, ST>{}) with (KT, ST) = (K, S) for the
-// input counts of a batched node ((4, 3); (5, 2) in a reduction cell's first two nodes), so that the
-// kernels' loops over the inputs unroll into registers, and (0, 0) (counts read at run time) otherwise.
+// input counts of a batched node ((4, 3); (5, 2) in a reduction cell's first two nodes) and of a lone batch
+// norm (1, 0), so that the kernels' loops over the inputs unroll into registers, and (0, 0) (counts read
+// at run time) otherwise.
 template <typename F>
 void with_input_counts(int64_t K, int64_t S, F&& f) {
-  if (K == 4 && S == 3) {
+  if (K == 1 && S == 0) {
+    f(std::integral_constant<int, 1>{}, std::integral_constant<int, 0>{});
+  } else if (K == 4 && S == 3) {
     f(std::integral_constant<int, 4>{}, std::integral_constant<int, 3>{});
   } else if (K == 5 && S == 2) {
     f(std::integral_constant<int, 5>{}, std::integral_constant<int, 2>{});
@@ -264,7 +292,7 @@ void check_counts(const BnMixShape& s, const char* op) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cuda(at::TensorList xs_in, at::TensorList shared_in,
-                                                           const at::Tensor& w_in, double eps) {
+                                                           const at::Tensor& w_in, double eps, bool relu) {
   const BnMixShape s = check_bn_mix_args(xs_in, shared_in, w_in, eps);
   check_counts(s, "bn_mix");
   const c10::cuda::CUDAGuard guard(w_in.device());
@@ -298,7 +326,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cuda(at::TensorList xs_in,
           <<<elementwise_blocks(columns), kThreads, 0, stream>>>(
               xp, sp, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean.const_data_ptr<stat_t>(),
               var.const_data_ptr<stat_t>(), static_cast<acc_t>(eps), s.n, s.C, s.R, static_cast<int>(s.K),
-              static_cast<int>(s.S), columns, out.data_ptr<scalar_t>());
+              static_cast<int>(s.S), relu, columns, out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -307,10 +335,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cuda(at::TensorList xs_in,
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_backward_cuda(
     const at::Tensor& grad_in, at::TensorList xs_in, at::TensorList shared_in, const at::Tensor& w_in,
-    const at::Tensor& mean_in, const at::Tensor& var_in, double eps, bool need_xs, bool need_shared, bool need_w) {
+    const at::Tensor& mean_in, const at::Tensor& var_in, double eps, bool relu, bool need_xs, bool need_shared,
+    bool need_w) {
   const c10::cuda::CUDAGuard guard(w_in.device());
-  BnMixBackward setup =
-      prepare_bn_mix_backward(grad_in, xs_in, shared_in, w_in, mean_in, var_in, eps, need_xs, need_shared, need_w);
+  BnMixBackward setup = prepare_bn_mix_backward(grad_in, xs_in, shared_in, w_in, mean_in, var_in, eps, relu, need_xs,
+                                                need_shared, need_w);
   const BnMixShape& s = setup.shape;
   check_counts(s, "bn_mix_backward");
   const at::Tensor& g = setup.g;
@@ -332,18 +361,20 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
     using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     Inputs<scalar_t> xp{}, sp{};
     for (int64_t k = 0; k < s.K; ++k) xp.x[k] = setup.xs[k].const_data_ptr<scalar_t>();
-    if (need_w) {
+    if (need_w || relu) {
       for (int64_t j = 0; j < s.S; ++j) sp.x[j] = setup.shared[j].const_data_ptr<scalar_t>();
     }
     const stat_t* mean = setup.mean.const_data_ptr<stat_t>();
     const stat_t* var = setup.var.const_data_ptr<stat_t>();
+    const auto w = weights_in(w_in, c10::CppTypeToScalarType<acc_t>::value);
     with_input_counts(s.K, s.S, [&](auto kt, auto st) {
       constexpr int KT = decltype(kt)::value, ST = decltype(st)::value;
       if (need_xs || need_w) {
-        bwd_partial_kernel<scalar_t, stat_t, KT, ST>
+        bwd_partial_kernel<scalar_t, acc_t, stat_t, KT, ST>
             <<<dim3(static_cast<unsigned>(nc), static_cast<unsigned>(shares)), kThreads, 0, stream>>>(
-                g.const_data_ptr<scalar_t>(), xp, sp, mean, s.n, s.C, s.B, s.R, static_cast<int>(s.K),
-                static_cast<int>(s.S), need_w, partial.data_ptr<double>());
+                g.const_data_ptr<scalar_t>(), xp, sp, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean, var,
+                static_cast<acc_t>(eps), s.n, s.C, s.B, s.R, static_cast<int>(s.K), static_cast<int>(s.S), need_w, relu,
+                partial.data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         bwd_finish_kernel<<<static_cast<unsigned>((nc * V + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
             partial.const_data_ptr<double>(), nc, V, shares, sums.data_ptr<double>());
@@ -359,14 +390,13 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
         grad_w.copy_(gw);
       }
       if (need_xs || need_shared) {
-        const auto w = weights_in(w_in, c10::CppTypeToScalarType<acc_t>::value);
         Outputs<scalar_t> gx{}, gs{};
         for (int64_t k = 0; k < s.K && need_xs; ++k) gx.x[k] = grad_xs[k].data_ptr<scalar_t>();
         for (int64_t j = 0; j < s.S && need_shared; ++j) gs.x[j] = grad_shared[j].data_ptr<scalar_t>();
         bwd_grads_kernel<scalar_t, acc_t, stat_t, KT, ST><<<elementwise_blocks(columns), kThreads, 0, stream>>>(
             g.const_data_ptr<scalar_t>(), xp, gx, gs, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean, var,
             sums.const_data_ptr<double>(), static_cast<acc_t>(eps), static_cast<acc_t>(s.count()), s.n, s.C, s.R,
-            static_cast<int>(s.K), static_cast<int>(s.S), need_xs, need_shared, columns);
+            static_cast<int>(s.K), static_cast<int>(s.S), relu, need_xs, need_shared, sp, columns);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });

@@ -30,8 +30,10 @@ struct BnMixBackward {
   std::vector<at::Tensor> grad_xs, grad_shared;
   at::Tensor grad_w;
 };
+// With relu, the output gradient is masked where the output is not positive; the mask is recomputed from the
+// inputs, so the shared inputs are read then too.
 BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorList xs, const at::TensorList shared,
                                       const at::Tensor& w, const at::Tensor& mean, const at::Tensor& var, double eps,
-                                      bool need_xs, bool need_shared, bool need_w);
+                                      bool relu, bool need_xs, bool need_shared, bool need_w);
 
 }  // namespace mdarts

@@ -57,6 +57,18 @@ def test_bn_mix_gradcheck_float64(ext, seed, b, n, c, hw, k, s):
     assert torch.autograd.gradcheck(lambda w, *t: ext.bn_mix(list(t[:k]), list(t[k:]), w, 1e-5)[0], (w, *xs, *shared))
 
 
+@pytest.mark.parametrize(("k", "s"), [(1, 0), (2, 2)])
+def test_bn_mix_relu_gradcheck_float64(ext, k, s):
+    # With relu: max(out, 0), a batch norm followed by a ReLU (the batched separable convolutions' first block)
+    xs, shared, w = bn_inputs(3, 2, 3, (4, 4), k, s, seed=3)
+    out = ext.bn_mix(xs, shared, w, 1e-5, True)[0].detach()
+    torch.testing.assert_close(out, bn_mix_ref(xs, shared, w, 1e-5, True)[0].detach(), rtol=1e-12, atol=1e-12)
+    assert float(out.min()) == 0.0 and 0.2 < float((out > 0).double().mean()) < 0.8  # the ReLU cuts a part
+    assert torch.autograd.gradcheck(lambda w, *t: ext.bn_mix(list(t[:k]), list(t[k:]), w, 1e-5, True)[0], (w, *xs, *shared))
+    w.requires_grad_(False)  # without weight gradients the shared inputs are still read for the mask
+    assert torch.autograd.gradcheck(lambda *t: ext.bn_mix(list(t[:k]), list(t[k:]), w, 1e-5, True)[0], (*xs, *shared))
+
+
 def test_bn_mix_partial_grads_and_noncontiguous_inputs(ext):
     xs, shared, w = bn_inputs(3, 2, 3, (4, 4), 4, 3, grad=False)
     xs[2] = xs[2].contiguous(memory_format=torch.channels_last)  # same values, another memory layout
@@ -112,6 +124,7 @@ def test_bn_mix_opcheck(ext, args):
     xs, shared, w = bn_inputs(2, 2, 3, (4, 4), 3, 2, dtype=torch.float32, grad=args != "no_grad")
     w.requires_grad_(args == "grad_all")
     torch.library.opcheck(ext.bn_mix.default, (xs, shared, w, 1e-5))
+    torch.library.opcheck(ext.bn_mix.default, (xs, shared, w, 1e-5, True))
 
 
 @pytest.mark.parametrize("reduction", [False, True])

@@ -40,7 +40,8 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: mixing weights as their scale run as affine ones either way. ``mix``: "torch" (the per-edge ops' weights
 #: folded into their last batch norms, then adds), "fused" (``mdarts_rs.ops.node_mix``: one kernel forward,
 #: two passes backward, for all edges of a node) or "fused_bn" (``mdarts_rs.ops.bn_mix``: the per-edge ops'
-#: last batch norms and the weighted sum of all outputs in one op, in training mode; eval mode runs "torch").
+#: last batch norms and the weighted sum of all outputs in one op, and each separable convolution's inner
+#: batch norm and ReLU in another, in training mode; eval mode runs "torch").
 #: The pointwise and batch-norm defaults were the fastest float32 choice of a graph-replayed step on an H200
 #: (batch 64: 119.7 ms against 133.8 ms for grouped/native; channels-last was slower with every choice);
 #: "fused" and "fused_bn" mixing have not run on a GPU yet. ``benches/gpu_report.py`` measures them all.
@@ -100,6 +101,11 @@ def _bn(channels: int) -> BatchNorm:
     return BatchNorm(channels)
 
 
+#: A pending update of batch norms' running statistics (mix "fused_bn"): the batch norms, their batch means
+#: and biased variances (one row each), and the values per channel.
+StatsUpdate = tuple[list[BatchNorm], torch.Tensor, torch.Tensor, int]
+
+
 class BlockDiagonal(torch.autograd.Function):
     """``BlockDiagonal.apply(pw, eye, interleaved)``: the dense (n·C, n·C, 1, 1) weight of n per-edge 1×1
     convolutions ``pw`` (n·C, C, 1, 1), ``eye`` the n×n identity: output channel e·C+i reads edge e's
@@ -139,6 +145,7 @@ class GroupedConvBranch(nn.Module):
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.dense = _option("pointwise") == "dense"
         self.register_buffer("eye", torch.eye(n), persistent=False)
+        self.register_buffer("ones", torch.ones(n, 1), persistent=False)  # bn_mix weights of a lone batch norm
         self.dw = nn.ParameterList()
         self.pw = nn.ParameterList()
         self.bn = nn.ModuleList()
@@ -150,13 +157,17 @@ class GroupedConvBranch(nn.Module):
             self.pw.append(nn.Parameter(pw))
             self.bn.append(_bn(n * c))
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, normalize: bool = True,
+                stats: list[StatsUpdate] | None = None) -> torch.Tensor:
         """``x``: the ReLU'd node (B, C, H, W) when dense, else repeated per edge (B, n·C, H, W). Returns the n
         edges' outputs, (B, n·C, H', W'), each channel multiplied by ``scale`` (n·C) if given; without
-        ``normalize``, the input of the last batch norm (its caller normalises)."""
+        ``normalize``, the input of the last batch norm (its caller normalises). Given ``stats`` (mix
+        "fused_bn", training mode), a batch norm followed by a ReLU inside the branch runs as one bn_mix op,
+        whose statistics are appended to ``stats`` for the caller to update."""
         nc = self.n * self.c
+        relu_done = False
         for b, (dw, pw, bn) in enumerate(zip(self.dw, self.pw, self.bn)):
-            if b > 0:
+            if b > 0 and not relu_done:
                 x = F.relu(x)
             first = b == 0
             # Dense mode, first block: the depthwise weights are stored in c·n+e order, so that one
@@ -168,7 +179,12 @@ class GroupedConvBranch(nn.Module):
                 x = F.conv2d(x, BlockDiagonal.apply(pw, self.eye, first))
             else:
                 x = F.conv2d(x, pw, groups=self.n)
-            if b < len(self.bn) - 1:
+            relu_done = False
+            if b < len(self.bn) - 1 and stats is not None:  # the next block starts with a ReLU
+                x, mean, var = ops.bn_mix([x], [], self.ones, bn.eps, relu=True)
+                stats.append(([bn], mean, var, x.shape[0] * x.shape[2] * x.shape[3]))
+                relu_done = True
+            elif b < len(self.bn) - 1:
                 x = bn(x)
             elif normalize:
                 x = bn(x, scale)
@@ -261,11 +277,6 @@ class AddShared(torch.autograd.Function):
         return grad, grad_w, *grads_shared
 
 
-#: A batched node's pending update of its per-edge ops' last batch norms: the batch norms, the batch means
-#: and biased variances (one row each), and the values per channel.
-StatsUpdate = tuple[list[BatchNorm], torch.Tensor, torch.Tensor, int]
-
-
 @torch.no_grad()
 def _update_running_stats(updates: list[StatsUpdate]) -> None:
     """Update the running statistics of batch norms as nn.BatchNorm2d does after a training batch whose
@@ -348,8 +359,12 @@ class NodeOps(nn.Module):
             "avg_pool_3x3": self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False)),
             "skip_connect": h,
         }
+        pending: list[StatsUpdate] = [] if stats is None else stats
         for name, module in per_edge.items():
-            outs[name] = module(relu if name == "skip_connect" else rep, scale[name], normalize=not fuse_bn)
+            if name == "skip_connect":
+                outs[name] = module(relu, scale[name], normalize=not fuse_bn)
+            else:
+                outs[name] = module(rep, scale[name], normalize=not fuse_bn, stats=pending if fuse_bn else None)
         bsz, _, height, width = outs["max_pool_3x3"].shape
         if self.fused_mix:  # one node_mix call over the outputs in PRIMITIVES order ('none' adds zero)
             xs = [outs[name].reshape(bsz, outs[name].shape[1] // c, c * height * width) for name in PRIMITIVES[1:]]
@@ -359,11 +374,9 @@ class NodeOps(nn.Module):
             assert len({bn.eps for bn in last_bns}) == 1, "bn_mix needs one eps for all batch norms of a node"
             mixed, mean, var = ops.bn_mix([outs[name] for name in per_edge], [outs[name] for name in shared], p[:, 1:],
                                           last_bns[0].eps)
-            update = (last_bns, mean, var, bsz * height * width)
+            pending.append((last_bns, mean, var, bsz * height * width))
             if stats is None:
-                _update_running_stats([update])
-            else:
-                stats.append(update)
+                _update_running_stats(pending)
             return mixed.view(bsz, n, c, height, width)
         # The weighted per-edge outputs summed, then the shared outputs times their edges' weights added
         mixed = functools.reduce(torch.add, (outs[name].view(bsz, n, c, height, width) for name in per_edge))

@@ -144,15 +144,15 @@ def node_mix(xs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
 
 
 def bn_mix(
-    xs: Sequence[torch.Tensor], shared: Sequence[torch.Tensor], w: torch.Tensor, eps: float
+    xs: Sequence[torch.Tensor], shared: Sequence[torch.Tensor], w: torch.Tensor, eps: float, relu: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """out[b, e·C+c] = Σ_s w[e, s]·shared[s][b, c] + Σ_k w[e, S+k]·BN(xs[k])[b, e·C+c] (batch statistics) for
-    shared (B, C, H, W), xs[k] (B, n·C, H, W) and w (n, S + K); returns (out, mean, biased variance), the
-    statistics (K, n·C) without gradient."""
+    shared (B, C, H, W), xs[k] (B, n·C, H, W) and w (n, S + K), then max(out, 0) if ``relu``; returns (out,
+    mean, biased variance), the statistics (K, n·C) without gradient."""
     if _use_extension(w):
-        out, mean, var = torch.ops.mdarts.bn_mix(list(xs), list(shared), w, eps)
+        out, mean, var = torch.ops.mdarts.bn_mix(list(xs), list(shared), w, eps, relu)
         return out, mean, var
-    return bn_mix_ref(list(xs), list(shared), w, eps)
+    return bn_mix_ref(list(xs), list(shared), w, eps, relu)
 
 
 def softmax_entropy(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,13 +186,13 @@ def _register_python_parts() -> None:
         return gxs, (torch.empty_like(w) if need_w else w.new_empty(0))
 
     @lib.register_fake("mdarts::bn_mix")
-    def _bm_fake(xs, shared, w, eps):
+    def _bm_fake(xs, shared, w, eps, relu=False):
         stat = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
         stats = xs[0].new_empty((len(xs), xs[0].shape[1]), dtype=stat)
         return torch.empty_like(xs[0], memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
 
     @lib.register_fake("mdarts::bn_mix_backward")
-    def _bm_bwd_fake(grad, xs, shared, w, mean, var, eps, need_xs, need_shared, need_w):
+    def _bm_bwd_fake(grad, xs, shared, w, mean, var, eps, relu, need_xs, need_shared, need_w):
         gxs = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in xs] if need_xs else []
         gsh = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in shared] if need_shared else []
         return gxs, gsh, (torch.empty_like(w, memory_format=torch.contiguous_format) if need_w else w.new_empty(0))
@@ -241,27 +241,29 @@ def _register_python_parts() -> None:
     lib.register_autograd("mdarts::node_mix", _nm_backward, setup_context=_nm_setup)
 
     def _bm_setup(ctx, inputs, output):
-        xs, shared, w, eps = inputs
+        xs, shared, w, eps, *rest = inputs
         _, mean, var = output
         ctx.mark_non_differentiable(mean, var)
         ctx.need_xs = [x.requires_grad for x in xs]
         ctx.need_shared = [t.requires_grad for t in shared]
         ctx.need_w = w.requires_grad
-        ctx.eps, ctx.n_xs = eps, len(xs)
+        ctx.eps, ctx.relu, ctx.n_xs = eps, bool(rest[0]) if rest else False, len(xs)
         ctx.shared_shapes = [t.shape for t in shared]
-        ctx.save_for_backward(w, mean, var, *xs, *(shared if ctx.need_w else ()))
+        ctx.keep_shared = ctx.need_w or ctx.relu  # read for the weights' gradients and the ReLU's mask
+        ctx.save_for_backward(w, mean, var, *xs, *(shared if ctx.keep_shared else ()))
 
     def _bm_backward(ctx, grad, _grad_mean, _grad_var):
         w, mean, var, *rest = ctx.saved_tensors
         xs, shared = rest[: ctx.n_xs], rest[ctx.n_xs :]
-        if not ctx.need_w:  # the shared inputs are read only for their weights' gradients: placeholders
+        if not ctx.keep_shared:  # the shared inputs are not read: placeholders
             zero = grad.new_zeros(())
             shared = [zero.expand(shape) for shape in ctx.shared_shapes]
         need_xs, need_shared = any(ctx.need_xs), any(ctx.need_shared)
-        gxs, gsh, gw = torch.ops.mdarts.bn_mix_backward(grad, xs, shared, w, mean, var, ctx.eps, need_xs, need_shared, ctx.need_w)
+        gxs, gsh, gw = torch.ops.mdarts.bn_mix_backward(grad, xs, shared, w, mean, var, ctx.eps, ctx.relu, need_xs, need_shared,
+                                                        ctx.need_w)
         grads_xs = [g if need else None for g, need in zip(gxs, ctx.need_xs)] if need_xs else [None] * len(xs)
         grads_shared = [g if need else None for g, need in zip(gsh, ctx.need_shared)] if need_shared else [None] * len(shared)
-        return grads_xs, grads_shared, (gw if ctx.need_w else None), None
+        return grads_xs, grads_shared, (gw if ctx.need_w else None), None, None
 
     lib.register_autograd("mdarts::bn_mix", _bm_backward, setup_context=_bm_setup)
 

@@ -31,13 +31,14 @@ def bn_mix_ref(
     shared: list[torch.Tensor] | tuple[torch.Tensor, ...],
     w: torch.Tensor,
     eps: float,
+    relu: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The mixed outputs of the n edges that read one node, with the per-edge ops' last batch norms: S shared
     inputs (B, C, H, W) and K per-edge inputs xs[k] (B, n·C, H, W) (edge e owns channels e·C..e·C+C−1), w
     (n, S + K) with the shared inputs' columns first, and out[b, e·C+c] = Σ_s w[e, s]·shared[s][b, c] +
     Σ_k w[e, S+k]·(xs[k][b, e·C+c] − μ_k)/√(σ²_k + ε), a non-affine batch norm in training mode (batch mean
-    μ_k and biased variance σ²_k of the channel). Returns (out, μ, σ²), the statistics (K, n·C) as the running
-    statistics' inputs (no gradient)."""
+    μ_k and biased variance σ²_k of the channel); with ``relu``, max(out, 0). Returns (out, μ, σ²), the
+    statistics (K, n·C) as the running statistics' inputs (no gradient)."""
     n_shared = len(shared)
     assert w.dim() == 2 and w.shape[1] == n_shared + len(xs), f"need w (edges, {n_shared + len(xs)}), got {tuple(w.shape)}"
     n = w.shape[0]
@@ -56,7 +57,7 @@ def bn_mix_ref(
         means.append(mean.detach())
         variances.append(var.detach())
     assert out is not None
-    return out, torch.stack(means), torch.stack(variances)
+    return torch.relu(out) if relu else out, torch.stack(means), torch.stack(variances)
 
 
 def softmax_entropy_ref(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
