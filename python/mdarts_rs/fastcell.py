@@ -162,7 +162,7 @@ class GroupedConvBranch(nn.Module):
         """``x``: the ReLU'd node (B, C, H, W) when dense, else repeated per edge (B, n·C, H, W). Returns the n
         edges' outputs, (B, n·C, H', W'), each channel multiplied by ``scale`` (n·C) if given; without
         ``normalize``, the input of the last batch norm (its caller normalises). Given ``stats`` (mix
-        "fused_bn", training mode), a batch norm followed by a ReLU inside the branch runs as one bn_mix op,
+        "fused_bn"), a batch norm in training mode followed by a ReLU inside the branch runs as one bn_mix op,
         whose statistics are appended to ``stats`` for the caller to update."""
         nc = self.n * self.c
         relu_done = False
@@ -180,7 +180,7 @@ class GroupedConvBranch(nn.Module):
             else:
                 x = F.conv2d(x, pw, groups=self.n)
             relu_done = False
-            if b < len(self.bn) - 1 and stats is not None:  # the next block starts with a ReLU
+            if b < len(self.bn) - 1 and stats is not None and bn.training:  # the next block starts with a ReLU
                 x, mean, var = ops.bn_mix([x], [], self.ones, bn.eps, relu=True)
                 stats.append(([bn], mean, var, x.shape[0] * x.shape[2] * x.shape[3]))
                 relu_done = True
