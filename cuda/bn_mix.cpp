@@ -103,6 +103,35 @@ BnMixBackward prepare_bn_mix_backward(const at::Tensor& grad, const at::TensorLi
 
 namespace {
 
+// The forward's output (the formula above) into out, from contiguous inputs, the weights (n, S + K) in
+// the accumulation type and the statistics; the backward calls it again for the ReLU's mask, so that the
+// mask is exactly the forward's.
+template <typename scalar_t, typename acc_t, typename stat_t>
+void write_mixed(const BnMixShape& s, const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& shared,
+                 const acc_t* wp, const stat_t* mp, const stat_t* vp, double eps, bool relu, scalar_t* out) {
+  const int64_t nc = s.channels(), R = s.R, W = s.S + s.K;
+  at::parallel_for(0, s.B * nc, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scale(s.K), shift(s.K);
+    std::vector<const scalar_t*> rows(s.K), shared_rows(s.S);
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t b = bc / nc, ch = bc % nc, e = ch / s.C, c = ch % s.C;
+      for (int64_t k = 0; k < s.K; ++k) {
+        const double inv = 1.0 / std::sqrt(static_cast<double>(vp[k * nc + ch]) + eps);
+        scale[k] = wp[e * W + s.S + k] * static_cast<acc_t>(inv);
+        shift[k] = static_cast<acc_t>(mp[k * nc + ch]);
+        rows[k] = xs[k].const_data_ptr<scalar_t>() + bc * R;
+      }
+      for (int64_t j = 0; j < s.S; ++j) shared_rows[j] = shared[j].const_data_ptr<scalar_t>() + (b * s.C + c) * R;
+      for (int64_t r = 0; r < R; ++r) {
+        acc_t v = 0;
+        for (int64_t j = 0; j < s.S; ++j) v += wp[e * W + j] * static_cast<acc_t>(shared_rows[j][r]);
+        for (int64_t k = 0; k < s.K; ++k) v += scale[k] * (static_cast<acc_t>(rows[k][r]) - shift[k]);
+        out[bc * R + r] = static_cast<scalar_t>(relu && v < 0 ? acc_t(0) : v);
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, at::TensorList shared_in,
                                                           const at::Tensor& w_in, double eps, bool relu) {
   const BnMixShape s = check_bn_mix_args(xs_in, shared_in, w_in, eps);
@@ -112,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, 
   auto mean = at::empty({s.K, s.channels()}, xs[0].options().dtype(stat));
   auto var = at::empty({s.K, s.channels()}, xs[0].options().dtype(stat));
   auto out = at::empty(xs[0].sizes(), xs[0].options());
-  const int64_t nc = s.channels(), R = s.R, B = s.B, W = s.S + s.K;
+  const int64_t nc = s.channels(), R = s.R, B = s.B;
   const double N = static_cast<double>(s.count());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "bn_mix_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -140,27 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, 
         vp[kc] = static_cast<stat_t>(std::max(sq / N - m * m, 0.0));
       }
     });
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B * nc, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> scale(s.K), shift(s.K);
-      std::vector<const scalar_t*> rows(s.K), shared_rows(s.S);
-      for (int64_t bc = begin; bc < end; ++bc) {
-        const int64_t b = bc / nc, ch = bc % nc, e = ch / s.C, c = ch % s.C;
-        for (int64_t k = 0; k < s.K; ++k) {
-          const double inv = 1.0 / std::sqrt(static_cast<double>(vp[k * nc + ch]) + eps);
-          scale[k] = wp[e * W + s.S + k] * static_cast<acc_t>(inv);
-          shift[k] = static_cast<acc_t>(mp[k * nc + ch]);
-          rows[k] = xs[k].const_data_ptr<scalar_t>() + bc * R;
-        }
-        for (int64_t j = 0; j < s.S; ++j) shared_rows[j] = shared[j].const_data_ptr<scalar_t>() + (b * s.C + c) * R;
-        for (int64_t r = 0; r < R; ++r) {
-          acc_t v = 0;
-          for (int64_t j = 0; j < s.S; ++j) v += wp[e * W + j] * static_cast<acc_t>(shared_rows[j][r]);
-          for (int64_t k = 0; k < s.K; ++k) v += scale[k] * (static_cast<acc_t>(rows[k][r]) - shift[k]);
-          op[bc * R + r] = static_cast<scalar_t>(relu && v < 0 ? acc_t(0) : v);
-        }
-      }
-    });
+    write_mixed<scalar_t, acc_t, stat_t>(s, xs, shared, wp, mp, vp, eps, relu, out.data_ptr<scalar_t>());
   });
   return {out, mean, var};
 }
@@ -188,29 +197,10 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
     const acc_t* wp = w.data_ptr<acc_t>();
     const stat_t* mp = setup.mean.const_data_ptr<stat_t>();
     const stat_t* vp = setup.var.const_data_ptr<stat_t>();
-    if (relu) {
-      // The output gradient where the output, recomputed as the forward pass computes it, is positive.
-      auto masked = at::empty_like(g);
-      scalar_t* mp_out = masked.data_ptr<scalar_t>();
-      const scalar_t* graw = g.const_data_ptr<scalar_t>();
-      at::parallel_for(0, B * nc, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t bc = begin; bc < end; ++bc) {
-          const int64_t b = bc / nc, ch = bc % nc, e = ch / C, c = ch % C;
-          for (int64_t r = 0; r < R; ++r) {
-            acc_t v = 0;
-            for (int64_t j = 0; j < s.S; ++j)
-              v += wp[e * W + j] * static_cast<acc_t>(shared[j].const_data_ptr<scalar_t>()[(b * C + c) * R + r]);
-            for (int64_t k = 0; k < s.K; ++k) {
-              const double inv = 1.0 / std::sqrt(static_cast<double>(vp[k * nc + ch]) + eps);
-              const acc_t scale = wp[e * W + s.S + k] * static_cast<acc_t>(inv);
-              v += scale * (static_cast<acc_t>(xs[k].const_data_ptr<scalar_t>()[bc * R + r]) -
-                            static_cast<acc_t>(mp[k * nc + ch]));
-            }
-            mp_out[bc * R + r] = v > 0 ? graw[bc * R + r] : scalar_t(0);
-          }
-        }
-      });
-      g = masked;
+    if (relu) {  // the output gradient where the output, recomputed as the forward computed it, is positive
+      auto pre = at::empty_like(g);
+      write_mixed<scalar_t, acc_t, stat_t>(s, xs, shared, wp, mp, vp, eps, false, pre.data_ptr<scalar_t>());
+      g = at::where(pre > 0, g, at::zeros_like(g));
     }
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     // Per channel, in double: S1 = sum g, S2[k] = sum g*(x_k - mean_k), and (for grad_w) S3[j] = sum g*shared[j].
