@@ -163,6 +163,18 @@ def softmax_entropy(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return softmax_entropy_ref(alpha)
 
 
+def _placeholders(grad: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
+    """Inputs a backward kernel reads only for their shapes: one zero, expanded to each shape (no memory)."""
+    zero = grad.new_zeros(())
+    return [zero.expand(shape) for shape in shapes]
+
+
+def _wanted(grads: list[torch.Tensor], needed: list[bool]) -> list[torch.Tensor | None]:
+    """A backward kernel's input gradients, None where an input needs none (all of them when the kernel
+    returned an empty list because none did)."""
+    return [g if need else None for g, need in zip(grads, needed)] if any(needed) else [None] * len(needed)
+
+
 def _register_python_parts() -> None:
     """Autograd formulas and fake (meta) kernels of the compiled ops, for autograd and torch.compile."""
     lib = torch.library
@@ -230,13 +242,10 @@ def _register_python_parts() -> None:
 
     def _nm_backward(ctx, grad):
         w, *xs = ctx.saved_tensors
-        if not xs:  # only shapes are read when grad_w is not needed: one zero, expanded to each shape
-            zero = grad.new_zeros(())
-            xs = [zero.expand(shape) for shape in ctx.shapes]
-        need_xs = any(ctx.need_xs)
-        gxs, gw = torch.ops.mdarts.node_mix_backward(grad, xs, w, need_xs, ctx.need_w)
-        grads = [g if need else None for g, need in zip(gxs, ctx.need_xs)] if need_xs else [None] * len(ctx.shapes)
-        return grads, (gw if ctx.need_w else None)
+        if not xs:  # only shapes are read when grad_w is not needed
+            xs = _placeholders(grad, ctx.shapes)
+        gxs, gw = torch.ops.mdarts.node_mix_backward(grad, xs, w, any(ctx.need_xs), ctx.need_w)
+        return _wanted(gxs, ctx.need_xs), (gw if ctx.need_w else None)
 
     lib.register_autograd("mdarts::node_mix", _nm_backward, setup_context=_nm_setup)
 
@@ -255,15 +264,11 @@ def _register_python_parts() -> None:
     def _bm_backward(ctx, grad, _grad_mean, _grad_var):
         w, mean, var, *rest = ctx.saved_tensors
         xs, shared = rest[: ctx.n_xs], rest[ctx.n_xs :]
-        if not ctx.keep_shared:  # the shared inputs are not read: placeholders
-            zero = grad.new_zeros(())
-            shared = [zero.expand(shape) for shape in ctx.shared_shapes]
-        need_xs, need_shared = any(ctx.need_xs), any(ctx.need_shared)
-        gxs, gsh, gw = torch.ops.mdarts.bn_mix_backward(grad, xs, shared, w, mean, var, ctx.eps, ctx.relu, need_xs, need_shared,
-                                                        ctx.need_w)
-        grads_xs = [g if need else None for g, need in zip(gxs, ctx.need_xs)] if need_xs else [None] * len(xs)
-        grads_shared = [g if need else None for g, need in zip(gsh, ctx.need_shared)] if need_shared else [None] * len(shared)
-        return grads_xs, grads_shared, (gw if ctx.need_w else None), None, None
+        if not ctx.keep_shared:  # the shared inputs are not read
+            shared = _placeholders(grad, ctx.shared_shapes)
+        gxs, gsh, gw = torch.ops.mdarts.bn_mix_backward(grad, xs, shared, w, mean, var, ctx.eps, ctx.relu, any(ctx.need_xs),
+                                                        any(ctx.need_shared), ctx.need_w)
+        return _wanted(gxs, ctx.need_xs), _wanted(gsh, ctx.need_shared), (gw if ctx.need_w else None), None, None
 
     lib.register_autograd("mdarts::bn_mix", _bm_backward, setup_context=_bm_setup)
 
