@@ -90,11 +90,14 @@ class BatchNorm(nn.BatchNorm2d):
         if self.training:
             assert self.num_batches_tracked is not None
             self.num_batches_tracked.add_(1)
-        # momentum None: a cumulative average over the batches seen, as nn.BatchNorm2d computes it
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked)
+        factor = _statistics_weight(self) if self.training else 0.0  # not read in eval mode
         return F.batch_norm(x, self.running_mean, self.running_var, scale, self.zero, self.training, factor, self.eps)
+
+
+def _statistics_weight(bn: nn.BatchNorm2d) -> float:
+    """The weight of a training batch's statistics in ``bn``'s running ones once the batch is counted, as
+    nn.BatchNorm2d takes it: its momentum, or with momentum None a cumulative average over the batches."""
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum  # type: ignore[arg-type]
 
 
 def _bn(channels: int) -> BatchNorm:
@@ -165,10 +168,7 @@ class GroupedConvBranch(nn.Module):
         "fused_bn"), a batch norm in training mode followed by a ReLU inside the branch runs as one bn_mix op,
         whose statistics are appended to ``stats`` for the caller to update."""
         nc = self.n * self.c
-        relu_done = False
         for b, (dw, pw, bn) in enumerate(zip(self.dw, self.pw, self.bn)):
-            if b > 0 and not relu_done:
-                x = F.relu(x)
             first = b == 0
             # Dense mode, first block: the depthwise weights are stored in c·n+e order, so that one
             # convolution with channel multiplier n reads the node once.
@@ -179,15 +179,14 @@ class GroupedConvBranch(nn.Module):
                 x = F.conv2d(x, BlockDiagonal.apply(pw, self.eye, first))
             else:
                 x = F.conv2d(x, pw, groups=self.n)
-            relu_done = False
-            if b < len(self.bn) - 1 and stats is not None and bn.training:  # the next block starts with a ReLU
+            if b == len(self.bn) - 1:
+                if normalize:
+                    x = bn(x, scale)
+            elif stats is not None and bn.training:  # batch norm and the next block's ReLU in one op
                 x, mean, var = ops.bn_mix([x], [], self.ones, bn.eps, relu=True)
                 stats.append(([bn], mean, var, x.shape[0] * x.shape[2] * x.shape[3]))
-                relu_done = True
-            elif b < len(self.bn) - 1:
-                x = bn(x)
-            elif normalize:
-                x = bn(x, scale)
+            else:  # the next block starts with a ReLU
+                x = F.relu(bn(x))
         return x
 
     @torch.no_grad()
@@ -297,8 +296,8 @@ def _update_running_stats(updates: list[StatsUpdate]) -> None:
         torch._foreach_lerp_(means, new_means, factor)  # type: ignore[arg-type]
         torch._foreach_lerp_(variances, new_variances, factor)  # type: ignore[arg-type]
         return
-    for bn, m, v in zip(bns, new_means, new_variances):  # momentum None: a cumulative average
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum  # type: ignore[arg-type]
+    for bn, m, v in zip(bns, new_means, new_variances):  # momentum None among them: one by one
+        factor = _statistics_weight(bn)
         bn.running_mean.lerp_(m, factor)  # type: ignore[union-attr]
         bn.running_var.lerp_(v, factor)  # type: ignore[union-attr]
 
