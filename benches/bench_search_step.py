@@ -6,8 +6,8 @@ cuDNN autotuning on, as the search runs; the plain path uses the plain-torch mix
 ms per step, kernels per step (CUDA kernels in a profiled step) and peak memory: for an eager step the
 most memory allocated at once; for a replayed graph the memory it holds for good (its private pool, kept
 between replays, and the live tensors: ``memory_reserved`` after ``empty_cache``), which the allocator's
-peak statistics did not show. On a CPU: batch 8, and
-instead of kernels the aten ops that would launch one and the bytes of their tensors (``DispatchCount``). The summary gives speed relative to the plain path.
+peak statistics did not show. On a CPU: batch 8, and instead of kernels the aten ops that would launch one
+and the bytes of their tensors (``DispatchCount``). The summary gives speed relative to the plain path.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import DispatchCount, fast_options, random_searcher, record, variant
+from conftest import DispatchCount, record, variant_searcher
 from torch.profiler import ProfilerActivity, profile
 
-from mdarts_rs.config import SearchConfig
 from mdarts_rs.search import Searcher
 
 CUDA = torch.cuda.is_available()
@@ -34,7 +33,7 @@ FAST = os.environ.get("MDARTS_BENCH_FAST", "")
 
 
 def make_searcher(tmp_path, mode: str, fast: bool, batch: int, graph: bool = False) -> Searcher:
-    return random_searcher(tmp_path, batch, FAST if fast else "", alpha_mode=mode, fast=fast, device=DEVICE, cuda_graph=graph)
+    return variant_searcher(tmp_path, batch, FAST if fast else "", alpha_mode=mode, fast=fast, device=DEVICE, cuda_graph=graph)
 
 
 def count_kernels(step) -> tuple[int, float]:
@@ -108,11 +107,7 @@ def test_search_epoch_feed(benchmark, tmp_path, cifar_train, feed):
     x, y = cifar_train
     batch = 64 if CUDA else 8
     steps = 40 if CUDA else 4
-    flags, impl = variant(FAST)
-    cfg = SearchConfig(out=tmp_path, fast=True, cuda_graph=CUDA, batch_size=batch, device=DEVICE, quiet=True, plots=False, gap_images=8,
-                       **flags)
-    with fast_options(impl):
-        s = Searcher(cfg, x, y)
+    s = variant_searcher(tmp_path, batch, FAST, data=(x, y), fast=True, cuda_graph=CUDA, device=DEVICE, workers=None)
     step = s.graph_step if CUDA else s.train_step
     (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
     for _ in range(4):  # warm-up (and, on a GPU, the capture)

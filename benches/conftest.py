@@ -111,18 +111,19 @@ def fast_options(impl: dict[str, str]) -> Iterator[None]:
         fastcell.OPTIONS.update(saved)
 
 
-def random_searcher(out, batch: int, spec: str = "", **cfg):
-    """A Searcher over 4 batches of random images (each split half), built with the batched-path variant
-    ``spec`` (see ``variant``); ``cfg``: further SearchConfig fields."""
+def variant_searcher(out, batch: int, spec: str = "", data=None, **cfg):
+    """A Searcher built with the batched-path variant ``spec`` (see ``variant``) over ``data`` (images,
+    labels), by default 4 batches of random images (each split half); ``cfg``: further SearchConfig fields,
+    over quiet defaults (one loader worker, no plots, 8 gap images)."""
     import numpy as np
 
     from mdarts_rs.config import SearchConfig
     from mdarts_rs.search import Searcher
 
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (4 * batch, 3, 32, 32), dtype=np.uint8)
-    labels = rng.integers(0, 10, len(images)).astype(np.int64)
+    if data is None:
+        rng = np.random.default_rng(0)
+        data = rng.integers(0, 256, (4 * batch, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 4 * batch).astype(np.int64)
     flags, impl = variant(spec)
-    config = SearchConfig(out=out, batch_size=batch, workers=1, quiet=True, plots=False, gap_images=8, **flags, **cfg)
+    config = SearchConfig(out=out, batch_size=batch, **({"workers": 1, "quiet": True, "plots": False, "gap_images": 8} | flags | cfg))
     with fast_options(impl):
-        return Searcher(config, images, labels)
+        return Searcher(config, *data)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from conftest import DispatchCount, fast_options, random_searcher, variant
+from conftest import DispatchCount, fast_options, variant, variant_searcher
 
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.search import Searcher, entropy_loss
@@ -114,14 +114,14 @@ def section_profile(args, tmp: str) -> None:
             print(f"{calls:7d} {t:8.2f} {t / total:6.1%}  {kname[:110]}")
         del s, step
     os.environ["MDARTS_OPS"] = "auto"
-    print(f"\n| path | ms/step | kernels/step | kernel ms/step | peak GiB | speed-up |\n|---|---|---|---|---|---|")
+    print("\n| path | ms/step | kernels/step | kernel ms/step | peak GiB | speed-up |\n|---|---|---|---|---|---|")
     for name, ms, count, total, peak in summary:
         print(f"| {name} | {ms:.1f} | {count} | {total:.1f} | {peak:.2f} | {summary[0][1] / ms:.1f}x |")
 
 
 def make_variant(args, tmp: str, spec: str, fast: bool = True, graph: bool = False, **kw) -> Searcher:
     """A searcher of ``args``' layout and batch on random images, with the batched-path variant ``spec``."""
-    return random_searcher(tmp, args.batch, spec, alpha_mode=args.mode, fast=fast, device=DEVICE, cuda_graph=graph and CUDA, **kw)
+    return variant_searcher(tmp, args.batch, spec, alpha_mode=args.mode, fast=fast, device=DEVICE, cuda_graph=graph and CUDA, **kw)
 
 
 #: Implementations of the batched path (same function), then layouts and numeric options.
@@ -241,18 +241,18 @@ def section_traffic(args, tmp: str) -> None:
         compiled = "ref"
     print(f"\n## traffic: {args.mode}, batch {args.batch}, C = 16, 8 cells; α pass and weight pass, forward and backward")
     summary = []
-    for name, spec, fast, mode in [("plain", "", False, "ref"), ("fast", args.fast, True, compiled),
-                                   ("fast, mix=fused", ",".join(filter(None, [args.fast, "mix=fused"])), True, compiled),
-                                   ("fast, mix=fused_bn", ",".join(filter(None, [args.fast, "mix=fused_bn"])), True, compiled)]:
+    rows = [("plain", "", False, "ref"), ("fast", args.fast, True, compiled)]
+    rows += [(f"fast, {mix}", ",".join(filter(None, [args.fast, mix])), True, compiled) for mix in ("mix=fused", "mix=fused_bn")]
+    for name, spec, fast, mode in rows:
         os.environ["MDARTS_OPS"] = mode
         gc.collect()
         s = make_variant(args, f"{tmp}/t_{len(summary)}", spec, fast=fast)
         xt, yt, xv, yv = batches(s)
-        model, alphas = s.model, s.model.arch_parameters()
+        model, alphas, cfg = s.model, s.model.arch_parameters(), s.cfg
 
         def passes() -> None:
             p, h = model.alphas()
-            loss = F.cross_entropy(model(xv, p), yv) + s.cfg.gamma * entropy_loss(h, s.cfg.entropy_reduction)
+            loss = F.cross_entropy(model(xv, p), yv) + cfg.gamma * entropy_loss(h, cfg.entropy_reduction)
             torch.autograd.grad(loss, alphas)
             with torch.no_grad():
                 p, _ = model.alphas()
