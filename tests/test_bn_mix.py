@@ -3,14 +3,11 @@ plain-torch reference, and the batched cell and search built with them against t
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from mdarts_rs import fastcell, ops
-from mdarts_rs.config import SearchConfig
 from mdarts_rs.ops import bn_mix_ref
-from mdarts_rs.search import Searcher
 from cellcheck import assert_fast_cell_matches_plain
 
 
@@ -140,30 +137,6 @@ def test_fast_cell_with_fused_bn_matches_plain_cell(ext, monkeypatch, reduction)
         k = plain_bn.running_var.numel()
         torch.testing.assert_close(plain_bn.running_mean, fast_bn.running_mean[:k], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(plain_bn.running_var, fast_bn.running_var[:k], rtol=1e-12, atol=1e-12)
-
-
-def test_fused_bn_search_is_the_plain_search_in_float64(ext, monkeypatch, tmp_path):
-    # Same seed, same batches, float64: the batched supernet with bn_mix makes the plain supernet's search.
-    monkeypatch.setenv("MDARTS_OPS", "ext")
-    monkeypatch.setitem(fastcell.OPTIONS, "mix", "fused_bn")
-    rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 64).astype(np.int64)
-    pair = []
-    for fast in (False, True):
-        cfg = SearchConfig(out=tmp_path / str(fast), batch_size=4, init_channels=4, layers=5, gap_images=8, workers=1,
-                           quiet=True, plots=False, device="cpu", fast=fast, arch_lr=0.01)
-        pair.append(Searcher(cfg, images, labels))
-    plain, fast = pair
-    for s in pair:
-        s.model.double()
-    batches = list(zip(plain.train_loader.batches(0), plain.val_loader.batches(0)))[:4]
-    for (xt, yt), (xv, yv) in batches:
-        a, b = (s.train_step(xt.double(), yt, xv.double(), yv) for s in pair)
-        for key in a:
-            assert a[key] == pytest.approx(b[key], rel=1e-10, abs=1e-12), key
-    for x, y in zip(plain.model.arch_parameters(), fast.model.arch_parameters()):
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-10)
-    assert plain.model.genotype() == fast.model.genotype()
 
 
 @pytest.mark.cuda

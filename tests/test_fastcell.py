@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdarts_rs import fastcell
+from mdarts_rs import fastcell, ops
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.fastcell import FastSearchCell, edge_id, readers
 from mdarts_rs.primitives import count_params
@@ -102,9 +102,16 @@ def _searchers(tmp_path, **kw) -> tuple[Searcher, Searcher]:
     return pair[0], pair[1]
 
 
-def test_fast_search_is_the_plain_search_in_float64(tmp_path):
-    # Same seed, same batches, float64: the batched supernet makes the plain supernet's search, step for step.
+@pytest.mark.parametrize("mix", ["torch", "fused_bn"])
+def test_fast_search_is_the_plain_search_in_float64(tmp_path, monkeypatch, mix):
+    # Same seed, same batches, float64: the batched supernet makes the plain supernet's search, step for step
+    # (with mix "fused_bn", through bn_mix's compiled CPU kernels).
+    if mix == "fused_bn":
+        ops.load_extension(with_cuda=False)
+        monkeypatch.setenv("MDARTS_OPS", "ext")
+    monkeypatch.setitem(fastcell.OPTIONS, "mix", mix)
     plain, fast = _searchers(tmp_path, arch_lr=0.01)
+    assert fast.model.cells[0].nodes[0].fused_bn == (mix == "fused_bn")
     start = [a.detach().clone() for a in plain.model.arch_parameters()]
     for s in (plain, fast):
         s.model.double()  # parameters keep their identity, so the optimizers follow
