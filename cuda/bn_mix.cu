@@ -43,10 +43,6 @@ struct Outputs {
   T* x[kMaxInputs];
 };
 
-int elementwise_blocks(int64_t work) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 8192)));
-}
-
 // Batch shares per channel: enough reduction blocks to fill the GPU, at most one per batch row (and within
 // the grid's y limit).
 int batch_shares(int64_t channel_blocks, int64_t B) {
@@ -283,9 +279,6 @@ void with_input_counts(int64_t K, int64_t S, F&& f) {
   }
 }
 
-// The weights in the accumulation type; no copy when they already are (their strides go to the kernels).
-at::Tensor weights_in(const at::Tensor& w, at::ScalarType acc) { return w.scalar_type() == acc ? w : w.to(acc); }
-
 void check_counts(const BnMixShape& s, const char* op) {
   TORCH_CHECK(s.K <= kMaxInputs && s.S <= kMaxInputs, op, ": at most ", kMaxInputs,
               " per-edge and shared inputs each on CUDA, got ", s.K, " and ", s.S);
@@ -320,10 +313,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cuda(at::TensorList xs_in,
         partial.const_data_ptr<double>(), s.K * nc, shares, static_cast<double>(s.count()), mean.data_ptr<stat_t>(),
         var.data_ptr<stat_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const auto w = weights_in(w_in, c10::CppTypeToScalarType<acc_t>::value);
+    const auto w = weights_as(w_in, c10::CppTypeToScalarType<acc_t>::value);
     with_input_counts(s.K, s.S, [&](auto kt, auto st) {
       bn_mix_fwd_kernel<scalar_t, acc_t, stat_t, decltype(kt)::value, decltype(st)::value>
-          <<<elementwise_blocks(columns), kThreads, 0, stream>>>(
+          <<<grid_blocks(columns, kThreads), kThreads, 0, stream>>>(
               xp, sp, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean.const_data_ptr<stat_t>(),
               var.const_data_ptr<stat_t>(), static_cast<acc_t>(eps), s.n, s.C, s.R, static_cast<int>(s.K),
               static_cast<int>(s.S), relu, columns, out.data_ptr<scalar_t>());
@@ -366,7 +359,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
     }
     const stat_t* mean = setup.mean.const_data_ptr<stat_t>();
     const stat_t* var = setup.var.const_data_ptr<stat_t>();
-    const auto w = weights_in(w_in, c10::CppTypeToScalarType<acc_t>::value);
+    const auto w = weights_as(w_in, c10::CppTypeToScalarType<acc_t>::value);
     with_input_counts(s.K, s.S, [&](auto kt, auto st) {
       constexpr int KT = decltype(kt)::value, ST = decltype(st)::value;
       if (need_xs || need_w) {
@@ -393,7 +386,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
         Outputs<scalar_t> gx{}, gs{};
         for (int64_t k = 0; k < s.K && need_xs; ++k) gx.x[k] = grad_xs[k].data_ptr<scalar_t>();
         for (int64_t j = 0; j < s.S && need_shared; ++j) gs.x[j] = grad_shared[j].data_ptr<scalar_t>();
-        bwd_grads_kernel<scalar_t, acc_t, stat_t, KT, ST><<<elementwise_blocks(columns), kThreads, 0, stream>>>(
+        bwd_grads_kernel<scalar_t, acc_t, stat_t, KT, ST><<<grid_blocks(columns, kThreads), kThreads, 0, stream>>>(
             g.const_data_ptr<scalar_t>(), xp, gx, gs, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean, var,
             sums.const_data_ptr<double>(), static_cast<acc_t>(eps), static_cast<acc_t>(s.count()), s.n, s.C, s.R,
             static_cast<int>(s.K), static_cast<int>(s.S), relu, need_xs, need_shared, sp, columns);

@@ -36,10 +36,6 @@ struct OutPtrs {
   T* x[kMaxInputs];
 };
 
-int blocks_for(int64_t work) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks * 8)));
-}
-
 template <typename scalar_t, typename acc_t, int KT>
 __global__ void node_mix_fwd_kernel(InPtrs<scalar_t> xs, unsigned per_edge, const acc_t* __restrict__ w, int64_t ws0,
                                     int64_t ws1, int64_t n, int64_t R, int k_arg, int64_t total, scalar_t* __restrict__ out) {
@@ -146,9 +142,6 @@ void with_input_count(int64_t K, F&& f) {
   }
 }
 
-// The weights in the accumulation type; no copy when they already are (their strides go to the kernels).
-at::Tensor weights_as(const at::Tensor& w, at::ScalarType acc) { return w.scalar_type() == acc ? w : w.to(acc); }
-
 unsigned edge_mask(const NodeMixShape& s) {
   unsigned mask = 0;
   for (int64_t k = 0; k < s.K; ++k) mask |= s.per_edge[k] ? (1u << k) : 0u;
@@ -170,7 +163,7 @@ at::Tensor node_mix_cuda(at::TensorList xs_in, const at::Tensor& w_in) {
     InPtrs<scalar_t> ptrs{};
     for (int64_t k = 0; k < s.K; ++k) ptrs.x[k] = xs[k].const_data_ptr<scalar_t>();
     with_input_count(s.K, [&](auto kt) {
-      node_mix_fwd_kernel<scalar_t, acc_t, decltype(kt)::value><<<blocks_for(total), kThreads, 0, stream>>>(
+      node_mix_fwd_kernel<scalar_t, acc_t, decltype(kt)::value><<<grid_blocks(total, kThreads), kThreads, 0, stream>>>(
           ptrs, edge_mask(s), w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), s.n, s.R, static_cast<int>(s.K),
           total, out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -205,7 +198,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> node_mix_backward_cuda(const at:
       OutPtrs<scalar_t> outs{};
       for (int64_t k = 0; k < s.K; ++k) outs.x[k] = grad_xs[k].data_ptr<scalar_t>();
       with_input_count(s.K, [&](auto kt) {
-        node_mix_grad_xs_kernel<scalar_t, acc_t, decltype(kt)::value><<<blocks_for(columns), kThreads, 0, stream>>>(
+        node_mix_grad_xs_kernel<scalar_t, acc_t, decltype(kt)::value><<<grid_blocks(columns, kThreads), kThreads, 0, stream>>>(
             g.const_data_ptr<scalar_t>(), outs, mask, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), s.n, s.R,
             static_cast<int>(s.K), columns);
         C10_CUDA_KERNEL_LAUNCH_CHECK();

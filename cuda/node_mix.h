@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace mdarts {
@@ -13,6 +14,15 @@ struct NodeMixShape {
   int64_t B = 0, n = 0, R = 0, K = 0;
   std::vector<bool> per_edge;
 };
+
+// Blocks of `threads` threads for a grid-stride loop over `work` items: one item per thread, at most 8192
+// blocks (the elementwise kernels of node_mix and bn_mix).
+inline int grid_blocks(int64_t work, int threads) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + threads - 1) / threads, 8192)));
+}
+
+// Weights in the accumulation type acc; no copy when they already are (their strides go to the kernels).
+inline at::Tensor weights_as(const at::Tensor& w, at::ScalarType acc) { return w.scalar_type() == acc ? w : w.to(acc); }
 
 // Check node_mix's arguments (TORCH_CHECK with a message naming the argument) and return their shape.
 NodeMixShape check_node_mix_args(const at::TensorList xs, const at::Tensor& w);
