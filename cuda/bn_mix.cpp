@@ -145,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cpu(at::TensorList xs_in, 
   const double N = static_cast<double>(s.count());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "bn_mix_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using stat_t = bn_mix_stat_t<scalar_t>;
     auto w = w_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* wp = w.data_ptr<acc_t>();
     stat_t* mp = mean.data_ptr<stat_t>();
@@ -192,7 +192,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
   const double N = static_cast<double>(s.count());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bn_mix_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using stat_t = bn_mix_stat_t<scalar_t>;
     auto w = w_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* wp = w.data_ptr<acc_t>();
     const stat_t* mp = setup.mean.const_data_ptr<stat_t>();

@@ -302,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cuda(at::TensorList xs_in,
   auto partial = at::empty({s.K * nc * shares * 2}, xs[0].options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "bn_mix_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using stat_t = bn_mix_stat_t<scalar_t>;
     Inputs<scalar_t> xp{}, sp{};
     for (int64_t k = 0; k < s.K; ++k) xp.x[k] = xs[k].const_data_ptr<scalar_t>();
     for (int64_t j = 0; j < s.S; ++j) sp.x[j] = shared[j].const_data_ptr<scalar_t>();
@@ -351,7 +351,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
   auto sums = at::empty({V * nc}, g.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bn_mix_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using stat_t = bn_mix_stat_t<scalar_t>;
     Inputs<scalar_t> xp{}, sp{};
     for (int64_t k = 0; k < s.K; ++k) xp.x[k] = setup.xs[k].const_data_ptr<scalar_t>();
     if (need_w || relu) {

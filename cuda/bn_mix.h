@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <type_traits>
 #include <vector>
 
 namespace mdarts {
@@ -18,8 +19,11 @@ struct BnMixShape {
 // Check bn_mix's arguments (TORCH_CHECK with a message naming the argument) and return their shape.
 BnMixShape check_bn_mix_args(const at::TensorList xs, const at::TensorList shared, const at::Tensor& w, double eps);
 
-// The statistics' type for inputs of type t: float for float, half and bfloat16, double for double.
+// The statistics' type for inputs of type t: float for float, half and bfloat16, double for double; and the
+// same as a C++ type for inputs of C++ type T.
 at::ScalarType bn_mix_stat_type(at::ScalarType t);
+template <typename T>
+using bn_mix_stat_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // What both backward kernels start from: checked arguments, g, the inputs and their statistics contiguous,
 // and the outputs allocated, uninitialised (unneeded gradients come back with 0 elements, never undefined).
