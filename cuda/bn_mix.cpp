@@ -302,7 +302,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mdarts, m) {
-  m.def("bn_mix(Tensor[] xs, Tensor[] shared, Tensor w, float eps, bool relu=False) -> (Tensor, Tensor, Tensor)");
+  // No defaults: the dispatcher drops an argument equal to its default, and torch 2.11's autograd wrapper (seen on
+  // a GPU machine) then wants one gradient fewer than the backward returns.
+  m.def("bn_mix(Tensor[] xs, Tensor[] shared, Tensor w, float eps, bool relu) -> (Tensor, Tensor, Tensor)");
   m.def(
       "bn_mix_backward(Tensor grad, Tensor[] xs, Tensor[] shared, Tensor w, Tensor mean, Tensor var, float eps, "
       "bool relu, bool need_xs, bool need_shared, bool need_w) -> (Tensor[], Tensor[], Tensor)");

@@ -45,12 +45,12 @@ def test_bn_mix_reference_is_weighted_batch_norms_plus_shared():
                          [(3, 2, 3, (4, 4), 4, 3), (2, 1, 2, (3, 5), 5, 2), (4, 4, 1, (2, 2), 1, 0), (1, 2, 2, (1, 3), 2, 1)])
 def test_bn_mix_gradcheck_float64(ext, seed, b, n, c, hw, k, s):
     xs, shared, w = bn_inputs(b, n, c, hw, k, s, seed=seed)
-    out, mean, var = ext.bn_mix(xs, shared, w, 1e-5)
+    out, mean, var = ext.bn_mix(xs, shared, w, 1e-5, False)
     ref_out, ref_mean, ref_var = bn_mix_ref(xs, shared, w, 1e-5)
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(mean, ref_mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(var, ref_var, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda w, *t: ext.bn_mix(list(t[:k]), list(t[k:]), w, 1e-5)[0], (w, *xs, *shared))
+    assert torch.autograd.gradcheck(lambda w, *t: ext.bn_mix(list(t[:k]), list(t[k:]), w, 1e-5, False)[0], (w, *xs, *shared))
 
 
 @pytest.mark.parametrize(("k", "s"), [(1, 0), (2, 2)])
@@ -71,17 +71,17 @@ def test_bn_mix_partial_grads_and_noncontiguous_inputs(ext):
     shared[1] = shared[1].contiguous(memory_format=torch.channels_last)
     w.requires_grad_(True)
     g = torch.randn(3, 6, 4, 4, dtype=torch.float64)
-    (gw,) = torch.autograd.grad(ext.bn_mix(xs, shared, w, 1e-5)[0], w, g)
+    (gw,) = torch.autograd.grad(ext.bn_mix(xs, shared, w, 1e-5, False)[0], w, g)
     (gw_ref,) = torch.autograd.grad(bn_mix_ref(xs, shared, w, 1e-5)[0], w, g)
     torch.testing.assert_close(gw, gw_ref)
     # the weight pass: inputs need gradients, weights do not; one shared input is a constant
     xs2, shared2, w2 = bn_inputs(2, 2, 2, (3, 3), 3, 3)
     w2.requires_grad_(False)
     shared2[0].requires_grad_(False)
-    assert torch.autograd.gradcheck(lambda *t: ext.bn_mix(list(t[:3]), [shared2[0], *t[3:]], w2, 1e-5)[0],
+    assert torch.autograd.gradcheck(lambda *t: ext.bn_mix(list(t[:3]), [shared2[0], *t[3:]], w2, 1e-5, False)[0],
                                     (*xs2, *shared2[1:]))
     # only the shared inputs need gradients
-    assert torch.autograd.gradcheck(lambda *t: ext.bn_mix([x.detach() for x in xs2], [shared2[0], *t], w2, 1e-5)[0],
+    assert torch.autograd.gradcheck(lambda *t: ext.bn_mix([x.detach() for x in xs2], [shared2[0], *t], w2, 1e-5, False)[0],
                                     tuple(shared2[1:]))
 
 
@@ -90,7 +90,7 @@ def test_bn_mix_low_precision_matches_reference(ext, dtype):
     xs, shared, w = bn_inputs(4, 2, 8, (8, 8), 4, 3, dtype=torch.float32, grad=False)
     ref, ref_mean, _ = bn_mix_ref([x.double() for x in xs], [t.double() for t in shared], w.double(), 1e-5)
     tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
-    out, mean, var = ext.bn_mix([x.to(dtype) for x in xs], [t.to(dtype) for t in shared], w, 1e-5)
+    out, mean, var = ext.bn_mix([x.to(dtype) for x in xs], [t.to(dtype) for t in shared], w, 1e-5, False)
     assert out.dtype == dtype and mean.dtype == var.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * 4)
     torch.testing.assert_close(mean.double(), ref_mean, rtol=tol, atol=tol)
@@ -99,19 +99,19 @@ def test_bn_mix_low_precision_matches_reference(ext, dtype):
 def test_bn_mix_rejects_bad_arguments(ext):
     xs, shared, w = bn_inputs(2, 2, 3, (4, 4), 3, 2, grad=False)
     with pytest.raises(RuntimeError, match="2 shared and 3 per-edge inputs but w has 4 columns"):
-        ext.bn_mix(xs, shared, w[:, :4], 1e-5)
+        ext.bn_mix(xs, shared, w[:, :4], 1e-5, False)
     with pytest.raises(RuntimeError, match="6 channels do not split into 4 edges"):
-        ext.bn_mix(xs, shared, torch.rand(4, 5, dtype=torch.float64), 1e-5)
+        ext.bn_mix(xs, shared, torch.rand(4, 5, dtype=torch.float64), 1e-5, False)
     with pytest.raises(RuntimeError, match=r"xs\[1\] has shape"):
-        ext.bn_mix([xs[0], xs[1][:, :, :2], xs[2]], shared, w, 1e-5)
+        ext.bn_mix([xs[0], xs[1][:, :, :2], xs[2]], shared, w, 1e-5, False)
     with pytest.raises(RuntimeError, match=r"shared\[1\] has shape \[2, 6, 4, 4\]; expected \(2, 3, 4, 4\)"):
-        ext.bn_mix(xs, [shared[0], xs[0]], w, 1e-5)
+        ext.bn_mix(xs, [shared[0], xs[0]], w, 1e-5, False)
     with pytest.raises(RuntimeError, match="more than one value per channel"):
-        ext.bn_mix([x[:1, :, :1, :1] for x in xs], [t[:1, :, :1, :1] for t in shared], w, 1e-5)
+        ext.bn_mix([x[:1, :, :1, :1] for x in xs], [t[:1, :, :1, :1] for t in shared], w, 1e-5, False)
     with pytest.raises(RuntimeError, match="eps must be positive"):
-        ext.bn_mix(xs, shared, w, 0.0)
+        ext.bn_mix(xs, shared, w, 0.0, False)
     with pytest.raises(RuntimeError, match=r"must be \(batch, edges\*channels, height, width\)"):
-        ext.bn_mix([x[0] for x in xs], shared, w, 1e-5)
+        ext.bn_mix([x[0] for x in xs], shared, w, 1e-5, False)
 
 
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
@@ -119,7 +119,7 @@ def test_bn_mix_rejects_bad_arguments(ext):
 def test_bn_mix_opcheck(ext, args):
     xs, shared, w = bn_inputs(2, 2, 3, (4, 4), 3, 2, dtype=torch.float32, grad=args != "no_grad")
     w.requires_grad_(args == "grad_all")
-    torch.library.opcheck(ext.bn_mix.default, (xs, shared, w, 1e-5))
+    torch.library.opcheck(ext.bn_mix.default, (xs, shared, w, 1e-5, False))
     torch.library.opcheck(ext.bn_mix.default, (xs, shared, w, 1e-5, True))
 
 
@@ -153,7 +153,7 @@ def test_bn_mix_cuda_matches_cpu_reference(dtype, b, n, c, hw, k, s):
     xc = [x.detach().to("cuda", dtype).requires_grad_() for x in xs]
     sc = [t.detach().to("cuda", dtype).requires_grad_() for t in shared]
     wc = w.detach().cuda().requires_grad_()
-    out, mean, var = torch.ops.mdarts.bn_mix(xc, sc, wc, 1e-5)
+    out, mean, var = torch.ops.mdarts.bn_mix(xc, sc, wc, 1e-5, False)
     grads = torch.autograd.grad(out, [wc, *xc, *sc], g.to("cuda", dtype))
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(out.float().cpu(), ref.detach(), rtol=tol, atol=tol)

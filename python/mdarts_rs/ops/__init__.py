@@ -198,7 +198,7 @@ def _register_python_parts() -> None:
         return gxs, (torch.empty_like(w) if need_w else w.new_empty(0))
 
     @lib.register_fake("mdarts::bn_mix")
-    def _bm_fake(xs, shared, w, eps, relu=False):
+    def _bm_fake(xs, shared, w, eps, relu):
         stat = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
         stats = xs[0].new_empty((len(xs), xs[0].shape[1]), dtype=stat)
         return torch.empty_like(xs[0], memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
@@ -250,13 +250,13 @@ def _register_python_parts() -> None:
     lib.register_autograd("mdarts::node_mix", _nm_backward, setup_context=_nm_setup)
 
     def _bm_setup(ctx, inputs, output):
-        xs, shared, w, eps, *rest = inputs
+        xs, shared, w, eps, relu = inputs
         _, mean, var = output
         ctx.mark_non_differentiable(mean, var)
         ctx.need_xs = [x.requires_grad for x in xs]
         ctx.need_shared = [t.requires_grad for t in shared]
         ctx.need_w = w.requires_grad
-        ctx.eps, ctx.relu, ctx.n_xs = eps, bool(rest[0]) if rest else False, len(xs)
+        ctx.eps, ctx.relu, ctx.n_xs = eps, relu, len(xs)
         ctx.shared_shapes = [t.shape for t in shared]
         ctx.keep_shared = ctx.need_w or ctx.relu  # read for the weights' gradients and the ReLU's mask
         ctx.save_for_backward(w, mean, var, *xs, *(shared if ctx.keep_shared else ()))
