@@ -4,12 +4,14 @@
 # `maturin build --release`). Sections run in order of importance, each under a time limit and all within
 # DEADLINE seconds (default 480); a section without time left is skipped and says so. Results go to $OUT
 # (default gpu-results/), one file per section: build.txt (device and kernel build), cuda_tests.txt,
-# report.txt (the variants of the batched path, then the profile of the plain path and of the fastest
-# variant that computes the default's α gradient, best.txt, which the later sections measure too),
+# variants.txt (the variants of the batched path; the fastest that computes the default's α gradient goes to
+# best.txt, and the later sections measure it), profile.txt (the plain path's and that variant's kernels),
 # bench_step.txt, search.txt (a 2-epoch search on the CIFAR-10 subset), numerics.txt, bench_ops.txt,
 # bench_loader.txt and drift.txt (float32 rounding noise of the search, plain path against itself). Six minutes to eight on an H200 with warm-up and kernel build.
 #
 #   MDARTS_WHEEL=target/wheels/mdarts_rs-*.whl MDARTS_CIFAR_MINI=path/to/cifar10-mini bash benches/gpu_session.sh
+#
+# SKIP="profile numerics" leaves out the sections so named (a device tool may bring back only a few files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
@@ -30,6 +32,10 @@ PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o "filterwarnings=" --benchmark-
 run() {  # run NAME LIMIT COMMAND...: output to $OUT/NAME.txt, at most LIMIT seconds and what is left
     local name=$1 limit=$2
     shift 2
+    if [[ " ${SKIP:-} " == *" $name "* ]]; then
+        echo "== $name: skipped (SKIP)"
+        return
+    fi
     local left=$((DEADLINE - SECONDS))
     ((left < limit)) && limit=$left
     if ((limit < 15)); then
@@ -47,10 +53,10 @@ nvidia-smi > "$OUT/build.txt" 2>&1
 run build 200 "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
 run cuda_tests 150 "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_node_mix.py tests/test_bn_mix.py tests/test_search.py
 # The fastest variant whose α gradient agrees with the default's is measured by every later section.
-run report 150 "$PY" benches/gpu_report.py --sections variants --best-file "$OUT/best.txt"
+run variants 150 "$PY" benches/gpu_report.py --sections variants --best-file "$OUT/best.txt"
 export MDARTS_BENCH_FAST="$(cat "$OUT/best.txt" 2>/dev/null)"
 echo "== batched variant for the later sections: ${MDARTS_BENCH_FAST:-default}"
-run report 120 "$PY" benches/gpu_report.py --sections profile
+run profile 120 "$PY" benches/gpu_report.py --sections profile
 run bench_step 200 "${PYTEST[@]}" -s benches/bench_search_step.py
 run search 80 "$PY" benches/gpu_report.py --sections search --data "$MINI"
 run numerics 100 "$PY" benches/gpu_report.py --sections numerics
