@@ -69,7 +69,7 @@ def main() -> None:
     print(f"ci: building the CUDA kernels with {home / 'bin' / 'nvcc'} for sm_{ARCH.replace('.', '')}", flush=True)
     ops.load_extension(with_cuda=True)
     for op in ("weighted_sum", "weighted_sum_backward", "softmax_entropy", "softmax_entropy_backward", "node_mix",
-               "node_mix_backward"):
+               "node_mix_backward", "bn_mix", "bn_mix_backward", "depthwise_conv", "depthwise_conv_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mdarts::{op}", "CUDA"), f"no CUDA kernel for {op}"
     print("ci: CUDA kernels compiled and registered")
 

@@ -16,6 +16,9 @@ const SOURCES: &[(&str, &str)] = &[
     ("bn_mix.h", include_str!("../../../cuda/bn_mix.h")),
     ("bn_mix.cpp", include_str!("../../../cuda/bn_mix.cpp")),
     ("bn_mix.cu", include_str!("../../../cuda/bn_mix.cu")),
+    ("depthwise.h", include_str!("../../../cuda/depthwise.h")),
+    ("depthwise.cpp", include_str!("../../../cuda/depthwise.cpp")),
+    ("depthwise.cu", include_str!("../../../cuda/depthwise.cu")),
 ];
 
 /// The fused ops' sources as (file name, text) pairs, from the project's `cuda/` folder.

@@ -1,0 +1,171 @@
+// Shared by the depthwise_conv CPU kernels (depthwise.cpp) and CUDA kernels (depthwise.cu): the argument
+// checks and the per-pixel math, compiled for the host and for the device.
+//
+// Layout (NCHW, contiguous): x (B, C, H, W), w (C·m, 1, K, K), out (B, C·m, Ho, Wo); output channel o = c·m + e
+// reads input channel c (m: the channel multiplier), so the m output planes of one input plane are contiguous.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#ifndef MDARTS_HOST_DEVICE
+#ifdef __CUDACC__
+#define MDARTS_HOST_DEVICE __host__ __device__
+#else
+#define MDARTS_HOST_DEVICE
+#endif
+#endif
+
+#ifdef __CUDACC__
+#define MDARTS_UNROLL _Pragma("unroll")
+#else
+#define MDARTS_UNROLL
+#endif
+
+namespace mdarts {
+
+// The shape of one depthwise_conv call.
+struct DepthwiseShape {
+  int64_t B = 0, C = 0, H = 0, W = 0, m = 0, Ho = 0, Wo = 0;
+  int K = 0, stride = 1, padding = 0, dilation = 1;
+  int64_t O() const { return C * m; }
+};
+
+// Check depthwise_conv's arguments (TORCH_CHECK with a message naming the argument) and return their shape.
+DepthwiseShape check_depthwise_args(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t padding,
+                                    int64_t dilation);
+
+// The backward's inputs after checking: the shape, grad and x contiguous, the weights contiguous in the
+// accumulation type.
+struct DepthwiseBackward {
+  DepthwiseShape s;
+  at::Tensor g, x, w;
+};
+DepthwiseBackward prepare_depthwise_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
+                                             int64_t stride, int64_t padding, int64_t dilation);
+
+// The kernels work on a zero-padded copy of an input plane (forward, weight gradient) and on one plane's m
+// output gradients (input gradient) in shared memory when these fit in 40 KiB; on larger planes they read
+// global memory with bounds checks. The CPU kernels take the same two paths by the same rule.
+constexpr int64_t kSharedBytes = 40 * 1024;
+inline bool padded_plane_fits(const DepthwiseShape& s, int64_t elem_bytes) {
+  return ((s.H + 2 * s.padding) * (s.W + 2 * s.padding) + s.m * s.K * s.K) * elem_bytes <= kSharedBytes;
+}
+inline bool grad_planes_fit(const DepthwiseShape& s, int64_t elem_bytes) {
+  return s.m * (s.Ho * s.Wo + s.K * s.K) * elem_bytes <= kSharedBytes;
+}
+
+namespace dw {
+
+// One output pixel (y, x) of one plane: sum over the taps of w[i, j]·in[y·s − p + i·d, x·s − p + j·d], zero
+// outside the H × W input plane `in`.
+template <int K, typename T, typename acc_t>
+MDARTS_HOST_DEVICE inline acc_t forward_at(const T* in, const acc_t* w, int H, int W, int y, int x, int s, int p,
+                                           int d) {
+  acc_t sum = 0;
+  const int y0 = y * s - p, x0 = x * s - p;
+  MDARTS_UNROLL
+  for (int i = 0; i < K; ++i) {
+    const int yi = y0 + i * d;
+    if (yi < 0 || yi >= H) continue;
+    MDARTS_UNROLL
+    for (int j = 0; j < K; ++j) {
+      const int xi = x0 + j * d;
+      if (xi < 0 || xi >= W) continue;
+      sum += w[i * K + j] * static_cast<acc_t>(in[yi * W + xi]);
+    }
+  }
+  return sum;
+}
+
+// The gradient at input pixel (yi, xi) of one input plane, from its m output planes' gradients g (m × Ho × Wo)
+// and their weights w (m × K × K): every output pixel whose tap lands on (yi, xi).
+template <int K, typename T, typename acc_t>
+MDARTS_HOST_DEVICE inline acc_t grad_input_at(const T* g, const acc_t* w, int m, int Ho, int Wo, int yi, int xi, int s,
+                                              int p, int d) {
+  acc_t sum = 0;
+  MDARTS_UNROLL
+  for (int i = 0; i < K; ++i) {
+    const int ty = yi + p - i * d;
+    if (ty < 0) continue;
+    const int yo = s == 1 ? ty : ty / s;  // (no division in the common stride-1 case)
+    if (yo * s != ty || yo >= Ho) continue;
+    MDARTS_UNROLL
+    for (int j = 0; j < K; ++j) {
+      const int tx = xi + p - j * d;
+      if (tx < 0) continue;
+      const int xo = s == 1 ? tx : tx / s;
+      if (xo * s != tx || xo >= Wo) continue;
+      for (int e = 0; e < m; ++e) sum += w[(e * K + i) * K + j] * static_cast<acc_t>(g[(e * Ho + yo) * Wo + xo]);
+    }
+  }
+  return sum;
+}
+
+// Adds output pixel (y, x)'s share of the weight gradient, gv·in[tap] for each tap, to acc (K × K).
+template <int K, typename T, typename acc_t>
+MDARTS_HOST_DEVICE inline void grad_weight_add(acc_t gv, const T* in, int H, int W, int y, int x, int s, int p, int d,
+                                               acc_t* acc) {
+  const int y0 = y * s - p, x0 = x * s - p;
+  MDARTS_UNROLL
+  for (int i = 0; i < K; ++i) {
+    const int yi = y0 + i * d;
+    if (yi < 0 || yi >= H) continue;
+    MDARTS_UNROLL
+    for (int j = 0; j < K; ++j) {
+      const int xi = x0 + j * d;
+      if (xi < 0 || xi >= W) continue;
+      acc[i * K + j] += gv * static_cast<acc_t>(in[yi * W + xi]);
+    }
+  }
+}
+
+// The value at (yy, xx) of the plane `in` (H × W) zero-padded by p on every side (H + 2p rows, W + 2p columns).
+template <typename acc_t, typename T>
+MDARTS_HOST_DEVICE inline acc_t padded_value(const T* in, int H, int W, int p, int yy, int xx) {
+  const int y = yy - p, x = xx - p;
+  return (y >= 0 && y < H && x >= 0 && x < W) ? static_cast<acc_t>(in[y * W + x]) : acc_t(0);
+}
+
+// forward_at on a zero-padded plane (Wp columns): no bounds to check.
+template <int K, typename acc_t>
+MDARTS_HOST_DEVICE inline acc_t forward_padded_at(const acc_t* pad, const acc_t* w, int Wp, int y, int x, int s, int d) {
+  const acc_t* base = pad + y * s * Wp + x * s;
+  acc_t sum = 0;
+  MDARTS_UNROLL
+  for (int i = 0; i < K; ++i) {
+    MDARTS_UNROLL
+    for (int j = 0; j < K; ++j) sum += w[i * K + j] * base[i * d * Wp + j * d];
+  }
+  return sum;
+}
+
+// grad_weight_add on a zero-padded plane (Wp columns).
+template <int K, typename acc_t>
+MDARTS_HOST_DEVICE inline void grad_weight_add_padded(acc_t gv, const acc_t* pad, int Wp, int y, int x, int s, int d,
+                                                      acc_t* acc) {
+  const acc_t* base = pad + y * s * Wp + x * s;
+  MDARTS_UNROLL
+  for (int i = 0; i < K; ++i) {
+    MDARTS_UNROLL
+    for (int j = 0; j < K; ++j) acc[i * K + j] += gv * base[i * d * Wp + j * d];
+  }
+}
+
+}  // namespace dw
+
+// Calls f(std::integral_constant<int, K>{}) for the kernel sizes the kernels are built for (1, 3, 5, 7).
+template <typename F>
+void dispatch_kernel_size(int K, F&& f) {
+  switch (K) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: TORCH_CHECK(false, "depthwise_conv: kernel size ", K, " is not built (1, 3, 5 or 7)");
+  }
+}
+
+}  // namespace mdarts
