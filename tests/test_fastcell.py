@@ -22,12 +22,17 @@ def test_fastcell_reader_bookkeeping():
 
 IMPLEMENTATIONS = [{"pointwise": pw, "batch_norm": bn, "mix": "torch"} for pw in ("grouped", "dense") for bn in ("native", "cudnn")]
 IMPLEMENTATIONS += [{"pointwise": pw, "batch_norm": bn, "mix": "fused_bn"} for pw, bn in (("grouped", "native"), ("dense", "cudnn"))]
+IMPLEMENTATIONS += [{"pointwise": pw, "batch_norm": bn, "mix": mix, "depthwise": "fused"}
+                    for pw, bn, mix in (("grouped", "native", "torch"), ("dense", "cudnn", "fused_bn"))]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=lambda o: "-".join(o.values()))
 def implementation(request, monkeypatch):
     for key, value in request.param.items():
         monkeypatch.setitem(fastcell.OPTIONS, key, value)
+    if request.param.get("depthwise") == "fused":  # the compiled CPU kernels (ops.depthwise_conv's default there is torch's)
+        ops.load_extension(with_cuda=False)
+        monkeypatch.setenv("MDARTS_OPS", "ext")
     return request.param
 
 

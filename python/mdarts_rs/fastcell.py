@@ -31,7 +31,7 @@ from mdarts_rs.primitives import FactorizedReduce
 
 OP = {name: k for k, name in enumerate(PRIMITIVES)}
 
-#: How the batched cell computes two of its parts; each choice computes the same function. Read when a
+#: How the batched cell computes some of its parts; each choice computes the same function. Read when a
 #: cell is built. ``pointwise``: "grouped" (one grouped 1×1 convolution on the node repeated per edge) or
 #: "dense" (one dense 1×1 convolution with a block-diagonal weight; the first depthwise convolution then
 #: reads the node once with a channel multiplier instead of a repeated copy). ``batch_norm``: "native"
@@ -41,12 +41,15 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: folded into their last batch norms, then adds), "fused" (``mdarts_rs.ops.node_mix``: one kernel forward,
 #: two passes backward, for all edges of a node) or "fused_bn" (``mdarts_rs.ops.bn_mix``: the per-edge ops'
 #: last batch norms and the weighted sum of all outputs in one op, and each separable convolution's inner
-#: batch norm and ReLU in another, in training mode; eval mode runs "torch").
+#: batch norm and ReLU in another, in training mode; eval mode runs "torch"). ``depthwise``: "torch"
+#: (``F.conv2d`` with groups) or "fused" (``mdarts_rs.ops.depthwise_conv``: each plane read once per pass,
+#: one pass per gradient).
 #: The pointwise and batch-norm defaults were the fastest float32 choice of a graph-replayed step on an H200
 #: (batch 64: 119.7 ms against 133.8 ms for grouped/native; channels-last was slower with every choice);
 #: "fused" and "fused_bn" mixing have not run on a GPU yet. ``benches/gpu_report.py`` measures them all.
-OPTIONS = {"pointwise": "dense", "batch_norm": "cudnn", "mix": "torch"}
-_CHOICES = {"pointwise": ("grouped", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn")}
+OPTIONS = {"pointwise": "dense", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch"}
+_CHOICES = {"pointwise": ("grouped", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn"),
+            "depthwise": ("torch", "fused")}
 
 
 def _option(key: str) -> str:
@@ -147,6 +150,7 @@ class GroupedConvBranch(nn.Module):
         self.c, self.n, self.kernel = c, n, kernel
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.dense = _option("pointwise") == "dense"
+        self.fused_depthwise = _option("depthwise") == "fused"
         self.register_buffer("eye", torch.eye(n), persistent=False)
         self.register_buffer("ones", torch.ones(n, 1), persistent=False)  # bn_mix weights of a lone batch norm
         self.dw = nn.ParameterList()
@@ -172,9 +176,11 @@ class GroupedConvBranch(nn.Module):
             first = b == 0
             # Dense mode, first block: the depthwise weights are stored in c·n+e order, so that one
             # convolution with channel multiplier n reads the node once.
-            groups = self.c if self.dense and first else nc
-            x = F.conv2d(x, dw, stride=self.stride if first else 1, padding=self.padding if first else self.kernel // 2,
-                         dilation=self.dilation if first else 1, groups=groups)
+            stride, padding, dilation = (self.stride, self.padding, self.dilation) if first else (1, self.kernel // 2, 1)
+            if self.fused_depthwise:
+                x = ops.depthwise_conv(x, dw, stride, padding, dilation)
+            else:
+                x = F.conv2d(x, dw, stride=stride, padding=padding, dilation=dilation, groups=x.shape[1])
             if self.dense:
                 x = F.conv2d(x, BlockDiagonal.apply(pw, self.eye, first))
             else:
