@@ -126,7 +126,9 @@ def make_variant(args, tmp: str, spec: str, fast: bool = True, graph: bool = Fal
 
 #: Implementations of the batched path (same function), then layouts and numeric options.
 IMPLS = ["", "mix=fused_bn", "mix=fused", "pointwise=grouped", "batch_norm=native", "pointwise=grouped,batch_norm=native"]
-TIMED = IMPLS + ["channels_last", "tf32", "bf16"]
+# The fused depthwise convolution last: a kernel fault would end the CUDA context of the rows after it.
+FUSED_DW = ["depthwise=fused", "mix=fused,depthwise=fused", "mix=fused_bn,depthwise=fused"]
+TIMED = IMPLS + ["channels_last", "tf32", "bf16"] + FUSED_DW
 NUMERIC = ["", "mix=fused_bn", "mix=fused", "tf32", "bf16", "channels_last", "pointwise=grouped,batch_norm=native"]
 
 
@@ -136,7 +138,8 @@ def section_variants(args, tmp: str) -> None:
     print(f"\n## variants of the batched path ({'graph' if CUDA else 'eager'}): {args.mode}, batch {args.batch}")
     print("| variant | ms/step | first α grad rel. error vs default |\n|---|---|---|")
     times, errors, ref = {}, {}, None
-    for spec in TIMED:
+    for spec in args.variants.split(";") if args.variants is not None else TIMED:
+        spec = "" if spec == "default" else spec
         gc.collect()
         try:
             s = make_variant(args, f"{tmp}/v_{len(times)}", spec, graph=True)
@@ -336,6 +339,8 @@ def main() -> None:
     ap.add_argument("--drift-lr", type=float, default=0.01)
     ap.add_argument("--drift-model", default="16,8" if CUDA else "4,5", help="C,cells of the drift section's supernet")
     ap.add_argument("--best-file", help="where the variants section writes the fastest float32 variant")
+    ap.add_argument("--variants", help="the variants section's rows, ';'-separated ('default' first: the α gradients "
+                                       "are checked against the first row), instead of all")
     ap.add_argument("--fast", default=os.environ.get("MDARTS_BENCH_FAST", ""),
                     help="variant of the batched path that the profile section uses, e.g. pointwise=dense,channels_last")
     args = ap.parse_args()

@@ -11,7 +11,8 @@
 #
 #   MDARTS_WHEEL=target/wheels/mdarts_rs-*.whl MDARTS_CIFAR_MINI=path/to/cifar10-mini bash benches/gpu_session.sh
 #
-# SKIP="profile numerics" leaves out the sections so named (a device tool may bring back only a few files).
+# SKIP="profile numerics" leaves out the sections so named (a device tool may bring back only a few files);
+# VARIANTS="default;mix=fused" times only those variants (gpu_report.py --variants).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
@@ -53,7 +54,7 @@ nvidia-smi > "$OUT/build.txt" 2>&1
 run build 200 "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
 run cuda_tests 150 "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_node_mix.py tests/test_bn_mix.py tests/test_search.py
 # The fastest variant whose α gradient agrees with the default's is measured by every later section.
-run variants 150 "$PY" benches/gpu_report.py --sections variants --best-file "$OUT/best.txt"
+run variants 150 "$PY" benches/gpu_report.py --sections variants --best-file "$OUT/best.txt" ${VARIANTS:+--variants "$VARIANTS"}
 export MDARTS_BENCH_FAST="$(cat "$OUT/best.txt" 2>/dev/null)"
 echo "== batched variant for the later sections: ${MDARTS_BENCH_FAST:-default}"
 run profile 120 "$PY" benches/gpu_report.py --sections profile
