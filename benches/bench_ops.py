@@ -106,3 +106,38 @@ def test_softmax_entropy(benchmark, impl):
 
     benchmark.pedantic(run, rounds=50, iterations=10, warmup_rounds=5)
     record(f"softmax_entropy fwd+bwd (14, 8) ({DEVICE.type})", impl, benchmark, 1)
+
+
+# The search cell's depthwise convolutions at batch 64 (GPU) or 8 (CPU): (B, C, H, W, multiplier, K, stride,
+# padding, dilation) for a level-1 separable 5×5 first block, its second block, a dilated 5×5 reduction edge and
+# a level-3 separable 3×3.
+DW_SHAPES = [(64, 16, 32, 32, 4, 5, 1, 2, 1), (64, 64, 32, 32, 1, 5, 1, 2, 1), (64, 16, 32, 32, 4, 5, 2, 4, 2),
+             (64, 64, 8, 8, 4, 3, 1, 1, 1)]
+if not CUDA:
+    DW_SHAPES = [(8, *s[1:]) for s in DW_SHAPES]
+
+
+@pytest.mark.parametrize("shape", DW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("impl", ["baseline_conv2d", "fused"])
+def test_depthwise_conv(benchmark, impl, shape):
+    b, c, h, w, m, k, stride, padding, dilation = shape
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    x = torch.randn(b, c, h, w, device=DEVICE, generator=g, requires_grad=True)
+    wt = torch.randn(c * m, 1, k, k, device=DEVICE, generator=g, requires_grad=True)
+    if impl == "fused":
+        def fn(x, wt):
+            return torch.ops.mdarts.depthwise_conv(x, wt, stride, padding, dilation)
+    else:
+        def fn(x, wt):
+            return torch.nn.functional.conv2d(x, wt, None, stride, padding, dilation, c)
+    out = fn(x, wt)
+    grad = torch.randn_like(out)
+    ref = torch.nn.functional.conv2d(x, wt, None, stride, padding, dilation, c)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+    def run():
+        torch.autograd.grad(fn(x, wt), [x, wt], grad)
+        sync()
+
+    benchmark.pedantic(run, rounds=20, iterations=5, warmup_rounds=3)
+    record(f"depthwise_conv fwd+bwd {'x'.join(map(str, shape))} ({DEVICE.type})", impl, benchmark, 1)

@@ -6,7 +6,8 @@
 # (default gpu-results/), one file per section: build.txt (device and kernel build), cuda_tests.txt,
 # variants.txt (the variants of the batched path; the fastest that computes the default's α gradient goes to
 # best.txt, and the later sections measure it), profile.txt (the plain path's and that variant's kernels),
-# bench_step.txt, search.txt (a 2-epoch search on the CIFAR-10 subset), numerics.txt, bench_ops.txt,
+# bench_step.txt, search.txt (a 2-epoch search on the CIFAR-10 subset), bench_dw.txt (the depthwise
+# convolution against torch's), numerics.txt, bench_ops.txt,
 # bench_loader.txt and drift.txt (float32 rounding noise of the search, plain path against itself). Six minutes to eight on an H200 with warm-up and kernel build.
 #
 #   MDARTS_WHEEL=target/wheels/mdarts_rs-*.whl MDARTS_CIFAR_MINI=path/to/cifar10-mini bash benches/gpu_session.sh
@@ -60,6 +61,7 @@ echo "== batched variant for the later sections: ${MDARTS_BENCH_FAST:-default}"
 run profile 120 "$PY" benches/gpu_report.py --sections profile
 run bench_step 200 "${PYTEST[@]}" -s benches/bench_search_step.py
 run search 80 "$PY" benches/gpu_report.py --sections search --data "$MINI"
+run bench_dw 40 "${PYTEST[@]}" -s benches/bench_ops.py -k depthwise
 run numerics 100 "$PY" benches/gpu_report.py --sections numerics
 run bench_ops 60 "${PYTEST[@]}" -s benches/bench_ops.py
 run bench_loader 40 "${PYTEST[@]}" benches/bench_loader.py
