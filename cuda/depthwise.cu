@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "depthwise.h"
@@ -147,6 +148,18 @@ __global__ void dw_grad_w_kernel(const scalar_t* __restrict__ g, const scalar_t*
   }
 }
 
+// The device's multiprocessor count, asked of the driver once per device, then cached.
+int multiprocessors(int device) {
+  static std::atomic<int> cached[64] = {};
+  if (device < 0 || device >= 64) device = 0;
+  int n = cached[device].load();
+  if (n == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    cached[device].store(n);
+  }
+  return n;
+}
+
 int threads_for(int64_t work) {  // a multiple of 32, at most kThreads
   return static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(32, (work + 31) / 32 * 32)));
 }
@@ -214,9 +227,8 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cuda(const at::Tensor
       }
       if (need_w && a.g.numel() > 0) {
         // Shares of the batch: enough blocks to fill the device about four times over.
-        int sms = 0;
-        C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x_in.device().index()));
-        const int64_t shares = std::min<int64_t>(s.B, std::max<int64_t>(1, (4 * int64_t{sms} + s.O() - 1) / s.O()));
+        const int64_t sms = multiprocessors(x_in.device().index());
+        const int64_t shares = std::min<int64_t>(s.B, std::max<int64_t>(1, (4 * sms + s.O() - 1) / s.O()));
         const int64_t per_share = (s.B + shares - 1) / shares;
         const int64_t used = (s.B + per_share - 1) / per_share;
         TORCH_CHECK(used <= 65535, "depthwise_conv_backward: batch of ", s.B, " is too large");
