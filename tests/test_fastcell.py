@@ -22,8 +22,9 @@ def test_fastcell_reader_bookkeeping():
 
 IMPLEMENTATIONS = [{"pointwise": pw, "batch_norm": bn, "mix": "torch"} for pw in ("grouped", "dense") for bn in ("native", "cudnn")]
 IMPLEMENTATIONS += [{"pointwise": pw, "batch_norm": bn, "mix": "fused_bn"} for pw, bn in (("grouped", "native"), ("dense", "cudnn"))]
+IMPLEMENTATIONS += [{"pointwise": "bmm", "batch_norm": "cudnn", "mix": mix} for mix in ("torch", "fused_bn")]
 IMPLEMENTATIONS += [{"pointwise": pw, "batch_norm": bn, "mix": mix, "depthwise": "fused"}
-                    for pw, bn, mix in (("grouped", "native", "torch"), ("dense", "cudnn", "fused_bn"))]
+                    for pw, bn, mix in (("grouped", "native", "torch"), ("dense", "cudnn", "fused_bn"), ("bmm", "cudnn", "fused_bn"))]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=lambda o: "-".join(o.values()))
@@ -153,6 +154,8 @@ def test_resume_refuses_batched_weights_of_another_layout(tmp_path, monkeypatch)
     state = Searcher(cfg, images, labels).state()
     assert state["fast_options"]["pointwise"] == "grouped"
     Searcher(cfg, images, labels).load_state(state)  # same layout: fine
+    monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "bmm")
+    Searcher(cfg, images, labels).load_state(state)  # the grouped layout, multiplied another way: fine
     monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "dense")
     with pytest.raises(ValueError, match="pointwise='grouped' weights and this run builds pointwise='dense'"):
         Searcher(cfg, images, labels).load_state(state)
@@ -160,7 +163,7 @@ def test_resume_refuses_batched_weights_of_another_layout(tmp_path, monkeypatch)
 
 def test_unknown_implementation_choice_is_an_error(monkeypatch):
     monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "blockdiag")
-    with pytest.raises(ValueError, match=r"OPTIONS\['pointwise'\] must be one of \('grouped', 'dense'\), got 'blockdiag'"):
+    with pytest.raises(ValueError, match=r"OPTIONS\['pointwise'\] must be one of \('grouped', 'bmm', 'dense'\), got 'blockdiag'"):
         SuperNet(C=4, layers=5, fast=True)
 
 

@@ -32,9 +32,10 @@ from mdarts_rs.primitives import FactorizedReduce
 OP = {name: k for k, name in enumerate(PRIMITIVES)}
 
 #: How the batched cell computes some of its parts; each choice computes the same function. Read when a
-#: cell is built. ``pointwise``: "grouped" (one grouped 1×1 convolution on the node repeated per edge) or
-#: "dense" (one dense 1×1 convolution with a block-diagonal weight; the first depthwise convolution then
-#: reads the node once with a channel multiplier instead of a repeated copy). ``batch_norm``: "native"
+#: cell is built. ``pointwise``: "grouped" (one grouped 1×1 convolution on the node repeated per edge),
+#: "bmm" (the same layout, the n per-edge 1×1 convolutions as one batched matrix product) or "dense" (one
+#: dense 1×1 convolution with a block-diagonal weight; the first depthwise convolution then reads the node
+#: once with a channel multiplier instead of a repeated copy). ``batch_norm``: "native"
 #: (torch's non-affine batch norm) or "cudnn" (constant unit scale and zero shift, which lets torch use
 #: cuDNN's batch norm kernels on CUDA; x·1 + 0 is exact); with the torch mix, the batch norms that carry
 #: mixing weights as their scale run as affine ones either way. ``mix``: "torch" (the per-edge ops' weights
@@ -48,7 +49,7 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: (batch 64: 119.7 ms against 133.8 ms for grouped/native; channels-last was slower with every choice);
 #: "fused" and "fused_bn" mixing have not run on a GPU yet. ``benches/gpu_report.py`` measures them all.
 OPTIONS = {"pointwise": "dense", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch"}
-_CHOICES = {"pointwise": ("grouped", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn"),
+_CHOICES = {"pointwise": ("grouped", "bmm", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn"),
             "depthwise": ("torch", "fused")}
 
 
@@ -150,6 +151,7 @@ class GroupedConvBranch(nn.Module):
         self.c, self.n, self.kernel = c, n, kernel
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.dense = _option("pointwise") == "dense"
+        self.bmm = _option("pointwise") == "bmm"
         self.fused_depthwise = _option("depthwise") == "fused"
         self.register_buffer("eye", torch.eye(n), persistent=False)
         self.register_buffer("ones", torch.ones(n, 1), persistent=False)  # bn_mix weights of a lone batch norm
@@ -183,6 +185,9 @@ class GroupedConvBranch(nn.Module):
                 x = F.conv2d(x, dw, stride=stride, padding=padding, dilation=dilation, groups=x.shape[1])
             if self.dense:
                 x = F.conv2d(x, BlockDiagonal.apply(pw, self.eye, first))
+            elif self.bmm:  # [b, e] = pw[e] @ x[b, e] over the (C, H·W) slices
+                bsz, _, h, w = x.shape
+                x = torch.matmul(pw.view(self.n, self.c, self.c), x.reshape(bsz, self.n, self.c, h * w)).view(bsz, nc, h, w)
             else:
                 x = F.conv2d(x, pw, groups=self.n)
             if b == len(self.bn) - 1:

@@ -193,11 +193,11 @@ class Searcher:
     def load_state(self, state: dict[str, Any]) -> None:
         resume_conflicts(SearchConfig.from_json(state["config"]).to_json(), self.cfg.to_json(), RESUMABLE_CHANGES)
         if self.cfg.fast:
-            # The pointwise choice orders the depthwise weights differently; checkpoints written before it
-            # was recorded hold grouped ones.
+            # The dense pointwise choice orders the depthwise weights differently ("grouped" and "bmm" store the
+            # same layout); checkpoints written before it was recorded hold grouped ones.
             saved = (state.get("fast_options") or {"pointwise": "grouped"})["pointwise"]
             current = (self.model.fast_options or {})["pointwise"]
-            if saved != current:
+            if (saved == "dense") != (current == "dense"):
                 raise ValueError(
                     f"cannot resume: the checkpoint's batched cells hold pointwise={saved!r} weights and this run builds "
                     f"pointwise={current!r} ones; set mdarts_rs.fastcell.OPTIONS['pointwise'] = {saved!r} before resuming"
