@@ -125,9 +125,11 @@ def make_variant(args, tmp: str, spec: str, fast: bool = True, graph: bool = Fal
 
 
 #: Implementations of the batched path (same function), then layouts and numeric options.
-IMPLS = ["", "mix=fused_bn", "mix=fused", "pointwise=grouped", "batch_norm=native", "pointwise=grouped,batch_norm=native"]
+IMPLS = ["", "mix=fused_bn", "mix=fused", "pointwise=grouped", "pointwise=bmm", "pointwise=bmm,mix=fused_bn", "batch_norm=native",
+         "pointwise=grouped,batch_norm=native"]
 # The fused depthwise convolution last: a kernel fault would end the CUDA context of the rows after it.
-FUSED_DW = ["depthwise=fused", "mix=fused,depthwise=fused", "mix=fused_bn,depthwise=fused"]
+FUSED_DW = ["depthwise=fused", "mix=fused,depthwise=fused", "mix=fused_bn,depthwise=fused", "pointwise=bmm,depthwise=fused",
+            "pointwise=bmm,mix=fused_bn,depthwise=fused"]
 TIMED = IMPLS + ["channels_last", "tf32", "bf16"] + FUSED_DW
 NUMERIC = ["", "mix=fused_bn", "mix=fused", "tf32", "bf16", "channels_last", "pointwise=grouped,batch_norm=native"]
 
