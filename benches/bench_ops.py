@@ -126,7 +126,7 @@ def test_depthwise_conv(benchmark, impl, shape):
     wt = torch.randn(c * m, 1, k, k, device=DEVICE, generator=g, requires_grad=True)
     if impl == "fused":
         def fn(x, wt):
-            return torch.ops.mdarts.depthwise_conv(x, wt, stride, padding, dilation)
+            return torch.ops.mdarts.depthwise_conv(x, wt, stride, padding, dilation, False)
     else:
         def fn(x, wt):
             return torch.nn.functional.conv2d(x, wt, None, stride, padding, dilation, c)

@@ -1,8 +1,8 @@
 // depthwise_conv: a depthwise convolution with channel multiplier m, for the batched search cell
-// (mdarts_rs.fastcell): out[b, c·m + e] = conv(x[b, c], w[c·m + e]) with one stride, padding and dilation for
-// both spatial axes, no bias; the same as torch's conv2d with groups = C. Backward: the input gradient and the
-// weight gradient, each computed once from g (the weight gradient deterministically). Schema and CPU kernels;
-// the CUDA kernels are in depthwise.cu, the per-pixel math they share in depthwise.h.
+// (mdarts_rs.fastcell): out[b, o] = conv(x[b, c], w[o]) for o = c·m + e (torch's conv2d with groups = C) or, with
+// edge_major, o = e·C + c; one stride, padding and dilation for both spatial axes, no bias. Backward: the input
+// gradient and the weight gradient, each computed once from g (the weight gradient deterministically). Schema
+// and CPU kernels; the CUDA kernels are in depthwise.cu, the per-pixel math they share in depthwise.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -15,7 +15,7 @@
 namespace mdarts {
 
 DepthwiseShape check_depthwise_args(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t padding,
-                                    int64_t dilation) {
+                                    int64_t dilation, bool edge_major) {
   TORCH_CHECK(x.dim() == 4, "depthwise_conv: x must be (batch, channels, height, width), got shape ", x.sizes());
   TORCH_CHECK(w.dim() == 4 && w.size(1) == 1 && w.size(2) == w.size(3),
               "depthwise_conv: w must be (channels·multiplier, 1, K, K), got shape ", w.sizes());
@@ -37,6 +37,7 @@ DepthwiseShape check_depthwise_args(const at::Tensor& x, const at::Tensor& w, in
   s.stride = static_cast<int>(stride);
   s.padding = static_cast<int>(padding);
   s.dilation = static_cast<int>(dilation);
+  s.edge_major = edge_major;
   const int64_t span = dilation * (s.K - 1) + 1;
   TORCH_CHECK(s.H + 2 * padding >= span && s.W + 2 * padding >= span, "depthwise_conv: the ", s.H, "×", s.W,
               " input with padding ", padding, " is smaller than the dilated ", s.K, "×", s.K, " kernel");
@@ -48,9 +49,9 @@ DepthwiseShape check_depthwise_args(const at::Tensor& x, const at::Tensor& w, in
 }
 
 DepthwiseBackward prepare_depthwise_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
-                                             int64_t stride, int64_t padding, int64_t dilation) {
+                                             int64_t stride, int64_t padding, int64_t dilation, bool edge_major) {
   DepthwiseBackward out;
-  out.s = check_depthwise_args(x, w, stride, padding, dilation);
+  out.s = check_depthwise_args(x, w, stride, padding, dilation, edge_major);
   const DepthwiseShape& s = out.s;
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == s.B && grad.size(1) == s.O() && grad.size(2) == s.Ho &&
                   grad.size(3) == s.Wo,
@@ -67,8 +68,8 @@ DepthwiseBackward prepare_depthwise_backward(const at::Tensor& grad, const at::T
 namespace {
 
 at::Tensor depthwise_conv_cpu(const at::Tensor& x_in, const at::Tensor& w_in, int64_t stride, int64_t padding,
-                              int64_t dilation) {
-  const DepthwiseShape s = check_depthwise_args(x_in, w_in, stride, padding, dilation);
+                              int64_t dilation, bool edge_major) {
+  const DepthwiseShape s = check_depthwise_args(x_in, w_in, stride, padding, dilation, edge_major);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = w_in.to(at::toOpMathType(x.scalar_type())).contiguous();
   at::Tensor out = at::empty({s.B, s.O(), s.Ho, s.Wo}, x.options());
@@ -85,13 +86,14 @@ at::Tensor depthwise_conv_cpu(const at::Tensor& x_in, const at::Tensor& w_in, in
       at::parallel_for(0, s.B * s.C, 1, [&](int64_t begin, int64_t end) {
         std::vector<acc_t> pad(padded ? Hp * Wp : 0);
         for (int64_t bc = begin; bc < end; ++bc) {
-          const int64_t c = bc % s.C;
+          const int64_t b = bc / s.C, c = bc % s.C;
           const scalar_t* plane = xp + bc * s.H * s.W;
           for (int i = 0; padded && i < Hp * Wp; ++i)
             pad[i] = dw::padded_value<acc_t>(plane, s.H, s.W, s.padding, i / Wp, i % Wp);
           for (int64_t e = 0; e < s.m; ++e) {
-            const acc_t* we = wp + (c * s.m + e) * K * K;
-            scalar_t* dst = op + (bc * s.m + e) * P;
+            const int64_t o = dw::out_channel(s.edge_major, s.C, s.m, c, e);
+            const acc_t* we = wp + o * K * K;
+            scalar_t* dst = op + (b * s.O() + o) * P;
             for (int64_t y = 0; y < s.Ho; ++y)
               for (int64_t xo = 0; xo < s.Wo; ++xo)
                 dst[y * s.Wo + xo] = static_cast<scalar_t>(
@@ -107,8 +109,9 @@ at::Tensor depthwise_conv_cpu(const at::Tensor& x_in, const at::Tensor& w_in, in
 
 std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cpu(const at::Tensor& grad, const at::Tensor& x_in,
                                                                const at::Tensor& w_in, int64_t stride, int64_t padding,
-                                                               int64_t dilation, bool need_x, bool need_w) {
-  const DepthwiseBackward a = prepare_depthwise_backward(grad, x_in, w_in, stride, padding, dilation);
+                                                               int64_t dilation, bool edge_major, bool need_x,
+                                                               bool need_w) {
+  const DepthwiseBackward a = prepare_depthwise_backward(grad, x_in, w_in, stride, padding, dilation, edge_major);
   const DepthwiseShape& s = a.s;
   at::Tensor grad_x = need_x ? at::empty({s.B, s.C, s.H, s.W}, a.x.options()) : a.x.new_empty({0});
   at::Tensor grad_w = need_w ? at::empty(w_in.sizes(), w_in.options().memory_format(at::MemoryFormat::Contiguous))
@@ -125,12 +128,14 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cpu(const at::Tensor&
         scalar_t* gx = grad_x.data_ptr<scalar_t>();
         at::parallel_for(0, s.B * s.C, 1, [&](int64_t begin, int64_t end) {
           for (int64_t bc = begin; bc < end; ++bc) {
-            const int64_t c = bc % s.C;
-            const scalar_t* g_planes = gp + bc * s.m * P;  // the m output planes of input plane (b, c)
+            const int64_t b = bc / s.C, c = bc % s.C;
+            // the m output planes of input plane (b, c) and their kernels, one step apart
+            const int64_t o0 = dw::out_channel(s.edge_major, s.C, s.m, c, 0), step = s.edge_major ? s.C : 1;
             for (int64_t y = 0; y < s.H; ++y)
               for (int64_t xi = 0; xi < s.W; ++xi)
-                gx[bc * HW + y * s.W + xi] = static_cast<scalar_t>(dw::grad_input_at<K>(
-                    g_planes, wp + c * s.m * K * K, s.m, s.Ho, s.Wo, y, xi, s.stride, s.padding, s.dilation));
+                gx[bc * HW + y * s.W + xi] = static_cast<scalar_t>(
+                    dw::grad_input_at<K>(gp + (b * s.O() + o0) * P, step * P, wp + o0 * K * K, step * K * K, s.m, s.Ho,
+                                         s.Wo, y, xi, s.stride, s.padding, s.dilation));
           }
         });
       }
@@ -142,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cpu(const at::Tensor&
           std::vector<double> pad(padded ? Hp * Wp : 0);
           for (int64_t o = begin; o < end; ++o) {
             double acc[K * K] = {};
-            const int64_t c = o / s.m;
+            const int64_t c = dw::in_channel(s.edge_major, s.C, s.m, o);
             for (int64_t b = 0; b < s.B; ++b) {
               const scalar_t* g_plane = gp + (b * s.O() + o) * P;
               const scalar_t* plane = xp + (b * s.C + c) * HW;
@@ -171,10 +176,10 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cpu(const at::Tensor&
 
 TORCH_LIBRARY_FRAGMENT(mdarts, m) {
   // No defaults (see bn_mix): every argument is passed, so autograd sees the same inputs on every torch.
-  m.def("depthwise_conv(Tensor x, Tensor w, int stride, int padding, int dilation) -> Tensor");
+  m.def("depthwise_conv(Tensor x, Tensor w, int stride, int padding, int dilation, bool edge_major) -> Tensor");
   m.def(
-      "depthwise_conv_backward(Tensor grad, Tensor x, Tensor w, int stride, int padding, int dilation, bool need_x, "
-      "bool need_w) -> (Tensor, Tensor)");
+      "depthwise_conv_backward(Tensor grad, Tensor x, Tensor w, int stride, int padding, int dilation, "
+      "bool edge_major, bool need_x, bool need_w) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mdarts, CPU, m) {

@@ -1,4 +1,5 @@
-// CUDA kernels of depthwise_conv (schema and CPU kernels in depthwise.cpp, per-pixel math in depthwise.h).
+// CUDA kernels of depthwise_conv (schema and CPU kernels in depthwise.cpp, per-pixel math and the channel orders
+// in depthwise.h).
 //
 // Forward: one block per input plane (b, c) copies the plane into shared memory once and writes its m output
 // planes. Input gradient: one block per input plane copies its m output-gradient planes into shared memory and
@@ -28,31 +29,34 @@ constexpr int kThreads = 256;
 
 template <int K, typename scalar_t, typename acc_t>
 __global__ void dw_fwd_shared_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ w,
-                                     scalar_t* __restrict__ out, int C, int H, int W, int m, int Ho, int Wo, int s,
-                                     int p, int d) {
+                                     scalar_t* __restrict__ out, bool em, int C, int H, int W, int m, int Ho, int Wo,
+                                     int s, int p, int d) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int Hp = H + 2 * p, Wp = W + 2 * p;
   acc_t* pad = reinterpret_cast<acc_t*>(smem);
   acc_t* ws = pad + Hp * Wp;
   const int c = blockIdx.x;
-  const int64_t bc = static_cast<int64_t>(blockIdx.y) * C + c;
+  const int64_t b = blockIdx.y, bc = b * C + c;
   const scalar_t* src = x + bc * H * W;
   for (int i = threadIdx.x; i < Hp * Wp; i += blockDim.x) pad[i] = dw::padded_value<acc_t>(src, H, W, p, i / Wp, i % Wp);
-  for (int i = threadIdx.x; i < m * K * K; i += blockDim.x) ws[i] = w[static_cast<int64_t>(c) * m * K * K + i];
+  for (int i = threadIdx.x; i < m * K * K; i += blockDim.x) {
+    const int e = i / (K * K);
+    ws[i] = w[dw::out_channel(em, C, m, c, e) * K * K + (i - e * K * K)];
+  }
   __syncthreads();
   const int P = Ho * Wo;
-  scalar_t* dst = out + bc * m * P;
   for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
     const int e = i / P, r = i - e * P;
     const int y = r / Wo, xo = r - y * Wo;
-    dst[i] = static_cast<scalar_t>(dw::forward_padded_at<K>(pad, ws + e * K * K, Wp, y, xo, s, d));
+    out[(b * C * m + dw::out_channel(em, C, m, c, e)) * P + r] =
+        static_cast<scalar_t>(dw::forward_padded_at<K>(pad, ws + e * K * K, Wp, y, xo, s, d));
   }
 }
 
 template <int K, typename scalar_t, typename acc_t>
 __global__ void dw_fwd_global_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ w,
-                                     scalar_t* __restrict__ out, int64_t total, int C, int H, int W, int m, int Ho,
-                                     int Wo, int s, int p, int d) {
+                                     scalar_t* __restrict__ out, int64_t total, bool em, int C, int H, int W, int m,
+                                     int Ho, int Wo, int s, int p, int d) {
   const int64_t P = static_cast<int64_t>(Ho) * Wo;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
@@ -60,42 +64,49 @@ __global__ void dw_fwd_global_kernel(const scalar_t* __restrict__ x, const acc_t
     const int64_t o = bo % (static_cast<int64_t>(C) * m), b = bo / (static_cast<int64_t>(C) * m);
     const int y = static_cast<int>(r / Wo), xo = static_cast<int>(r % Wo);
     out[i] = static_cast<scalar_t>(
-        dw::forward_at<K>(x + (b * C + o / m) * H * W, w + o * K * K, H, W, y, xo, s, p, d));
+        dw::forward_at<K>(x + (b * C + dw::in_channel(em, C, m, o)) * H * W, w + o * K * K, H, W, y, xo, s, p, d));
   }
 }
 
 template <int K, typename scalar_t, typename acc_t>
 __global__ void dw_grad_x_shared_kernel(const scalar_t* __restrict__ g, const acc_t* __restrict__ w,
-                                        scalar_t* __restrict__ gx, int C, int H, int W, int m, int Ho, int Wo, int s,
-                                        int p, int d) {
+                                        scalar_t* __restrict__ gx, bool em, int C, int H, int W, int m, int Ho, int Wo,
+                                        int s, int p, int d) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int P = Ho * Wo;
   acc_t* gs = reinterpret_cast<acc_t*>(smem);
   acc_t* ws = gs + m * P;
   const int c = blockIdx.x;
-  const int64_t bc = static_cast<int64_t>(blockIdx.y) * C + c;
-  const scalar_t* src = g + bc * m * P;
-  for (int i = threadIdx.x; i < m * P; i += blockDim.x) gs[i] = static_cast<acc_t>(src[i]);
-  for (int i = threadIdx.x; i < m * K * K; i += blockDim.x) ws[i] = w[static_cast<int64_t>(c) * m * K * K + i];
+  const int64_t b = blockIdx.y, bc = b * C + c;
+  for (int i = threadIdx.x; i < m * P; i += blockDim.x) {
+    const int e = i / P;
+    gs[i] = static_cast<acc_t>(g[(b * C * m + dw::out_channel(em, C, m, c, e)) * P + (i - e * P)]);
+  }
+  for (int i = threadIdx.x; i < m * K * K; i += blockDim.x) {
+    const int e = i / (K * K);
+    ws[i] = w[dw::out_channel(em, C, m, c, e) * K * K + (i - e * K * K)];
+  }
   __syncthreads();
   scalar_t* dst = gx + bc * H * W;
   for (int i = threadIdx.x; i < H * W; i += blockDim.x) {
     const int y = i / W, xi = i - y * W;
-    dst[i] = static_cast<scalar_t>(dw::grad_input_at<K>(gs, ws, m, Ho, Wo, y, xi, s, p, d));
+    dst[i] = static_cast<scalar_t>(dw::grad_input_at<K>(gs, P, ws, K * K, m, Ho, Wo, y, xi, s, p, d));
   }
 }
 
 template <int K, typename scalar_t, typename acc_t>
 __global__ void dw_grad_x_global_kernel(const scalar_t* __restrict__ g, const acc_t* __restrict__ w,
-                                        scalar_t* __restrict__ gx, int64_t total, int C, int H, int W, int m, int Ho,
-                                        int Wo, int s, int p, int d) {
+                                        scalar_t* __restrict__ gx, int64_t total, bool em, int C, int H, int W, int m,
+                                        int Ho, int Wo, int s, int p, int d) {
   const int64_t HW = static_cast<int64_t>(H) * W, P = static_cast<int64_t>(Ho) * Wo;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t bc = i / HW, r = i - bc * HW;
-    const int64_t c = bc % C;
+    const int64_t b = bc / C, c = bc % C;
     const int y = static_cast<int>(r / W), xi = static_cast<int>(r % W);
-    gx[i] = static_cast<scalar_t>(dw::grad_input_at<K>(g + bc * m * P, w + c * m * K * K, m, Ho, Wo, y, xi, s, p, d));
+    const int64_t o0 = dw::out_channel(em, C, m, c, 0), step = em ? C : 1;  // its m copies, one step apart
+    gx[i] = static_cast<scalar_t>(dw::grad_input_at<K>(g + (b * C * m + o0) * P, step * P, w + o0 * K * K,
+                                                       step * K * K, m, Ho, Wo, y, xi, s, p, d));
   }
 }
 
@@ -103,13 +114,13 @@ __global__ void dw_grad_x_global_kernel(const scalar_t* __restrict__ g, const ac
 // batch row's input plane is first copied, zero-padded, into shared memory (dynamic, (H + 2p)·(W + 2p) values).
 template <int K, bool kShared, typename scalar_t, typename acc_t>
 __global__ void dw_grad_w_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                                 acc_t* __restrict__ partial, int B, int per_share, int C, int H, int W, int m, int Ho,
-                                 int Wo, int s, int p, int d) {
+                                 acc_t* __restrict__ partial, bool em, int B, int per_share, int C, int H, int W,
+                                 int m, int Ho, int Wo, int s, int p, int d) {
   constexpr int KK = K * K;
   extern __shared__ __align__(16) unsigned char smem[];
   acc_t* pad = reinterpret_cast<acc_t*>(smem);
   __shared__ acc_t warp_sums[kThreads / 32][KK];
-  const int O = C * m, o = blockIdx.x, c = o / m;
+  const int O = C * m, o = blockIdx.x, c = static_cast<int>(dw::in_channel(em, C, m, o));
   const int b0 = blockIdx.y * per_share, b1 = min(B, b0 + per_share);
   const int P = Ho * Wo, Hp = H + 2 * p, Wp = W + 2 * p;
   acc_t acc[KK];
@@ -165,8 +176,8 @@ int threads_for(int64_t work) {  // a multiple of 32, at most kThreads
 }
 
 at::Tensor depthwise_conv_cuda(const at::Tensor& x_in, const at::Tensor& w_in, int64_t stride, int64_t padding,
-                               int64_t dilation) {
-  const DepthwiseShape s = check_depthwise_args(x_in, w_in, stride, padding, dilation);
+                               int64_t dilation, bool edge_major) {
+  const DepthwiseShape s = check_depthwise_args(x_in, w_in, stride, padding, dilation, edge_major);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = w_in.to(at::toOpMathType(x.scalar_type())).contiguous();
@@ -181,12 +192,12 @@ at::Tensor depthwise_conv_cuda(const at::Tensor& x_in, const at::Tensor& w_in, i
       if (padded_plane_fits(s, sizeof(acc_t)) && s.B <= 65535) {
         const int64_t smem = (Hp * Wp + s.m * K * K) * static_cast<int64_t>(sizeof(acc_t));
         dw_fwd_shared_kernel<K, scalar_t, acc_t><<<dim3(s.C, s.B), threads_for(s.m * s.Ho * s.Wo), smem, stream>>>(
-            x.data_ptr<scalar_t>(), w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), s.C, s.H, s.W, s.m, s.Ho, s.Wo,
-            s.stride, s.padding, s.dilation);
+            x.data_ptr<scalar_t>(), w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), s.edge_major, s.C, s.H, s.W, s.m,
+            s.Ho, s.Wo, s.stride, s.padding, s.dilation);
       } else {
         dw_fwd_global_kernel<K, scalar_t, acc_t><<<grid_blocks(out.numel(), kThreads), kThreads, 0, stream>>>(
-            x.data_ptr<scalar_t>(), w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), out.numel(), s.C, s.H, s.W, s.m,
-            s.Ho, s.Wo, s.stride, s.padding, s.dilation);
+            x.data_ptr<scalar_t>(), w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), out.numel(), s.edge_major, s.C, s.H,
+            s.W, s.m, s.Ho, s.Wo, s.stride, s.padding, s.dilation);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -196,10 +207,10 @@ at::Tensor depthwise_conv_cuda(const at::Tensor& x_in, const at::Tensor& w_in, i
 
 std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cuda(const at::Tensor& grad, const at::Tensor& x_in,
                                                                 const at::Tensor& w_in, int64_t stride,
-                                                                int64_t padding, int64_t dilation, bool need_x,
-                                                                bool need_w) {
+                                                                int64_t padding, int64_t dilation, bool edge_major,
+                                                                bool need_x, bool need_w) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const DepthwiseBackward a = prepare_depthwise_backward(grad, x_in, w_in, stride, padding, dilation);
+  const DepthwiseBackward a = prepare_depthwise_backward(grad, x_in, w_in, stride, padding, dilation, edge_major);
   const DepthwiseShape& s = a.s;
   at::Tensor grad_x = need_x ? at::empty({s.B, s.C, s.H, s.W}, a.x.options()) : a.x.new_empty({0});
   at::Tensor grad_w = need_w ? at::empty(w_in.sizes(), w_in.options().memory_format(at::MemoryFormat::Contiguous))
@@ -214,12 +225,12 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cuda(const at::Tensor
         if (grad_planes_fit(s, sizeof(acc_t)) && s.B <= 65535) {
           const int64_t smem = s.m * (s.Ho * s.Wo + K * K) * static_cast<int64_t>(sizeof(acc_t));
           dw_grad_x_shared_kernel<K, scalar_t, acc_t><<<dim3(s.C, s.B), threads_for(s.H * s.W), smem, stream>>>(
-              a.g.data_ptr<scalar_t>(), a.w.data_ptr<acc_t>(), grad_x.data_ptr<scalar_t>(), s.C, s.H, s.W, s.m, s.Ho,
-              s.Wo, s.stride, s.padding, s.dilation);
+              a.g.data_ptr<scalar_t>(), a.w.data_ptr<acc_t>(), grad_x.data_ptr<scalar_t>(), s.edge_major, s.C, s.H,
+              s.W, s.m, s.Ho, s.Wo, s.stride, s.padding, s.dilation);
         } else {
           dw_grad_x_global_kernel<K, scalar_t, acc_t><<<grid_blocks(grad_x.numel(), kThreads), kThreads, 0, stream>>>(
-              a.g.data_ptr<scalar_t>(), a.w.data_ptr<acc_t>(), grad_x.data_ptr<scalar_t>(), grad_x.numel(), s.C, s.H,
-              s.W, s.m, s.Ho, s.Wo, s.stride, s.padding, s.dilation);
+              a.g.data_ptr<scalar_t>(), a.w.data_ptr<acc_t>(), grad_x.data_ptr<scalar_t>(), grad_x.numel(),
+              s.edge_major, s.C, s.H, s.W, s.m, s.Ho, s.Wo, s.stride, s.padding, s.dilation);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       } else if (need_x) {
@@ -238,12 +249,12 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cuda(const at::Tensor
         if (padded_plane_fits(s, sizeof(acc_t))) {
           const int64_t smem = (s.H + 2 * s.padding) * (s.W + 2 * s.padding) * static_cast<int64_t>(sizeof(acc_t));
           dw_grad_w_kernel<K, true, scalar_t, acc_t><<<grid, threads, smem, stream>>>(
-              a.g.data_ptr<scalar_t>(), a.x.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), s.B, per_share, s.C,
-              s.H, s.W, s.m, s.Ho, s.Wo, s.stride, s.padding, s.dilation);
+              a.g.data_ptr<scalar_t>(), a.x.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), s.edge_major, s.B,
+              per_share, s.C, s.H, s.W, s.m, s.Ho, s.Wo, s.stride, s.padding, s.dilation);
         } else {
           dw_grad_w_kernel<K, false, scalar_t, acc_t><<<grid, threads, 0, stream>>>(
-              a.g.data_ptr<scalar_t>(), a.x.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), s.B, per_share, s.C,
-              s.H, s.W, s.m, s.Ho, s.Wo, s.stride, s.padding, s.dilation);
+              a.g.data_ptr<scalar_t>(), a.x.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), s.edge_major, s.B,
+              per_share, s.C, s.H, s.W, s.m, s.Ho, s.Wo, s.stride, s.padding, s.dilation);
         }
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         grad_w.copy_(partial.sum(0).view(w_in.sizes()));

@@ -1,8 +1,10 @@
 // Shared by the depthwise_conv CPU kernels (depthwise.cpp) and CUDA kernels (depthwise.cu): the argument
 // checks and the per-pixel math, compiled for the host and for the device.
 //
-// Layout (NCHW, contiguous): x (B, C, H, W), w (C·m, 1, K, K), out (B, C·m, Ho, Wo); output channel o = c·m + e
-// reads input channel c (m: the channel multiplier), so the m output planes of one input plane are contiguous.
+// Layout (NCHW, contiguous): x (B, C, H, W), w (C·m, 1, K, K), out (B, C·m, Ho, Wo), m the channel multiplier.
+// The e-th copy of input channel c is output channel c·m + e (interleaved: torch's grouped convolution) or, with
+// edge_major, e·C + c (the m copies of all channels one after the other: the batched search cell's per-edge
+// layout); weight row o belongs to output channel o either way.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -30,12 +32,13 @@ namespace mdarts {
 struct DepthwiseShape {
   int64_t B = 0, C = 0, H = 0, W = 0, m = 0, Ho = 0, Wo = 0;
   int K = 0, stride = 1, padding = 0, dilation = 1;
+  bool edge_major = false;
   int64_t O() const { return C * m; }
 };
 
 // Check depthwise_conv's arguments (TORCH_CHECK with a message naming the argument) and return their shape.
 DepthwiseShape check_depthwise_args(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t padding,
-                                    int64_t dilation);
+                                    int64_t dilation, bool edge_major);
 
 // The backward's inputs after checking: the shape, grad and x contiguous, the weights contiguous in the
 // accumulation type.
@@ -44,7 +47,7 @@ struct DepthwiseBackward {
   at::Tensor g, x, w;
 };
 DepthwiseBackward prepare_depthwise_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
-                                             int64_t stride, int64_t padding, int64_t dilation);
+                                             int64_t stride, int64_t padding, int64_t dilation, bool edge_major);
 
 // The kernels work on a zero-padded copy of an input plane (forward, weight gradient) and on one plane's m
 // output gradients (input gradient) in shared memory when these fit in 40 KiB; on larger planes they read
@@ -58,6 +61,14 @@ inline bool grad_planes_fit(const DepthwiseShape& s, int64_t elem_bytes) {
 }
 
 namespace dw {
+
+// The output channel of input channel c's e-th copy, and the input channel that output channel o reads.
+MDARTS_HOST_DEVICE inline int64_t out_channel(bool edge_major, int64_t C, int64_t m, int64_t c, int64_t e) {
+  return edge_major ? e * C + c : c * m + e;
+}
+MDARTS_HOST_DEVICE inline int64_t in_channel(bool edge_major, int64_t C, int64_t m, int64_t o) {
+  return edge_major ? o % C : o / m;
+}
 
 // One output pixel (y, x) of one plane: sum over the taps of w[i, j]·in[y·s − p + i·d, x·s − p + j·d], zero
 // outside the H × W input plane `in`.
@@ -80,11 +91,12 @@ MDARTS_HOST_DEVICE inline acc_t forward_at(const T* in, const acc_t* w, int H, i
   return sum;
 }
 
-// The gradient at input pixel (yi, xi) of one input plane, from its m output planes' gradients g (m × Ho × Wo)
-// and their weights w (m × K × K): every output pixel whose tap lands on (yi, xi).
+// The gradient at input pixel (yi, xi) of one input plane, from its m output planes' gradients (Ho × Wo each,
+// g_step values apart from g) and their weights (K × K each, w_step values apart from w): every output pixel
+// whose tap lands on (yi, xi).
 template <int K, typename T, typename acc_t>
-MDARTS_HOST_DEVICE inline acc_t grad_input_at(const T* g, const acc_t* w, int m, int Ho, int Wo, int yi, int xi, int s,
-                                              int p, int d) {
+MDARTS_HOST_DEVICE inline acc_t grad_input_at(const T* g, int64_t g_step, const acc_t* w, int64_t w_step, int m, int Ho,
+                                              int Wo, int yi, int xi, int s, int p, int d) {
   acc_t sum = 0;
   MDARTS_UNROLL
   for (int i = 0; i < K; ++i) {
@@ -98,7 +110,7 @@ MDARTS_HOST_DEVICE inline acc_t grad_input_at(const T* g, const acc_t* w, int m,
       if (tx < 0) continue;
       const int xo = s == 1 ? tx : tx / s;
       if (xo * s != tx || xo >= Wo) continue;
-      for (int e = 0; e < m; ++e) sum += w[(e * K + i) * K + j] * static_cast<acc_t>(g[(e * Ho + yo) * Wo + xo]);
+      for (int e = 0; e < m; ++e) sum += w[e * w_step + i * K + j] * static_cast<acc_t>(g[e * g_step + yo * Wo + xo]);
     }
   }
   return sum;

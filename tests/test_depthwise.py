@@ -45,12 +45,19 @@ def inputs(b, c, h, w, m, k, dtype=torch.float64, seed=0):
     return x, wt
 
 
+def test_edge_major_reference_is_the_grouped_conv2d_of_repeated_channels():
+    x, wt = inputs(2, 3, 8, 8, 4, 3)
+    torch.testing.assert_close(ops.depthwise_conv_ref(x, wt, 2, 2, 2, edge_major=True),
+                               F.conv2d(x.repeat(1, 4, 1, 1), wt, None, 2, 2, 2, 12))
+
+
+@pytest.mark.parametrize("edge_major", [False, True], ids=["interleaved", "edge_major"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_depthwise_matches_grouped_conv2d_float64(ext, case):
+def test_depthwise_matches_grouped_conv2d_float64(ext, case, edge_major):
     b, c, h, w, m, k, stride, padding, dilation = case
     x, wt = inputs(b, c, h, w, m, k)
-    out = ext.depthwise_conv(x, wt, stride, padding, dilation)
-    ref = F.conv2d(x, wt, None, stride, padding, dilation, c)
+    out = ext.depthwise_conv(x, wt, stride, padding, dilation, edge_major)
+    ref = ops.depthwise_conv_ref(x, wt, stride, padding, dilation, edge_major)
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(ref)
@@ -58,31 +65,32 @@ def test_depthwise_matches_grouped_conv2d_float64(ext, case):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("edge_major", [False, True], ids=["interleaved", "edge_major"])
 @pytest.mark.parametrize("case", CASES[:4] + CASES[6:8], ids=IDS[:4] + IDS[6:8])
-def test_depthwise_gradcheck(ext, case):
+def test_depthwise_gradcheck(ext, case, edge_major):
     b, c, h, w, m, k, stride, padding, dilation = case
     x, wt = inputs(1, c, min(h, 6), min(w, 6), m, k, seed=1)
-    assert torch.autograd.gradcheck(lambda x, wt: ext.depthwise_conv(x, wt, stride, padding, dilation), (x, wt))
+    assert torch.autograd.gradcheck(lambda x, wt: ext.depthwise_conv(x, wt, stride, padding, dilation, edge_major), (x, wt))
 
 
 def test_depthwise_partial_gradients(ext):
     x, wt = inputs(2, 3, 6, 6, 2, 3)
     ref_x, ref_w = torch.autograd.grad(F.conv2d(x, wt, None, 1, 1, 1, 3).square().sum(), [x, wt])
-    (gx,) = torch.autograd.grad(ext.depthwise_conv(x, wt.detach(), 1, 1, 1).square().sum(), [x])
-    (gw,) = torch.autograd.grad(ext.depthwise_conv(x.detach(), wt, 1, 1, 1).square().sum(), [wt])
+    (gx,) = torch.autograd.grad(ext.depthwise_conv(x, wt.detach(), 1, 1, 1, False).square().sum(), [x])
+    (gw,) = torch.autograd.grad(ext.depthwise_conv(x.detach(), wt, 1, 1, 1, False).square().sum(), [wt])
     torch.testing.assert_close(gx, ref_x)
     torch.testing.assert_close(gw, ref_w)
-    gx_only, gw_empty = ext.depthwise_conv_backward(torch.ones(2, 6, 6, 6, dtype=torch.float64), x, wt, 1, 1, 1, True, False)
+    gx_only, gw_empty = ext.depthwise_conv_backward(torch.ones(2, 6, 6, 6, dtype=torch.float64), x, wt, 1, 1, 1, False, True, False)
     assert gx_only.shape == x.shape and gw_empty.numel() == 0
 
 
 def test_depthwise_strided_inputs(ext):
     """Channels-last and transposed inputs give the contiguous input's result (read through a copy)."""
     x, wt = inputs(2, 3, 6, 8, 2, 3)
-    ref = ext.depthwise_conv(x, wt, 1, 1, 1)
-    torch.testing.assert_close(ext.depthwise_conv(x.to(memory_format=torch.channels_last), wt, 1, 1, 1), ref)
+    ref = ext.depthwise_conv(x, wt, 1, 1, 1, False)
+    torch.testing.assert_close(ext.depthwise_conv(x.to(memory_format=torch.channels_last), wt, 1, 1, 1, False), ref)
     xt = x.detach().transpose(2, 3).contiguous().transpose(2, 3)
-    torch.testing.assert_close(ext.depthwise_conv(xt, wt, 1, 1, 1), ref)
+    torch.testing.assert_close(ext.depthwise_conv(xt, wt, 1, 1, 1, False), ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -93,7 +101,7 @@ def test_depthwise_low_precision(ext, dtype):
     g = torch.randn_like(ref)
     ref_grads = torch.autograd.grad(ref, [x, wt], g)
     xl, wl = x.detach().to(dtype).requires_grad_(), wt.detach().float().requires_grad_()
-    out = ext.depthwise_conv(xl, wl, 2, 4, 2)
+    out = ext.depthwise_conv(xl, wl, 2, 4, 2, False)
     assert out.dtype == dtype
     gx, gw = torch.autograd.grad(out, [xl, wl], g.to(dtype))
     assert gx.dtype == dtype and gw.dtype == torch.float32
@@ -106,25 +114,25 @@ def test_depthwise_low_precision(ext, dtype):
 def test_depthwise_argument_errors(ext):
     x, wt = inputs(2, 3, 6, 6, 2, 3)
     with pytest.raises(RuntimeError, match="x must be"):
-        ext.depthwise_conv(x[0], wt, 1, 1, 1)
+        ext.depthwise_conv(x[0], wt, 1, 1, 1, False)
     with pytest.raises(RuntimeError, match="w must be"):
-        ext.depthwise_conv(x, wt[:, :, :2], 1, 1, 1)
+        ext.depthwise_conv(x, wt[:, :, :2], 1, 1, 1, False)
     with pytest.raises(RuntimeError, match="not a multiple of x's 3 channels"):
-        ext.depthwise_conv(x, wt[:5], 1, 1, 1)
+        ext.depthwise_conv(x, wt[:5], 1, 1, 1, False)
     with pytest.raises(RuntimeError, match="stride must be at least 1"):
-        ext.depthwise_conv(x, wt, 0, 1, 1)
+        ext.depthwise_conv(x, wt, 0, 1, 1, False)
     with pytest.raises(RuntimeError, match="padding must not be negative"):
-        ext.depthwise_conv(x, wt, 1, -1, 1)
+        ext.depthwise_conv(x, wt, 1, -1, 1, False)
     with pytest.raises(RuntimeError, match="dilation must be at least 1"):
-        ext.depthwise_conv(x, wt, 1, 1, 0)
+        ext.depthwise_conv(x, wt, 1, 1, 0, False)
     with pytest.raises(RuntimeError, match="smaller than the dilated"):
-        ext.depthwise_conv(x[:, :, :2, :2], wt, 1, 0, 2)
+        ext.depthwise_conv(x[:, :, :2, :2], wt, 1, 0, 2, False)
     with pytest.raises(RuntimeError, match="kernel size 9 is not built"):
-        ext.depthwise_conv(x, torch.zeros(6, 1, 9, 9, dtype=torch.float64), 1, 4, 1)
+        ext.depthwise_conv(x, torch.zeros(6, 1, 9, 9, dtype=torch.float64), 1, 4, 1, False)
     with pytest.raises(RuntimeError, match="x must be floating point"):
-        ext.depthwise_conv(x.long(), wt, 1, 1, 1)
+        ext.depthwise_conv(x.long(), wt, 1, 1, 1, False)
     with pytest.raises(RuntimeError, match="grad has shape"):
-        ext.depthwise_conv_backward(torch.zeros(2, 6, 5, 5, dtype=torch.float64), x, wt, 1, 1, 1, True, True)
+        ext.depthwise_conv_backward(torch.zeros(2, 6, 5, 5, dtype=torch.float64), x, wt, 1, 1, 1, False, True, True)
 
 
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
@@ -133,15 +141,16 @@ def test_depthwise_opcheck(ext, grads):
     x, wt = inputs(2, 3, 8, 8, 2, 5, dtype=torch.float32)
     x.requires_grad_(grads in ("both", "x"))
     wt.requires_grad_(grads in ("both", "w"))
-    torch.library.opcheck(ext.depthwise_conv.default, (x, wt, 1, 2, 1))
-    torch.library.opcheck(ext.depthwise_conv.default, (x, wt, 2, 4, 2))
+    torch.library.opcheck(ext.depthwise_conv.default, (x, wt, 1, 2, 1, False))
+    torch.library.opcheck(ext.depthwise_conv.default, (x, wt, 2, 4, 2, True))
 
 
 def test_depthwise_wrapper_without_the_extension(monkeypatch):
-    """ops.depthwise_conv without the compiled ops is torch's grouped conv2d."""
+    """ops.depthwise_conv without the compiled ops is the reference, torch's grouped conv2d."""
     monkeypatch.setenv("MDARTS_OPS", "ref")
     x, wt = inputs(2, 3, 8, 8, 2, 3)
     torch.testing.assert_close(ops.depthwise_conv(x, wt, 2, 1, 1), F.conv2d(x, wt, None, 2, 1, 1, 3))
+    torch.testing.assert_close(ops.depthwise_conv(x, wt, 2, 1, 1, edge_major=True), F.conv2d(x.repeat(1, 2, 1, 1), wt, None, 2, 1, 1, 6))
 
 
 @pytest.mark.parametrize("reduction", [False, True])
@@ -175,12 +184,13 @@ CUDA_CASES = [
 def test_depthwise_cuda_matches_conv2d(case, dtype):
     ops.load_extension(with_cuda=True)
     b, c, h, w, m, k, stride, padding, dilation = case
+    edge_major = dtype == torch.float32 and m > 1  # each order on some of the cases
     x, wt = inputs(b, c, h, w, m, k)
-    ref = F.conv2d(x, wt, None, stride, padding, dilation, c)
+    ref = ops.depthwise_conv_ref(x, wt, stride, padding, dilation, edge_major)
     g = torch.randn_like(ref)
     ref_x, ref_w = torch.autograd.grad(ref, [x, wt], g)
     xc, wc = x.detach().to("cuda", dtype).requires_grad_(), wt.detach().to("cuda", torch.float32).requires_grad_()
-    out = torch.ops.mdarts.depthwise_conv(xc, wc, stride, padding, dilation)
+    out = torch.ops.mdarts.depthwise_conv(xc, wc, stride, padding, dilation, edge_major)
     gx, gw = torch.autograd.grad(out, [xc, wc], g.to("cuda", dtype))
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(out.double().cpu(), ref.detach(), rtol=tol, atol=tol)
@@ -188,5 +198,6 @@ def test_depthwise_cuda_matches_conv2d(case, dtype):
     # grad_w sums up to B·Ho·Wo products: relative to its scale
     scale = ref_w.abs().max().item()
     torch.testing.assert_close(gw.double().cpu(), ref_w, rtol=tol, atol=tol * scale)
-    again = torch.autograd.grad(torch.ops.mdarts.depthwise_conv(xc, wc, stride, padding, dilation), [wc], g.to("cuda", dtype))
+    again = torch.autograd.grad(torch.ops.mdarts.depthwise_conv(xc, wc, stride, padding, dilation, edge_major), [wc],
+                                g.to("cuda", dtype))
     assert torch.equal(again[0], gw)  # deterministic

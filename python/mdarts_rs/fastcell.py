@@ -168,8 +168,9 @@ class GroupedConvBranch(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, normalize: bool = True,
                 stats: list[StatsUpdate] | None = None) -> torch.Tensor:
-        """``x``: the ReLU'd node (B, C, H, W) when dense, else repeated per edge (B, n·C, H, W). Returns the n
-        edges' outputs, (B, n·C, H', W'), each channel multiplied by ``scale`` (n·C) if given; without
+        """``x``: the ReLU'd node (B, C, H, W) when dense or with the fused depthwise convolution, else repeated
+        per edge (B, n·C, H, W). Returns the n edges' outputs, (B, n·C, H', W'), each channel multiplied by
+        ``scale`` (n·C) if given; without
         ``normalize``, the input of the last batch norm (its caller normalises). Given ``stats`` (mix
         "fused_bn"), a batch norm in training mode followed by a ReLU inside the branch runs as one bn_mix op,
         whose statistics are appended to ``stats`` for the caller to update."""
@@ -179,8 +180,8 @@ class GroupedConvBranch(nn.Module):
             # Dense mode, first block: the depthwise weights are stored in c·n+e order, so that one
             # convolution with channel multiplier n reads the node once.
             stride, padding, dilation = (self.stride, self.padding, self.dilation) if first else (1, self.kernel // 2, 1)
-            if self.fused_depthwise:
-                x = ops.depthwise_conv(x, dw, stride, padding, dilation)
+            if self.fused_depthwise:  # grouped layouts: the first block reads the node once (edge-major copies)
+                x = ops.depthwise_conv(x, dw, stride, padding, dilation, edge_major=not self.dense)
             else:
                 x = F.conv2d(x, dw, stride=stride, padding=padding, dilation=dilation, groups=x.shape[1])
             if self.dense:
@@ -344,7 +345,7 @@ class NodeOps(nn.Module):
         appended to ``stats`` for the caller to update together with other nodes'."""
         s, n, c = self.stride, self.n, self.c
         relu = F.relu(h)
-        if self.sep_conv_3x3.dense:
+        if self.sep_conv_3x3.dense or self.sep_conv_3x3.fused_depthwise:
             rep = relu
         else:
             rep = relu.repeat(1, n, 1, 1)  # (B, n·C, H, W): one copy per edge, for the grouped convolutions

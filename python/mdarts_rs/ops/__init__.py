@@ -6,8 +6,9 @@
   either per edge or shared by every edge, with a fused backward.
 - ``bn_mix(xs, shared, w, eps)``: the mixed outputs of a batched node with its per-edge ops' last
   (non-affine, training-mode) batch norms in the same op; returns the batch statistics for the running ones.
-- ``depthwise_conv(x, w, stride, padding, dilation)``: a depthwise convolution with channel multiplier
-  (torch's conv2d with groups = channels), each plane read once per pass, the weight gradient deterministic.
+- ``depthwise_conv(x, w, stride, padding, dilation, edge_major)``: a depthwise convolution with channel
+  multiplier (torch's conv2d with groups = channels, or its outputs in edge-major order), each plane read once
+  per pass, the weight gradient deterministic.
 
 The plain-torch references in ``_ref`` are the specification. The C++ (CPU) and CUDA kernels in the
 project's ``cuda/`` folder are embedded in ``mdarts_rs._core`` and built with torch.utils.cpp_extension on
@@ -27,14 +28,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from mdarts_rs.ops._ref import bn_mix_ref, node_mix_ref, softmax_entropy_ref, weighted_sum_ref
+from mdarts_rs.ops._ref import bn_mix_ref, depthwise_conv_ref, node_mix_ref, softmax_entropy_ref, weighted_sum_ref
 
 __all__ = [
     "bn_mix",
     "bn_mix_ref",
     "depthwise_conv",
+    "depthwise_conv_ref",
     "extension_loaded",
     "load_extension",
     "node_mix",
@@ -159,12 +160,15 @@ def bn_mix(
     return bn_mix_ref(list(xs), list(shared), w, eps, relu)
 
 
-def depthwise_conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, dilation: int) -> torch.Tensor:
-    """out[b, c·m + e] = conv(x[b, c], w[c·m + e]) for x (B, C, H, W) and w (C·m, 1, K, K): torch's conv2d with
-    groups = C, no bias, the same stride, padding and dilation on both axes."""
+def depthwise_conv(
+    x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, dilation: int, edge_major: bool = False
+) -> torch.Tensor:
+    """out[b, o] = conv(x[b, c], w[o]) for x (B, C, H, W) and w (C·m, 1, K, K), no bias, the same stride, padding
+    and dilation on both axes; output channel o is copy e of input channel c at o = c·m + e (torch's conv2d with
+    groups = C) or, with ``edge_major``, at o = e·C + c (the m copies one after the other)."""
     if _use_extension(w):
-        return torch.ops.mdarts.depthwise_conv(x, w, stride, padding, dilation)
-    return F.conv2d(x, w, None, stride, padding, dilation, x.shape[1])
+        return torch.ops.mdarts.depthwise_conv(x, w, stride, padding, dilation, edge_major)
+    return depthwise_conv_ref(x, w, stride, padding, dilation, edge_major)
 
 
 def softmax_entropy(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,13 +226,13 @@ def _register_python_parts() -> None:
         return gxs, gsh, (torch.empty_like(w, memory_format=torch.contiguous_format) if need_w else w.new_empty(0))
 
     @lib.register_fake("mdarts::depthwise_conv")
-    def _dw_fake(x, w, stride, padding, dilation):
+    def _dw_fake(x, w, stride, padding, dilation, edge_major):
         span = dilation * (w.shape[2] - 1) + 1
         ho, wo = ((n + 2 * padding - span) // stride + 1 for n in x.shape[2:])
         return x.new_empty((x.shape[0], w.shape[0], ho, wo))
 
     @lib.register_fake("mdarts::depthwise_conv_backward")
-    def _dw_bwd_fake(grad, x, w, stride, padding, dilation, need_x, need_w):
+    def _dw_bwd_fake(grad, x, w, stride, padding, dilation, edge_major, need_x, need_w):
         gx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else x.new_empty(0)
         return gx, (torch.empty_like(w, memory_format=torch.contiguous_format) if need_w else w.new_empty(0))
 
@@ -296,15 +300,15 @@ def _register_python_parts() -> None:
     lib.register_autograd("mdarts::bn_mix", _bm_backward, setup_context=_bm_setup)
 
     def _dw_setup(ctx, inputs, output):
-        x, w, ctx.stride, ctx.padding, ctx.dilation = inputs
+        x, w, ctx.stride, ctx.padding, ctx.dilation, ctx.edge_major = inputs
         ctx.need_x, ctx.need_w = x.requires_grad, w.requires_grad
         ctx.save_for_backward(x, w)
 
     def _dw_backward(ctx, grad):
         x, w = ctx.saved_tensors
-        gx, gw = torch.ops.mdarts.depthwise_conv_backward(grad, x, w, ctx.stride, ctx.padding, ctx.dilation, ctx.need_x,
-                                                          ctx.need_w)
-        return (gx if ctx.need_x else None), (gw if ctx.need_w else None), None, None, None
+        gx, gw = torch.ops.mdarts.depthwise_conv_backward(grad, x, w, ctx.stride, ctx.padding, ctx.dilation, ctx.edge_major,
+                                                          ctx.need_x, ctx.need_w)
+        return (gx if ctx.need_x else None), (gw if ctx.need_w else None), None, None, None, None
 
     lib.register_autograd("mdarts::depthwise_conv", _dw_backward, setup_context=_dw_setup)
 

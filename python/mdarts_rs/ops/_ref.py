@@ -4,6 +4,7 @@ compiled extension is not available."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def weighted_sum_ref(xs: list[torch.Tensor] | tuple[torch.Tensor, ...], w: torch.Tensor) -> torch.Tensor:
@@ -69,3 +70,16 @@ def softmax_entropy_ref(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     logp = torch.log_softmax(alpha, dim=-1)
     p = logp.exp()
     return p, -(p * logp).sum(dim=-1)
+
+
+def depthwise_conv_ref(
+    x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, dilation: int, edge_major: bool = False
+) -> torch.Tensor:
+    """``depthwise_conv`` with torch's grouped conv2d (edge-major order through reordered weights and outputs)."""
+    c = x.shape[1]
+    if not edge_major:
+        return F.conv2d(x, w, None, stride, padding, dilation, c)
+    m, k = w.shape[0] // c, w.shape[2]
+    interleaved = w.reshape(m, c, 1, k, k).transpose(0, 1).reshape(c * m, 1, k, k)
+    out = F.conv2d(x, interleaved, None, stride, padding, dilation, c)
+    return out.unflatten(1, (c, m)).transpose(1, 2).flatten(1, 2)
