@@ -53,7 +53,7 @@ run() {  # run NAME LIMIT COMMAND...: output to $OUT/NAME.txt, at most LIMIT sec
 
 nvidia-smi > "$OUT/build.txt" 2>&1
 run build 200 "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
-run cuda_tests 150 "${PYTEST[@]}" -m cuda -rs tests/test_ops.py tests/test_node_mix.py tests/test_bn_mix.py tests/test_search.py
+run cuda_tests 150 "${PYTEST[@]}" -m cuda -rs tests
 # The fastest variant whose α gradient agrees with the default's is measured by every later section.
 run variants 150 "$PY" benches/gpu_report.py --sections variants --best-file "$OUT/best.txt" ${VARIANTS:+--variants "$VARIANTS"}
 export MDARTS_BENCH_FAST="$(cat "$OUT/best.txt" 2>/dev/null)"
