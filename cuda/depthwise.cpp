@@ -73,7 +73,7 @@ at::Tensor depthwise_conv_cpu(const at::Tensor& x_in, const at::Tensor& w_in, in
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = w_in.to(at::toOpMathType(x.scalar_type())).contiguous();
   at::Tensor out = at::empty({s.B, s.O(), s.Ho, s.Wo}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "depthwise_conv_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "depthwise_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_kernel_size(s.K, [&](auto kc) {
       constexpr int K = decltype(kc)::value;
@@ -116,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cpu(const at::Tensor&
   at::Tensor grad_x = need_x ? at::empty({s.B, s.C, s.H, s.W}, a.x.options()) : a.x.new_empty({0});
   at::Tensor grad_w = need_w ? at::empty(w_in.sizes(), w_in.options().memory_format(at::MemoryFormat::Contiguous))
                              : w_in.new_empty({0});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "depthwise_conv_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.x.scalar_type(), "depthwise_conv_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_kernel_size(s.K, [&](auto kc) {
       constexpr int K = decltype(kc)::value;

@@ -184,7 +184,7 @@ at::Tensor depthwise_conv_cuda(const at::Tensor& x_in, const at::Tensor& w_in, i
   at::Tensor out = at::empty({s.B, s.O(), s.Ho, s.Wo}, x.options());
   if (out.numel() == 0) return out;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "depthwise_conv_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "depthwise_conv_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_kernel_size(s.K, [&](auto kc) {
       constexpr int K = decltype(kc)::value;
@@ -217,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cuda(const at::Tensor
                              : w_in.new_empty({0});
   if (need_w && a.g.numel() == 0) grad_w.zero_();
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "depthwise_conv_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.x.scalar_type(), "depthwise_conv_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_kernel_size(s.K, [&](auto kc) {
       constexpr int K = decltype(kc)::value;

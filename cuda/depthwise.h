@@ -168,15 +168,14 @@ MDARTS_HOST_DEVICE inline void grad_weight_add_padded(acc_t gv, const acc_t* pad
 
 }  // namespace dw
 
-// Calls f(std::integral_constant<int, K>{}) for the kernel sizes the kernels are built for (1, 3, 5, 7).
+// Calls f(std::integral_constant<int, K>{}) for the kernel sizes the kernels are built for: the search space's 3
+// and 5, each for float32, float64 and bfloat16 (more would lengthen the first-use build).
 template <typename F>
 void dispatch_kernel_size(int K, F&& f) {
   switch (K) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
     case 3: f(std::integral_constant<int, 3>{}); break;
     case 5: f(std::integral_constant<int, 5>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    default: TORCH_CHECK(false, "depthwise_conv: kernel size ", K, " is not built (1, 3, 5 or 7)");
+    default: TORCH_CHECK(false, "depthwise_conv: kernel size ", K, " is not built (3 or 5)");
   }
 }
 

@@ -165,8 +165,9 @@ def depthwise_conv(
 ) -> torch.Tensor:
     """out[b, o] = conv(x[b, c], w[o]) for x (B, C, H, W) and w (C·m, 1, K, K), no bias, the same stride, padding
     and dilation on both axes; output channel o is copy e of input channel c at o = c·m + e (torch's conv2d with
-    groups = C) or, with ``edge_major``, at o = e·C + c (the m copies one after the other)."""
-    if _use_extension(w):
+    groups = C) or, with ``edge_major``, at o = e·C + c (the m copies one after the other). The compiled kernels
+    exist for K = 3 and 5 (the search space's) and float32, float64 and bfloat16 inputs; others run the reference."""
+    if w.shape[-1] in (3, 5) and x.dtype != torch.float16 and _use_extension(w):
         return torch.ops.mdarts.depthwise_conv(x, w, stride, padding, dilation, edge_major)
     return depthwise_conv_ref(x, w, stride, padding, dilation, edge_major)
 
