@@ -45,10 +45,12 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: batch norm and ReLU in another, in training mode; eval mode runs "torch"). ``depthwise``: "torch"
 #: (``F.conv2d`` with groups) or "fused" (``mdarts_rs.ops.depthwise_conv``: each plane read once per pass,
 #: one pass per gradient).
-#: The pointwise and batch-norm defaults were the fastest float32 choice of a graph-replayed step on an H200
-#: (batch 64: 119.7 ms against 133.8 ms for grouped/native; channels-last was slower with every choice);
-#: "fused" and "fused_bn" mixing have not run on a GPU yet. ``benches/gpu_report.py`` measures them all.
-OPTIONS = {"pointwise": "dense", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch"}
+#: Defaults: the fastest float32 choices measured that pass every check on a GPU. Graph-replayed step at batch
+#: 64, C = 16, 8 cells (``benches/gpu_report.py --sections variants``, one H200 run): dense/cudnn/torch (the
+#: previous default) 109.7 ms, bmm 98.2, "fused" mix 106.0, "fused_bn" mix 99.1, bmm with "fused_bn" 87.6,
+#: fused depthwise 114.2 (slower than torch's kernels). "fused_bn" stays opt-in: on that GPU a replayed step
+#: of it did not match the eager step (tests/test_search.py). Channels-last was slower with every choice.
+OPTIONS = {"pointwise": "bmm", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch"}
 _CHOICES = {"pointwise": ("grouped", "bmm", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn"),
             "depthwise": ("torch", "fused")}
 
