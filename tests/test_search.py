@@ -327,8 +327,37 @@ def test_search_cuda_graph_step_is_the_eager_step(tmp_path, tiny_data, monkeypat
     stepped = eager.train_step(*batches[5])
     for key, value in replayed.items():
         assert stepped[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
-    for (name, x), y in zip(graphed.model.state_dict().items(), eager.model.state_dict().values()):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_states(graphed, eager, rtol=1e-5, atol=1e-6)
+
+
+def assert_same_states(a: Searcher, b: Searcher, rtol: float, atol: float) -> None:
+    """The two searchers' model states agree within the tolerances; else the error lists the tensors that do not,
+    with their largest difference."""
+    bad, states = [], list(zip(a.model.state_dict().items(), b.model.state_dict().values()))
+    for (name, x), y in states:
+        if not torch.allclose(x.double(), y.double(), rtol=rtol, atol=atol):
+            diff, size = (x.double() - y.double()).abs().max().item(), x.double().abs().max().item()
+            bad.append(f"{name} (largest difference {diff:.2e}, largest |value| {size:.2e})")
+    assert not bad, f"{len(bad)} of {len(states)} tensors differ: " + "; ".join(bad[:8])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mix, depthwise", [("torch", "torch"), ("fused_bn", "torch"), ("fused_bn", "fused")])
+def test_search_cuda_eager_step_is_deterministic(tmp_path, tiny_data, monkeypatch, mix, depthwise):
+    """With --deterministic, two eager steps of the batched supernet from the same state and batch leave bitwise
+    the same state."""
+    monkeypatch.setitem(fastcell.OPTIONS, "mix", mix)
+    monkeypatch.setitem(fastcell.OPTIONS, "depthwise", depthwise)
+    common = dict(device="cuda", arch_lr=0.01, fast=True, deterministic=True)
+    first = Searcher(tiny_cfg(tmp_path, out=tmp_path / "first", **common), *tiny_data)
+    batches = [(xt, yt, xv, yv) for (xt, yt), (xv, yv) in zip(first.train_loader.batches(0), first.val_loader.batches(0))]
+    first.train_step(*batches[0])
+    second = Searcher(tiny_cfg(tmp_path, out=tmp_path / "second", **common), *tiny_data)
+    second.load_state(copy.deepcopy(first.state()))
+    first.train_step(*batches[1])
+    second.train_step(*batches[1])
+    assert_same_states(first, second, rtol=0, atol=0)
 
 
 @pytest.mark.cuda
