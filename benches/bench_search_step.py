@@ -25,7 +25,8 @@ from mdarts_rs.search import Searcher
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-BATCHES = [64, 256] if CUDA else [8]
+#: Batch sizes on a GPU (MDARTS_BENCH_BATCHES="64" for a shorter run).
+BATCHES = [int(b) for b in os.environ.get("MDARTS_BENCH_BATCHES", "64,256").split(",")] if CUDA else [8]
 
 
 #: The variant of the batched path to measure (see ``gpu_report.py``), e.g. "pointwise=dense,channels_last".
