@@ -70,7 +70,11 @@ def test_depthwise_matches_grouped_conv2d_float64(ext, case, edge_major):
 def test_depthwise_gradcheck(ext, case, edge_major):
     b, c, h, w, m, k, stride, padding, dilation = case
     x, wt = inputs(1, c, min(h, 6), min(w, 6), m, k, seed=1)
-    assert torch.autograd.gradcheck(lambda x, wt: ext.depthwise_conv(x, wt, stride, padding, dilation, edge_major), (x, wt))
+
+    def conv(x, wt):
+        return ext.depthwise_conv(x, wt, stride, padding, dilation, edge_major)
+
+    assert torch.autograd.gradcheck(conv, (x, wt))
 
 
 def test_depthwise_partial_gradients(ext):

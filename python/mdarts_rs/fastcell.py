@@ -1,10 +1,11 @@
 """A search cell that computes the same function as ``supernet.SearchCell`` with far fewer, larger kernels.
 
 Every edge that reads the same node is batched (the plan of the GPU fast path): the ReLU in front of the
-convolutions runs once per node, each convolution type runs once over all those edges as one grouped
-depthwise and one grouped pointwise convolution on the node repeated along channels, and each batch norm
-runs once over the concatenated channels. Pooling followed by a non-affine batch norm gives the same
-output on every edge that reads a node (same input, no parameters), so it runs once per node. The mixed
+convolutions runs once per node, each convolution type runs once over all those edges as one depthwise
+convolution over the edges' copies of the node and one batched matrix product for their 1×1 convolutions
+(``OPTIONS`` holds other ways), and each batch norm runs once over the concatenated channels. Pooling
+followed by a non-affine batch norm gives the same output on every edge that reads a node (same input, no
+parameters), so it runs once per node. The mixed
 sum of an edge is Σ_k p_k·o_k over the 7 ops that are not 'none' (whose term is zero), evaluated for all
 edges of a node at once: an op with an output per edge (the convolutions, and a reduction's factorized
 skip) ends in a non-affine batch norm, so its weight p_k becomes that batch norm's scale, p_k·BN(x) =
@@ -172,8 +173,8 @@ class GroupedConvBranch(nn.Module):
                 stats: list[StatsUpdate] | None = None) -> torch.Tensor:
         """``x``: the ReLU'd node (B, C, H, W) when dense or with the fused depthwise convolution, else repeated
         per edge (B, n·C, H, W). Returns the n edges' outputs, (B, n·C, H', W'), each channel multiplied by
-        ``scale`` (n·C) if given; without
-        ``normalize``, the input of the last batch norm (its caller normalises). Given ``stats`` (mix
+        ``scale`` (n·C) if given; without ``normalize``, the input of the last batch norm (its caller
+        normalises). Given ``stats`` (mix
         "fused_bn"), a batch norm in training mode followed by a ReLU inside the branch runs as one bn_mix op,
         whose statistics are appended to ``stats`` for the caller to update."""
         nc = self.n * self.c
@@ -181,7 +182,8 @@ class GroupedConvBranch(nn.Module):
             first = b == 0
             # Dense mode, first block: the depthwise weights are stored in c·n+e order, so that one
             # convolution with channel multiplier n reads the node once.
-            stride, padding, dilation = (self.stride, self.padding, self.dilation) if first else (1, self.kernel // 2, 1)
+            stride, padding, dilation = (
+                (self.stride, self.padding, self.dilation) if first else (1, self.kernel // 2, 1))
             if self.fused_depthwise:  # grouped layouts: the first block reads the node once (edge-major copies)
                 x = ops.depthwise_conv(x, dw, stride, padding, dilation, edge_major=not self.dense)
             else:
@@ -190,7 +192,8 @@ class GroupedConvBranch(nn.Module):
                 x = F.conv2d(x, BlockDiagonal.apply(pw, self.eye, first))
             elif self.bmm:  # [b, e] = pw[e] @ x[b, e] over the (C, H·W) slices
                 bsz, _, h, w = x.shape
-                x = torch.matmul(pw.view(self.n, self.c, self.c), x.reshape(bsz, self.n, self.c, h * w)).view(bsz, nc, h, w)
+                x = torch.matmul(pw.view(self.n, self.c, self.c), x.reshape(bsz, self.n, self.c, h * w))
+                x = x.view(bsz, nc, h, w)
             else:
                 x = F.conv2d(x, pw, groups=self.n)
             if b == len(self.bn) - 1:

@@ -307,8 +307,8 @@ def _register_python_parts() -> None:
 
     def _dw_backward(ctx, grad):
         x, w = ctx.saved_tensors
-        gx, gw = torch.ops.mdarts.depthwise_conv_backward(grad, x, w, ctx.stride, ctx.padding, ctx.dilation, ctx.edge_major,
-                                                          ctx.need_x, ctx.need_w)
+        gx, gw = torch.ops.mdarts.depthwise_conv_backward(grad, x, w, ctx.stride, ctx.padding, ctx.dilation,
+                                                          ctx.edge_major, ctx.need_x, ctx.need_w)
         return (gx if ctx.need_x else None), (gw if ctx.need_w else None), None, None, None, None
 
     lib.register_autograd("mdarts::depthwise_conv", _dw_backward, setup_context=_dw_setup)
