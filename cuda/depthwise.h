@@ -70,12 +70,10 @@ MDARTS_HOST_DEVICE inline int64_t in_channel(bool edge_major, int64_t C, int64_t
   return edge_major ? o % C : o / m;
 }
 
-// One output pixel (y, x) of one plane: sum over the taps of w[i, j]·in[y·s − p + i·d, x·s − p + j·d], zero
-// outside the H × W input plane `in`.
-template <int K, typename T, typename acc_t>
-MDARTS_HOST_DEVICE inline acc_t forward_at(const T* in, const acc_t* w, int H, int W, int y, int x, int s, int p,
-                                           int d) {
-  acc_t sum = 0;
+// Calls f(t, v) for each tap t = i·K + j of output pixel (y, x) that lands inside the H × W plane `in`, at
+// (y·s − p + i·d, x·s − p + j·d), with v the input value there.
+template <int K, typename T, typename F>
+MDARTS_HOST_DEVICE inline void for_each_tap(const T* in, int H, int W, int y, int x, int s, int p, int d, F&& f) {
   const int y0 = y * s - p, x0 = x * s - p;
   MDARTS_UNROLL
   for (int i = 0; i < K; ++i) {
@@ -85,9 +83,17 @@ MDARTS_HOST_DEVICE inline acc_t forward_at(const T* in, const acc_t* w, int H, i
     for (int j = 0; j < K; ++j) {
       const int xi = x0 + j * d;
       if (xi < 0 || xi >= W) continue;
-      sum += w[i * K + j] * static_cast<acc_t>(in[yi * W + xi]);
+      f(i * K + j, in[yi * W + xi]);
     }
   }
+}
+
+// One output pixel (y, x) of one plane: sum over the taps of w[t]·in[tap], zero outside the plane.
+template <int K, typename T, typename acc_t>
+MDARTS_HOST_DEVICE inline acc_t forward_at(const T* in, const acc_t* w, int H, int W, int y, int x, int s, int p,
+                                           int d) {
+  acc_t sum = 0;
+  for_each_tap<K>(in, H, W, y, x, s, p, d, [&](int t, T v) { sum += w[t] * static_cast<acc_t>(v); });
   return sum;
 }
 
@@ -120,18 +126,7 @@ MDARTS_HOST_DEVICE inline acc_t grad_input_at(const T* g, int64_t g_step, const 
 template <int K, typename T, typename acc_t>
 MDARTS_HOST_DEVICE inline void grad_weight_add(acc_t gv, const T* in, int H, int W, int y, int x, int s, int p, int d,
                                                acc_t* acc) {
-  const int y0 = y * s - p, x0 = x * s - p;
-  MDARTS_UNROLL
-  for (int i = 0; i < K; ++i) {
-    const int yi = y0 + i * d;
-    if (yi < 0 || yi >= H) continue;
-    MDARTS_UNROLL
-    for (int j = 0; j < K; ++j) {
-      const int xi = x0 + j * d;
-      if (xi < 0 || xi >= W) continue;
-      acc[i * K + j] += gv * static_cast<acc_t>(in[yi * W + xi]);
-    }
-  }
+  for_each_tap<K>(in, H, W, y, x, s, p, d, [&](int t, T v) { acc[t] += gv * static_cast<acc_t>(v); });
 }
 
 // The value at (yy, xx) of the plane `in` (H × W) zero-padded by p on every side (H + 2p rows, W + 2p columns).
