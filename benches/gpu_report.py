@@ -3,7 +3,7 @@
     python benches/gpu_report.py [--batch 64] [--mode multilevel] [--sections variants,profile,numerics]
 
 - variants: ms per step of the graph-replayed batched path for the choices in ``fastcell.OPTIONS`` (each
-  change from the defaults alone, and grouped + native together), with --channels-last, --tf32 and --bf16,
+  change from the defaults alone, and a few pairs), with --channels-last, --tf32 and --bf16,
   and each one's first α gradient against the default's; the fastest float32 one that agrees with the
   default (relative error below 1e-2; float32 rounding gave up to 5e-4 on a CPU at batch 2) is written to
   --best-file.
@@ -125,13 +125,12 @@ def make_variant(args, tmp: str, spec: str, fast: bool = True, graph: bool = Fal
 
 
 #: Implementations of the batched path (same function), then layouts and numeric options.
-IMPLS = ["", "mix=fused_bn", "mix=fused", "pointwise=grouped", "pointwise=bmm", "pointwise=bmm,mix=fused_bn", "batch_norm=native",
-         "pointwise=grouped,batch_norm=native"]
+IMPLS = ["", "mix=fused_bn", "mix=fused", "pointwise=dense", "pointwise=dense,mix=fused_bn", "pointwise=grouped",
+         "batch_norm=native"]
 # The fused depthwise convolution last: a kernel fault would end the CUDA context of the rows after it.
-FUSED_DW = ["depthwise=fused", "mix=fused,depthwise=fused", "mix=fused_bn,depthwise=fused", "pointwise=bmm,depthwise=fused",
-            "pointwise=bmm,mix=fused_bn,depthwise=fused"]
+FUSED_DW = ["depthwise=fused", "mix=fused,depthwise=fused", "mix=fused_bn,depthwise=fused", "pointwise=dense,depthwise=fused"]
 TIMED = IMPLS + ["channels_last", "tf32", "bf16"] + FUSED_DW
-NUMERIC = ["", "mix=fused_bn", "mix=fused", "tf32", "bf16", "channels_last", "pointwise=grouped,batch_norm=native"]
+NUMERIC = ["", "mix=fused_bn", "mix=fused", "tf32", "bf16", "channels_last", "pointwise=dense", "pointwise=grouped,batch_norm=native"]
 
 
 def section_variants(args, tmp: str) -> None:
