@@ -46,7 +46,8 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: batch norm and ReLU in another, in training mode; eval mode runs "torch"). ``depthwise``: "torch"
 #: (``F.conv2d`` with groups) or "fused" (``mdarts_rs.ops.depthwise_conv``: each plane read once per pass,
 #: one pass per gradient).
-#: Defaults: the fastest float32 choices measured that pass every check on a GPU. Graph-replayed step at batch
+#: Defaults: the fastest float32 choices measured on a GPU whose first α gradient agrees with the previous
+#: default's (the CUDA graph-vs-eager test has not yet run with "bmm"). Graph-replayed step at batch
 #: 64, C = 16, 8 cells (``benches/gpu_report.py --sections variants``, one H200 run): dense/cudnn/torch (the
 #: previous default) 109.7 ms, bmm 98.2, "fused" mix 106.0, "fused_bn" mix 99.1, bmm with "fused_bn" 87.6,
 #: fused depthwise 114.2 (slower than torch's kernels). "fused_bn" stays opt-in: on that GPU a replayed step
