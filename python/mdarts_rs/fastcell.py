@@ -49,9 +49,10 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: Defaults: the fastest float32 choices measured on a GPU whose first α gradient agrees with the previous
 #: default's (the CUDA graph-vs-eager test has not yet run with "bmm"). Graph-replayed step at batch
 #: 64, C = 16, 8 cells (``benches/gpu_report.py --sections variants``, one H200 run): dense/cudnn/torch (the
-#: previous default) 109.7 ms, bmm 98.2, "fused" mix 106.0, "fused_bn" mix 99.1, bmm with "fused_bn" 87.6,
-#: fused depthwise 114.2 (slower than torch's kernels). "fused_bn" stays opt-in: on that GPU a replayed step
-#: of it did not match the eager step (tests/test_search.py). Channels-last was slower with every choice.
+#: previous default) 109.7 ms; with dense 1×1, "fused" mix 106.0, "fused_bn" mix 99.1, fused depthwise 114.2
+#: (slower than torch's kernels); bmm 98.2, bmm with "fused_bn" 87.6. "fused_bn" stays opt-in: on that GPU
+#: a replayed step of it did not match the eager step (tests/test_search.py). Channels-last was slower with
+#: every choice.
 OPTIONS = {"pointwise": "bmm", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch"}
 _CHOICES = {"pointwise": ("grouped", "bmm", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn"),
             "depthwise": ("torch", "fused")}
