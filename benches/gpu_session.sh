@@ -3,17 +3,18 @@
 # torch, pytest, pytest-benchmark and hypothesis (no Rust needed: install a wheel built elsewhere with
 # `maturin build --release`). Sections run in order of importance, each under a time limit and all within
 # DEADLINE seconds (default 480); a section without time left is skipped and says so. Results go to $OUT
-# (default gpu-results/), one file per section: build.txt (device and kernel build), cuda_tests.txt,
-# variants.txt (the variants of the batched path; the fastest that computes the default's α gradient goes to
-# best.txt, and the later sections measure it), profile.txt (the plain path's and that variant's kernels),
-# bench_step.txt, search.txt (a 2-epoch search on the CIFAR-10 subset), bench_dw.txt (the depthwise
-# convolution against torch's), numerics.txt, bench_ops.txt,
-# bench_loader.txt and drift.txt (float32 rounding noise of the search, plain path against itself). Six minutes to eight on an H200 with warm-up and kernel build.
+# (default gpu-results/) as two files, so that a device tool that brings back only a few files loses none:
+# session.txt, every section's output under its "==== name" line, and best.txt, the fastest variant of the
+# batched path that computes the default's α gradient, which the sections after "variants" measure. The
+# sections: build (device and kernel build), cuda_tests, variants, profile (the plain path's and that
+# variant's kernels), bench_step, search (a 2-epoch search on the CIFAR-10 subset), bench_dw (the depthwise
+# convolution against torch's), numerics, bench_ops, bench_loader and drift (float32 rounding noise of the
+# search, plain path against itself). Six minutes to eight on an H200 with warm-up and kernel build.
 #
 #   MDARTS_WHEEL=target/wheels/mdarts_rs-*.whl MDARTS_CIFAR_MINI=path/to/cifar10-mini bash benches/gpu_session.sh
 #
-# SKIP="profile numerics" leaves out the sections so named (a device tool may bring back only a few files);
-# VARIANTS="default;mix=fused" times only those variants (gpu_report.py --variants).
+# SKIP="profile numerics" leaves out the sections so named; VARIANTS="default;mix=fused" times only those
+# variants (gpu_report.py --variants).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
@@ -31,27 +32,30 @@ MINI="${MDARTS_CIFAR_MINI:-../shared/data/cifar10-mini}"
 # Warnings are not errors here: the machine's other packages may emit some.
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o "filterwarnings=" --benchmark-columns=mean,ops)
 
-run() {  # run NAME LIMIT COMMAND...: output to $OUT/NAME.txt, at most LIMIT seconds and what is left
+LOG="$OUT/session.txt"
+run() {  # run NAME LIMIT COMMAND...: output to $LOG under "==== NAME", at most LIMIT seconds and what is left
     local name=$1 limit=$2
     shift 2
     if [[ " ${SKIP:-} " == *" $name "* ]]; then
-        echo "== $name: skipped (SKIP)"
+        echo "== $name: skipped (SKIP)" | tee -a "$LOG"
         return
     fi
     local left=$((DEADLINE - SECONDS))
     ((left < limit)) && limit=$left
     if ((limit < 15)); then
-        echo "== $name: skipped, ${left} s left of ${DEADLINE}" | tee -a "$OUT/$name.txt"
+        echo "== $name: skipped, ${left} s left of ${DEADLINE}" | tee -a "$LOG"
         return
     fi
     echo "== $name (at ${SECONDS} s, limit ${limit} s): $*"
-    local t0=$SECONDS
-    timeout -k 5 "$limit" "$@" >> "$OUT/$name.txt" 2>&1
-    echo "rc=$? seconds=$((SECONDS - t0))" >> "$OUT/$name.txt"
-    tail -n 25 "$OUT/$name.txt"
+    local t0=$SECONDS start
+    { echo; echo "==== $name"; } >> "$LOG"
+    start=$(wc -l < "$LOG")
+    timeout -k 5 "$limit" "$@" >> "$LOG" 2>&1  # straight into the log: a run cut short keeps what it wrote
+    echo "rc=$? seconds=$((SECONDS - t0))" >> "$LOG"
+    tail -n "+$((start + 1))" "$LOG" | tail -n 25
 }
 
-nvidia-smi > "$OUT/build.txt" 2>&1
+{ echo "==== device"; nvidia-smi; } > "$LOG" 2>&1
 run build 200 "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
 run cuda_tests 150 "${PYTEST[@]}" -m cuda -rs tests
 # The fastest variant whose α gradient agrees with the default's is measured by every later section.
