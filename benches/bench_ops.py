@@ -118,8 +118,11 @@ if not CUDA:
 
 
 @pytest.mark.parametrize("shape", DW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd_bwd"])
 @pytest.mark.parametrize("impl", ["baseline_conv2d", "fused"])
-def test_depthwise_conv(benchmark, impl, shape):
+def test_depthwise_conv(benchmark, impl, backward, shape):
+    """On a GPU each round replays the pass captured as a CUDA graph, as the search step runs it: kernel time
+    without the per-call Python overhead (which the fused op's autograd has more of)."""
     b, c, h, w, m, k, stride, padding, dilation = shape
     g = torch.Generator(device=DEVICE).manual_seed(0)
     x = torch.randn(b, c, h, w, device=DEVICE, generator=g, requires_grad=True)
@@ -135,9 +138,28 @@ def test_depthwise_conv(benchmark, impl, shape):
     ref = torch.nn.functional.conv2d(x, wt, None, stride, padding, dilation, c)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
-    def run():
-        torch.autograd.grad(fn(x, wt), [x, wt], grad)
+    def one_pass():
+        y = fn(x, wt)
+        if backward:
+            torch.autograd.grad(y, [x, wt], grad)
+
+    run = one_pass
+    if CUDA:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                one_pass()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            one_pass()
+        run = graph.replay
+
+    def timed():
+        run()
         sync()
 
-    benchmark.pedantic(run, rounds=20, iterations=5, warmup_rounds=3)
-    record(f"depthwise_conv fwd+bwd {'x'.join(map(str, shape))} ({DEVICE.type})", impl, benchmark, 1)
+    benchmark.pedantic(timed, rounds=20, iterations=5, warmup_rounds=3)
+    passes = "fwd+bwd" if backward else "fwd"
+    record(f"depthwise_conv {passes} {'x'.join(map(str, shape))} ({DEVICE.type}{', graph' if CUDA else ''})", impl, benchmark, 1)
