@@ -88,8 +88,7 @@ at::Tensor depthwise_conv_cpu(const at::Tensor& x_in, const at::Tensor& w_in, in
         for (int64_t bc = begin; bc < end; ++bc) {
           const int64_t b = bc / s.C, c = bc % s.C;
           const scalar_t* plane = xp + bc * s.H * s.W;
-          for (int i = 0; padded && i < Hp * Wp; ++i)
-            pad[i] = dw::padded_value<acc_t>(plane, s.H, s.W, s.padding, i / Wp, i % Wp);
+          if (padded) dw::fill_padded(pad.data(), plane, s.H, s.W, s.padding, 0, 1);
           for (int64_t e = 0; e < s.m; ++e) {
             const int64_t o = dw::out_channel(s.edge_major, s.C, s.m, c, e);
             const acc_t* we = wp + o * K * K;
@@ -151,8 +150,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv_backward_cpu(const at::Tensor&
             for (int64_t b = 0; b < s.B; ++b) {
               const scalar_t* g_plane = gp + (b * s.O() + o) * P;
               const scalar_t* plane = xp + (b * s.C + c) * HW;
-              for (int i = 0; padded && i < Hp * Wp; ++i)
-                pad[i] = dw::padded_value<double>(plane, s.H, s.W, s.padding, i / Wp, i % Wp);
+              if (padded) dw::fill_padded(pad.data(), plane, s.H, s.W, s.padding, 0, 1);
               for (int64_t y = 0; y < s.Ho; ++y)
                 for (int64_t xo = 0; xo < s.Wo; ++xo) {
                   const double gv = static_cast<double>(g_plane[y * s.Wo + xo]);

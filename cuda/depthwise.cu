@@ -38,7 +38,7 @@ __global__ void dw_fwd_shared_kernel(const scalar_t* __restrict__ x, const acc_t
   const int c = blockIdx.x;
   const int64_t b = blockIdx.y, bc = b * C + c;
   const scalar_t* src = x + bc * H * W;
-  for (int i = threadIdx.x; i < Hp * Wp; i += blockDim.x) pad[i] = dw::padded_value<acc_t>(src, H, W, p, i / Wp, i % Wp);
+  dw::fill_padded(pad, src, H, W, p, threadIdx.x, blockDim.x);
   for (int i = threadIdx.x; i < m * K * K; i += blockDim.x) {
     const int e = i / (K * K);
     ws[i] = w[dw::out_channel(em, C, m, c, e) * K * K + (i - e * K * K)];
@@ -122,7 +122,7 @@ __global__ void dw_grad_w_kernel(const scalar_t* __restrict__ g, const scalar_t*
   __shared__ acc_t warp_sums[kThreads / 32][KK];
   const int O = C * m, o = blockIdx.x, c = static_cast<int>(dw::in_channel(em, C, m, o));
   const int b0 = blockIdx.y * per_share, b1 = min(B, b0 + per_share);
-  const int P = Ho * Wo, Hp = H + 2 * p, Wp = W + 2 * p;
+  const int P = Ho * Wo, Wp = W + 2 * p;
   acc_t acc[KK];
   MDARTS_UNROLL
   for (int t = 0; t < KK; ++t) acc[t] = 0;
@@ -131,7 +131,7 @@ __global__ void dw_grad_w_kernel(const scalar_t* __restrict__ g, const scalar_t*
     const scalar_t* xp = x + (static_cast<int64_t>(b) * C + c) * H * W;
     if (kShared) {
       __syncthreads();  // the previous row's plane is no longer read
-      for (int i = threadIdx.x; i < Hp * Wp; i += blockDim.x) pad[i] = dw::padded_value<acc_t>(xp, H, W, p, i / Wp, i % Wp);
+      dw::fill_padded(pad, xp, H, W, p, threadIdx.x, blockDim.x);
       __syncthreads();
     }
     for (int r = threadIdx.x; r < P; r += blockDim.x) {

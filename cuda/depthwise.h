@@ -129,11 +129,15 @@ MDARTS_HOST_DEVICE inline void grad_weight_add(acc_t gv, const T* in, int H, int
   for_each_tap<K>(in, H, W, y, x, s, p, d, [&](int t, T v) { acc[t] += gv * static_cast<acc_t>(v); });
 }
 
-// The value at (yy, xx) of the plane `in` (H × W) zero-padded by p on every side (H + 2p rows, W + 2p columns).
+// Writes entries first, first + step, ... of `pad`, the plane `in` (H × W) zero-padded by p on every side
+// (H + 2p rows of W + 2p): all of them for (0, 1), a block's share for (threadIdx.x, blockDim.x).
 template <typename acc_t, typename T>
-MDARTS_HOST_DEVICE inline acc_t padded_value(const T* in, int H, int W, int p, int yy, int xx) {
-  const int y = yy - p, x = xx - p;
-  return (y >= 0 && y < H && x >= 0 && x < W) ? static_cast<acc_t>(in[y * W + x]) : acc_t(0);
+MDARTS_HOST_DEVICE inline void fill_padded(acc_t* pad, const T* in, int H, int W, int p, int first, int step) {
+  const int Wp = W + 2 * p, size = (H + 2 * p) * Wp;
+  for (int i = first; i < size; i += step) {
+    const int y = i / Wp - p, x = i % Wp - p;
+    pad[i] = (y >= 0 && y < H && x >= 0 && x < W) ? static_cast<acc_t>(in[y * W + x]) : acc_t(0);
+  }
 }
 
 // forward_at on a zero-padded plane (Wp columns): no bounds to check.
