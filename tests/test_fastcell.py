@@ -89,6 +89,50 @@ def test_fastcell_matches_plain_cell(reduction, reduction_prev, implementation):
     torch.testing.assert_close(plain(s0, s1, p), fast(s0, s1, p), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_fastcell_counts_batches_as_plain_cell(momentum, implementation):
+    # The cell counts its batch norms' training batches together (preprocessing included): after two training
+    # forwards and an eval one, every batch norm has counted 2, as the plain cell's do, and the running
+    # statistics agree (momentum None: a cumulative average, whose weight reads the count).
+    torch.manual_seed(0)
+    plain = SearchCell(6, 6, 4, True, False).double()
+    fast = FastSearchCell.from_plain(plain).double()
+    for m in [*plain.modules(), *fast.modules()]:
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = momentum
+    s0, s1 = torch.randn(3, 6, 8, 8, dtype=torch.float64), torch.randn(3, 6, 8, 8, dtype=torch.float64)
+    p = torch.softmax(torch.randn(14, 8, dtype=torch.float64), -1)
+    for _ in range(2):
+        plain(s0, s1, p), fast(s0, s1, p)
+    plain.eval(), fast.eval()
+    torch.testing.assert_close(plain(s0, s1, p), fast(s0, s1, p), rtol=1e-9, atol=1e-10)
+    counts = {int(m.num_batches_tracked) for m in fast.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert counts == {int(m.num_batches_tracked) for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {2}
+    assert all(isinstance(m, fastcell.BatchNorm) for m in fast.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    pre = fast.preprocess1[2]  # type: ignore[index]
+    torch.testing.assert_close(pre.running_var, plain.preprocess1[2].running_var)  # type: ignore[index]
+
+
+def test_fastcell_counts_batches_in_one_op():
+    # one foreach op per cell forward for every batch norm's counter, none per batch norm
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    fast = FastSearchCell.from_plain(SearchCell(6, 6, 4, False, False))
+    with Ops() as seen:
+        fast(torch.randn(2, 6, 8, 8), torch.randn(2, 6, 8, 8), torch.softmax(torch.randn(14, 8), -1))
+    assert seen.names.count("_foreach_add_") == 1
+    assert seen.names.count("add_") == 0
+
+
 @pytest.mark.parametrize("mode", ["multilevel", "shared"])
 def test_fast_supernet_same_weights_and_function(mode):
     plain, fast = SuperNet(C=4, layers=5, alpha_mode=mode, seed=2), SuperNet(C=4, layers=5, alpha_mode=mode, seed=2, fast=True)

@@ -82,25 +82,37 @@ class BatchNorm(nn.BatchNorm2d):
 
     ``forward(x, scale)`` multiplies the normalised output by a per-channel ``scale`` inside the batch norm
     (as its affine weight, with zero shift): the batched cell folds each op's mixing weight into the op's
-    last batch norm this way, and the batch-norm backward yields the weight's gradient with the input's."""
+    last batch norm this way, and the batch-norm backward yields the weight's gradient with the input's.
+
+    ``counted_by_cell``: a ``FastSearchCell`` counts this batch norm's training batches
+    (``num_batches_tracked``) together with its other batch norms', one kernel for all, instead of one
+    kernel per batch norm; with momentum None the batch norm still counts itself, since the count sets the
+    weight of the batch's statistics."""
 
     def __init__(self, channels: int):
         super().__init__(channels, affine=False)
         self.constant_affine = _option("batch_norm") == "cudnn"
+        self.counted_by_cell = False
         self.register_buffer("unit", torch.ones(channels), persistent=False)
         self.register_buffer("zero", torch.zeros(channels), persistent=False)
 
+    def counts_itself(self) -> bool:
+        return not self.counted_by_cell or self.momentum is None
+
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        if scale is None and not self.constant_affine:
-            return super().forward(x)
-        # Dense: torch's channels-last CPU kernels read the weight as a dense vector, whatever its strides
-        # (a scale expanded from one edge's weight has stride 0).
-        scale = self.unit if scale is None else scale.contiguous()
-        if self.training:
+        if self.training and self.counts_itself():
             assert self.num_batches_tracked is not None
             self.num_batches_tracked.add_(1)
         factor = _statistics_weight(self) if self.training else 0.0  # not read in eval mode
-        return F.batch_norm(x, self.running_mean, self.running_var, scale, self.zero, self.training, factor, self.eps)
+        if scale is not None:
+            # Dense: torch's channels-last CPU kernels read the weight as a dense vector, whatever its strides
+            # (a scale expanded from one edge's weight has stride 0).
+            weight, bias = scale.contiguous(), self.zero
+        elif self.constant_affine:
+            weight, bias = self.unit, self.zero
+        else:
+            weight = bias = None
+        return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, self.training, factor, self.eps)
 
 
 def _statistics_weight(bn: nn.BatchNorm2d) -> float:
@@ -250,6 +262,19 @@ class GroupedFactorizedReduce(nn.Module):
         _copy_bn(self.bn, [m.bn for m in mods])
 
 
+def _adopt_batch_norms(module: nn.Module) -> None:
+    """Replace the non-affine ``nn.BatchNorm2d`` modules inside ``module`` by ``BatchNorm`` ones (same state
+    dict, same function), which a cell can count together."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d and not child.affine:
+            bn = BatchNorm(child.num_features)
+            bn.eps, bn.momentum = child.eps, child.momentum
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            _adopt_batch_norms(child)
+
+
 def _copy_bn(dst: nn.BatchNorm2d, srcs: list[nn.BatchNorm2d]) -> None:
     assert dst.running_mean is not None and dst.running_var is not None and dst.num_batches_tracked is not None
     dst.running_mean.copy_(torch.cat([s.running_mean for s in srcs]))  # type: ignore[misc]
@@ -300,7 +325,9 @@ def _update_running_stats(updates: list[StatsUpdate]) -> None:
     per-channel means and biased variances are given (the rows of each update's tensors, one per batch
     norm). One foreach kernel per kind of statistic for all of them when their momenta agree."""
     bns = [bn for update in updates for bn in update[0]]
-    torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)  # type: ignore[misc]
+    counters = [bn.num_batches_tracked for bn in bns if bn.counts_itself()]  # the others: their cell counts them
+    if counters:
+        torch._foreach_add_(counters, 1)  # type: ignore[arg-type]
     means = [bn.running_mean for bn in bns]
     variances = [bn.running_var for bn in bns]
     dtype = means[0].dtype  # type: ignore[union-attr]
@@ -421,6 +448,8 @@ class FastSearchCell(nn.Module):
 
         self.reduction = reduction
         self.preprocess0, self.preprocess1 = search_preprocessing(c_prev_prev, c_prev, c, reduction_prev)
+        for pre in (self.preprocess0, self.preprocess1):
+            _adopt_batch_norms(pre)
         self.nodes = nn.ModuleList()
         self._edges: list[list[int]] = []
         for j in range(STEPS + 1):  # states 0..4 are read by some node; the last node is read by none
@@ -431,6 +460,11 @@ class FastSearchCell(nn.Module):
         # from the host at every step, which a CUDA graph cannot capture; split's backward is one kernel).
         self.register_buffer("edge_order", torch.tensor([e for edges in self._edges for e in edges]), persistent=False)
         self._sizes = [len(edges) for edges in self._edges]
+        # Every batch norm of the cell runs once per forward (by itself or inside bn_mix): the cell counts
+        # their training batches with one foreach kernel (not a module attribute: no second registration)
+        self._batch_norms = tuple(m for m in self.modules() if isinstance(m, BatchNorm))
+        for bn in self._batch_norms:
+            bn.counted_by_cell = True
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, p: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """``p``: (14, 8) op weights of this cell's table. ``sparse`` is accepted for interface parity: the
@@ -449,6 +483,10 @@ class FastSearchCell(nn.Module):
                 mixed.append(self.nodes[i + 2](node, rows[i + 2], stats).unbind(1))  # type: ignore[arg-type]
         if stats:
             _update_running_stats(stats)
+        counters = [bn.num_batches_tracked for bn in self._batch_norms if bn.training and not bn.counts_itself()]
+        if counters:
+            with torch.no_grad():
+                torch._foreach_add_(counters, 1)  # type: ignore[arg-type]
         return torch.cat(states[2:], dim=1)
 
     @classmethod

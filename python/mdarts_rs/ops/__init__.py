@@ -181,9 +181,10 @@ def softmax_entropy(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _placeholders(grad: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
-    """Inputs a backward kernel reads only for their shapes: one zero, expanded to each shape (no memory)."""
-    zero = grad.new_zeros(())
-    return [zero.expand(shape) for shape in shapes]
+    """Inputs a backward kernel reads only for their shapes: one uninitialised element, expanded to each shape
+    (no memory, no kernel)."""
+    one = grad.new_empty(())
+    return [one.expand(shape) for shape in shapes]
 
 
 def _wanted(grads: list[torch.Tensor], needed: list[bool]) -> list[torch.Tensor | None]:
@@ -281,6 +282,7 @@ def _register_python_parts() -> None:
         xs, shared, w, eps, relu = inputs
         _, mean, var = output
         ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the statistics (two kernels each call)
         ctx.need_xs = [x.requires_grad for x in xs]
         ctx.need_shared = [t.requires_grad for t in shared]
         ctx.need_w = w.requires_grad
@@ -290,6 +292,8 @@ def _register_python_parts() -> None:
         ctx.save_for_backward(w, mean, var, *xs, *(shared if ctx.keep_shared else ()))
 
     def _bm_backward(ctx, grad, _grad_mean, _grad_var):
+        if grad is None:  # only the statistics were used
+            return [None] * len(ctx.need_xs), [None] * len(ctx.need_shared), None, None, None
         w, mean, var, *rest = ctx.saved_tensors
         xs, shared = rest[: ctx.n_xs], rest[ctx.n_xs :]
         if not ctx.keep_shared:  # the shared inputs are not read
