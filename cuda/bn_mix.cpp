@@ -2,14 +2,14 @@
 // for the cell's torch-free path. The node's per-edge ops end in non-affine batch norms; its shared ops
 // (pooling, identity) give one output for every edge. One op does the per-edge batch norms (training mode:
 // batch statistics), the weights and the sum. With w (n, S + K), shared columns first:
-//   out[b, e*C+c, r] = sum_s w[e, s] * shared[s][b, c, r]
+//   out[b, e*C+c, r] = sum_s w[e, s] * shared[s][b, g*C+c, r]   (g = e / (n/G): the edge's group, G = 1 usually)
 //                    + sum_k w[e, S+k] * (xs[k][b, e*C+c, r] - mean[k, e*C+c]) * rsqrt(var[k, e*C+c] + eps)
 // with mean and the biased var over (b, r), returned for the running statistics; with relu, out is
 // max(out, 0) (a batch norm followed by a ReLU: one per-edge input, no shared ones, w = 1). Backward, with g
 // the output gradient (masked where the output is not positive, with relu), per channel ch
 // (N = B*R values, s = rsqrt(var + eps), S1 = sum g, S2[k] = sum g*(x_k - mean_k), S3[s] = sum g*shared[s]):
 //   grad_xs[k] = w[e, S+k] * s * (g - S1/N - (x_k - mean_k) * s^2 * S2[k]/N),
-//   grad_shared[s][b, c, r] = sum_e w[e, s] * g[b, e*C+c, r],
+//   grad_shared[s][b, g*C+c, r] = sum_{e in group g} w[e, s] * g[b, e*C+c, r],
 //   grad_w[e, S+k] = sum_c s * S2[k],  grad_w[e, s] = sum_c S3[s].
 // Sums run in double. Schema and CPU kernels; the CUDA kernels are in bn_mix.cu. The plain-torch reference
 // is mdarts_rs.ops._ref.bn_mix_ref.
@@ -57,10 +57,12 @@ BnMixShape check_bn_mix_args(const at::TensorList xs, const at::TensorList share
   TORCH_CHECK(s.count() > 1, "bn_mix: batch norm needs more than one value per channel, got input shape ", x0.sizes());
   for (size_t j = 0; j < shared.size(); ++j) {
     const auto& t = shared[j];
-    TORCH_CHECK(t.dim() == 4 && t.size(0) == s.B && t.size(1) == s.C && t.size(2) == x0.size(2) &&
+    const int64_t groups = t.dim() == 4 && t.size(1) % s.C == 0 ? t.size(1) / s.C : 0;
+    if (j == 0 && groups > 0) s.G = groups;
+    TORCH_CHECK(t.dim() == 4 && t.size(0) == s.B && groups == s.G && s.n % groups == 0 && t.size(2) == x0.size(2) &&
                     t.size(3) == x0.size(3),
-                "bn_mix: shared[", j, "] has shape ", t.sizes(), "; expected (", s.B, ", ", s.C, ", ", x0.size(2), ", ",
-                x0.size(3), ")");
+                "bn_mix: shared[", j, "] has shape ", t.sizes(), "; expected (", s.B, ", G*", s.C, ", ", x0.size(2), ", ",
+                x0.size(3), ") with the same G for every shared input and G dividing the ", s.n, " edges");
     TORCH_CHECK(t.scalar_type() == x0.scalar_type(), "bn_mix: shared[", j, "] is ", t.scalar_type(), " but xs[0] is ",
                 x0.scalar_type());
     TORCH_CHECK(t.device() == w.device(), "bn_mix: shared[", j, "] is on ", t.device(), " but w is on ", w.device());
@@ -121,7 +123,7 @@ void write_mixed(const BnMixShape& s, const std::vector<at::Tensor>& xs, const s
         shift[k] = static_cast<acc_t>(mp[k * nc + ch]);
         rows[k] = xs[k].const_data_ptr<scalar_t>() + bc * R;
       }
-      for (int64_t j = 0; j < s.S; ++j) shared_rows[j] = shared[j].const_data_ptr<scalar_t>() + (b * s.C + c) * R;
+      for (int64_t j = 0; j < s.S; ++j) shared_rows[j] = shared[j].const_data_ptr<scalar_t>() + s.shared_at(b, e, c, 0);
       for (int64_t r = 0; r < R; ++r) {
         acc_t v = 0;
         for (int64_t j = 0; j < s.S; ++j) v += wp[e * W + j] * static_cast<acc_t>(shared_rows[j][r]);
@@ -208,7 +210,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
     if (need_xs || need_w) {
       at::parallel_for(0, nc, 1, [&](int64_t begin, int64_t end) {
         for (int64_t ch = begin; ch < end; ++ch) {
-          const int64_t c = ch % C;
+          const int64_t c = ch % C, e = ch / C;
           double a = 0;
           for (int64_t b = 0; b < B; ++b) {
             const scalar_t* gr = gp + (b * nc + ch) * R;
@@ -232,7 +234,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
             double d = 0;
             for (int64_t b = 0; b < B; ++b) {
               const scalar_t* gr = gp + (b * nc + ch) * R;
-              const scalar_t* tr = t + (b * C + c) * R;
+              const scalar_t* tr = t + s.shared_at(b, e, c, 0);
               for (int64_t r = 0; r < R; ++r) d += static_cast<double>(gr[r]) * static_cast<double>(tr[r]);
             }
             s3[j * nc + ch] = d;
@@ -264,13 +266,16 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
     if (need_shared) {
       for (int64_t j = 0; j < s.S; ++j) {
         scalar_t* out = grad_shared[j].data_ptr<scalar_t>();
-        at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t bc = begin; bc < end; ++bc) {
-            const int64_t b = bc / C, c = bc % C;
+        const int64_t M = s.edges_per_group();
+        at::parallel_for(0, B * s.G * C, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t bgc = begin; bgc < end; ++bgc) {  // shared channel g*C+c of batch row b
+            const int64_t b = bgc / (s.G * C), gc = bgc % (s.G * C), g = gc / C, c = gc % C;
             for (int64_t r = 0; r < R; ++r) {
               acc_t v = 0;
-              for (int64_t e = 0; e < s.n; ++e) v += wp[e * W + j] * static_cast<acc_t>(gp[(b * nc + e * C + c) * R + r]);
-              out[bc * R + r] = static_cast<scalar_t>(v);
+              for (int64_t e = g * M; e < (g + 1) * M; ++e) {
+                v += wp[e * W + j] * static_cast<acc_t>(gp[(b * nc + e * C + c) * R + r]);
+              }
+              out[bgc * R + r] = static_cast<scalar_t>(v);
             }
           }
         });

@@ -128,24 +128,26 @@ __global__ void stats_finish_kernel(const double* __restrict__ partial, int64_t 
 }
 
 // Thread per column (b, c, r) of the B*C*R columns: every edge's output at (b, e*C+c, r). The shared inputs
-// are (B, C, R), so a column's index is also its offset in them.
+// are (B, G*C, R); edges g*M .. g*M+M-1 (M = n/G) read group g.
 template <typename scalar_t, typename acc_t, typename stat_t, int KT, int ST>
 __global__ void bn_mix_fwd_kernel(Inputs<scalar_t> xs, Inputs<scalar_t> shared, const acc_t* __restrict__ w,
                                   int64_t ws0, int64_t ws1, const stat_t* __restrict__ mean,
-                                  const stat_t* __restrict__ var, acc_t eps, int64_t n, int64_t C, int64_t R, int k_arg,
-                                  int s_arg, bool relu, int64_t columns, scalar_t* __restrict__ out) {
+                                  const stat_t* __restrict__ var, acc_t eps, int64_t n, int64_t G, int64_t C, int64_t R,
+                                  int k_arg, int s_arg, bool relu, int64_t columns, scalar_t* __restrict__ out) {
   const int K = KT > 0 ? KT : k_arg;
   const int S = KT > 0 ? ST : s_arg;
-  const int64_t nc = n * C;
+  const int64_t nc = n * C, M = n / G;
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < columns;
        j += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t b = j / (C * R), cr = j - b * C * R, c = cr / R, r = cr - c * R;
-    acc_t sv[kMaxInputs];
-    for (int s = 0; s < S; ++s) sv[s] = static_cast<acc_t>(shared.x[s][j]);
-    for (int64_t e = 0; e < n; ++e) {
-      const int64_t ch = e * C + c, i = (b * nc + ch) * R + r;
-      const acc_t sum = mixed_value(xs, sv, w, ws0, ws1, mean, var, eps, e, ch, nc, i, K, S);
-      out[i] = static_cast<scalar_t>(relu && sum < 0 ? acc_t(0) : sum);
+    for (int64_t g = 0; g < G; ++g) {
+      acc_t sv[kMaxInputs];
+      for (int s = 0; s < S; ++s) sv[s] = static_cast<acc_t>(shared.x[s][((b * G + g) * C + c) * R + r]);
+      for (int64_t e = g * M; e < (g + 1) * M; ++e) {
+        const int64_t ch = e * C + c, i = (b * nc + ch) * R + r;
+        const acc_t sum = mixed_value(xs, sv, w, ws0, ws1, mean, var, eps, e, ch, nc, i, K, S);
+        out[i] = static_cast<scalar_t>(relu && sum < 0 ? acc_t(0) : sum);
+      }
     }
   }
 }
@@ -156,13 +158,15 @@ __global__ void bn_mix_fwd_kernel(Inputs<scalar_t> xs, Inputs<scalar_t> shared, 
 template <typename scalar_t, typename acc_t, typename stat_t, int KT, int ST>
 __global__ void bwd_partial_kernel(const scalar_t* __restrict__ g, Inputs<scalar_t> xs, Inputs<scalar_t> shared,
                                    const acc_t* __restrict__ w, int64_t ws0, int64_t ws1, const stat_t* __restrict__ mean,
-                                   const stat_t* __restrict__ var, acc_t eps, int64_t n, int64_t C, int64_t B, int64_t R,
-                                   int k_arg, int s_arg, bool shared_sums, bool relu, double* __restrict__ partial) {
+                                   const stat_t* __restrict__ var, acc_t eps, int64_t n, int64_t G, int64_t C, int64_t B,
+                                   int64_t R, int k_arg, int s_arg, bool shared_sums, bool relu,
+                                   double* __restrict__ partial) {
   const int K = KT > 0 ? KT : k_arg;
   const int S_all = KT > 0 ? ST : s_arg;
   const int S = shared_sums ? S_all : 0;
   const int V = 1 + K + S;
   const int64_t nc = n * C, ch = blockIdx.x, c = ch % C, share = blockIdx.y, shares = gridDim.y;
+  const int64_t group = (ch / C) / (n / G);  // of the edge that owns channel ch
   const int64_t rows = (B - share + shares - 1) / shares;
   double m[kMaxInputs];
   double v[kMaxSums];
@@ -174,12 +178,12 @@ __global__ void bwd_partial_kernel(const scalar_t* __restrict__ g, Inputs<scalar
     double gv = static_cast<double>(g[at]);
     if (relu) {
       acc_t sv[kMaxInputs];
-      for (int s = 0; s < S_all; ++s) sv[s] = static_cast<acc_t>(shared.x[s][(b * C + c) * R + r]);
+      for (int s = 0; s < S_all; ++s) sv[s] = static_cast<acc_t>(shared.x[s][((b * G + group) * C + c) * R + r]);
       if (!(mixed_value(xs, sv, w, ws0, ws1, mean, var, eps, ch / C, ch, nc, at, K, S_all) > 0)) gv = 0;
     }
     v[0] += gv;
     for (int k = 0; k < K; ++k) v[1 + k] += gv * (static_cast<double>(xs.x[k][at]) - m[k]);
-    for (int s = 0; s < S; ++s) v[1 + K + s] += gv * static_cast<double>(shared.x[s][(b * C + c) * R + r]);
+    for (int s = 0; s < S; ++s) v[1 + K + s] += gv * static_cast<double>(shared.x[s][((b * G + group) * C + c) * R + r]);
   }
   block_sum<kMaxSums>(v, V);
   if (threadIdx.x == 0) {
@@ -220,44 +224,47 @@ __global__ void bwd_grad_w_kernel(const double* __restrict__ sums, const stat_t*
 }
 
 // Thread per column (b, c, r): the per-edge inputs' gradients at (b, e*C+c, r) for every edge e, and the
-// shared inputs' gradients sum_e w[e, s] * g[b, e*C+c, r].
+// shared inputs' gradients at (b, g*C+c, r), sum over the edges e of group g of w[e, s] * g[b, e*C+c, r].
 template <typename scalar_t, typename acc_t, typename stat_t, int KT, int ST>
 __global__ void bwd_grads_kernel(const scalar_t* __restrict__ g, Inputs<scalar_t> xs, Outputs<scalar_t> grad_xs,
                                  Outputs<scalar_t> grad_shared, const acc_t* __restrict__ w, int64_t ws0, int64_t ws1,
                                  const stat_t* __restrict__ mean, const stat_t* __restrict__ var,
-                                 const double* __restrict__ sums, acc_t eps, acc_t N, int64_t n, int64_t C, int64_t R,
-                                 int k_arg, int s_arg, bool relu, bool need_xs, bool need_shared, Inputs<scalar_t> shared,
-                                 int64_t columns) {
+                                 const double* __restrict__ sums, acc_t eps, acc_t N, int64_t n, int64_t G, int64_t C,
+                                 int64_t R, int k_arg, int s_arg, bool relu, bool need_xs, bool need_shared,
+                                 Inputs<scalar_t> shared, int64_t columns) {
   const int K = KT > 0 ? KT : k_arg;
   const int S = KT > 0 ? ST : s_arg;
-  const int64_t nc = n * C;
+  const int64_t nc = n * C, M = n / G;
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < columns;
        j += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t b = j / (C * R), cr = j - b * C * R, c = cr / R, r = cr - c * R;
-    acc_t gs[kMaxInputs], sv[kMaxInputs];
-    for (int s = 0; s < S; ++s) gs[s] = 0;
-    if (relu) {
-      for (int s = 0; s < S; ++s) sv[s] = static_cast<acc_t>(shared.x[s][j]);
-    }
-    for (int64_t e = 0; e < n; ++e) {
-      const int64_t ch = e * C + c, i = (b * nc + ch) * R + r;
-      acc_t gv = static_cast<acc_t>(g[i]);
-      if (relu && !(mixed_value(xs, sv, w, ws0, ws1, mean, var, eps, e, ch, nc, i, K, S) > 0)) gv = 0;
+    for (int64_t group = 0; group < G; ++group) {
+      const int64_t at_shared = ((b * G + group) * C + c) * R + r;
+      acc_t gs[kMaxInputs], sv[kMaxInputs];
+      for (int s = 0; s < S; ++s) gs[s] = 0;
+      if (relu) {
+        for (int s = 0; s < S; ++s) sv[s] = static_cast<acc_t>(shared.x[s][at_shared]);
+      }
+      for (int64_t e = group * M; e < (group + 1) * M; ++e) {
+        const int64_t ch = e * C + c, i = (b * nc + ch) * R + r;
+        acc_t gv = static_cast<acc_t>(g[i]);
+        if (relu && !(mixed_value(xs, sv, w, ws0, ws1, mean, var, eps, e, ch, nc, i, K, S) > 0)) gv = 0;
+        if (need_shared) {
+          for (int s = 0; s < S; ++s) gs[s] += w[e * ws0 + s * ws1] * gv;
+        }
+        if (!need_xs) continue;
+        const acc_t gc = gv - static_cast<acc_t>(sums[ch]) / N;
+        for (int k = 0; k < K; ++k) {
+          const int64_t kc = k * nc + ch;
+          const acc_t inv = inv_sqrt(static_cast<acc_t>(var[kc]) + eps);
+          const acc_t proj = static_cast<acc_t>(sums[(1 + k) * nc + ch]) / N * inv * inv;
+          const acc_t xc = static_cast<acc_t>(xs.x[k][i]) - static_cast<acc_t>(mean[kc]);
+          grad_xs.x[k][i] = static_cast<scalar_t>(w[e * ws0 + (S + k) * ws1] * inv * (gc - xc * proj));
+        }
+      }
       if (need_shared) {
-        for (int s = 0; s < S; ++s) gs[s] += w[e * ws0 + s * ws1] * gv;
+        for (int s = 0; s < S; ++s) grad_shared.x[s][at_shared] = static_cast<scalar_t>(gs[s]);
       }
-      if (!need_xs) continue;
-      const acc_t gc = gv - static_cast<acc_t>(sums[ch]) / N;
-      for (int k = 0; k < K; ++k) {
-        const int64_t kc = k * nc + ch;
-        const acc_t inv = inv_sqrt(static_cast<acc_t>(var[kc]) + eps);
-        const acc_t proj = static_cast<acc_t>(sums[(1 + k) * nc + ch]) / N * inv * inv;
-        const acc_t xc = static_cast<acc_t>(xs.x[k][i]) - static_cast<acc_t>(mean[kc]);
-        grad_xs.x[k][i] = static_cast<scalar_t>(w[e * ws0 + (S + k) * ws1] * inv * (gc - xc * proj));
-      }
-    }
-    if (need_shared) {
-      for (int s = 0; s < S; ++s) grad_shared.x[s][j] = static_cast<scalar_t>(gs[s]);
     }
   }
 }
@@ -318,7 +325,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_mix_cuda(at::TensorList xs_in,
       bn_mix_fwd_kernel<scalar_t, acc_t, stat_t, decltype(kt)::value, decltype(st)::value>
           <<<grid_blocks(columns, kThreads), kThreads, 0, stream>>>(
               xp, sp, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean.const_data_ptr<stat_t>(),
-              var.const_data_ptr<stat_t>(), static_cast<acc_t>(eps), s.n, s.C, s.R, static_cast<int>(s.K),
+              var.const_data_ptr<stat_t>(), static_cast<acc_t>(eps), s.n, s.G, s.C, s.R, static_cast<int>(s.K),
               static_cast<int>(s.S), relu, columns, out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -366,7 +373,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
         bwd_partial_kernel<scalar_t, acc_t, stat_t, KT, ST>
             <<<dim3(static_cast<unsigned>(nc), static_cast<unsigned>(shares)), kThreads, 0, stream>>>(
                 g.const_data_ptr<scalar_t>(), xp, sp, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean, var,
-                static_cast<acc_t>(eps), s.n, s.C, s.B, s.R, static_cast<int>(s.K), static_cast<int>(s.S), need_w, relu,
+                static_cast<acc_t>(eps), s.n, s.G, s.C, s.B, s.R, static_cast<int>(s.K), static_cast<int>(s.S), need_w, relu,
                 partial.data_ptr<double>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         bwd_finish_kernel<<<static_cast<unsigned>((nc * V + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
@@ -388,7 +395,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> bn_mix_
         for (int64_t j = 0; j < s.S && need_shared; ++j) gs.x[j] = grad_shared[j].data_ptr<scalar_t>();
         bwd_grads_kernel<scalar_t, acc_t, stat_t, KT, ST><<<grid_blocks(columns, kThreads), kThreads, 0, stream>>>(
             g.const_data_ptr<scalar_t>(), xp, gx, gs, w.const_data_ptr<acc_t>(), w.stride(0), w.stride(1), mean, var,
-            sums.const_data_ptr<double>(), static_cast<acc_t>(eps), static_cast<acc_t>(s.count()), s.n, s.C, s.R,
+            sums.const_data_ptr<double>(), static_cast<acc_t>(eps), static_cast<acc_t>(s.count()), s.n, s.G, s.C, s.R,
             static_cast<int>(s.K), static_cast<int>(s.S), relu, need_xs, need_shared, sp, columns);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }

@@ -8,12 +8,18 @@
 
 namespace mdarts {
 
-// The shape of one bn_mix call: S shared inputs (B, C, H, W) and K per-edge inputs (B, n*C, H, W) for n
-// edges of C channels each; R = H*W values per batch row and channel.
+// The shape of one bn_mix call: S shared inputs (B, G*C, H, W) and K per-edge inputs (B, n*C, H, W) for n
+// edges of C channels each; R = H*W values per batch row and channel. The shared inputs hold G groups of C
+// channels (G divides n): edge e reads group e / (n/G), so consecutive runs of n/G edges share a group.
 struct BnMixShape {
-  int64_t B = 0, n = 0, C = 0, R = 0, K = 0, S = 0;
+  int64_t B = 0, n = 0, C = 0, R = 0, K = 0, S = 0, G = 1;
   int64_t channels() const { return n * C; }
   int64_t count() const { return B * R; }  // values per channel: the batch-norm statistics' N
+  int64_t edges_per_group() const { return n / G; }
+  // Offset of shared input value (b, group of edge e, c, r).
+  int64_t shared_at(int64_t b, int64_t e, int64_t c, int64_t r) const {
+    return ((b * G + e / edges_per_group()) * C + c) * R + r;
+  }
 };
 
 // Check bn_mix's arguments (TORCH_CHECK with a message naming the argument) and return their shape.

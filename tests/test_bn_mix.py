@@ -18,12 +18,12 @@ def ext():
     return torch.ops.mdarts
 
 
-def bn_inputs(b, n, c, hw, k, s=2, dtype=torch.float64, seed=0, grad=True):
+def bn_inputs(b, n, c, hw, k, s=2, dtype=torch.float64, seed=0, grad=True, groups=1):
     """K per-edge inputs (B, n·C, H, W) away from zero mean and unit variance (as convolution outputs are), S
-    shared inputs (B, C, H, W), weights (n, S + K)."""
+    shared inputs (B, groups·C, H, W), weights (n, S + K)."""
     g = torch.Generator().manual_seed(seed)
     xs = [(torch.randn(b, n * c, *hw, generator=g, dtype=dtype) * (0.5 + k_) + k_ - 1).requires_grad_(grad) for k_ in range(k)]
-    shared = [torch.randn(b, c, *hw, generator=g, dtype=dtype).requires_grad_(grad) for _ in range(s)]
+    shared = [torch.randn(b, groups * c, *hw, generator=g, dtype=dtype).requires_grad_(grad) for _ in range(s)]
     w = torch.rand(n, s + k, generator=g, dtype=dtype).requires_grad_(grad)
     return xs, shared, w
 
@@ -38,6 +38,31 @@ def test_bn_mix_reference_is_weighted_batch_norms_plus_shared():
     torch.testing.assert_close(mean[1], xs[1].mean((0, 2, 3)))
     torch.testing.assert_close(var[2], xs[2].var((0, 2, 3), correction=0))
     assert not mean.requires_grad and not var.requires_grad
+
+
+def test_bn_mix_reference_with_groups_is_one_call_per_group():
+    # Shared inputs of G groups (a batched pair of nodes): edges g·n/G .. (g+1)·n/G − 1 read group g, and the
+    # batch norms of the per-edge inputs are per channel, so the op is the groups' calls side by side.
+    xs, shared, w = bn_inputs(3, 6, 2, (4, 4), 2, 3, groups=3)
+    out, mean, var = bn_mix_ref(xs, shared, w, 1e-5)
+    for g in range(3):
+        part = bn_mix_ref([x[:, 4 * g : 4 * g + 4] for x in xs], [t[:, 2 * g : 2 * g + 2] for t in shared], w[2 * g : 2 * g + 2], 1e-5)
+        torch.testing.assert_close(out[:, 4 * g : 4 * g + 4], part[0])
+        torch.testing.assert_close(mean[:, 4 * g : 4 * g + 4], part[1])
+        torch.testing.assert_close(var[:, 4 * g : 4 * g + 4], part[2])
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(("n", "groups", "k", "s"), [(4, 2, 4, 3), (6, 3, 2, 1), (2, 2, 5, 2)])
+def test_bn_mix_groups_gradcheck_float64(ext, n, groups, k, s, relu):
+    xs, shared, w = bn_inputs(2, n, 2, (3, 4), k, s, seed=n, groups=groups)
+    out, mean, var = ext.bn_mix(xs, shared, w, 1e-5, relu)
+    ref_out, ref_mean, ref_var = bn_mix_ref(xs, shared, w, 1e-5, relu)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(var, ref_var, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda w, *t: ext.bn_mix(list(t[:k]), list(t[k:]), w, 1e-5, relu)[0], (w, *xs, *shared))
+    w.requires_grad_(False)  # the weight pass: no weight gradient, the shared inputs' gradients per group
+    assert torch.autograd.gradcheck(lambda *t: ext.bn_mix(list(t[:k]), list(t[k:]), w, 1e-5, relu)[0], (*xs, *shared))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -104,8 +129,12 @@ def test_bn_mix_rejects_bad_arguments(ext):
         ext.bn_mix(xs, shared, torch.rand(4, 5, dtype=torch.float64), 1e-5, False)
     with pytest.raises(RuntimeError, match=r"xs\[1\] has shape"):
         ext.bn_mix([xs[0], xs[1][:, :, :2], xs[2]], shared, w, 1e-5, False)
-    with pytest.raises(RuntimeError, match=r"shared\[1\] has shape \[2, 6, 4, 4\]; expected \(2, 3, 4, 4\)"):
-        ext.bn_mix(xs, [shared[0], xs[0]], w, 1e-5, False)
+    with pytest.raises(RuntimeError, match=r"shared\[1\] has shape \[2, 6, 4, 4\]; expected \(2, G\*3, 4, 4\) with the same G"):
+        ext.bn_mix(xs, [shared[0], xs[0]], w, 1e-5, False)  # G = 2 where shared[0] has G = 1
+    with pytest.raises(RuntimeError, match=r"shared\[0\] has shape \[2, 4, 4, 4\]; expected \(2, G\*3"):
+        ext.bn_mix(xs, [torch.zeros(2, 4, 4, 4, dtype=torch.float64), shared[1]], w, 1e-5, False)  # not groups of 3
+    with pytest.raises(RuntimeError, match=r"G dividing the 2 edges"):
+        ext.bn_mix(xs, [torch.zeros(2, 9, 4, 4, dtype=torch.float64)] * 2, w, 1e-5, False)  # 3 groups for 2 edges
     with pytest.raises(RuntimeError, match="more than one value per channel"):
         ext.bn_mix([x[:1, :, :1, :1] for x in xs], [t[:1, :, :1, :1] for t in shared], w, 1e-5, False)
     with pytest.raises(RuntimeError, match="eps must be positive"):
@@ -142,11 +171,12 @@ def test_fast_cell_with_fused_bn_matches_plain_cell(ext, monkeypatch, reduction)
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("b", "n", "c", "hw", "k", "s"),
-                         [(64, 4, 16, (32, 32), 4, 3), (64, 1, 64, (8, 8), 5, 2), (3, 2, 3, (5, 5), 2, 1), (4, 3, 2, (4, 4), 1, 0)])
-def test_bn_mix_cuda_matches_cpu_reference(dtype, b, n, c, hw, k, s):
+@pytest.mark.parametrize(("b", "n", "c", "hw", "k", "s", "groups"),
+                         [(64, 4, 16, (32, 32), 4, 3, 1), (64, 1, 64, (8, 8), 5, 2, 1), (3, 2, 3, (5, 5), 2, 1, 1), (4, 3, 2, (4, 4), 1, 0, 1),
+                          (64, 8, 16, (32, 32), 4, 3, 2), (5, 6, 3, (4, 4), 2, 2, 3)])  # the last two: groups of shared inputs
+def test_bn_mix_cuda_matches_cpu_reference(dtype, b, n, c, hw, k, s, groups):
     ops.load_extension(with_cuda=True)
-    xs, shared, w = bn_inputs(b, n, c, hw, k, s, dtype=torch.float32)
+    xs, shared, w = bn_inputs(b, n, c, hw, k, s, dtype=torch.float32, groups=groups)
     ref, ref_mean, ref_var = bn_mix_ref(xs, shared, w, 1e-5)
     g = torch.randn_like(ref)
     ref_grads = torch.autograd.grad(ref, [w, *xs, *shared], g)

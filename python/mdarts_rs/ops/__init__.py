@@ -151,9 +151,10 @@ def node_mix(xs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
 def bn_mix(
     xs: Sequence[torch.Tensor], shared: Sequence[torch.Tensor], w: torch.Tensor, eps: float, relu: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """out[b, e·C+c] = Σ_s w[e, s]·shared[s][b, c] + Σ_k w[e, S+k]·BN(xs[k])[b, e·C+c] (batch statistics) for
-    shared (B, C, H, W), xs[k] (B, n·C, H, W) and w (n, S + K), then max(out, 0) if ``relu``; returns (out,
-    mean, biased variance), the statistics (K, n·C) without gradient."""
+    """out[b, e·C+c] = Σ_s w[e, s]·shared[s][b, g·C+c] + Σ_k w[e, S+k]·BN(xs[k])[b, e·C+c] (batch statistics)
+    for shared (B, G·C, H, W), xs[k] (B, n·C, H, W) and w (n, S + K), edge e reading group g = e // (n/G) of the
+    shared inputs (G = 1: one for all edges), then max(out, 0) if ``relu``; returns (out, mean, biased
+    variance), the statistics (K, n·C) without gradient."""
     if _use_extension(w):
         out, mean, var = torch.ops.mdarts.bn_mix(list(xs), list(shared), w, eps, relu)
         return out, mean, var

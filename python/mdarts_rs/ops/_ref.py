@@ -35,11 +35,13 @@ def bn_mix_ref(
     relu: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The mixed outputs of the n edges that read one node, with the per-edge ops' last batch norms: S shared
-    inputs (B, C, H, W) and K per-edge inputs xs[k] (B, n·C, H, W) (edge e owns channels e·C..e·C+C−1), w
-    (n, S + K) with the shared inputs' columns first, and out[b, e·C+c] = Σ_s w[e, s]·shared[s][b, c] +
+    inputs (B, G·C, H, W) and K per-edge inputs xs[k] (B, n·C, H, W) (edge e owns channels e·C..e·C+C−1), w
+    (n, S + K) with the shared inputs' columns first, and out[b, e·C+c] = Σ_s w[e, s]·shared[s][b, g·C+c] +
     Σ_k w[e, S+k]·(xs[k][b, e·C+c] − μ_k)/√(σ²_k + ε), a non-affine batch norm in training mode (batch mean
-    μ_k and biased variance σ²_k of the channel); with ``relu``, max(out, 0). Returns (out, μ, σ²), the
-    statistics (K, n·C) as the running statistics' inputs (no gradient)."""
+    μ_k and biased variance σ²_k of the channel); with ``relu``, max(out, 0). The shared inputs hold G ≥ 1
+    groups of C channels (the nodes of a batched pair of nodes), and edge e reads group g = e·G // n (each
+    group is read by n/G consecutive edges). Returns (out, μ, σ²), the statistics (K, n·C) as the running
+    statistics' inputs (no gradient)."""
     n_shared = len(shared)
     assert w.dim() == 2 and w.shape[1] == n_shared + len(xs), f"need w (edges, {n_shared + len(xs)}), got {tuple(w.shape)}"
     n = w.shape[0]
@@ -47,7 +49,10 @@ def bn_mix_ref(
     c = nc // n
     out = None
     for j, t in enumerate(shared):
-        term = (w[:, j].view(1, n, 1, 1, 1) * t.unsqueeze(1)).reshape(bsz, nc, height, width)
+        groups = t.shape[1] // c
+        assert t.shape[1] == groups * c and n % groups == 0, f"shared[{j}] has {t.shape[1]} channels: not groups of {c} for {n} edges"
+        per_edge = t.view(bsz, groups, 1, c, height, width).expand(bsz, groups, n // groups, c, height, width)
+        term = (w[:, j].view(1, groups, n // groups, 1, 1, 1) * per_edge).reshape(bsz, nc, height, width)
         out = term if out is None else out + term
     means, variances = [], []
     for k, x in enumerate(xs):
