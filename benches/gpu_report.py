@@ -125,8 +125,8 @@ def make_variant(args, tmp: str, spec: str, fast: bool = True, graph: bool = Fal
 
 
 #: Implementations of the batched path (same function), then layouts and numeric options.
-IMPLS = ["", "mix=fused_bn", "mix=fused", "pointwise=dense", "pointwise=dense,mix=fused_bn", "pointwise=grouped",
-         "batch_norm=native"]
+IMPLS = ["", "mix=fused_bn", "inputs=separate", "inputs=separate,mix=fused_bn", "mix=fused", "pointwise=dense",
+         "pointwise=dense,mix=fused_bn", "pointwise=grouped", "batch_norm=native"]
 # The fused depthwise convolution last: a kernel fault would end the CUDA context of the rows after it.
 FUSED_DW = ["depthwise=fused", "mix=fused,depthwise=fused", "mix=fused_bn,depthwise=fused", "pointwise=dense,depthwise=fused"]
 TIMED = IMPLS + ["channels_last", "tf32", "bf16"] + FUSED_DW

@@ -25,6 +25,9 @@ IMPLEMENTATIONS += [{"pointwise": pw, "batch_norm": bn, "mix": "fused_bn"} for p
 IMPLEMENTATIONS += [{"pointwise": "bmm", "batch_norm": "cudnn", "mix": mix} for mix in ("torch", "fused_bn")]
 IMPLEMENTATIONS += [{"pointwise": pw, "batch_norm": bn, "mix": mix, "depthwise": "fused"}
                     for pw, bn, mix in (("grouped", "native", "torch"), ("dense", "cudnn", "fused_bn"), ("bmm", "cudnn", "fused_bn"))]
+# the layout with one node op per cell input (the others pair them)
+IMPLEMENTATIONS += [{"pointwise": pw, "batch_norm": "cudnn", "mix": mix, "depthwise": dw, "inputs": "separate"}
+                    for pw, mix, dw in (("bmm", "torch", "torch"), ("dense", "fused_bn", "fused"), ("bmm", "fused_bn", "fused"))]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=lambda o: "-".join(o.values()))
@@ -46,7 +49,7 @@ def conv_weight_grads(plain: SearchCell, fast: FastSearchCell) -> list[tuple[tor
             mods = [plain.edges[e].ops[fastcell.OP[name]] for e in fast._edges[j]]
             for b in range(len(branch.dw)):
                 dw = torch.cat([m[4 * b + 1].weight.grad for m in mods])
-                if branch.dense and b == 0:  # stored in c·n+e order
+                if branch.dense and branch.reads_node and b == 0:  # stored in c·n+e order
                     k = branch.kernel
                     dw = dw.view(branch.n, branch.c, 1, k, k).transpose(0, 1).reshape(-1, 1, k, k)
                 pairs.append((dw, branch.dw[b].grad))
@@ -203,6 +206,18 @@ def test_resume_refuses_batched_weights_of_another_layout(tmp_path, monkeypatch)
     monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "dense")
     with pytest.raises(ValueError, match="pointwise='grouped' weights and this run builds pointwise='dense'"):
         Searcher(cfg, images, labels).load_state(state)
+    monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "bmm")
+    monkeypatch.setitem(fastcell.OPTIONS, "inputs", "separate")
+    with pytest.raises(ValueError, match=r"inputs='paired' weights and this run builds inputs='separate'.*OPTIONS\['inputs'\] = 'paired'"):
+        Searcher(cfg, images, labels).load_state(state)
+    # a checkpoint from before the choice was recorded holds separate node ops, and resumes with them only
+    old = {**state, "fast_options": {k: v for k, v in state["fast_options"].items() if k != "inputs"}}
+    with pytest.raises(ValueError, match="inputs='separate' weights and this run builds inputs='paired'"):
+        monkeypatch.setitem(fastcell.OPTIONS, "inputs", "paired")
+        Searcher(cfg, images, labels).load_state(old)
+    monkeypatch.setitem(fastcell.OPTIONS, "inputs", "separate")
+    separate = Searcher(cfg, images, labels)
+    separate.load_state({**separate.state(), "fast_options": old["fast_options"]})
 
 
 def test_unknown_implementation_choice_is_an_error(monkeypatch):

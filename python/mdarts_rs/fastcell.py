@@ -13,6 +13,11 @@ BN(x; γ = p_k, β = 0), and costs no multiply forward or backward (the batch-no
 with the input gradient); the outputs shared by every edge are added with their edges' weights by
 ``AddShared``, whose backward is batched matrix products that read the gradient once per output.
 
+The cell's two inputs have the same shape, so the 8 edges that read them run as one node op over both
+inputs stacked along channels (``OPTIONS["inputs"] = "paired"``): every op is per channel or per edge
+(grouped convolutions where an edge's input group matters), so this is the two node ops side by side in one
+set of kernels. A cell counts all its batch norms' training batches in one foreach op.
+
 ``FastSearchCell.from_plain`` copies a plain cell's weights and statistics, so both compute the same
 numbers up to summation order.
 """
@@ -45,7 +50,10 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: last batch norms and the weighted sum of all outputs in one op, and each separable convolution's inner
 #: batch norm and ReLU in another, in training mode; eval mode runs "torch"). ``depthwise``: "torch"
 #: (``F.conv2d`` with groups) or "fused" (``mdarts_rs.ops.depthwise_conv``: each plane read once per pass,
-#: one pass per gradient).
+#: one pass per gradient). ``inputs``: "paired" (the 8 edges that read the cell's two inputs as one node op over
+#: both inputs stacked along channels: the inputs have the same shape, and the ops are per channel or per
+#: edge, so this is the two node ops side by side in half the kernels) or "separate" (one node op per input;
+#: the layout of checkpoints written before this option).
 #: Defaults: the fastest float32 choices measured on a GPU whose first α gradient agrees with the previous
 #: default's (the CUDA graph-vs-eager test has not yet run with "bmm"). Graph-replayed step at batch
 #: 64, C = 16, 8 cells (``benches/gpu_report.py --sections variants``, one H200 run): dense/cudnn/torch (the
@@ -53,9 +61,9 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: (slower than torch's kernels); bmm 98.2, bmm with "fused_bn" 87.6. "fused_bn" stays opt-in: on that GPU
 #: a replayed step of it did not match the eager step (tests/test_search.py). Channels-last was slower with
 #: every choice.
-OPTIONS = {"pointwise": "bmm", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch"}
+OPTIONS = {"pointwise": "bmm", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch", "inputs": "paired"}
 _CHOICES = {"pointwise": ("grouped", "bmm", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn"),
-            "depthwise": ("torch", "fused")}
+            "depthwise": ("torch", "fused"), "inputs": ("paired", "separate")}
 
 
 def _option(key: str) -> str:
@@ -163,13 +171,17 @@ class GroupedConvBranch(nn.Module):
     n edges' copies along channels (n·C). A separable convolution is 2 blocks (the second with stride 1
     and no dilation), a dilated convolution 1 block."""
 
-    def __init__(self, c: int, n: int, kernel: int, stride: int, padding: int, dilation: int, blocks: int):
+    def __init__(self, c: int, n: int, kernel: int, stride: int, padding: int, dilation: int, blocks: int,
+                 groups: int = 1):
         super().__init__()
         self.c, self.n, self.kernel = c, n, kernel
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.dense = _option("pointwise") == "dense"
         self.bmm = _option("pointwise") == "bmm"
         self.fused_depthwise = _option("depthwise") == "fused"
+        #: The first block reads the node itself (dense: with channel multiplier n; fused depthwise: edge-major
+        #: copies), not a copy per edge. Nodes batched in groups (``groups`` > 1) always pass copies.
+        self.reads_node = (self.dense or self.fused_depthwise) and groups == 1
         self.register_buffer("eye", torch.eye(n), persistent=False)
         self.register_buffer("ones", torch.ones(n, 1), persistent=False)  # bn_mix weights of a lone batch norm
         self.dw = nn.ParameterList()
@@ -185,8 +197,7 @@ class GroupedConvBranch(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, normalize: bool = True,
                 stats: list[StatsUpdate] | None = None) -> torch.Tensor:
-        """``x``: the ReLU'd node (B, C, H, W) when dense or with the fused depthwise convolution, else repeated
-        per edge (B, n·C, H, W). Returns the n edges' outputs, (B, n·C, H', W'), each channel multiplied by
+        """``x``: the ReLU'd node (B, C, H, W) if ``reads_node``, else its copy per edge (B, n·C, H, W). Returns the n edges' outputs, (B, n·C, H', W'), each channel multiplied by
         ``scale`` (n·C) if given; without ``normalize``, the input of the last batch norm (its caller
         normalises). Given ``stats`` (mix "fused_bn"), a batch norm in training mode followed by a ReLU inside
         the branch runs as one bn_mix op, whose statistics are appended to ``stats`` for the caller to update."""
@@ -198,11 +209,11 @@ class GroupedConvBranch(nn.Module):
             stride, padding, dilation = (
                 (self.stride, self.padding, self.dilation) if first else (1, self.kernel // 2, 1))
             if self.fused_depthwise:  # grouped layouts: the first block reads the node once (edge-major copies)
-                x = ops.depthwise_conv(x, dw, stride, padding, dilation, edge_major=not self.dense)
+                x = ops.depthwise_conv(x, dw, stride, padding, dilation, edge_major=self.reads_node and not self.dense)
             else:
                 x = F.conv2d(x, dw, stride=stride, padding=padding, dilation=dilation, groups=x.shape[1])
             if self.dense:
-                x = F.conv2d(x, BlockDiagonal.apply(pw, self.eye, first))
+                x = F.conv2d(x, BlockDiagonal.apply(pw, self.eye, first and self.reads_node))
             elif self.bmm:  # [b, e] = pw[e] @ x[b, e] over the (C, H·W) slices
                 bsz, _, h, w = x.shape
                 x = torch.matmul(pw.view(self.n, self.c, self.c), x.reshape(bsz, self.n, self.c, h * w))
@@ -225,7 +236,7 @@ class GroupedConvBranch(nn.Module):
         for b in range(len(self.dw)):
             base = 4 * b
             dw = torch.cat([m[base + 1].weight for m in branches])  # e·C+c order
-            if self.dense and b == 0:
+            if self.dense and self.reads_node and b == 0:
                 k = self.kernel
                 dw = dw.view(self.n, self.c, 1, k, k).transpose(0, 1).reshape(self.n * self.c, 1, k, k)
             self.dw[b].copy_(dw)
@@ -235,14 +246,15 @@ class GroupedConvBranch(nn.Module):
 
 class GroupedFactorizedReduce(nn.Module):
     """``n`` FactorizedReduce skip connections on the same input: two stride-2 1×1 convolutions to n·C/2
-    channels each, one BN over n·C channels ordered as the per-edge BNs are."""
+    channels each, one BN over n·C channels ordered as the per-edge BNs are. With ``groups`` > 1 the input
+    holds that many nodes (groups·C channels), each read by n/groups consecutive edges (grouped convolutions)."""
 
-    def __init__(self, c: int, n: int):
+    def __init__(self, c: int, n: int, groups: int = 1):
         super().__init__()
         assert c % 2 == 0, f"FactorizedReduce needs an even width, got {c}"
         self.c, self.n = c, n
-        self.conv_1 = nn.Conv2d(c, n * c // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(c, n * c // 2, 1, stride=2, bias=False)
+        self.conv_1 = nn.Conv2d(groups * c, n * c // 2, 1, stride=2, bias=False, groups=groups)
+        self.conv_2 = nn.Conv2d(groups * c, n * c // 2, 1, stride=2, bias=False, groups=groups)
         self.bn = _bn(n * c)
 
     def forward(self, relu_h: torch.Tensor, scale: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
@@ -284,7 +296,8 @@ def _copy_bn(dst: nn.BatchNorm2d, srcs: list[nn.BatchNorm2d]) -> None:
 
 class AddShared(torch.autograd.Function):
     """``AddShared.apply(mixed, w, *shared)``: ``mixed[:, e] + Σ_k w[e, k]·shared[k]`` for every edge e, with
-    ``mixed`` (B, n, C, H, W), ``w`` (n, K) and K outputs (B, C, H, W) shared by the n edges.
+    ``mixed`` (B, n, C, H, W), ``w`` (n, K) and K outputs (B, C, H, W) shared by the n edges; or, shared
+    outputs (B, G·C, H, W) of G groups (nodes batched together), group g shared by edges g·n/G .. (g+1)·n/G − 1.
 
     The gradients are batched matrix products that read the output's gradient once each: ∂/∂shared[k] =
     Σ_e w[e, k]·grad[:, e] and ∂/∂w[e, k] = ⟨grad[:, e], shared[k]⟩, where autograd's multiply-and-sum
@@ -293,29 +306,41 @@ class AddShared(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mixed: torch.Tensor, w: torch.Tensor, *shared: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         assert shared, "AddShared needs at least one shared output"
-        n = mixed.shape[1]
-        out = mixed
+        bsz, n, c = mixed.shape[:3]
+        groups = shared[0].shape[1] // c
+        assert all(t.shape[1] == groups * c for t in shared) and n % groups == 0, "shared outputs must be groups of C channels"
+        spatial = mixed.shape[3:]
+        out = mixed.view(bsz, groups, n // groups, c, *spatial)
         for k, s in enumerate(shared):  # the first addcmul writes a new tensor, the others add to it in place
-            col = w[:, k].reshape(1, n, 1, 1, 1)
-            out = torch.addcmul(out, col, s.unsqueeze(1)) if k == 0 else out.addcmul_(col, s.unsqueeze(1))
+            col = w[:, k].reshape(1, groups, n // groups, 1, 1, 1)
+            term = s.view(bsz, groups, 1, c, *spatial)
+            out = torch.addcmul(out, col, term) if k == 0 else out.addcmul_(col, term)
+        ctx.groups = groups
         ctx.save_for_backward(w, *(shared if ctx.needs_input_grad[1] else ()))
-        return out
+        return out.view(mixed.shape)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         w, *saved = ctx.saved_tensors
         bsz, n = grad.shape[:2]
-        g = grad.reshape(bsz, n, -1)  # a view unless the gradient is channels-last
-        grads_shared = [
-            torch.bmm(w[:, k].to(g.dtype).reshape(1, 1, n).expand(bsz, 1, n), g).view(bsz, *grad.shape[2:])
-            if ctx.needs_input_grad[2 + k] else None
-            for k in range(w.shape[1])
-        ]
+        groups = ctx.groups
+        m = n // groups
+        g = grad.reshape(bsz * groups, m, -1)  # a view unless the gradient is channels-last
+        shared_shape = (bsz, groups * grad.shape[2], *grad.shape[3:])
+        grads_shared = []
+        for k in range(w.shape[1]):
+            if not ctx.needs_input_grad[2 + k]:
+                grads_shared.append(None)
+                continue
+            # (B·G, 1, m): group g's weights in row b·G + g; a stride-0 view for G = 1, a small copy otherwise
+            row = w[:, k].to(g.dtype).reshape(1, groups, 1, m).expand(bsz, groups, 1, m).reshape(bsz * groups, 1, m)
+            grads_shared.append(torch.bmm(row, g).view(shared_shape))
         grad_w = None
         if ctx.needs_input_grad[1]:
             # under autocast the shared outputs may be bfloat16 and the sums float32 (w is); autograd casts
             # each gradient back to its input's type
-            grad_w = torch.cat([torch.bmm(g, s.to(g.dtype).reshape(bsz, -1, 1)) for s in saved], dim=2).sum(0)
+            products = [torch.bmm(g, s.to(g.dtype).reshape(bsz * groups, -1, 1)) for s in saved]  # (B·G, m, 1) each
+            grad_w = torch.cat(products, dim=2).view(bsz, n, -1).sum(0)
         return grad, grad_w, *grads_shared
 
 
@@ -348,18 +373,21 @@ def _update_running_stats(updates: list[StatsUpdate]) -> None:
 
 
 class NodeOps(nn.Module):
-    """Every candidate op of the ``n`` edges that read one state, batched."""
+    """Every candidate op of the ``n`` edges that read one state, batched; with ``groups`` > 1, of the edges
+    that read ``groups`` states of the same shape, stacked along channels (groups·C), each read by n/groups
+    consecutive edges (the cell's two inputs: one op for their 8 edges)."""
 
-    def __init__(self, c: int, n: int, stride: int):
+    def __init__(self, c: int, n: int, stride: int, groups: int = 1):
         super().__init__()
-        self.c, self.n, self.stride = c, n, stride
-        self.max_bn = _bn(c)
-        self.avg_bn = _bn(c)
-        self.skip = GroupedFactorizedReduce(c, n) if stride == 2 else None
-        self.sep_conv_3x3 = GroupedConvBranch(c, n, 3, stride, 1, 1, blocks=2)
-        self.sep_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 2, 1, blocks=2)
-        self.dil_conv_3x3 = GroupedConvBranch(c, n, 3, stride, 2, 2, blocks=1)
-        self.dil_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 4, 2, blocks=1)
+        assert n % groups == 0, f"{n} edges do not split into {groups} groups"
+        self.c, self.n, self.stride, self.groups = c, n, stride, groups
+        self.max_bn = _bn(groups * c)
+        self.avg_bn = _bn(groups * c)
+        self.skip = GroupedFactorizedReduce(c, n, groups) if stride == 2 else None
+        self.sep_conv_3x3 = GroupedConvBranch(c, n, 3, stride, 1, 1, blocks=2, groups=groups)
+        self.sep_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 2, 1, blocks=2, groups=groups)
+        self.dil_conv_3x3 = GroupedConvBranch(c, n, 3, stride, 2, 2, blocks=1, groups=groups)
+        self.dil_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 4, 2, blocks=1, groups=groups)
         self.fused_mix = _option("mix") == "fused"
         self.fused_bn = _option("mix") == "fused_bn"
 
@@ -373,15 +401,20 @@ class NodeOps(nn.Module):
         return mods | {name: getattr(self, name) for name in self.PER_EDGE}
 
     def forward(self, h: torch.Tensor, p: torch.Tensor, stats: list[StatsUpdate] | None = None) -> torch.Tensor:
-        """Mixed outputs of the n edges, (B, n, C, H', W'); ``p``: their (n, 8) op weights. With mix "fused_bn"
-        in training mode, the running statistics that bn_mix's batch norms computed are updated at once, or
-        appended to ``stats`` for the caller to update together with other nodes'."""
-        s, n, c = self.stride, self.n, self.c
+        """Mixed outputs of the n edges, (B, n, C, H', W'), of the state ``h`` (B, groups·C, H, W); ``p``: their
+        (n, 8) op weights. With mix "fused_bn" in training mode, the running statistics that bn_mix's batch norms
+        computed are updated at once, or appended to ``stats`` for the caller to update together with other
+        nodes'."""
+        s, n, c, groups = self.stride, self.n, self.c, self.groups
         relu = F.relu(h)
-        if self.sep_conv_3x3.dense or self.sep_conv_3x3.fused_depthwise:
+        if self.sep_conv_3x3.reads_node:
             rep = relu
-        else:
+        elif groups == 1:
             rep = relu.repeat(1, n, 1, 1)  # (B, n·C, H, W): one copy per edge, for the grouped convolutions
+        else:  # each group's copies for its n/groups edges
+            bsz, _, height, width = relu.shape
+            rep = relu.view(bsz, groups, 1, c, height, width).expand(bsz, groups, n // groups, c, height, width)
+            rep = rep.reshape(bsz, n * c, height, width)
             if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
                 rep = rep.contiguous(memory_format=torch.channels_last)
         per_edge = self._per_edge_modules()
@@ -412,6 +445,9 @@ class NodeOps(nn.Module):
         bsz, _, height, width = outs["max_pool_3x3"].shape
         if self.fused_mix:  # one node_mix call over the outputs in PRIMITIVES order ('none' adds zero)
             xs = [outs[name].reshape(bsz, outs[name].shape[1] // c, c * height * width) for name in PRIMITIVES[1:]]
+            if groups > 1:  # node_mix's shared inputs are one for all edges: copy each group's per edge
+                xs = [x if x.shape[1] == n else x.unsqueeze(2).expand(bsz, groups, n // groups, x.shape[2]).reshape(bsz, n, -1)
+                      for x in xs]
             return ops.node_mix(xs, p[:, 1:]).view(bsz, n, c, height, width)
         shared = [name for name in PRIMITIVES[1:] if name not in per_edge]  # consecutive columns of p from 1
         if fuse_bn:  # one op: the per-edge ops' last batch norms, and every output weighted and summed
@@ -430,9 +466,10 @@ class NodeOps(nn.Module):
     def load_from(self, mixed_ops: list[nn.Module]) -> None:
         """Copy the weights of the plain MixedOps of these edges (in reader order)."""
         ops = [m.ops for m in mixed_ops]  # type: ignore[attr-defined]
-        # Every edge's pooling BN has seen the same inputs, so their statistics agree; take the first.
-        _copy_bn(self.max_bn, [ops[0][OP["max_pool_3x3"]][1]])
-        _copy_bn(self.avg_bn, [ops[0][OP["avg_pool_3x3"]][1]])
+        # Every edge's pooling BN has seen the same inputs, so their statistics agree; take each group's first.
+        firsts = ops[:: self.n // self.groups]
+        _copy_bn(self.max_bn, [o[OP["max_pool_3x3"]][1] for o in firsts])
+        _copy_bn(self.avg_bn, [o[OP["avg_pool_3x3"]][1] for o in firsts])
         if self.skip is not None:
             self.skip.load_from([o[OP["skip_connect"]] for o in ops])
         for name in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"):
@@ -450,11 +487,15 @@ class FastSearchCell(nn.Module):
         self.preprocess0, self.preprocess1 = search_preprocessing(c_prev_prev, c_prev, c, reduction_prev)
         for pre in (self.preprocess0, self.preprocess1):
             _adopt_batch_norms(pre)
+        # nodes[k] batches the edges that read states _states[k] (states 0..4 are read by some node; the last
+        # node is read by none); with paired inputs, nodes[0] reads states 0 and 1 stacked along channels
+        self._states = [[0, 1], *([j] for j in range(2, STEPS + 1))] if _option("inputs") == "paired" else [[j] for j in range(STEPS + 1)]
         self.nodes = nn.ModuleList()
         self._edges: list[list[int]] = []
-        for j in range(STEPS + 1):  # states 0..4 are read by some node; the last node is read by none
-            self.nodes.append(NodeOps(c, len(readers(j)), 2 if reduction and j < 2 else 1))
-            self._edges.append([edge_id(i, j) for i in readers(j)])
+        for states in self._states:
+            edges = [edge_id(i, j) for j in states for i in readers(j)]
+            self.nodes.append(NodeOps(c, len(edges), 2 if reduction and states[0] < 2 else 1, groups=len(states)))
+            self._edges.append(edges)
         # The rows of p grouped by the state their edges read (a permutation of the 14 edges), as a device
         # buffer: one gather per cell, then one split into the states' rows (a Python list index would copy
         # from the host at every step, which a CUDA graph cannot capture; split's backward is one kernel).
@@ -470,17 +511,23 @@ class FastSearchCell(nn.Module):
         """``p``: (14, 8) op weights of this cell's table. ``sparse`` is accepted for interface parity: the
         dense sum with zero weights is already exact."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        rows = p.index_select(0, self.edge_order).split(self._sizes)  # rows[j]: the edges that read state j
-        # The mixed outputs of each node's readers, one view per edge: unbind's backward stacks the edges'
+        rows = p.index_select(0, self.edge_order).split(self._sizes)  # rows[k]: the edges that nodes[k] batches
+        # The mixed outputs of each state's readers, one view per edge: unbind's backward stacks the edges'
         # gradients in one kernel, where indexing would zero-fill and accumulate a full copy per edge.
         stats: list[StatsUpdate] = []  # the nodes' batch-norm statistics (mix "fused_bn"), updated together
-        mixed = [self.nodes[j](states[j], rows[j], stats).unbind(1) for j in (0, 1)]
+        mixed: list[tuple[torch.Tensor, ...]] = []
+        if len(self._states[0]) == 2:  # paired inputs: one node op reads both, stacked along channels
+            both = self.nodes[0](torch.cat(states, dim=1), rows[0], stats).unbind(1)
+            mixed += [both[: len(readers(0))], both[len(readers(0)) :]]
+        else:
+            mixed += [self.nodes[j](states[j], rows[j], stats).unbind(1) for j in (0, 1)]
+        first = len(self.nodes) - (STEPS - 1)  # nodes[first + i] reads state i + 2
         for i in range(STEPS):
             terms = [mixed[j][i - readers(j)[0]] for j in range(i + 2)]
             node = functools.reduce(torch.add, terms)  # no 0 + first term, which would be a kernel of its own
             states.append(node)  # type: ignore[arg-type]
             if i + 2 <= STEPS:
-                mixed.append(self.nodes[i + 2](node, rows[i + 2], stats).unbind(1))  # type: ignore[arg-type]
+                mixed.append(self.nodes[first + i](node, rows[first + i], stats).unbind(1))  # type: ignore[arg-type]
         if stats:
             _update_running_stats(stats)
         counters = [bn.num_batches_tracked for bn in self._batch_norms if bn.training and not bn.counts_itself()]

@@ -193,15 +193,18 @@ class Searcher:
     def load_state(self, state: dict[str, Any]) -> None:
         resume_conflicts(SearchConfig.from_json(state["config"]).to_json(), self.cfg.to_json(), RESUMABLE_CHANGES)
         if self.cfg.fast:
-            # The dense pointwise choice orders the depthwise weights differently ("grouped" and "bmm" store the
-            # same layout); checkpoints written before it was recorded hold grouped ones.
-            saved = (state.get("fast_options") or {"pointwise": "grouped"})["pointwise"]
-            current = (self.model.fast_options or {})["pointwise"]
-            if (saved == "dense") != (current == "dense"):
-                raise ValueError(
-                    f"cannot resume: the checkpoint's batched cells hold pointwise={saved!r} weights and this run builds "
-                    f"pointwise={current!r} ones; set mdarts_rs.fastcell.OPTIONS['pointwise'] = {saved!r} before resuming"
-                )
+            # Two choices set the batched cells' weight layout: the dense pointwise choice orders the depthwise
+            # weights differently ("grouped" and "bmm" store the same layout), and paired inputs hold one node op
+            # for both cell inputs. Checkpoints written before a choice was recorded hold grouped, separate ones.
+            saved = {"pointwise": "grouped", "inputs": "separate", **(state.get("fast_options") or {})}
+            current = self.model.fast_options or {}
+            for key in ("pointwise", "inputs"):
+                if (saved[key] == "dense") != (current[key] == "dense") or (key == "inputs" and saved[key] != current[key]):
+                    raise ValueError(
+                        f"cannot resume: the checkpoint's batched cells hold {key}={saved[key]!r} weights and this run "
+                        f"builds {key}={current[key]!r} ones; set mdarts_rs.fastcell.OPTIONS[{key!r}] = {saved[key]!r} "
+                        f"before resuming"
+                    )
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
