@@ -422,11 +422,14 @@ class NodeOps(nn.Module):
         # bn_mix computes batch statistics: in training mode only (an evaluation runs the torch mix)
         fuse_bn = self.fused_bn and all(bn.training for bn in last_bns)
         scale: dict[str, torch.Tensor | None] = dict.fromkeys(per_edge)
-        if not self.fused_mix and not fuse_bn:
+        torch_mix = not self.fused_mix and not fuse_bn
+        if torch_mix:
+            # p's columns: 'none', the shared outputs', the per-edge ops' (PRIMITIVES order); one split, whose
+            # backward is one kernel where two slices' would be two each and an add
+            _, shared_w, edge_w = p.split([1, len(PRIMITIVES) - 1 - len(per_edge), len(per_edge)], dim=1)
             # w·BN(x) = BN(x; γ = w, β = 0): each per-edge op's weight, repeated over its edge's C channels,
             # scales its last batch norm (no multiply of the output forward, nor of its gradient backward).
-            first = OP[next(iter(per_edge))]
-            cols = p[:, first : first + len(per_edge)].t()  # (ops, n), in PRIMITIVES order
+            cols = edge_w.t()  # (ops, n), in PRIMITIVES order
             dense = cols.unsqueeze(-1).expand(len(per_edge), n, c).contiguous()  # one copy (reshape would not copy for n = 1)
             scale = dict(zip(per_edge, dense.view(len(per_edge), n * c).unbind(0)))
         # Each op's output: per edge (B, n·C, H', W'), or shared by every edge (B, C, H', W'); with fuse_bn, the
@@ -460,7 +463,8 @@ class NodeOps(nn.Module):
             return mixed.view(bsz, n, c, height, width)
         # The weighted per-edge outputs summed, then the shared outputs times their edges' weights added
         mixed = functools.reduce(torch.add, (outs[name].view(bsz, n, c, height, width) for name in per_edge))
-        return AddShared.apply(mixed, p[:, 1 : 1 + len(shared)], *(outs[name] for name in shared))
+        assert torch_mix and shared_w.shape[1] == len(shared)
+        return AddShared.apply(mixed, shared_w, *(outs[name] for name in shared))
 
     @torch.no_grad()
     def load_from(self, mixed_ops: list[nn.Module]) -> None:
