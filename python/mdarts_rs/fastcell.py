@@ -197,8 +197,8 @@ class GroupedConvBranch(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, normalize: bool = True,
                 stats: list[StatsUpdate] | None = None) -> torch.Tensor:
-        """``x``: the ReLU'd node (B, C, H, W) if ``reads_node``, else its copy per edge (B, n·C, H, W). Returns the n edges' outputs, (B, n·C, H', W'), each channel multiplied by
-        ``scale`` (n·C) if given; without ``normalize``, the input of the last batch norm (its caller
+        """``x``: the ReLU'd node (B, C, H, W) if ``reads_node``, else its copy per edge (B, n·C, H, W). Returns
+        the n edges' outputs, (B, n·C, H', W'), each channel multiplied by ``scale`` (n·C) if given; without ``normalize``, the input of the last batch norm (its caller
         normalises). Given ``stats`` (mix "fused_bn"), a batch norm in training mode followed by a ReLU inside
         the branch runs as one bn_mix op, whose statistics are appended to ``stats`` for the caller to update."""
         nc = self.n * self.c
@@ -415,8 +415,8 @@ class NodeOps(nn.Module):
             bsz, _, height, width = relu.shape
             rep = relu.view(bsz, groups, 1, c, height, width).expand(bsz, groups, n // groups, c, height, width)
             rep = rep.reshape(bsz, n * c, height, width)
-            if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
-                rep = rep.contiguous(memory_format=torch.channels_last)
+        if rep is not relu and h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+            rep = rep.contiguous(memory_format=torch.channels_last)
         per_edge = self._per_edge_modules()
         last_bns = [m.bn if isinstance(m, GroupedFactorizedReduce) else m.bn[-1] for m in per_edge.values()]
         # bn_mix computes batch statistics: in training mode only (an evaluation runs the torch mix)

@@ -198,8 +198,12 @@ class Searcher:
             # for both cell inputs. Checkpoints written before a choice was recorded hold grouped, separate ones.
             saved = {"pointwise": "grouped", "inputs": "separate", **(state.get("fast_options") or {})}
             current = self.model.fast_options or {}
+
+            def layout(options: dict[str, str], key: str) -> str | bool:
+                return options[key] == "dense" if key == "pointwise" else options[key]
+
             for key in ("pointwise", "inputs"):
-                if (saved[key] == "dense") != (current[key] == "dense") or (key == "inputs" and saved[key] != current[key]):
+                if layout(saved, key) != layout(current, key):
                     raise ValueError(
                         f"cannot resume: the checkpoint's batched cells hold {key}={saved[key]!r} weights and this run "
                         f"builds {key}={current[key]!r} ones; set mdarts_rs.fastcell.OPTIONS[{key!r}] = {saved[key]!r} "
