@@ -118,15 +118,19 @@ if not CUDA:
 
 
 @pytest.mark.parametrize("shape", DW_SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("grads", ["", "x", "w", "xw"], ids=["fwd", "fwd_gradx", "fwd_gradw", "fwd_bwd"])
 @pytest.mark.parametrize("impl", ["baseline_conv2d", "fused"])
-def test_depthwise_conv(benchmark, impl, backward, shape):
+def test_depthwise_conv(benchmark, impl, grads, shape):
     """On a GPU each round replays the pass captured as a CUDA graph, as the search step runs it: kernel time
-    without the per-call Python overhead (which the fused op's autograd has more of)."""
+    without the per-call Python overhead (which the fused op's autograd has more of). The forward alone, with
+    the input's gradient, with the weight's, and with both: their differences time each gradient's kernels
+    (the weight pass of a search step needs both, the α pass only the input's)."""
     b, c, h, w, m, k, stride, padding, dilation = shape
+    backward = bool(grads)
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    x = torch.randn(b, c, h, w, device=DEVICE, generator=g, requires_grad=True)
-    wt = torch.randn(c * m, 1, k, k, device=DEVICE, generator=g, requires_grad=True)
+    x = torch.randn(b, c, h, w, device=DEVICE, generator=g, requires_grad="x" in grads)
+    wt = torch.randn(c * m, 1, k, k, device=DEVICE, generator=g, requires_grad="w" in grads)
+    wanted = [t for t in (x, wt) if t.requires_grad]
     if impl == "fused":
         def fn(x, wt):
             return torch.ops.mdarts.depthwise_conv(x, wt, stride, padding, dilation, False)
@@ -141,7 +145,7 @@ def test_depthwise_conv(benchmark, impl, backward, shape):
     def one_pass():
         y = fn(x, wt)
         if backward:
-            torch.autograd.grad(y, [x, wt], grad)
+            torch.autograd.grad(y, wanted, grad)
 
     run = one_pass
     if CUDA:
@@ -161,5 +165,5 @@ def test_depthwise_conv(benchmark, impl, backward, shape):
         sync()
 
     benchmark.pedantic(timed, rounds=20, iterations=5, warmup_rounds=3)
-    passes = "fwd+bwd" if backward else "fwd"
+    passes = {"": "fwd", "x": "fwd+grad_x", "w": "fwd+grad_w", "xw": "fwd+bwd"}[grads]
     record(f"depthwise_conv {passes} {'x'.join(map(str, shape))} ({DEVICE.type}{', graph' if CUDA else ''})", impl, benchmark, 1)
