@@ -60,7 +60,8 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: previous default) 109.7 ms; with dense 1×1, "fused" mix 106.0, "fused_bn" mix 99.1, fused depthwise 114.2
 #: (slower than torch's kernels); bmm 98.2, bmm with "fused_bn" 87.6. "fused_bn" stays opt-in: on that GPU
 #: a replayed step of it did not match the eager step (tests/test_search.py). Channels-last was slower with
-#: every choice.
+#: every choice. "paired" inputs are the default without a GPU timing yet: the same arithmetic in 18% fewer
+#: kernel-launching ops per step (``gpu_report.py --sections traffic``, counted on a CPU).
 OPTIONS = {"pointwise": "bmm", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch", "inputs": "paired"}
 _CHOICES = {"pointwise": ("grouped", "bmm", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn"),
             "depthwise": ("torch", "fused"), "inputs": ("paired", "separate")}
