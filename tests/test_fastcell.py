@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +14,7 @@ from mdarts_rs import fastcell, ops
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.fastcell import FastSearchCell, edge_id, readers
 from mdarts_rs.primitives import count_params
-from mdarts_rs.search import Searcher
+from mdarts_rs.search import Searcher, SearchInterrupted, run_search
 from mdarts_rs.supernet import SearchCell, SuperNet
 
 
@@ -218,6 +222,38 @@ def test_resume_refuses_batched_weights_of_another_layout(tmp_path, monkeypatch)
     monkeypatch.setitem(fastcell.OPTIONS, "inputs", "separate")
     separate = Searcher(cfg, images, labels)
     separate.load_state({**separate.state(), "fast_options": old["fast_options"]})
+
+
+def test_resumed_search_keeps_its_checkpoints_layout(tmp_path, monkeypatch):
+    # A run written with another layout than this version's defaults (here: separate inputs and dense 1×1
+    # convolutions), interrupted in its second epoch, resumes and finishes with its own layout.
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (48, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 48).astype(np.int64)
+    cfg = SearchConfig(out=tmp_path, batch_size=4, init_channels=4, layers=5, workers=1, quiet=True, plots=False, device="cpu",
+                       gap_images=4, fast=True, epochs=2, steps_per_epoch=2)
+    monkeypatch.setitem(fastcell.OPTIONS, "inputs", "separate")
+    monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "dense")
+    original, calls = Searcher.train_step, []
+
+    def step_then_interrupt(self, *args):
+        out = original(self, *args)
+        calls.append(1)
+        if len(calls) == 3:  # inside the second epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Searcher, "train_step", step_then_interrupt)
+    with pytest.raises(SearchInterrupted):
+        run_search(cfg, images, labels)
+    monkeypatch.setattr(Searcher, "train_step", original)
+    monkeypatch.setitem(fastcell.OPTIONS, "inputs", "paired")
+    monkeypatch.setitem(fastcell.OPTIONS, "pointwise", "bmm")
+    resumed = run_search(dataclasses.replace(cfg, resume=True), images, labels)
+    assert [r["epoch"] for r in resumed.history] == [0, 1]
+    assert len(resumed.model.cells[0].nodes) == 5 and resumed.model.cells[0].nodes[0].sep_conv_3x3.dense
+    saved = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 2 and (saved["fast_options"]["inputs"], saved["fast_options"]["pointwise"]) == ("separate", "dense")
+    assert fastcell.OPTIONS["inputs"] == "paired" and fastcell.OPTIONS["pointwise"] == "bmm"  # restored after the build
 
 
 def test_unknown_implementation_choice_is_an_error(monkeypatch):

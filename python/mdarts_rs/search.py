@@ -193,20 +193,12 @@ class Searcher:
     def load_state(self, state: dict[str, Any]) -> None:
         resume_conflicts(SearchConfig.from_json(state["config"]).to_json(), self.cfg.to_json(), RESUMABLE_CHANGES)
         if self.cfg.fast:
-            # Two choices set the batched cells' weight layout: the dense pointwise choice orders the depthwise
-            # weights differently ("grouped" and "bmm" store the same layout), and paired inputs hold one node op
-            # for both cell inputs. Checkpoints written before a choice was recorded hold grouped, separate ones.
-            saved = {"pointwise": "grouped", "inputs": "separate", **(state.get("fast_options") or {})}
-            current = self.model.fast_options or {}
-
-            def layout(options: dict[str, str], key: str) -> str | bool:
-                return options[key] == "dense" if key == "pointwise" else options[key]
-
-            for key in ("pointwise", "inputs"):
-                if layout(saved, key) != layout(current, key):
+            saved, current = _layout_choices(state.get("fast_options")), self.model.fast_options or {}
+            for key, value in saved.items():
+                if _layout(key, value) != _layout(key, current[key]):
                     raise ValueError(
-                        f"cannot resume: the checkpoint's batched cells hold {key}={saved[key]!r} weights and this run "
-                        f"builds {key}={current[key]!r} ones; set mdarts_rs.fastcell.OPTIONS[{key!r}] = {saved[key]!r} "
+                        f"cannot resume: the checkpoint's batched cells hold {key}={value!r} weights and this run "
+                        f"builds {key}={current[key]!r} ones; set mdarts_rs.fastcell.OPTIONS[{key!r}] = {value!r} "
                         f"before resuming"
                     )
         self.model.load_state_dict(state["model"])
@@ -466,12 +458,50 @@ class Searcher:
         return SearchResult(genotype=genotype, history=self.history, model=self.model)
 
 
+def _layout_choices(fast_options: dict[str, str] | None) -> dict[str, str]:
+    """The ``fastcell.OPTIONS`` choices that set the batched cells' weight layout, as a checkpoint's recorded
+    options hold them: the dense pointwise choice orders the depthwise weights differently ("grouped" and
+    "bmm" store the same layout), and paired inputs hold one node op for both cell inputs. Checkpoints
+    written before a choice was recorded hold grouped, separate ones."""
+    options = {"pointwise": "grouped", "inputs": "separate", **(fast_options or {})}
+    return {key: options[key] for key in ("pointwise", "inputs")}
+
+
+def _layout(key: str, value: str) -> str | bool:
+    return value == "dense" if key == "pointwise" else value
+
+
+@contextmanager
+def _checkpoint_layout(cfg: SearchConfig, state: dict[str, Any] | None) -> Iterator[None]:
+    """While a resumed batched search builds its supernet: ``fastcell.OPTIONS`` set to the checkpoint's weight
+    layout where this run's choices would build another one (a run resumes as it was written, whatever the
+    defaults of this version)."""
+    if not (cfg.fast and state is not None):
+        yield
+        return
+    from mdarts_rs import fastcell
+
+    saved = _layout_choices(state.get("fast_options"))
+    adopted = {k: v for k, v in saved.items() if _layout(k, v) != _layout(k, fastcell.OPTIONS[k])}
+    if adopted and not cfg.quiet:
+        tqdm.write("resuming with the checkpoint's batched-cell layout: " + ", ".join(f"{k}={v!r}" for k, v in adopted.items()))
+    before = dict(fastcell.OPTIONS)
+    fastcell.OPTIONS.update(adopted)
+    try:
+        yield
+    finally:
+        fastcell.OPTIONS.update(before)
+
+
 def run_search(cfg: SearchConfig, images: np.ndarray, labels: np.ndarray) -> SearchResult:
-    """Run (or with ``cfg.resume`` continue) a search whose files go to ``cfg.out``."""
+    """Run (or with ``cfg.resume`` continue) a search whose files go to ``cfg.out``. A resumed batched search
+    keeps the weight layout of its checkpoint."""
     run = RunFolder(cfg.out)
-    searcher = Searcher(cfg, images, labels, run)
-    if cfg.resume:
-        searcher.load_state(run.load_checkpoint())
+    state = run.load_checkpoint() if cfg.resume else None
+    with _checkpoint_layout(cfg, state):
+        searcher = Searcher(cfg, images, labels, run)
+    if state is not None:
+        searcher.load_state(state)
     elif run.checkpoint.exists():
         raise FileExistsError(f"{run.checkpoint} exists: pass --resume to continue that run, or choose another --out")
     run.write_json("config.json", cfg.to_json())
