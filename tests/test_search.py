@@ -333,14 +333,39 @@ def test_search_cuda_graph_step_is_the_eager_step(tmp_path, tiny_data, monkeypat
 
 
 def assert_same_states(a: Searcher, b: Searcher, rtol: float, atol: float) -> None:
-    """The two searchers' model states agree within the tolerances; else the error lists the tensors that do not,
-    with their largest difference."""
-    bad, states = [], list(zip(a.model.state_dict().items(), b.model.state_dict().values()))
+    """The two searchers' model states and optimizer states agree within the tolerances; else the error lists the
+    tensors that do not, with their largest difference. The weights' momentum buffers (after one step: the
+    gradients, for a fresh buffer) and Adam's moments tell a gradient difference from one in the update."""
+    states = list(zip(a.model.state_dict().items(), b.model.state_dict().values()))
+    for opt, keys in (("w_opt", ("momentum_buffer",)), ("a_opt", ("exp_avg", "exp_avg_sq"))):
+        params_a = [q for g in getattr(a, opt).param_groups for q in g["params"]]
+        params_b = [q for g in getattr(b, opt).param_groups for q in g["params"]]
+        for i, (qa, qb) in enumerate(zip(params_a, params_b)):
+            sa, sb = getattr(a, opt).state.get(qa, {}), getattr(b, opt).state.get(qb, {})
+            states += [((f"{opt} param {i} {key}", sa[key]), sb[key]) for key in keys if key in sa and key in sb]
+    bad: dict[str, list[str]] = {"model": [], "optimizer": []}
     for (name, x), y in states:
         if not torch.allclose(x.double(), y.double(), rtol=rtol, atol=atol):
             diff, size = (x.double() - y.double()).abs().max().item(), x.double().abs().max().item()
-            bad.append(f"{name} (largest difference {diff:.2e}, largest |value| {size:.2e})")
-    assert not bad, f"{len(bad)} of {len(states)} tensors differ: " + "; ".join(bad[:8])
+            bad["optimizer" if name.endswith(("buffer", "exp_avg", "exp_avg_sq")) else "model"].append(
+                f"{name} (largest difference {diff:.2e}, largest |value| {size:.2e})")
+    assert not any(bad.values()), "; ".join(f"{len(v)} {k} tensors differ: " + "; ".join(v[:6]) for k, v in bad.items() if v)
+
+
+def test_search_eager_step_is_deterministic_on_cpu(tmp_path, tiny_data):
+    """Two eager steps of the batched supernet from the same state and batch leave the same model and optimizer
+    states; one more step of one of them makes both kinds differ, and the comparison names them."""
+    first = Searcher(tiny_cfg(tmp_path, out=tmp_path / "first", arch_lr=0.01, fast=True), *tiny_data)
+    batches = [(xt, yt, xv, yv) for (xt, yt), (xv, yv) in zip(first.train_loader.batches(0), first.val_loader.batches(0))]
+    first.train_step(*batches[0])
+    second = Searcher(tiny_cfg(tmp_path, out=tmp_path / "second", arch_lr=0.01, fast=True), *tiny_data)
+    second.load_state(copy.deepcopy(first.state()))
+    first.train_step(*batches[1])
+    second.train_step(*batches[1])
+    assert_same_states(first, second, rtol=0, atol=0)
+    second.train_step(*batches[2])
+    with pytest.raises(AssertionError, match=r"model tensors differ: .*; \d+ optimizer tensors differ: .*momentum_buffer"):
+        assert_same_states(first, second, rtol=0, atol=0)
 
 
 @pytest.mark.cuda
