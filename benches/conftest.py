@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import platform
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -98,25 +96,13 @@ def variant(spec: str) -> tuple[dict[str, bool], dict[str, str]]:
     return cfg, impl
 
 
-@contextmanager
-def fast_options(impl: dict[str, str]) -> Iterator[None]:
-    """``fastcell.OPTIONS`` updated with ``impl`` while cells are built."""
-    from mdarts_rs import fastcell
-
-    saved = dict(fastcell.OPTIONS)
-    fastcell.OPTIONS.update(impl)
-    try:
-        yield
-    finally:
-        fastcell.OPTIONS.update(saved)
-
-
 def variant_searcher(out, batch: int, spec: str = "", data=None, **cfg):
     """A Searcher built with the batched-path variant ``spec`` (see ``variant``) over ``data`` (images,
     labels), by default 4 batches of random images (each split half); ``cfg``: further SearchConfig fields,
     over quiet defaults (one loader worker, no plots, 8 gap images)."""
     import numpy as np
 
+    from mdarts_rs import fastcell
     from mdarts_rs.config import SearchConfig
     from mdarts_rs.search import Searcher
 
@@ -125,5 +111,5 @@ def variant_searcher(out, batch: int, spec: str = "", data=None, **cfg):
         data = rng.integers(0, 256, (4 * batch, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 4 * batch).astype(np.int64)
     flags, impl = variant(spec)
     config = SearchConfig(out=out, batch_size=batch, **({"workers": 1, "quiet": True, "plots": False, "gap_images": 8} | flags | cfg))
-    with fast_options(impl):
+    with fastcell.options(impl):
         return Searcher(config, *data)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from conftest import DispatchCount, fast_options, variant, variant_searcher
+from conftest import DispatchCount, variant, variant_searcher
 
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.search import Searcher, entropy_loss
@@ -213,7 +213,7 @@ def section_numerics(args, tmp: str) -> None:
 def section_search(args, tmp: str) -> None:
     """A whole search of ``--search-epochs`` epochs on real images (``--data``), as ``mdarts-rs search
     --fast --cuda-graph`` runs it, with the variant of ``--fast``: seconds per epoch and in all."""
-    from mdarts_rs import data
+    from mdarts_rs import data, fastcell
     from mdarts_rs.search import run_search
 
     images, labels = data.load_cifar10(args.data)
@@ -223,7 +223,7 @@ def section_search(args, tmp: str) -> None:
     print(f"\n## search: {len(labels)} images ({args.data}), {args.search_epochs} epochs, batch {args.batch}, "
           f"variant {args.fast or 'default'}")
     t0 = time.time()
-    with fast_options(impl):
+    with fastcell.options(impl):
         result = run_search(cfg, images, labels)
     total = time.time() - t0
     steps = min((len(labels) // 2) // args.batch, args.search_steps or len(labels))

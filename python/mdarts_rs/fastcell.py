@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +67,17 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 OPTIONS = {"pointwise": "bmm", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch", "inputs": "paired"}
 _CHOICES = {"pointwise": ("grouped", "bmm", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn"),
             "depthwise": ("torch", "fused"), "inputs": ("paired", "separate")}
+
+
+@contextmanager
+def options(choices: dict[str, str]) -> Iterator[None]:
+    """``OPTIONS`` updated with ``choices`` while cells are built, restored afterwards."""
+    saved = dict(OPTIONS)
+    OPTIONS.update(choices)
+    try:
+        yield
+    finally:
+        OPTIONS.update(saved)
 
 
 def _option(key: str) -> str:

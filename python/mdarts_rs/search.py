@@ -485,12 +485,8 @@ def _checkpoint_layout(cfg: SearchConfig, state: dict[str, Any] | None) -> Itera
     adopted = {k: v for k, v in saved.items() if _layout(k, v) != _layout(k, fastcell.OPTIONS[k])}
     if adopted and not cfg.quiet:
         tqdm.write("resuming with the checkpoint's batched-cell layout: " + ", ".join(f"{k}={v!r}" for k, v in adopted.items()))
-    before = dict(fastcell.OPTIONS)
-    fastcell.OPTIONS.update(adopted)
-    try:
+    with fastcell.options(adopted):
         yield
-    finally:
-        fastcell.OPTIONS.update(before)
 
 
 def run_search(cfg: SearchConfig, images: np.ndarray, labels: np.ndarray) -> SearchResult:
