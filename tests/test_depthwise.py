@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mdarts_rs import fastcell, ops
 from cellcheck import assert_fast_cell_matches_plain
@@ -86,6 +87,42 @@ def test_depthwise_partial_gradients(ext):
     torch.testing.assert_close(gw, ref_w)
     gx_only, gw_empty = ext.depthwise_conv_backward(torch.ones(2, 6, 6, 6, dtype=torch.float64), x, wt, 1, 1, 1, False, True, False)
     assert gx_only.shape == x.shape and gw_empty.numel() == 0
+
+
+class BackwardFlags(TorchDispatchMode):
+    """The (need_x, need_w) flags of every depthwise_conv_backward call made while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flags: list[tuple[bool, bool]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.mdarts.depthwise_conv_backward:
+            self.flags.append((bool(args[-2]), bool(args[-1])))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("wanted, flags", [("x0", [(True, False)]), ("w", [(False, True)]), ("scale", []),
+                                           ("all", [(True, True)])])
+def test_depthwise_backward_computes_only_the_gradients_the_pass_uses(ext, wanted, flags):
+    """Inputs that require grad but whose gradient the running backward does not use (torch.autograd.grad for
+    other inputs, as a first-order α step asks for α alone) get none: the kernel is told not to compute it, as
+    torch's convolutions skip theirs, and with none wanted it does not run."""
+    x0, wt = inputs(2, 3, 6, 6, 2, 3)
+    scale = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    x = torch.relu(x0)  # a non-leaf input, as in a cell
+    loss = (ext.depthwise_conv(x, wt, 1, 1, 1, False) * scale.view(1, 6, 1, 1)).square().sum()
+    ref = dict(zip(("x0", "w", "scale"), torch.autograd.grad(
+        (F.conv2d(torch.relu(x0), wt, None, 1, 1, 1, 3) * scale.view(1, 6, 1, 1)).square().sum(), [x0, wt, scale])))
+    with BackwardFlags() as seen:
+        if wanted == "all":
+            loss.backward()
+            got = {"x0": x0.grad, "w": wt.grad, "scale": scale.grad}
+        else:
+            got = dict(zip([wanted], torch.autograd.grad(loss, [{"x0": x0, "w": wt, "scale": scale}[wanted]])))
+    assert seen.flags == flags
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, ref[name])
 
 
 def test_depthwise_strided_inputs(ext):
@@ -171,6 +208,26 @@ def test_fast_cell_with_fused_depthwise_matches_plain_cell(ext, monkeypatch, red
     monkeypatch.setitem(fastcell.OPTIONS, "depthwise", "fused")
     _, fast = assert_fast_cell_matches_plain(reduction)
     assert fast.nodes[0].sep_conv_3x3.fused_depthwise
+
+
+def test_fused_depthwise_alpha_pass_skips_weight_gradients(ext, monkeypatch):
+    """In the batched supernet with fused depthwise convolutions, the α pass (gradients for α only) computes no
+    depthwise weight gradient, and the weight pass computes every one."""
+    from mdarts_rs.supernet import SuperNet
+
+    monkeypatch.setenv("MDARTS_OPS", "ext")
+    monkeypatch.setitem(fastcell.OPTIONS, "depthwise", "fused")
+    net = SuperNet(C=4, layers=5, fast=True)
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([1, 7])
+    dws = sum(len(m.dw) for m in net.modules() if isinstance(m, fastcell.GroupedConvBranch))
+    p, _ = net.alphas()
+    with BackwardFlags() as alpha_pass:
+        grads = torch.autograd.grad(F.cross_entropy(net(x, p), y), net.arch_parameters())
+    assert all(g.abs().sum() > 0 for g in grads)
+    assert len(alpha_pass.flags) > 0 and not any(need_w for _, need_w in alpha_pass.flags)
+    with BackwardFlags() as weight_pass:
+        F.cross_entropy(net(x, {t: w.detach() for t, w in p.items()}), y).backward()
+    assert len(weight_pass.flags) == dws and all(need_w for _, need_w in weight_pass.flags)
 
 
 # The search cell's shapes at batch 64 (level 1 with multiplier 4, a reduction edge, level 3), then planes too

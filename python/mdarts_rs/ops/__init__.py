@@ -188,6 +188,20 @@ def _placeholders(grad: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Te
     return [one.expand(shape) for shape in shapes]
 
 
+def _engine_wants(t: torch.Tensor) -> bool:
+    """Whether the backward pass that is running will use a gradient for ``t``: not when ``t`` needs none, nor when
+    ``torch.autograd.grad`` asks for inputs that do not depend on it (a first-order α step asks for α alone, and
+    the network's weights then need no gradient). A custom op's ``ctx.needs_input_grad`` only says whether an
+    input requires grad; torch's own convolutions skip such gradients this way. True when the engine cannot
+    say (outside a backward pass, or a torch without this query)."""
+    if not t.requires_grad:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(t).node))
+    except (AttributeError, RuntimeError):
+        return True
+
+
 def _wanted(grads: list[torch.Tensor], needed: list[bool]) -> list[torch.Tensor | None]:
     """A backward kernel's input gradients, None where an input needs none (all of them when the kernel
     returned an empty list because none did)."""
@@ -312,9 +326,11 @@ def _register_python_parts() -> None:
 
     def _dw_backward(ctx, grad):
         x, w = ctx.saved_tensors
+        # the weight gradient is the costliest part, and an α step's backward does not want it
+        need_x, need_w = ctx.need_x and _engine_wants(x), ctx.need_w and _engine_wants(w)
         gx, gw = torch.ops.mdarts.depthwise_conv_backward(grad, x, w, ctx.stride, ctx.padding, ctx.dilation,
-                                                          ctx.edge_major, ctx.need_x, ctx.need_w)
-        return (gx if ctx.need_x else None), (gw if ctx.need_w else None), None, None, None, None
+                                                          ctx.edge_major, need_x, need_w)
+        return (gx if need_x else None), (gw if need_w else None), None, None, None, None
 
     lib.register_autograd("mdarts::depthwise_conv", _dw_backward, setup_context=_dw_setup)
 
