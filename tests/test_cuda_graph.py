@@ -1,0 +1,148 @@
+"""Replayed CUDA graphs against eager calls, one level at a time: each compiled op (forward and backward), then the
+batched supernet's α pass and weight pass (no optimizer). The whole search step is compared in test_search.py;
+these tell which level a difference there comes from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mdarts_rs import fastcell, ops
+from mdarts_rs.search import entropy_loss
+from mdarts_rs.supernet import SuperNet
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def replay_and_eager(fn, make_inputs):
+    """``fn`` captured in a CUDA graph on static inputs (after two warm-up calls on a side stream), then replayed
+    on fresh inputs copied into them; returns (replayed outputs, eager outputs of ``fn`` on the fresh inputs)."""
+    static = make_inputs(0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = fn(*static)
+    fresh = make_inputs(1)
+    with torch.no_grad():
+        for dst, src in zip(static, fresh):
+            dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    replayed = [t.detach().clone() for t in captured]
+    eager = [t.detach() for t in fn(*fresh)]
+    return replayed, eager
+
+
+def differences(replayed, eager, names) -> list[str]:
+    """The outputs that are not bitwise equal, with their largest absolute difference."""
+    out = []
+    for name, a, b in zip(names, replayed, eager):
+        if not torch.equal(a, b):
+            out.append(f"{name}: max abs diff {float((a.double() - b.double()).abs().max()):.3e}")
+    return out
+
+
+def leaf_inputs(shapes, seed, dtype=torch.float32):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(s, generator=g, device="cuda", dtype=dtype).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize("relu, k, s, groups", [(False, 4, 3, 1), (False, 5, 2, 1), (False, 4, 3, 2), (True, 1, 0, 1)],
+                         ids=["node", "reduction-node", "paired-inputs", "inner-bn-relu"])
+@pytest.mark.parametrize("need_w", [True, False], ids=["alpha-pass", "weight-pass"])
+def test_bn_mix_replayed_is_bitwise_eager(relu, k, s, groups, need_w):
+    """bn_mix forward and backward (the α pass's gradients, or the weight pass's without the mixing weights')
+    replayed from a graph equal the eager call on the same inputs, bit for bit: its kernels are deterministic."""
+    ops.load_extension(with_cuda=True)
+    b, n, c, hw = 8, 4, 16, (16, 16)
+    shapes = [(b, n * c, *hw)] * k + [(b, groups * c, *hw)] * s
+
+    def make(seed):
+        ts = leaf_inputs(shapes, seed)
+        w = torch.rand(n, s + k, generator=torch.Generator(device="cuda").manual_seed(seed + 7), device="cuda")
+        return [*ts, w.requires_grad_(need_w)]
+
+    def fn(*inputs):
+        *ts, w = inputs
+        out, mean, var = torch.ops.mdarts.bn_mix(ts[:k], ts[k:], w, 1e-5, relu)
+        wrt = [*ts, w] if need_w else ts
+        return [out, mean, var, *torch.autograd.grad(out.square().sum(), wrt)]
+
+    replayed, eager = replay_and_eager(fn, make)
+    names = ["out", "mean", "var", *(f"grad x{i}" for i in range(k)), *(f"grad shared{i}" for i in range(s)), "grad w"]
+    assert not differences(replayed, eager, names), differences(replayed, eager, names)
+
+
+@pytest.mark.parametrize("need_w", [True, False], ids=["weight-pass", "alpha-pass"])
+def test_depthwise_replayed_is_bitwise_eager(need_w):
+    ops.load_extension(with_cuda=True)
+
+    def make(seed):
+        x, w = leaf_inputs([(8, 16, 32, 32), (64, 1, 5, 5)], seed)
+        return [x, w.requires_grad_(need_w)]
+
+    def fn(x, w):
+        out = torch.ops.mdarts.depthwise_conv(x, w, 1, 2, 1, True)
+        return [out, *torch.autograd.grad(out.square().sum(), [x, w] if need_w else [x])]
+
+    replayed, eager = replay_and_eager(fn, make)
+    names = ["out", "grad x", "grad w"]
+    assert not differences(replayed, eager, names), differences(replayed, eager, names)
+
+
+def test_node_mix_replayed_is_bitwise_eager():
+    ops.load_extension(with_cuda=True)
+    shapes = [(8, 3, 4096), (8, 1, 4096), (8, 3, 4096)]
+
+    def make(seed):
+        return [*leaf_inputs(shapes, seed), leaf_inputs([(3, 3)], seed + 5)[0]]
+
+    def fn(*inputs):
+        *xs, w = inputs
+        out = torch.ops.mdarts.node_mix(xs, w)
+        return [out, *torch.autograd.grad(out.square().sum(), [*xs, w])]
+
+    replayed, eager = replay_and_eager(fn, make)
+    names = ["out", "grad x0", "grad x1", "grad x2", "grad w"]
+    assert not differences(replayed, eager, names), differences(replayed, eager, names)
+
+
+@pytest.mark.parametrize("mix, depthwise", [("torch", "torch"), ("fused_bn", "torch"), ("fused_bn", "fused"), ("fused", "torch")])
+def test_supernet_passes_replayed_match_eager(monkeypatch, mix, depthwise):
+    """The batched supernet's α pass (gradients of L_val + entropy for α) and weight pass (gradients of L_train for
+    the weights, α fixed), replayed from one graph, agree with the eager passes on the same batch. Both use cuDNN's
+    deterministic algorithms; a difference names the first parameters that differ and by how much, so that a
+    mismatch of the whole search step (test_search.py) can be told apart from one in the optimizers."""
+    monkeypatch.setitem(fastcell.OPTIONS, "mix", mix)
+    monkeypatch.setitem(fastcell.OPTIONS, "depthwise", depthwise)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    net = SuperNet(C=8, layers=5, fast=True).cuda()
+    alphas, weights = net.arch_parameters(), net.weight_parameters()
+
+    def make(seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        xv, xt = (torch.randn(8, 3, 32, 32, generator=g, device="cuda") for _ in range(2))
+        yv, yt = (torch.randint(0, 10, (8,), generator=g, device="cuda") for _ in range(2))
+        return [xv, yv, xt, yt]
+
+    def fn(xv, yv, xt, yt):
+        p, h = net.alphas()
+        a_grads = torch.autograd.grad(F.cross_entropy(net(xv, p), yv) + entropy_loss(h, "sum"), alphas)
+        with torch.no_grad():
+            p, _ = net.alphas()
+        w_grads = torch.autograd.grad(F.cross_entropy(net(xt, p), yt), weights, allow_unused=True)
+        return [*a_grads, *(torch.zeros_like(q) if g is None else g for g, q in zip(w_grads, weights))]
+
+    replayed, eager = replay_and_eager(fn, make)
+    names = [f"α {t}" for t in net.layout.tables] + [n for n, q in net.named_parameters() if not n.startswith("alphas.")]
+    assert len(replayed) == len(eager)
+    bad = [f"{name}: max abs diff {float((a - b).abs().max()):.3e} (max abs {float(b.abs().max()):.3e})"
+           for name, a, b in zip(names, replayed, eager) if not torch.allclose(a, b, rtol=1e-5, atol=1e-7)]
+    assert not bad, f"{len(bad)} of {len(names)} gradients differ; first: {bad[:6]}"
