@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import mdarts_rs as md
 from mdarts_rs import fastcell
+from mdarts_rs import search as search_module
 from mdarts_rs.cli import main
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.search import Searcher, SearchDiverged, SearchInterrupted, entropy_loss, run_search
@@ -366,6 +367,30 @@ def test_search_eager_step_is_deterministic_on_cpu(tmp_path, tiny_data):
     second.train_step(*batches[2])
     with pytest.raises(AssertionError, match=r"model tensors differ: .*; \d+ optimizer tensors differ: .*momentum_buffer"):
         assert_same_states(first, second, rtol=0, atol=0)
+
+
+def test_search_compiled_steps_are_the_eager_steps(tmp_path, tiny_data, monkeypatch):
+    """--compile runs the same search: traced here with the "aot_eager" backend (torch.compile's graphs and
+    autograd, torch's own kernels instead of generated code), three steps leave the eager steps' statistics,
+    model and optimizer states. The α pass and the weight pass are one graph each (no graph break, no
+    recompilation over the steps), and the α pass, which runs with the weights frozen, leaves them trainable."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(search_module, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    common = dict(arch_lr=0.01, fast=True)
+    compiled = Searcher(tiny_cfg(tmp_path, out=tmp_path / "compiled", compile=True, **common), *tiny_data)
+    eager = Searcher(tiny_cfg(tmp_path, out=tmp_path / "eager", **common), *tiny_data)
+    batches = [(xt, yt, xv, yv) for (xt, yt), (xv, yv) in zip(eager.train_loader.batches(0), eager.val_loader.batches(0))]
+    for b in batches[:3]:
+        got, want = compiled.train_step(*b), eager.train_step(*b)
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-7)
+    assert_same_states(compiled, eager, rtol=1e-6, atol=1e-8)
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"], (dict(counters["stats"]), dict(counters["graph_break"]))
+    assert all(q.requires_grad for q in compiled.model.weight_parameters())
+    assert compiled.state()["model"].keys() == eager.state()["model"].keys()  # the checkpoint holds the model's own names
+    torch._dynamo.reset()
 
 
 @pytest.mark.cuda

@@ -59,6 +59,7 @@ class SearchConfig:
     tf32: bool = False
     channels_last: bool = False
     cuda_graph: bool = False
+    compile: bool = False
     deterministic: bool = False
     resume: bool = False
     quiet: bool = False

@@ -319,7 +319,7 @@ class AddShared(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mixed: torch.Tensor, w: torch.Tensor, *shared: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        assert shared, "AddShared needs at least one shared output"
+        assert len(shared) > 0, "AddShared needs at least one shared output"
         bsz, n, c = mixed.shape[:3]
         groups = shared[0].shape[1] // c
         assert all(t.shape[1] == groups * c for t in shared) and n % groups == 0, "shared outputs must be groups of C channels"

@@ -32,8 +32,11 @@ from mdarts_rs.data import CifarLoader, augment_images, search_split
 from mdarts_rs.run import RunFolder
 from mdarts_rs.supernet import SuperNet, Weights, one_hot_weights
 
+#: torch.compile's backend for --compile (the tests trace with "aot_eager", which generates no code).
+COMPILE_BACKEND = "inductor"
+
 #: Config fields that may differ when resuming a run.
-RESUMABLE_CHANGES = {"resume", "quiet", "plots", "device", "workers", "out", "data", "cuda_graph", "deterministic"}  # not "fast": weights differ in layout
+RESUMABLE_CHANGES = {"resume", "quiet", "plots", "device", "workers", "out", "data", "cuda_graph", "compile", "deterministic"}  # not "fast": weights differ in layout
 
 
 class SearchDiverged(RuntimeError):
@@ -123,6 +126,16 @@ class Searcher:
         self.model = SuperNet(cfg.init_channels, 10, cfg.layers, cfg.alpha_mode, seed=cfg.seed, fast=cfg.fast).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        #: The network the steps call: the model itself, or with --compile its compiled forward (same parameters
+        #: and state dict; evaluation and the gap call the model). Compiled on its first α pass and first weight
+        #: pass, one graph each.
+        self.net: nn.Module = self.model
+        if cfg.compile:
+            self.net = torch.compile(self.model, backend=COMPILE_BACKEND, dynamic=False)  # type: ignore[assignment]
+            # torch's tracer reads the .grad of the op weights it is handed (non-leaf tensors) and warns about it
+            warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning, r"torch(\.|$)")
+            if not cfg.quiet:
+                tqdm.write("--compile: the first step compiles the α pass and the weight pass (minutes)")
         if self.device.type == "cuda":
             # float32 semantics unless --tf32 (cuDNN's own default would run convolutions in TF32), and
             # cuDNN's autotuner for the fixed shapes of a search, as DARTS' code sets it, unless
@@ -236,12 +249,13 @@ class Searcher:
         # α step: gradients of L_val + γ·L_entropy with respect to α only (the weight gradients this
         # backward would also produce are never used, so autograd.grad skips them).
         p, h = model.alphas()
-        with self._autocast():
-            logits_v = model(xv, p)
-        loss_v = F.cross_entropy(logits_v.float(), yv)
-        ent = entropy_loss(h, cfg.entropy_reduction)
-        a_loss = loss_v + cfg.gamma * ent if cfg.gamma else loss_v
-        grads = torch.autograd.grad(a_loss, alphas)
+        with self._weights_frozen():
+            with self._autocast():
+                logits_v = self.net(xv, p)
+            loss_v = F.cross_entropy(logits_v.float(), yv)
+            ent = entropy_loss(h, cfg.entropy_reduction)
+            a_loss = loss_v + cfg.gamma * ent if cfg.gamma else loss_v
+            grads = torch.autograd.grad(a_loss, alphas)
         for a, g in zip(alphas, grads):
             a.grad = g
         self.a_opt.step()
@@ -250,7 +264,7 @@ class Searcher:
             p, _ = model.alphas()
         self.w_opt.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = model(xt, p)
+            logits = self.net(xt, p)
         loss = F.cross_entropy(logits.float(), yt)
         loss.backward()
         params = model.weight_parameters()
@@ -345,6 +359,23 @@ class Searcher:
 
     def _set_lr(self) -> None:
         self._neg_lr.fill_(-self.w_opt.param_groups[0]["lr"])  # outside the graph, so replays see the schedule
+
+    @contextmanager
+    def _weights_frozen(self) -> Iterator[None]:
+        """With --compile, the α pass runs with the weights not requiring grad: a compiled backward computes the
+        gradient of every input that requires one (torch.autograd.grad's choice of inputs reaches it too late),
+        so the α pass would also compute every weight gradient. Eager passes skip them already."""
+        if not self.cfg.compile:
+            yield
+            return
+        weights = [q for q in self.model.weight_parameters() if q.requires_grad]
+        for q in weights:
+            q.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for q in weights:
+                q.requires_grad_(True)
 
     def _autocast(self) -> torch.autocast:
         """bfloat16 autocast of the network's forward when ``cfg.bf16`` (α, its softmax and the losses stay float32)."""
