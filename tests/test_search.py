@@ -369,6 +369,8 @@ def test_search_eager_step_is_deterministic_on_cpu(tmp_path, tiny_data):
         assert_same_states(first, second, rtol=0, atol=0)
 
 
+# torch 2.11's tracer instantiates autograd functions internally and warns about it
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
 def test_search_compiled_steps_are_the_eager_steps(tmp_path, tiny_data, monkeypatch):
     """--compile runs the same search: traced here with the "aot_eager" backend (torch.compile's graphs and
     autograd, torch's own kernels instead of generated code), three steps leave the eager steps' statistics,
