@@ -7,8 +7,8 @@
 # session.txt, every section's output under its "==== name" line, and best.txt, the fastest variant of the
 # batched path that computes the default's α gradient, which the sections after "variants" measure. The
 # sections: build (device and kernel build), cuda_tests, variants, profile (the plain path's and that
-# variant's kernels), compile (the default against --compile; COMPILE_VARIANTS="default;compile" picks them),
-# bench_step, search (a 2-epoch search on the CIFAR-10 subset), bench_dw (the depthwise
+# variant's kernels), bench_step, search (a 2-epoch search on the CIFAR-10 subset), compile (the default
+# against --compile; COMPILE_VARIANTS="default;compile" picks them), bench_dw (the depthwise
 # convolution against torch's), numerics, bench_ops, bench_loader and drift (float32 rounding noise of the
 # search, plain path against itself). Six minutes to eight on an H200 with warm-up and kernel build.
 #
@@ -64,10 +64,10 @@ run variants 150 "$PY" benches/gpu_report.py --sections variants --best-file "$O
 export MDARTS_BENCH_FAST="$(cat "$OUT/best.txt" 2>/dev/null)"
 echo "== batched variant for the later sections: ${MDARTS_BENCH_FAST:-default}"
 run profile 120 "$PY" benches/gpu_report.py --sections profile
-# --compile against the default in one run (inductor compiles the α pass and the weight pass first: minutes)
-run compile 300 "$PY" benches/gpu_report.py --sections variants --variants "${COMPILE_VARIANTS:-default;compile}"
 run bench_step 200 "${PYTEST[@]}" -s benches/bench_search_step.py
 run search 80 "$PY" benches/gpu_report.py --sections search --data "$MINI"
+# --compile against the default in one run (inductor compiles the α pass and the weight pass first: minutes)
+run compile 300 "$PY" benches/gpu_report.py --sections variants --variants "${COMPILE_VARIANTS:-default;compile}"
 run bench_dw 40 "${PYTEST[@]}" -s benches/bench_ops.py -k depthwise
 run numerics 100 "$PY" benches/gpu_report.py --sections numerics
 run bench_ops 60 "${PYTEST[@]}" -s benches/bench_ops.py
