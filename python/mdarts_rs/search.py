@@ -206,14 +206,13 @@ class Searcher:
     def load_state(self, state: dict[str, Any]) -> None:
         resume_conflicts(SearchConfig.from_json(state["config"]).to_json(), self.cfg.to_json(), RESUMABLE_CHANGES)
         if self.cfg.fast:
-            saved, current = _layout_choices(state.get("fast_options")), self.model.fast_options or {}
-            for key, value in saved.items():
-                if _layout(key, value) != _layout(key, current[key]):
-                    raise ValueError(
-                        f"cannot resume: the checkpoint's batched cells hold {key}={value!r} weights and this run "
-                        f"builds {key}={current[key]!r} ones; set mdarts_rs.fastcell.OPTIONS[{key!r}] = {value!r} "
-                        f"before resuming"
-                    )
+            current = self.model.fast_options or {}
+            for key, value in _layout_differences(state.get("fast_options"), current).items():
+                raise ValueError(
+                    f"cannot resume: the checkpoint's batched cells hold {key}={value!r} weights and this run "
+                    f"builds {key}={current[key]!r} ones; set mdarts_rs.fastcell.OPTIONS[{key!r}] = {value!r} "
+                    f"before resuming"
+                )
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
@@ -498,8 +497,14 @@ def _layout_choices(fast_options: dict[str, str] | None) -> dict[str, str]:
     return {key: options[key] for key in ("pointwise", "inputs")}
 
 
-def _layout(key: str, value: str) -> str | bool:
-    return value == "dense" if key == "pointwise" else value
+def _layout_differences(fast_options: dict[str, str] | None, current: dict[str, str]) -> dict[str, str]:
+    """The checkpoint's layout choices (from its recorded ``fast_options``) that build other weights than
+    ``current``'s choices would."""
+
+    def layout(key: str, value: str) -> str | bool:
+        return value == "dense" if key == "pointwise" else value
+
+    return {k: v for k, v in _layout_choices(fast_options).items() if layout(k, v) != layout(k, current[k])}
 
 
 @contextmanager
@@ -512,8 +517,7 @@ def _checkpoint_layout(cfg: SearchConfig, state: dict[str, Any] | None) -> Itera
         return
     from mdarts_rs import fastcell
 
-    saved = _layout_choices(state.get("fast_options"))
-    adopted = {k: v for k, v in saved.items() if _layout(k, v) != _layout(k, fastcell.OPTIONS[k])}
+    adopted = _layout_differences(state.get("fast_options"), fastcell.OPTIONS)
     if adopted and not cfg.quiet:
         tqdm.write("resuming with the checkpoint's batched-cell layout: " + ", ".join(f"{k}={v!r}" for k, v in adopted.items()))
     with fastcell.options(adopted):
