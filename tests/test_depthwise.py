@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mdarts_rs import fastcell, ops
-from cellcheck import assert_fast_cell_matches_plain
+from cellcheck import RecordOps, assert_fast_cell_matches_plain
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +88,9 @@ def test_depthwise_partial_gradients(ext):
     assert gx_only.shape == x.shape and gw_empty.numel() == 0
 
 
-class BackwardFlags(TorchDispatchMode):
-    """The (need_x, need_w) flags of every depthwise_conv_backward call made while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.flags: list[tuple[bool, bool]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket is torch.ops.mdarts.depthwise_conv_backward:
-            self.flags.append((bool(args[-2]), bool(args[-1])))
-        return func(*args, **(kwargs or {}))
+def backward_flags(seen: RecordOps) -> list[tuple[bool, bool]]:
+    """The (need_x, need_w) flags of every depthwise_conv_backward call ``seen`` recorded."""
+    return [(bool(a[-2]), bool(a[-1])) for a in seen.args_of("depthwise_conv_backward")]
 
 
 @pytest.mark.parametrize("wanted, flags", [("x0", [(True, False)]), ("w", [(False, True)]), ("scale", []),
@@ -114,13 +105,13 @@ def test_depthwise_backward_computes_only_the_gradients_the_pass_uses(ext, wante
     loss = (ext.depthwise_conv(x, wt, 1, 1, 1, False) * scale.view(1, 6, 1, 1)).square().sum()
     ref = dict(zip(("x0", "w", "scale"), torch.autograd.grad(
         (F.conv2d(torch.relu(x0), wt, None, 1, 1, 1, 3) * scale.view(1, 6, 1, 1)).square().sum(), [x0, wt, scale])))
-    with BackwardFlags() as seen:
+    with RecordOps() as seen:
         if wanted == "all":
             loss.backward()
             got = {"x0": x0.grad, "w": wt.grad, "scale": scale.grad}
         else:
             got = dict(zip([wanted], torch.autograd.grad(loss, [{"x0": x0, "w": wt, "scale": scale}[wanted]])))
-    assert seen.flags == flags
+    assert backward_flags(seen) == flags
     for name, grad in got.items():
         torch.testing.assert_close(grad, ref[name])
 
@@ -221,13 +212,15 @@ def test_fused_depthwise_alpha_pass_skips_weight_gradients(ext, monkeypatch):
     x, y = torch.randn(2, 3, 16, 16), torch.tensor([1, 7])
     dws = sum(len(m.dw) for m in net.modules() if isinstance(m, fastcell.GroupedConvBranch))
     p, _ = net.alphas()
-    with BackwardFlags() as alpha_pass:
+    with RecordOps() as alpha_pass:
         grads = torch.autograd.grad(F.cross_entropy(net(x, p), y), net.arch_parameters())
     assert all(g.abs().sum() > 0 for g in grads)
-    assert len(alpha_pass.flags) > 0 and not any(need_w for _, need_w in alpha_pass.flags)
-    with BackwardFlags() as weight_pass:
+    alpha_flags = backward_flags(alpha_pass)
+    assert len(alpha_flags) > 0 and not any(need_w for _, need_w in alpha_flags)
+    with RecordOps() as weight_pass:
         F.cross_entropy(net(x, {t: w.detach() for t, w in p.items()}), y).backward()
-    assert len(weight_pass.flags) == dws and all(need_w for _, need_w in weight_pass.flags)
+    weight_flags = backward_flags(weight_pass)
+    assert len(weight_flags) == dws and all(need_w for _, need_w in weight_flags)
 
 
 # The search cell's shapes at batch 64 (level 1 with multiplier 4, a reduction edge, level 3), then planes too

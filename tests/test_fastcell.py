@@ -122,19 +122,10 @@ def test_fastcell_counts_batches_as_plain_cell(momentum, implementation):
 
 def test_fastcell_counts_batches_in_one_op():
     # one foreach op per cell forward for every batch norm's counter, none per batch norm
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names: list[str] = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
+    from cellcheck import RecordOps
 
     fast = FastSearchCell.from_plain(SearchCell(6, 6, 4, False, False))
-    with Ops() as seen:
+    with RecordOps() as seen:
         fast(torch.randn(2, 6, 8, 8), torch.randn(2, 6, 8, 8), torch.softmax(torch.randn(14, 8), -1))
     assert seen.names.count("_foreach_add_") == 1
     assert seen.names.count("add_") == 0

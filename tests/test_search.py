@@ -316,7 +316,7 @@ def test_search_cuda_graph_step_is_the_eager_step(tmp_path, tiny_data, monkeypat
     monkeypatch.setitem(fastcell.OPTIONS, "inputs", inputs)
     common = dict(device="cuda", arch_lr=0.01, fast=fast, deterministic=True)
     graphed = Searcher(tiny_cfg(tmp_path, out=tmp_path / "graph", cuda_graph=True, **common), *tiny_data)
-    batches = [(xt, yt, xv, yv) for (xt, yt), (xv, yv) in zip(graphed.train_loader.batches(0), graphed.val_loader.batches(0))]
+    batches = first_epoch_batches(graphed)
     assert len(batches) >= 6
     for b in batches[:5]:
         graphed.graph_step(*b)
@@ -331,6 +331,11 @@ def test_search_cuda_graph_step_is_the_eager_step(tmp_path, tiny_data, monkeypat
     for key, value in replayed.items():
         assert stepped[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert_same_states(graphed, eager, rtol=1e-5, atol=1e-6)
+
+
+def first_epoch_batches(s: Searcher) -> list[tuple[torch.Tensor, ...]]:
+    """The (xt, yt, xv, yv) step batches of the searcher's first epoch."""
+    return [(xt, yt, xv, yv) for (xt, yt), (xv, yv) in zip(s.train_loader.batches(0), s.val_loader.batches(0))]
 
 
 def assert_same_states(a: Searcher, b: Searcher, rtol: float, atol: float) -> None:
@@ -357,7 +362,7 @@ def test_search_eager_step_is_deterministic_on_cpu(tmp_path, tiny_data):
     """Two eager steps of the batched supernet from the same state and batch leave the same model and optimizer
     states; one more step of one of them makes both kinds differ, and the comparison names them."""
     first = Searcher(tiny_cfg(tmp_path, out=tmp_path / "first", arch_lr=0.01, fast=True), *tiny_data)
-    batches = [(xt, yt, xv, yv) for (xt, yt), (xv, yv) in zip(first.train_loader.batches(0), first.val_loader.batches(0))]
+    batches = first_epoch_batches(first)
     first.train_step(*batches[0])
     second = Searcher(tiny_cfg(tmp_path, out=tmp_path / "second", arch_lr=0.01, fast=True), *tiny_data)
     second.load_state(copy.deepcopy(first.state()))
@@ -384,7 +389,7 @@ def test_search_compiled_steps_are_the_eager_steps(tmp_path, tiny_data, monkeypa
     common = dict(arch_lr=0.01, fast=True)
     compiled = Searcher(tiny_cfg(tmp_path, out=tmp_path / "compiled", compile=True, **common), *tiny_data)
     eager = Searcher(tiny_cfg(tmp_path, out=tmp_path / "eager", **common), *tiny_data)
-    batches = [(xt, yt, xv, yv) for (xt, yt), (xv, yv) in zip(eager.train_loader.batches(0), eager.val_loader.batches(0))]
+    batches = first_epoch_batches(eager)
     for b in batches[:3]:
         got, want = compiled.train_step(*b), eager.train_step(*b)
         assert got == pytest.approx(want, rel=1e-6, abs=1e-7)
@@ -405,7 +410,7 @@ def test_search_cuda_eager_step_is_deterministic(tmp_path, tiny_data, monkeypatc
     monkeypatch.setitem(fastcell.OPTIONS, "depthwise", depthwise)
     common = dict(device="cuda", arch_lr=0.01, fast=True, deterministic=True)
     first = Searcher(tiny_cfg(tmp_path, out=tmp_path / "first", **common), *tiny_data)
-    batches = [(xt, yt, xv, yv) for (xt, yt), (xv, yv) in zip(first.train_loader.batches(0), first.val_loader.batches(0))]
+    batches = first_epoch_batches(first)
     first.train_step(*batches[0])
     second = Searcher(tiny_cfg(tmp_path, out=tmp_path / "second", **common), *tiny_data)
     second.load_state(copy.deepcopy(first.state()))
