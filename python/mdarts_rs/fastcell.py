@@ -212,9 +212,10 @@ class GroupedConvBranch(nn.Module):
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, normalize: bool = True,
                 stats: list[StatsUpdate] | None = None) -> torch.Tensor:
         """``x``: the ReLU'd node (B, C, H, W) if ``reads_node``, else its copy per edge (B, n·C, H, W). Returns
-        the n edges' outputs, (B, n·C, H', W'), each channel multiplied by ``scale`` (n·C) if given; without ``normalize``, the input of the last batch norm (its caller
-        normalises). Given ``stats`` (mix "fused_bn"), a batch norm in training mode followed by a ReLU inside
-        the branch runs as one bn_mix op, whose statistics are appended to ``stats`` for the caller to update."""
+        the n edges' outputs, (B, n·C, H', W'), each channel multiplied by ``scale`` (n·C) if given; without
+        ``normalize``, the input of the last batch norm (its caller normalises). Given ``stats`` (mix
+        "fused_bn"), a batch norm in training mode followed by a ReLU inside the branch runs as one bn_mix op,
+        whose statistics are appended to ``stats`` for the caller to update."""
         nc = self.n * self.c
         for b, (dw, pw, bn) in enumerate(zip(self.dw, self.pw, self.bn)):
             first = b == 0
