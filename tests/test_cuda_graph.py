@@ -116,17 +116,10 @@ def test_node_mix_replayed_is_bitwise_eager():
     assert not differences(replayed, eager, names), differences(replayed, eager, names)
 
 
-@pytest.mark.parametrize("mix, depthwise", [("torch", "torch"), ("fused_bn", "torch"), ("fused_bn", "fused"), ("fused", "torch")])
-def test_supernet_passes_replayed_match_eager(monkeypatch, mix, depthwise):
-    """The batched supernet's α pass (gradients of L_val + entropy for α) and weight pass (gradients of L_train for
-    the weights, α fixed), replayed from one graph, agree with the eager passes on the same batch. Both use cuDNN's
-    deterministic algorithms; a difference names the first parameters that differ and by how much, so that a
-    mismatch of the whole search step (test_search.py) can be told apart from one in the optimizers."""
-    monkeypatch.setitem(fastcell.OPTIONS, "mix", mix)
-    monkeypatch.setitem(fastcell.OPTIONS, "depthwise", depthwise)
-    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    net = SuperNet(C=8, layers=5, fast=True).cuda()
+def supernet_passes(net: SuperNet):
+    """``fn(xv, yv, xt, yt)``: the α pass's gradients (L_val + entropy, for α) and the weight pass's (L_train, for the
+    weights, α fixed; zeros where a weight gets none) of ``net``; ``make(seed)``: a batch of each on the GPU;
+    ``names``: the gradients' names."""
     alphas, weights = net.arch_parameters(), net.weight_parameters()
 
     def make(seed):
@@ -143,8 +136,49 @@ def test_supernet_passes_replayed_match_eager(monkeypatch, mix, depthwise):
         w_grads = torch.autograd.grad(F.cross_entropy(net(xt, p), yt), weights, allow_unused=True)
         return [*a_grads, *(torch.zeros_like(q) if g is None else g for g, q in zip(w_grads, weights))]
 
-    replayed, eager = replay_and_eager(fn, make)
     names = [f"α {t}" for t in net.layout.tables] + [n for n, q in net.named_parameters() if not n.startswith("alphas.")]
+    return fn, make, names
+
+
+@pytest.mark.parametrize("mix, depthwise, streams", [("torch", "torch", "one"), ("fused_bn", "torch", "one"), ("fused_bn", "fused", "one"),
+                                                     ("fused", "torch", "one"), ("torch", "torch", "branches"),
+                                                     ("fused_bn", "fused", "branches")])
+def test_supernet_passes_replayed_match_eager(monkeypatch, mix, depthwise, streams):
+    """The batched supernet's α pass (gradients of L_val + entropy for α) and weight pass (gradients of L_train for
+    the weights, α fixed), replayed from one graph, agree with the eager passes on the same batch. Both use cuDNN's
+    deterministic algorithms; a difference names the first parameters that differ and by how much, so that a
+    mismatch of the whole search step (test_search.py) can be told apart from one in the optimizers. With side
+    streams the graph holds the branches' streams (a capture fails unless they all join the caller's)."""
+    monkeypatch.setitem(fastcell.OPTIONS, "mix", mix)
+    monkeypatch.setitem(fastcell.OPTIONS, "depthwise", depthwise)
+    monkeypatch.setitem(fastcell.OPTIONS, "streams", streams)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    fn, make, names = supernet_passes(SuperNet(C=8, layers=5, fast=True).cuda())
+    replayed, eager = replay_and_eager(fn, make)
     assert len(replayed) == len(eager)
     bad = differences(replayed, eager, names, rtol=1e-5, atol=1e-7)
     assert not bad, f"{len(bad)} of {len(names)} gradients differ; first: {bad[:6]}"
+
+
+@pytest.mark.parametrize("mix, depthwise", [("torch", "torch"), ("fused_bn", "fused")])
+def test_side_streams_compute_the_single_stream_passes(monkeypatch, mix, depthwise):
+    """A node's convolutions on side streams run the same kernels on the same inputs, and autograd accumulates
+    gradients in the same order: the eager α and weight passes are bitwise those of one stream (same seed, same
+    weights, same batch). Run twice, so that the second run's tensors reuse memory the first one freed on
+    other streams (a missing stream record would let a stream overwrite memory another one still reads)."""
+    monkeypatch.setitem(fastcell.OPTIONS, "mix", mix)
+    monkeypatch.setitem(fastcell.OPTIONS, "depthwise", depthwise)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    results = {}
+    for streams in ("one", "branches"):
+        monkeypatch.setitem(fastcell.OPTIONS, "streams", streams)
+        net = SuperNet(C=8, layers=5, fast=True).cuda()
+        assert net.cells[0].nodes[0].side_streams == (streams == "branches")
+        fn, make, names = supernet_passes(net)
+        batch = make(0)
+        results[streams] = [[t.clone() for t in fn(*batch)] for _ in range(2)]
+    for run in range(2):
+        bad = differences(results["branches"][run], results["one"][run], names)
+        assert not bad, f"run {run}: {len(bad)} of {len(names)} gradients differ; first: {bad[:6]}"

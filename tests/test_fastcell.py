@@ -32,6 +32,8 @@ IMPLEMENTATIONS += [{"pointwise": pw, "batch_norm": bn, "mix": mix, "depthwise":
 # the layout with one node op per cell input (the others pair them)
 IMPLEMENTATIONS += [{"pointwise": pw, "batch_norm": "cudnn", "mix": mix, "depthwise": dw, "inputs": "separate"}
                     for pw, mix, dw in (("bmm", "torch", "torch"), ("dense", "fused_bn", "fused"), ("bmm", "fused_bn", "fused"))]
+# side streams act on CUDA devices only: on the CPU the same single-stream computation (see test_cuda_graph.py)
+IMPLEMENTATIONS += [{"pointwise": "bmm", "batch_norm": "cudnn", "mix": "fused_bn", "streams": "branches"}]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=lambda o: "-".join(o.values()))
@@ -345,3 +347,109 @@ def test_running_stats_update_is_batch_norms(momentum):
         torch.testing.assert_close(a.running_mean, b.running_mean)
         torch.testing.assert_close(a.running_var, b.running_var)
         assert int(a.num_batches_tracked) == int(b.num_batches_tracked) == 3
+
+
+class FakeStreams:
+    """torch.cuda's stream API emulated on the CPU: which stream is current, which streams each stream has
+    waited for (up to which of their ops, transitively, as CUDA events order them) and which tensors are recorded
+    on which streams. As a dispatch mode it checks each forward op against the two rules of cross-stream use:
+    an op reads a tensor that another stream produced only after waiting for that op, and only if the tensor is
+    recorded on its own stream (else the allocator may hand the memory to its producer's stream while it reads)."""
+
+    class Stream:
+        def __init__(self, name: str):
+            self.name, self.ops, self.seen = name, 0, {}
+
+        def wait_stream(self, other) -> None:
+            for s, n in [*other.seen.items(), (other, other.ops)]:
+                self.seen[s] = max(self.seen.get(s, 0), n)
+
+    def __init__(self, monkeypatch):
+        from contextlib import contextmanager
+
+        self.main = self.current = self.Stream("main")
+        self.created: list[FakeStreams.Stream] = []
+        self.recorded: set[tuple[int, FakeStreams.Stream]] = set()
+        self.violations: list[str] = []
+        self.ops_on: dict[str, list[str]] = {}
+
+        def new_stream(device=None):
+            self.created.append(self.Stream(f"side {len(self.created)}"))
+            return self.created[-1]
+
+        @contextmanager
+        def on(stream):
+            saved, self.current = self.current, stream
+            try:
+                yield
+            finally:
+                self.current = saved
+
+        monkeypatch.setattr(torch.cuda, "Stream", new_stream)
+        monkeypatch.setattr(torch.cuda, "stream", on)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: self.current)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: self.recorded.add((t.untyped_storage().data_ptr(), s)))
+        monkeypatch.setattr(fastcell, "_SIDE_STREAMS", {})
+        monkeypatch.setattr(fastcell, "_side_streams", lambda h: fastcell._SideStreams(h.device))  # as on a CUDA device
+
+    def checking(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        fake, produced = self, {}
+
+        class Check(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                stream = fake.current
+                stream.ops += 1
+                name = func.overloadpacket.__name__
+                fake.ops_on.setdefault(stream.name, []).append(name)
+                for t in tree_flatten((args, kwargs))[0]:
+                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in produced:
+                        key = t.untyped_storage().data_ptr()
+                        src, index = produced[key]
+                        if src is not stream and stream.seen.get(src, 0) < index:
+                            fake.violations.append(f"{name} on {stream.name} reads a tensor of {src.name} without waiting")
+                        if src is not stream and (key, stream) not in fake.recorded:
+                            fake.violations.append(f"{name} on {stream.name} reads a tensor of {src.name} not recorded on it")
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() != 0:
+                        produced[t.untyped_storage().data_ptr()] = (stream, stream.ops)
+                return out
+
+        return Check()
+
+
+@pytest.mark.parametrize("mix", ["torch", "fused_bn"])
+@pytest.mark.parametrize("reduction", [False, True])
+def test_side_streams_order_and_record_every_cross_stream_tensor(monkeypatch, mix, reduction):
+    """With streams "branches" (as on a CUDA device, its stream API emulated): the separable convolutions run on
+    side streams 0 and 1, the dilated ones on side stream 2, the pooling on the caller's; every tensor that crosses
+    streams in the cell's forward is read after its producer and recorded on the stream that reads it, and the
+    caller's stream has waited for every side stream's last op when the cell returns; the output is the
+    single-stream cell's. (The backward's streams are autograd's, tested on a GPU in test_cuda_graph.py.)"""
+    monkeypatch.setitem(fastcell.OPTIONS, "mix", mix)
+    torch.manual_seed(0)
+    plain = SearchCell(6, 6, 4, reduction, False)
+    single = FastSearchCell.from_plain(plain)
+    monkeypatch.setitem(fastcell.OPTIONS, "streams", "branches")
+    streamed = FastSearchCell.from_plain(plain)
+    s0, s1 = torch.randn(2, 6, 8, 8), torch.randn(2, 6, 8, 8)
+    p = torch.softmax(torch.randn(14, 8), -1).requires_grad_()
+    expected = single(s0, s1, p)
+    fake = FakeStreams(monkeypatch)
+    with fake.checking():
+        out = streamed(s0, s1, p)
+    assert torch.equal(out, expected)
+    assert not fake.violations, fake.violations[:5]
+    assert len(fake.created) == 3, "three side streams, created once for all nodes"
+    assert all(fake.main.seen.get(s, 0) == s.ops for s in fake.created), "the caller's stream waits for all side work"
+    on, nodes = fake.ops_on, len(streamed.nodes)
+    # a separable convolution: 2 depthwise convolutions and 2 matrix products; both dilated ones: 1 each
+    assert on["side 0"].count("convolution") == on["side 1"].count("convolution") == on["side 2"].count("convolution") == 2 * nodes
+    assert on["side 0"].count("bmm") == on["side 1"].count("bmm") == on["side 2"].count("bmm") == 2 * nodes
+    if mix == "torch":  # its batch norms too (with fused_bn the last one runs in the caller's bn_mix)
+        assert on["side 0"].count("native_batch_norm") == 2 * nodes and on["side 2"].count("native_batch_norm") == 2 * nodes
+    assert "max_pool2d_with_indices" in on["main"] and "max_pool2d_with_indices" not in on["side 0"] + on["side 1"] + on["side 2"]

@@ -302,10 +302,11 @@ def test_resuming_in_the_other_mode_switches_adam(tmp_path, tiny_data):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("fast, mix, depthwise, inputs", [(False, "torch", "torch", "paired"), (True, "torch", "torch", "paired"),
-                                                          (True, "fused_bn", "torch", "paired"), (True, "fused_bn", "torch", "separate"),
-                                                          (True, "fused_bn", "fused", "paired")])
-def test_search_cuda_graph_step_is_the_eager_step(tmp_path, tiny_data, monkeypatch, fast, mix, depthwise, inputs):
+@pytest.mark.parametrize("fast, mix, depthwise, inputs, streams", [
+    (False, "torch", "torch", "paired", "one"), (True, "torch", "torch", "paired", "one"), (True, "fused_bn", "torch", "paired", "one"),
+    (True, "fused_bn", "torch", "separate", "one"), (True, "fused_bn", "fused", "paired", "one"), (True, "torch", "torch", "paired", "branches"),
+    (True, "fused_bn", "fused", "paired", "branches")])
+def test_search_cuda_graph_step_is_the_eager_step(tmp_path, tiny_data, monkeypatch, fast, mix, depthwise, inputs, streams):
     """A replayed step computes the eager step: from the same state (the graph run's, after 3 warm-up steps, the
     capture and a replay, loaded into an eager searcher) and the same batch, the statistics, α, the weights
     and the batch-norm statistics agree up to rounding. cuDNN's deterministic algorithms make both modes run
@@ -314,6 +315,7 @@ def test_search_cuda_graph_step_is_the_eager_step(tmp_path, tiny_data, monkeypat
     monkeypatch.setitem(fastcell.OPTIONS, "mix", mix)
     monkeypatch.setitem(fastcell.OPTIONS, "depthwise", depthwise)
     monkeypatch.setitem(fastcell.OPTIONS, "inputs", inputs)
+    monkeypatch.setitem(fastcell.OPTIONS, "streams", streams)
     common = dict(device="cuda", arch_lr=0.01, fast=fast, deterministic=True)
     graphed = Searcher(tiny_cfg(tmp_path, out=tmp_path / "graph", cuda_graph=True, **common), *tiny_data)
     batches = first_epoch_batches(graphed)

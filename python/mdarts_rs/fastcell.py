@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -55,7 +55,11 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: one pass per gradient). ``inputs``: "paired" (the 8 edges that read the cell's two inputs as one node op over
 #: both inputs stacked along channels: the inputs have the same shape, and the ops are per channel or per
 #: edge, so this is the two node ops side by side in half the kernels) or "separate" (one node op per input;
-#: the layout of checkpoints written before this option).
+#: the layout of checkpoints written before this option). ``streams``: "one" (every kernel on the caller's
+#: stream) or "branches" (on a CUDA device, a node's separable and dilated convolutions run on three side
+#: streams while its pooling and skip ops run on the caller's; autograd runs each op's backward on its
+#: forward's stream, so the backward overlaps too; the same kernels on the same inputs; one stream under
+#: torch.compile).
 #: Defaults: the fastest float32 choices measured on a GPU whose first α gradient agrees with the previous
 #: default's (the CUDA graph-vs-eager test has not yet run with "bmm"). Graph-replayed step at batch
 #: 64, C = 16, 8 cells (``benches/gpu_report.py --sections variants``, one H200 run): dense/cudnn/torch (the
@@ -64,9 +68,9 @@ OP = {name: k for k, name in enumerate(PRIMITIVES)}
 #: a replayed step of it did not match the eager step (tests/test_search.py). Channels-last was slower with
 #: every choice. "paired" inputs are the default without a GPU timing yet: the same arithmetic in 18% fewer
 #: kernel-launching ops per step (``gpu_report.py --sections traffic``, counted on a CPU).
-OPTIONS = {"pointwise": "bmm", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch", "inputs": "paired"}
+OPTIONS = {"pointwise": "bmm", "batch_norm": "cudnn", "mix": "torch", "depthwise": "torch", "inputs": "paired", "streams": "one"}
 _CHOICES = {"pointwise": ("grouped", "bmm", "dense"), "batch_norm": ("native", "cudnn"), "mix": ("torch", "fused", "fused_bn"),
-            "depthwise": ("torch", "fused"), "inputs": ("paired", "separate")}
+            "depthwise": ("torch", "fused"), "inputs": ("paired", "separate"), "streams": ("one", "branches")}
 
 
 @contextmanager
@@ -387,6 +391,60 @@ def _update_running_stats(updates: list[StatsUpdate]) -> None:
         bn.running_var.lerp_(v, factor)  # type: ignore[union-attr]
 
 
+#: Side streams of the "branches" streams option, per CUDA device: created once, so that a captured CUDA graph
+#: and later eager steps use the same ones.
+_SIDE_STREAMS: dict[int, list[torch.cuda.Stream]] = {}
+
+
+class _SideStreams:
+    """Three side streams of a CUDA device for a node's convolutions: ``run(k, f, *args, **kwargs)`` queues ``f`` on
+    side stream k after the work the caller's stream has queued before this object was made, ``join()`` makes
+    the caller's stream wait for all three.
+
+    The caching allocator reuses a freed tensor's memory on the stream that allocated it, so every tensor that
+    crosses streams is recorded on the stream that uses it: the tensor arguments on the side stream, and the
+    result and the batch statistics ``f`` appended to a ``stats`` keyword argument on the caller's stream.
+    Autograd runs each backward op on its forward op's stream and synchronises the streams where gradients
+    cross."""
+
+    def __init__(self, device: torch.device):
+        self.main = torch.cuda.current_stream(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index not in _SIDE_STREAMS:
+            _SIDE_STREAMS[index] = [torch.cuda.Stream(device) for _ in range(3)]
+        self.side = _SIDE_STREAMS[index]
+        for stream in self.side:
+            stream.wait_stream(self.main)
+        self.produced: list[torch.Tensor] = []
+
+    def run(self, lane: int, f: Callable[..., torch.Tensor], *args: object, **kwargs: object) -> torch.Tensor:
+        stream = self.side[lane]
+        for t in args:
+            if isinstance(t, torch.Tensor):
+                t.record_stream(stream)
+        stats = kwargs.get("stats")  # the caller's list, if any, that f appends its batch statistics to
+        before = len(stats) if isinstance(stats, list) else 0
+        with torch.cuda.stream(stream):
+            out = f(*args, **kwargs)
+        self.produced.append(out)
+        if isinstance(stats, list):
+            for _, mean, var, _ in stats[before:]:
+                self.produced += [mean, var]
+        return out
+
+    def join(self) -> None:
+        for stream in self.side:
+            self.main.wait_stream(stream)
+        for t in self.produced:
+            t.record_stream(self.main)
+
+
+def _side_streams(h: torch.Tensor) -> _SideStreams | None:
+    """Side streams for a node's convolutions on ``h``'s device: on a CUDA device, and not under torch.compile,
+    whose graphs hold no streams."""
+    return _SideStreams(h.device) if h.is_cuda and not torch.compiler.is_compiling() else None
+
+
 class NodeOps(nn.Module):
     """Every candidate op of the ``n`` edges that read one state, batched; with ``groups`` > 1, of the edges
     that read ``groups`` states of the same shape, stacked along channels (groups·C), each read by n/groups
@@ -405,6 +463,7 @@ class NodeOps(nn.Module):
         self.dil_conv_5x5 = GroupedConvBranch(c, n, 5, stride, 4, 2, blocks=1, groups=groups)
         self.fused_mix = _option("mix") == "fused"
         self.fused_bn = _option("mix") == "fused_bn"
+        self.side_streams = _option("streams") == "branches"
 
     #: The ops whose outputs are per edge, in PRIMITIVES order (consecutive columns of p); with the torch
     #: mix, each one's op weight is folded into its last batch norm as a per-channel scale.
@@ -448,18 +507,22 @@ class NodeOps(nn.Module):
             dense = cols.unsqueeze(-1).expand(len(per_edge), n, c).contiguous()  # one copy (reshape would not copy for n = 1)
             scale = dict(zip(per_edge, dense.view(len(per_edge), n * c).unbind(0)))
         # Each op's output: per edge (B, n·C, H', W'), or shared by every edge (B, C, H', W'); with fuse_bn, the
-        # per-edge ops' outputs before their last batch norm.
-        outs = {
-            "max_pool_3x3": self.max_bn(F.max_pool2d(h, 3, s, 1)),
-            "avg_pool_3x3": self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False)),
-            "skip_connect": h,
-        }
+        # per-edge ops' outputs before their last batch norm. The convolutions first (on side streams with
+        # streams "branches"), then the pooling and the skip on the caller's stream, alongside them.
+        lanes = _side_streams(h) if self.side_streams else None
         pending: list[StatsUpdate] = [] if stats is None else stats
-        for name, module in per_edge.items():
-            if name == "skip_connect":
-                outs[name] = module(relu, scale[name], normalize=not fuse_bn)
+        outs: dict[str, torch.Tensor] = {}
+        for lane, name in enumerate(self.PER_EDGE):  # the two dilated convolutions share the third side stream
+            kwargs = {"normalize": not fuse_bn, "stats": pending if fuse_bn else None}
+            if lanes is None:
+                outs[name] = per_edge[name](rep, scale[name], **kwargs)
             else:
-                outs[name] = module(rep, scale[name], normalize=not fuse_bn, stats=pending if fuse_bn else None)
+                outs[name] = lanes.run(min(lane, 2), per_edge[name], rep, scale[name], **kwargs)
+        outs["max_pool_3x3"] = self.max_bn(F.max_pool2d(h, 3, s, 1))
+        outs["avg_pool_3x3"] = self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False))
+        outs["skip_connect"] = h if self.skip is None else self.skip(relu, scale["skip_connect"], normalize=not fuse_bn)
+        if lanes is not None:
+            lanes.join()
         bsz, _, height, width = outs["max_pool_3x3"].shape
         if self.fused_mix:  # one node_mix call over the outputs in PRIMITIVES order ('none' adds zero)
             xs = [outs[name].reshape(bsz, outs[name].shape[1] // c, c * height * width) for name in PRIMITIVES[1:]]
