@@ -2,9 +2,9 @@
 
     python benches/gpu_report.py [--batch 64] [--mode multilevel] [--sections variants,profile,numerics]
 
-- variants: ms per step of the graph-replayed batched path for the choices in ``fastcell.OPTIONS`` (each
-  change from the defaults alone, and a few pairs), with --channels-last, --tf32 and --bf16,
-  and each one's first α gradient against the default's; the fastest float32 one that agrees with the
+- variants: ms per step and peak memory of the graph-replayed batched path for the choices in
+  ``fastcell.OPTIONS`` (each change from the defaults alone, and a few pairs), with --channels-last, --tf32
+  and --bf16, and each one's first α gradient against the default's; the fastest float32 one that agrees with the
   default (relative error below 1e-2; float32 rounding gave up to 5e-4 on a CPU at batch 2) is written to
   --best-file.
 - profile: wall ms per step, kernels per step, GPU kernel time per step and the top kernels of one step, for
@@ -125,10 +125,11 @@ def make_variant(args, tmp: str, spec: str, fast: bool = True, graph: bool = Fal
 
 
 #: Implementations of the batched path (same function), then layouts and numeric options.
-IMPLS = ["", "mix=fused_bn", "inputs=separate", "inputs=separate,mix=fused_bn", "mix=fused", "pointwise=dense",
-         "pointwise=dense,mix=fused_bn", "pointwise=grouped", "batch_norm=native"]
+IMPLS = ["", "mix=fused_bn", "streams=branches", "mix=fused_bn,streams=branches", "inputs=separate", "inputs=separate,mix=fused_bn",
+         "mix=fused", "pointwise=dense", "pointwise=dense,mix=fused_bn", "pointwise=grouped", "batch_norm=native"]
 # The fused depthwise convolution last: a kernel fault would end the CUDA context of the rows after it.
-FUSED_DW = ["depthwise=fused", "mix=fused,depthwise=fused", "mix=fused_bn,depthwise=fused", "pointwise=dense,depthwise=fused"]
+FUSED_DW = ["depthwise=fused", "mix=fused_bn,depthwise=fused", "mix=fused_bn,depthwise=fused,streams=branches", "mix=fused,depthwise=fused",
+            "pointwise=dense,depthwise=fused"]
 TIMED = IMPLS + ["channels_last", "tf32", "bf16"] + FUSED_DW
 NUMERIC = ["", "mix=fused_bn", "mix=fused", "tf32", "bf16", "channels_last", "pointwise=dense", "pointwise=grouped,batch_norm=native"]
 
@@ -137,11 +138,14 @@ def section_variants(args, tmp: str) -> None:
     """Time every variant, and check its first α gradient against the default's (the same function: the float32
     variants agree to rounding); write the fastest float32 variant that agrees to ``args.best_file``."""
     print(f"\n## variants of the batched path ({'graph' if CUDA else 'eager'}): {args.mode}, batch {args.batch}")
-    print("| variant | ms/step | first α grad rel. error vs default |\n|---|---|---|")
+    print("| variant | ms/step | first α grad rel. error vs default | peak GiB |\n|---|---|---|---|")
     times, errors, ref = {}, {}, None
     for spec in args.variants.split(";") if args.variants is not None else TIMED:
         spec = "" if spec == "default" else spec
         gc.collect()
+        if CUDA:  # each variant's own peak (its searcher, graph pool and steps)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         try:
             s = make_variant(args, f"{tmp}/v_{len(times)}", spec, graph=True)
             b = batches(s)
@@ -152,9 +156,10 @@ def section_variants(args, tmp: str) -> None:
             times[spec] = ms_per_step(step, args.steps)
             del s, step
         except Exception as e:  # one failing variant must not hide the others
-            print(f"| {spec or 'default'} | failed: {type(e).__name__}: {str(e)[:200]} | |")
+            print(f"| {spec or 'default'} | failed: {type(e).__name__}: {str(e)[:200]} | | |")
             continue
-        print(f"| {spec or 'default'} | {times[spec]:.1f} | {errors[spec]:.1e} |", flush=True)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
+        print(f"| {spec or 'default'} | {times[spec]:.1f} | {errors[spec]:.1e} | {peak:.2f} |", flush=True)
     # float32 variants compute the same function: one that disagrees beyond rounding is wrong, not fast
     exact = {k: v for k, v in times.items() if "tf32" not in k and "bf16" not in k and errors[k] < 1e-2}
     if exact and args.best_file:
