@@ -135,11 +135,24 @@ TIMED = ["", "mix=fused_bn,depthwise=fused", "mix=fused_bn", "streams=branches",
 NUMERIC = ["", "mix=fused_bn", "mix=fused", "tf32", "bf16", "channels_last", "pointwise=dense", "pointwise=grouped,batch_norm=native"]
 
 
+def float64_alpha_grad(args, tmp: str) -> torch.Tensor:
+    """The first α gradient of the default batched path in float64, from the same seed and batch as every variant's
+    (all variants compute the same function): the reference their float32 rounding is measured against."""
+    s = make_variant(args, f"{tmp}/v_float64", "")
+    s.model.double()
+    xt, yt, xv, yv = batches(s)
+    g = alpha_grad(s, (xt.double(), yt, xv.double(), yv))
+    del s
+    return g
+
+
 def section_variants(args, tmp: str) -> None:
     """Time every variant, and check its first α gradient against the default's (the same function: the float32
-    variants agree to rounding); write the fastest float32 variant that agrees to ``args.best_file``."""
+    variants agree to rounding) and against the float64 one (each variant's own rounding error); write the
+    fastest float32 variant that agrees to ``args.best_file``."""
     print(f"\n## variants of the batched path ({'graph' if CUDA else 'eager'}): {args.mode}, batch {args.batch}")
-    print("| variant | ms/step | first α grad rel. error vs default | peak GiB |\n|---|---|---|---|")
+    ref64 = float64_alpha_grad(args, tmp)
+    print("| variant | ms/step | first α grad rel. error vs default | vs float64 | peak GiB |\n|---|---|---|---|---|")
     times, errors, ref = {}, {}, None
     for spec in args.variants.split(";") if args.variants is not None else TIMED:
         spec = "" if spec == "default" else spec
@@ -164,9 +177,10 @@ def section_variants(args, tmp: str) -> None:
                 peak = max(torch.cuda.max_memory_allocated() - allocated0, held) / 2**30
             del s, step
         except Exception as e:  # one failing variant must not hide the others
-            print(f"| {spec or 'default'} | failed: {type(e).__name__}: {str(e)[:200]} | | |")
+            print(f"| {spec or 'default'} | failed: {type(e).__name__}: {str(e)[:200]} | | | |")
             continue
-        print(f"| {spec or 'default'} | {times[spec]:.1f} | {errors[spec]:.1e} | {peak:.2f} |", flush=True)
+        error64 = float((g - ref64).norm() / ref64.norm())
+        print(f"| {spec or 'default'} | {times[spec]:.1f} | {errors[spec]:.1e} | {error64:.1e} | {peak:.2f} |", flush=True)
         exact = {k: v for k, v in times.items() if "tf32" not in k and "bf16" not in k and errors[k] < 1e-2}
         if exact and args.best_file:  # after every row: a section cut short keeps the best so far
             with open(args.best_file, "w") as f:
