@@ -398,14 +398,14 @@ _SIDE_STREAMS: dict[int, list[torch.cuda.Stream]] = {}
 
 class _SideStreams:
     """Three side streams of a CUDA device for a node's convolutions: ``run(k, f, *args, **kwargs)`` queues ``f`` on
-    side stream k after the work the caller's stream has queued before this object was made, ``join()`` makes
-    the caller's stream wait for all three.
+    side stream k after the work the caller's stream has queued before this object was made, ``join(*tensors)``
+    makes the caller's stream wait for all three.
 
     The caching allocator reuses a freed tensor's memory on the stream that allocated it, so every tensor that
-    crosses streams is recorded on the stream that uses it: the tensor arguments on the side stream, and the
-    result and the batch statistics ``f`` appended to a ``stats`` keyword argument on the caller's stream.
-    Autograd runs each backward op on its forward op's stream and synchronises the streams where gradients
-    cross."""
+    crosses streams is recorded on the stream that uses it: the tensor arguments on the side stream, and on the
+    caller's stream the results and the other ``tensors`` given to ``join`` (such as batch statistics ``f``
+    appended to a list; recording a tensor on the stream that made it does nothing). Autograd runs each
+    backward op on its forward op's stream and synchronises the streams where gradients cross."""
 
     def __init__(self, device: torch.device):
         self.main = torch.cuda.current_stream(device)
@@ -422,20 +422,15 @@ class _SideStreams:
         for t in args:
             if isinstance(t, torch.Tensor):
                 t.record_stream(stream)
-        stats = kwargs.get("stats")  # the caller's list, if any, that f appends its batch statistics to
-        before = len(stats) if isinstance(stats, list) else 0
         with torch.cuda.stream(stream):
             out = f(*args, **kwargs)
         self.produced.append(out)
-        if isinstance(stats, list):
-            for _, mean, var, _ in stats[before:]:
-                self.produced += [mean, var]
         return out
 
-    def join(self) -> None:
+    def join(self, *tensors: torch.Tensor) -> None:
         for stream in self.side:
             self.main.wait_stream(stream)
-        for t in self.produced:
+        for t in (*self.produced, *tensors):
             t.record_stream(self.main)
 
 
@@ -512,8 +507,8 @@ class NodeOps(nn.Module):
         lanes = _side_streams(h) if self.side_streams else None
         pending: list[StatsUpdate] = [] if stats is None else stats
         outs: dict[str, torch.Tensor] = {}
+        kwargs = {"normalize": not fuse_bn, "stats": pending if fuse_bn else None}
         for lane, name in enumerate(self.PER_EDGE):  # the two dilated convolutions share the third side stream
-            kwargs = {"normalize": not fuse_bn, "stats": pending if fuse_bn else None}
             if lanes is None:
                 outs[name] = per_edge[name](rep, scale[name], **kwargs)
             else:
@@ -521,8 +516,8 @@ class NodeOps(nn.Module):
         outs["max_pool_3x3"] = self.max_bn(F.max_pool2d(h, 3, s, 1))
         outs["avg_pool_3x3"] = self.avg_bn(F.avg_pool2d(h, 3, s, 1, count_include_pad=False))
         outs["skip_connect"] = h if self.skip is None else self.skip(relu, scale["skip_connect"], normalize=not fuse_bn)
-        if lanes is not None:
-            lanes.join()
+        if lanes is not None:  # the branches' batch statistics (fused_bn) are used on the caller's stream too
+            lanes.join(*(t for _, mean, var, _ in pending for t in (mean, var)))
         bsz, _, height, width = outs["max_pool_3x3"].shape
         if self.fused_mix:  # one node_mix call over the outputs in PRIMITIVES order ('none' adds zero)
             xs = [outs[name].reshape(bsz, outs[name].shape[1] // c, c * height * width) for name in PRIMITIVES[1:]]
