@@ -12,13 +12,12 @@ and the bytes of their tensors (``DispatchCount``). The summary gives speed rela
 
 from __future__ import annotations
 
-import gc
 import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import DispatchCount, record, variant_searcher
+from conftest import DispatchCount, gpu_memory_mark, gpu_memory_used, record, variant_searcher
 from torch.profiler import ProfilerActivity, profile
 
 from mdarts_rs.search import Searcher
@@ -53,13 +52,8 @@ def count_kernels(step) -> tuple[int, float]:
 @pytest.mark.parametrize("mode", ["multilevel", "shared"])
 @pytest.mark.parametrize("path", ["baseline_plain", "fast"] + (["fast_graph"] if CUDA else []))
 def test_search_step(benchmark, tmp_path, monkeypatch, path, mode, batch):
-    if CUDA:  # earlier rows' tensors and graph pools must not count towards this row's peak
-        gc.collect()
-        torch.cuda.empty_cache()
-        # From before the model exists, as differences to what is there now (in case an earlier row's
-        # objects are still alive).
-        torch.cuda.reset_peak_memory_stats()
-        allocated0, reserved0 = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+    if CUDA:  # earlier rows' tensors and graph pools must not count towards this row's peak: from before the
+        mark = gpu_memory_mark()  # model exists, as differences (in case an earlier row's objects are still alive)
     if path == "baseline_plain":  # DARTS' design: per-op modules and plain torch mixed sums, no fused kernels
         monkeypatch.setenv("MDARTS_OPS", "ref")
     s = make_searcher(tmp_path, mode, path != "baseline_plain", batch, graph=path == "fast_graph")
@@ -87,13 +81,8 @@ def test_search_step(benchmark, tmp_path, monkeypatch, path, mode, batch):
     benchmark.pedantic(step, rounds=(5 if eager else 20) if CUDA else 3, iterations=1, warmup_rounds=2 if CUDA else 1)
     benchmark.extra_info["kernels_per_step" if CUDA else "kernel_ops_per_step"] = kernels
     if CUDA:
-        if path == "fast_graph":
-            gc.collect()
-            torch.cuda.empty_cache()
-            held = torch.cuda.memory_reserved() - reserved0
-        else:
-            held = torch.cuda.max_memory_allocated() - allocated0
-        benchmark.extra_info["peak_mem_GiB"] = round(held / 2**30, 2)
+        peak, held = gpu_memory_used(mark)
+        benchmark.extra_info["peak_mem_GiB"] = round((held if path == "fast_graph" else peak) / 2**30, 2)
     else:
         benchmark.extra_info["tensor_GB_per_step"] = round(gb, 3)
     record(f"search step {mode} batch {batch} ({DEVICE}; batched variant: {FAST or 'default'})", path, benchmark, 1)

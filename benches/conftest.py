@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 from collections import Counter
@@ -44,6 +45,23 @@ class DispatchCount(TorchDispatchMode):
     def total(self) -> tuple[int, float]:
         """Calls and GB in all."""
         return sum(self.calls.values()), sum(self.bytes.values()) / 1e9
+
+
+def gpu_memory_mark() -> tuple[int, int]:
+    """Frees what earlier work left unreferenced and resets the GPU's peak statistics; returns the memory allocated
+    and reserved now, from which ``gpu_memory_used`` counts."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+
+
+def gpu_memory_used(mark: tuple[int, int]) -> tuple[int, int]:
+    """Bytes since ``mark``: the most allocated at once, and what stays reserved once unreferenced memory is freed
+    (a replayed CUDA graph's private pool, kept between replays, which the peak statistics do not show)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    return torch.cuda.max_memory_allocated() - mark[0], torch.cuda.memory_reserved() - mark[1]
 
 
 def record(group: str, name: str, benchmark, items: int) -> None:

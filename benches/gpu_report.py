@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from conftest import DispatchCount, variant, variant_searcher
+from conftest import DispatchCount, gpu_memory_mark, gpu_memory_used, variant, variant_searcher
 
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.search import Searcher, entropy_loss
@@ -157,10 +157,7 @@ def section_variants(args, tmp: str) -> None:
     for spec in args.variants.split(";") if args.variants is not None else TIMED:
         spec = "" if spec == "default" else spec
         gc.collect()
-        if CUDA:  # this variant's own memory: its searcher, eager warm-up steps and graph pool
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            allocated0, reserved0 = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+        mark = gpu_memory_mark() if CUDA else None  # this variant's own memory: searcher, eager steps, graph pool
         try:
             s = make_variant(args, f"{tmp}/v_{len(times)}", spec, graph=True)
             b = batches(s)
@@ -169,28 +166,29 @@ def section_variants(args, tmp: str) -> None:
             errors[spec] = float((g - ref).norm() / ref.norm())
             step = stepper(s, b)
             times[spec] = ms_per_step(step, args.steps)
-            peak = float("nan")
-            if CUDA:  # the most allocated at once (eager steps), or what the replayed graph holds (its private pool
-                gc.collect()  # does not show in the allocator's peak), as bench_search_step.py measures them
-                torch.cuda.empty_cache()
-                held = torch.cuda.memory_reserved() - reserved0
-                peak = max(torch.cuda.max_memory_allocated() - allocated0, held) / 2**30
+            # the most allocated at once (eager steps) or what the replayed graph holds, whichever is more
+            peak = max(gpu_memory_used(mark)) / 2**30 if mark is not None else float("nan")
             del s, step
         except Exception as e:  # one failing variant must not hide the others
             print(f"| {spec or 'default'} | failed: {type(e).__name__}: {str(e)[:200]} | | | |")
             continue
         error64 = float((g - ref64).norm() / ref64.norm())
         print(f"| {spec or 'default'} | {times[spec]:.1f} | {errors[spec]:.1e} | {error64:.1e} | {peak:.2f} |", flush=True)
-        exact = {k: v for k, v in times.items() if "tf32" not in k and "bf16" not in k and errors[k] < 1e-2}
-        if exact and args.best_file:  # after every row: a section cut short keeps the best so far
+        best = fastest_exact(times, errors)
+        if best is not None and args.best_file:  # after every row: a section cut short keeps the best so far
             with open(args.best_file, "w") as f:
-                f.write(min(exact, key=exact.__getitem__))
-    # float32 variants compute the same function: one that disagrees beyond rounding is wrong, not fast
-    exact = {k: v for k, v in times.items() if "tf32" not in k and "bf16" not in k and errors[k] < 1e-2}
-    if exact:
-        best = min(exact, key=exact.__getitem__)
+                f.write(best)
+    best = fastest_exact(times, errors)
+    if best is not None:
         print(f"fastest float32 variant: {best or 'default'}")
         args.fast = best  # the profile section, when it runs later in this process, profiles this one
+
+
+def fastest_exact(times: dict[str, float], errors: dict[str, float]) -> str | None:
+    """The fastest float32 variant whose α gradient agrees with the default's (float32 variants compute the same
+    function: one that disagrees beyond rounding is wrong, not fast); None if there is none."""
+    exact = {k: v for k, v in times.items() if "tf32" not in k and "bf16" not in k and errors[k] < 1e-2}
+    return min(exact, key=exact.__getitem__) if exact else None
 
 
 def alpha_grad(s: Searcher, b) -> torch.Tensor:
