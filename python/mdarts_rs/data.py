@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import shutil
 import tarfile
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mdarts_rs import safe_pickle
 from mdarts_rs._core import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -74,12 +74,11 @@ def _load_python_version(root: Path, split: str) -> tuple[np.ndarray, np.ndarray
     xs, ys = [], []
     for name in names:
         path = root / name
+        d = safe_pickle.load(path, "a CIFAR-10 python batch")
         try:
-            with open(path, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
             data = np.asarray(d[b"data"], dtype=np.uint8)
             labels = np.asarray(d.get(b"labels", d.get(b"fine_labels")), dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({e})") from None
         if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
             raise DataFormatError(f"{path}: data has shape {data.shape}, labels {labels.shape}; expected (N, 3072), (N,)")
