@@ -1,5 +1,5 @@
-"""The restricted unpickler: crafted CIFAR-10 python batches are refused, naming the file and the global, and
-well-formed ones load as before."""
+"""The restricted unpickler and the checks of CIFAR-10's python version: crafted files are refused, with the
+file, record and field named, and well-formed ones load as before."""
 
 from __future__ import annotations
 
@@ -101,6 +101,59 @@ def test_safe_pickle_loads_plain_data_and_arrays(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x80\x04not a pickle")
     with pytest.raises(md.DataFormatError, match=r"bad: not a pickle of plain data \("):
         safe_pickle.load(tmp_path / "bad")
+
+
+def test_safe_pickle_float_pixels_are_refused(fake_py):
+    write(fake_py / "data_batch_2", batch([0, 1], data=np.zeros((2, 3072), dtype=np.float32)))
+    with pytest.raises(md.DataFormatError, match=r"data_batch_2: field b'data' is an array of dtype float32; expected uint8"):
+        data.load_cifar10(fake_py)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([0, 1.0, 2], r"data_batch_1: record 1: label 1.0 in b'labels' is a float, not an integer"),
+        ([0, 1, b"2"], r"data_batch_1: record 2: label b'2' in b'labels' is a bytes, not an integer"),
+        (["0", 1, 2], r"data_batch_1: record 0: label '0' in b'labels' is a str, not an integer"),
+        (np.array([0, 1.5, 2]), r"data_batch_1: record 0: label 0.0 in b'labels' is a float, not an integer"),
+        ([0, 1, 10], r"data_batch_1: record 2: label 10 is not a CIFAR-10 class \(0-9\)"),
+    ],
+)
+def test_safe_pickle_non_integer_labels_are_refused(fake_py, labels, message):
+    write(fake_py / "data_batch_1", batch([0, 1, 2], labels=labels))
+    with pytest.raises(md.DataFormatError, match=message):
+        data.load_cifar10(fake_py)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"data": np.zeros((2, 3072), np.uint8)}, r"data_batch_3: field b'data' has 2 records but b'labels' has 3 labels"),
+        ({"data": np.zeros((3, 1024), np.uint8)}, r"data_batch_3: field b'data' has shape \(3, 1024\); expected \(N, 3072\)"),
+        ({"data": [[0] * 3072] * 3}, r"data_batch_3: field b'data' is a list; expected uint8 pixels"),
+    ],
+)
+def test_safe_pickle_bad_shapes_are_refused(fake_py, fields, message):
+    write(fake_py / "data_batch_3", batch([0, 1, 2], **fields))
+    with pytest.raises(md.DataFormatError, match=message):
+        data.load_cifar10(fake_py)
+
+
+def test_safe_pickle_gap_in_batches_is_refused(fake_py):
+    (fake_py / "data_batch_2").unlink()
+    with pytest.raises(md.DataFormatError, match=r"data_batch_3: data_batch_2 is missing but this later batch is present; the training files must be data_batch_1 onward without gaps"):
+        data.load_cifar10(fake_py)
+
+
+def test_safe_pickle_meta_only_folder_names_the_python_version(tmp_path, fake_py):
+    for f in fake_py.iterdir():
+        if f.name != "batches.meta":
+            f.unlink()
+    for root in (fake_py, tmp_path):  # the folder itself or the one holding it
+        with pytest.raises(FileNotFoundError, match=r"data_batch_1: file not found \(found batches.meta of CIFAR-10's python version but no data_batch_1..5; download the CIFAR-10 python version"):
+            data.load_cifar10(root)
+    with pytest.raises(FileNotFoundError, match=r"test_batch: file not found \(download the CIFAR-10 python version"):
+        data.load_cifar10(fake_py, "test")
 
 
 def test_safe_pickle_well_formed_folder_loads_as_before(fake_py):
