@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import shutil
 import tarfile
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mdarts_rs import safe_pickle
 from mdarts_rs._core import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -59,35 +59,81 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MDARTS_CACHE", Path.home() / ".cache" / "mdarts_rs"))
 
 
+_PY_FILES = (*_PY_TRAIN, "test_batch", "batches.meta")
+_PY_HINT = (
+    "download the CIFAR-10 python version (cifar-10-python.tar.gz) and point to its cifar-10-batches-py "
+    "folder, or call mdarts_rs.data.download_cifar10(version='python')"
+)
+
+
 def _python_version_root(root: Path) -> Path | None:
+    # Any file of the python version marks its folder, so that a partial one (batches.meta alone, or a gap in
+    # the training batches) is reported as the python version it is, not as a missing binary version.
     for cand in (root, root / "cifar-10-batches-py"):
-        if (cand / "data_batch_1").is_file() or (cand / "test_batch").is_file():
+        if any((cand / f).is_file() for f in _PY_FILES):
             return cand
     return None
 
 
+def _python_train_files(root: Path) -> list[Path]:
+    """data_batch_1 onward up to the first missing one; like the binary reader, a gap is an error."""
+    present = [(root / n).is_file() for n in _PY_TRAIN]
+    count = next((i for i, p in enumerate(present) if not p), len(present))
+    if count == 0:
+        found = ", ".join(f for f in _PY_FILES if (root / f).is_file())
+        raise FileNotFoundError(
+            f"{root / _PY_TRAIN[0]}: file not found (found {found} of CIFAR-10's python version but no "
+            f"data_batch_1..5; {_PY_HINT})"
+        )
+    if True in present[count:]:
+        later = _PY_TRAIN[present.index(True, count)]
+        raise DataFormatError(
+            f"{root / later}: {_PY_TRAIN[count]} is missing but this later batch is present; the training "
+            "files must be data_batch_1 onward without gaps"
+        )
+    return [root / n for n in _PY_TRAIN[:count]]
+
+
+def _python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch, checked: b'data' a uint8 array (N, 3072), b'labels' N integers in 0..9."""
+    d = safe_pickle.load(path, "a CIFAR-10 python batch")
+    if not isinstance(d, dict):
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch (holds a {type(d).__name__}, not a dict)")
+    if b"data" not in d:
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch (no b'data' field; has {sorted(map(repr, d))})")
+    data = d[b"data"]
+    # No conversion: a float or int64 "pixel" array would be cast (and wrapped) silently into other images.
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        kind = f"an array of dtype {data.dtype}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise DataFormatError(f"{path}: field b'data' is {kind}; expected uint8 pixels of shape (N, 3072)")
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DataFormatError(f"{path}: field b'data' has shape {data.shape}; expected (N, 3072)")
+    key = b"labels" if b"labels" in d else b"fine_labels"
+    if key not in d:
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch (no b'labels' field)")
+    raw = d[key]
+    if isinstance(raw, np.ndarray) and raw.ndim == 1:
+        raw = raw.tolist()  # Python numbers, checked below like the archives' list
+    if not isinstance(raw, (list, tuple)):
+        raise DataFormatError(f"{path}: field {key!r} is a {type(raw).__name__}; expected a list of integers")
+    for i, v in enumerate(raw):
+        # bool is an int subclass, and int(2.0) == 2: neither is a class label as written.
+        if type(v) is not int:
+            raise DataFormatError(f"{path}: record {i}: label {v!r} in {key!r} is a {type(v).__name__}, not an integer")
+        if not 0 <= v <= 9:
+            raise DataFormatError(f"{path}: record {i}: label {v} is not a CIFAR-10 class (0-9)")
+    if len(raw) != data.shape[0]:
+        raise DataFormatError(f"{path}: field b'data' has {data.shape[0]} records but {key!r} has {len(raw)} labels")
+    return data.reshape(-1, 3, 32, 32), np.asarray(raw, dtype=np.int64)
+
+
 def _load_python_version(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The pickled "python version": dicts with b'data' (N, 3072) uint8 and b'labels'."""
-    names = ["test_batch"] if split == "test" else [n for n in _PY_TRAIN if (root / n).is_file()]
-    if not names or not (root / names[0]).is_file():
-        raise FileNotFoundError(f"{root / ('test_batch' if split == 'test' else 'data_batch_1')}: file not found")
-    xs, ys = [], []
-    for name in names:
-        path = root / name
-        try:
-            with open(path, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
-            data = np.asarray(d[b"data"], dtype=np.uint8)
-            labels = np.asarray(d.get(b"labels", d.get(b"fine_labels")), dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
-            raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({e})") from None
-        if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-            raise DataFormatError(f"{path}: data has shape {data.shape}, labels {labels.shape}; expected (N, 3072), (N,)")
-        bad = np.flatnonzero((labels < 0) | (labels > 9))
-        if bad.size:
-            raise DataFormatError(f"{path}: record {bad[0]}: label {labels[bad[0]]} is not a CIFAR-10 class (0-9)")
-        xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(labels)
+    if split == "test":
+        if not (root / "test_batch").is_file():
+            raise FileNotFoundError(f"{root / 'test_batch'}: file not found ({_PY_HINT})")
+        return _python_batch(root / "test_batch")
+    xs, ys = zip(*(_python_batch(p) for p in _python_train_files(root)))
     return np.concatenate(xs), np.concatenate(ys)
 
 
