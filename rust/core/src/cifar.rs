@@ -34,11 +34,12 @@ pub const TEST_FILE: &str = "test_batch.bin";
 /// indices. A larger count is refused before anything is allocated.
 pub const MAX_IMAGES: usize = 1_000_000;
 
-/// `Ok(n)` when `n` images (named `what` in the error) are at most [`MAX_IMAGES`].
+/// `Ok(n)` when `n` images are at most [`MAX_IMAGES`]; `what` names the count in the error (`n`,
+/// `len(images)`).
 pub fn check_image_count(what: &str, n: usize) -> Result<usize, DataError> {
     if n > MAX_IMAGES {
         return Err(DataError::Argument(format!(
-            "{what} = {n} images is above the limit of {MAX_IMAGES} (MAX_IMAGES)"
+            "{what} = {n} is above the limit of {MAX_IMAGES} images (MAX_IMAGES)"
         )));
     }
     Ok(n)
@@ -246,7 +247,7 @@ mod tests {
         for n in [MAX_IMAGES + 1, 1 << 31, 1 << 62, usize::MAX] {
             for portion in [1e-18, 0.5, 1.0, f64::NAN] {
                 let e = search_split(n, portion, 0).unwrap_err().to_string();
-                assert_eq!(e, format!("n = {n} images is above the limit of 1000000 (MAX_IMAGES)"));
+                assert_eq!(e, format!("n = {n} is above the limit of 1000000 images (MAX_IMAGES)"));
             }
         }
         let e = search_split(10, 1e-18, 0).unwrap_err().to_string();

@@ -134,7 +134,7 @@ impl Loader {
     /// [`LoaderConfig::check`].
     pub fn new(data: Arc<Images>, indices: Vec<usize>, cfg: LoaderConfig) -> Result<Self, DataError> {
         cfg.check()?;
-        check_image_count("indices", indices.len())?;
+        check_image_count("len(indices)", indices.len())?;
         if let Some((k, &i)) = indices.iter().enumerate().find(|(_, &i)| i >= data.len()) {
             return Err(DataError::Argument(format!("indices[{k}] = {i} is out of range for {} images", data.len())));
         }
@@ -278,6 +278,7 @@ impl Drop for EpochIter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cifar::MAX_IMAGES;
 
     fn dataset(n: usize) -> Arc<Images> {
         let pixels = (0..n * IMAGE_BYTES).map(|i| (i * 7 % 256) as u8).collect();
@@ -385,6 +386,8 @@ mod tests {
         let mut ok = cfg(MAX_WORKERS);
         (ok.batch_size, ok.prefetch_per_worker) = (MAX_BATCH_SIZE, MAX_PREFETCH);
         assert!(Loader::new(dataset(2), vec![0, 1], ok).is_ok());
+        let e = Loader::new(dataset(1), vec![0; MAX_IMAGES + 1], cfg(1)).unwrap_err().to_string();
+        assert_eq!(e, "len(indices) = 1000001 is above the limit of 1000000 images (MAX_IMAGES)");
     }
 
     #[test]
