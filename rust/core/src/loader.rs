@@ -390,6 +390,34 @@ mod tests {
         assert_eq!(e, "len(indices) = 1000001 is above the limit of 1000000 images (MAX_IMAGES)");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_sizes_are_accepted_exactly_within_the_limits(
+            batch_size in proptest::sample::select(vec![0, 1, 64, MAX_BATCH_SIZE, MAX_BATCH_SIZE + 1, 1 << 32, usize::MAX]),
+            workers in proptest::sample::select(vec![0, 1, MAX_WORKERS, MAX_WORKERS + 1, 1 << 63, usize::MAX]),
+            prefetch in proptest::sample::select(vec![0, 1, MAX_PREFETCH, MAX_PREFETCH + 1, usize::MAX]),
+            crop_padding in proptest::sample::select(vec![0, 4, 32, 33, usize::MAX]),
+            cutout in proptest::sample::select(vec![0, 16, 32, 33, usize::MAX]),
+        ) {
+            let mut c = cfg(workers);
+            (c.batch_size, c.prefetch_per_worker) = (batch_size, prefetch);
+            c.augment = Augment { crop_padding, flip: true, cutout };
+            let within = (1..=MAX_BATCH_SIZE).contains(&batch_size)
+                && workers <= MAX_WORKERS
+                && prefetch <= MAX_PREFETCH
+                && (prefetch > 0 || workers == 0)
+                && crop_padding <= 32
+                && cutout <= 32;
+            let made = Loader::new(dataset(3), vec![0, 1, 2], c);
+            proptest::prop_assert_eq!(made.is_ok(), within);
+            if let Ok(l) = made {
+                // Every batch of the first epoch comes out, whatever the sizes.
+                let l = Arc::new(l);
+                proptest::prop_assert_eq!(l.epoch(0, 0).filter(|b| b.is_ok()).count(), l.len());
+            }
+        }
+    }
+
     #[test]
     fn batches_past_the_end_are_empty() {
         let mut c = cfg(0);
