@@ -11,6 +11,16 @@ NUM_EDGES: Final[int]
 STEPS: Final[int]
 __version__: Final[str]
 
+# Limits on caller-supplied sizes, checked before anything is allocated; a larger value raises an
+# MdartsError subclass naming the argument and the limit.
+MAX_LAYERS: Final[int]  # cells of a network or α layout (DARTS: 8 searched, 20 evaluated)
+MAX_IMAGES: Final[int]  # images one call splits, augments or loads into a BatchLoader
+MAX_BATCH_SIZE: Final[int]  # BatchLoader batch_size
+MAX_WORKERS: Final[int]  # BatchLoader worker threads
+MAX_PREFETCH: Final[int]  # BatchLoader batches queued per worker
+MAX_CROP_PADDING: Final[int]  # crop_padding of augment_images and BatchLoader
+MAX_CUTOUT: Final[int]  # cutout square side of augment_images and BatchLoader
+
 class MdartsError(ValueError): ...
 class SearchSpaceError(MdartsError): ...
 class GenotypeError(MdartsError): ...
@@ -172,6 +182,7 @@ def kernel_sources() -> list[tuple[str, str]]: ...
 __all__ = [
     "MdartsError", "SearchSpaceError", "GenotypeError", "DeriveError", "DataFormatError",
     "PRIMITIVES", "NUM_EDGES", "STEPS", "__version__",
+    "MAX_LAYERS", "MAX_IMAGES", "MAX_BATCH_SIZE", "MAX_WORKERS", "MAX_PREFETCH", "MAX_CROP_PADDING", "MAX_CUTOUT",
     "AlphaLayout", "CellGenotype", "Genotype", "MultiLevelGenotype",
     "search_space_size", "derived_cell_count", "reduction_indices", "parse_genotype",
     "derive_cell", "derive_genotype", "rank_cell", "unrank_cell", "rank_genotype", "unrank_genotype",

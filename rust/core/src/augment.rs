@@ -11,7 +11,13 @@
 use std::sync::OnceLock;
 
 use crate::cifar::{CHANNELS, IMAGE_BYTES, SIDE};
+use crate::error::DataError;
 use crate::rng::{mix, Rng};
+
+/// Largest crop padding: with more than the image side, every crop window could be all padding.
+pub const MAX_CROP_PADDING: usize = SIDE;
+/// Largest cutout square side: a 32-pixel square already covers the whole 32×32 image.
+pub const MAX_CUTOUT: usize = SIDE;
 
 /// CIFAR-10 training-set channel means (pixel / 255).
 pub const MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
@@ -34,6 +40,23 @@ impl Augment {
     pub const NONE: Self = Self { crop_padding: 0, flip: false, cutout: 0 };
     /// DARTS' search and training augmentation: pad 4, crop, flip.
     pub const STANDARD: Self = Self { crop_padding: 4, flip: true, cutout: 0 };
+
+    /// Check the sizes against [`MAX_CROP_PADDING`] and [`MAX_CUTOUT`], naming the offending field.
+    pub fn check(&self) -> Result<(), DataError> {
+        if self.crop_padding > MAX_CROP_PADDING {
+            return Err(DataError::Argument(format!(
+                "crop_padding = {} is above the limit of {MAX_CROP_PADDING} pixels (MAX_CROP_PADDING)",
+                self.crop_padding
+            )));
+        }
+        if self.cutout > MAX_CUTOUT {
+            return Err(DataError::Argument(format!(
+                "cutout = {} is above the limit of {MAX_CUTOUT} pixels (MAX_CUTOUT)",
+                self.cutout
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Memory layout of a float batch.
@@ -62,7 +85,9 @@ impl Draw {
     /// The draws of the image at `position` of batch `batch` in `epoch`.
     pub fn new(aug: &Augment, seed: u64, epoch: u64, batch: u64, position: u64) -> Self {
         let mut rng = Rng::new(mix(&[seed, epoch, batch, position]));
-        let span = 2 * aug.crop_padding as u64 + 1;
+        // Saturating so that an unchecked padding cannot wrap to a span of 0 (which `below` refuses);
+        // [`Augment::check`] keeps real paddings far below the saturation point.
+        let span = (aug.crop_padding as u64).saturating_mul(2).saturating_add(1);
         let dy = rng.below(span) as usize;
         let dx = rng.below(span) as usize;
         let flip = aug.flip && rng.below(2) == 1;
@@ -121,8 +146,10 @@ impl Pixel for u8 {
     }
 }
 
-/// Augment one `(3, 32, 32)` image `src` into `out` (3072 values in `layout`).
+/// Augment one `(3, 32, 32)` image `src` into `out` (3072 values in `layout`). `aug` must pass
+/// [`Augment::check`] (the cutout test adds the cutout size to pixel coordinates).
 pub fn augment_image<P: Pixel>(src: &[u8], draw: &Draw, aug: &Augment, layout: Layout, out: &mut [P]) {
+    debug_assert!(aug.check().is_ok(), "augmentation sizes above the limits");
     debug_assert_eq!(src.len(), IMAGE_BYTES, "an image is 3072 bytes");
     debug_assert_eq!(out.len(), IMAGE_BYTES, "an output image is 3072 values");
     let pad = aug.crop_padding;
@@ -130,10 +157,11 @@ pub fn augment_image<P: Pixel>(src: &[u8], draw: &Draw, aug: &Augment, layout: L
         let plane = &src[c * SIDE * SIDE..(c + 1) * SIDE * SIDE];
         for y in 0..SIDE {
             // Source row in the unpadded image, if the window row is not padding.
-            let sy = (y + draw.dy).checked_sub(pad).filter(|&r| r < SIDE);
+            // Checked so that a hand-made `Draw` with absurd offsets reads padding instead of overflowing.
+            let sy = y.checked_add(draw.dy).and_then(|r| r.checked_sub(pad)).filter(|&r| r < SIDE);
             for x in 0..SIDE {
                 let wx = if draw.flip { SIDE - 1 - x } else { x };
-                let sx = (wx + draw.dx).checked_sub(pad).filter(|&r| r < SIDE);
+                let sx = wx.checked_add(draw.dx).and_then(|s| s.checked_sub(pad)).filter(|&s| s < SIDE);
                 let v = if draw.cut.is_some() && draw.in_cut(aug.cutout, y, x) {
                     P::cut(c)
                 } else {
@@ -222,5 +250,17 @@ mod tests {
         assert_eq!(cut, 16 * 16);
         assert!(d.in_cut(16, 8, 8) && !d.in_cut(16, 24, 24) && d.in_cut(16, 23, 23));
         let _ = aug;
+    }
+
+    #[test]
+    fn sizes_above_the_limits_are_named() {
+        assert!(Augment { crop_padding: MAX_CROP_PADDING, flip: true, cutout: MAX_CUTOUT }.check().is_ok());
+        let e = Augment { crop_padding: usize::MAX, ..Augment::NONE }.check().unwrap_err().to_string();
+        assert_eq!(e, format!("crop_padding = {} is above the limit of 32 pixels (MAX_CROP_PADDING)", usize::MAX));
+        let e = Augment { cutout: 33, ..Augment::NONE }.check().unwrap_err().to_string();
+        assert_eq!(e, "cutout = 33 is above the limit of 32 pixels (MAX_CUTOUT)");
+        // Drawing with an unchecked padding neither overflows nor panics.
+        let d = Draw::new(&Augment { crop_padding: usize::MAX, ..Augment::NONE }, 1, 2, 3, 4);
+        assert!(d.cut.is_none());
     }
 }

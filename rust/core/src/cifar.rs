@@ -27,6 +27,23 @@ pub const TRAIN_FILES: [&str; 5] =
     ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 /// Test batch file.
 pub const TEST_FILE: &str = "test_batch.bin";
+/// Most images one call may split, augment or load into a batch loader.
+///
+/// CIFAR-10 has 60,000 images; 1,000,000 leaves room for larger 32×32 datasets (CINIC-10 has 270,000)
+/// while capping what one call can allocate from a count: 3 GB of pixels, 12 GB as float32, 8 MB of
+/// indices. A larger count is refused before anything is allocated.
+pub const MAX_IMAGES: usize = 1_000_000;
+
+/// `Ok(n)` when `n` images are at most [`MAX_IMAGES`]; `what` names the count in the error (`n`,
+/// `len(images)`).
+pub fn check_image_count(what: &str, n: usize) -> Result<usize, DataError> {
+    if n > MAX_IMAGES {
+        return Err(DataError::Argument(format!(
+            "{what} = {n} is above the limit of {MAX_IMAGES} images (MAX_IMAGES)"
+        )));
+    }
+    Ok(n)
+}
 
 /// Images `(N, 3, 32, 32)` as bytes and their labels.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -162,11 +179,14 @@ pub fn load(root: &Path, split: Split) -> Result<Images, DataError> {
 
 /// The search split of DARTS' protocol: a permutation of `0..n` drawn from `seed`, of which the first
 /// `floor(portion · n / 2)` indices are S_train (weights) and the next as many are S_val (α). With
-/// `portion = 1` the 50,000 training images give 25,000 + 25,000.
+/// `portion = 1` the 50,000 training images give 25,000 + 25,000. `n` is at most [`MAX_IMAGES`].
 pub fn search_split(n: usize, portion: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+    // Before the permutation of `n` indices is allocated.
+    check_image_count("n", n)?;
     if !(portion > 0.0 && portion <= 1.0) {
         return Err(DataError::Argument(format!("portion must be in (0, 1], got {portion}")));
     }
+    // `portion` is in (0, 1], so the product is in [0, n] and the cast cannot saturate.
     let half = ((portion * n as f64) as usize) / 2;
     if half == 0 {
         return Err(DataError::Argument(format!(
@@ -220,5 +240,33 @@ mod tests {
         assert_eq!(search_split(1000, 0.1, 2).unwrap().0.len(), 50);
         assert!(search_split(1000, 0.0, 2).is_err());
         assert!(search_split(1000, f64::NAN, 2).is_err());
+    }
+
+    #[test]
+    fn split_refuses_huge_counts_before_allocating() {
+        for n in [MAX_IMAGES + 1, 1 << 31, 1 << 62, usize::MAX] {
+            for portion in [1e-18, 0.5, 1.0, f64::NAN] {
+                let e = search_split(n, portion, 0).unwrap_err().to_string();
+                assert_eq!(e, format!("n = {n} is above the limit of 1000000 images (MAX_IMAGES)"));
+            }
+        }
+        let e = search_split(10, 1e-18, 0).unwrap_err().to_string();
+        assert!(e.contains("leaves no image"), "{e}");
+        for portion in [f64::INFINITY, f64::NEG_INFINITY, 1e308, -0.0, 1.0 + f64::EPSILON] {
+            assert!(search_split(10, portion, 0).unwrap_err().to_string().starts_with("portion must be in (0, 1]"));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn split_halves_any_allowed_count(n in 0usize..5000, portion in 0.0f64..=1.0, seed: u64) {
+            match search_split(n, portion, seed) {
+                Ok((t, v)) => {
+                    proptest::prop_assert_eq!(t.len(), v.len());
+                    proptest::prop_assert!(2 * t.len() <= n && !t.is_empty());
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().contains("portion"), "{}", e),
+            }
+        }
     }
 }

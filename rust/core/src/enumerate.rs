@@ -62,6 +62,19 @@ pub fn unrank_cell(rank: u64) -> Result<CellGenotype, SpaceError> {
     Ok(CellGenotype::new(edges, DEFAULT_CONCAT.to_vec(), "cell").expect("unranked cells are valid"))
 }
 
+/// Ranks longer than this many bits are described by their length in error messages.
+const RANK_TEXT_BITS: u64 = 256;
+
+/// A rank for an error message. A caller may pass a rank of millions of digits: printing it whole would
+/// take time and memory out of proportion to the mistake, so long ranks are described by their size.
+fn rank_text(rank: &BigUint) -> String {
+    if rank.bits() <= RANK_TEXT_BITS {
+        rank.to_string()
+    } else {
+        format!("of {} bits", rank.bits())
+    }
+}
+
 /// Rank of a whole genotype in `[0, search_space_size(mode, derived=true))`.
 pub fn rank_genotype(g: &NetworkGenotype) -> Result<BigUint, GenotypeError> {
     let base = BigUint::from(derived_cell_count());
@@ -80,7 +93,7 @@ pub fn rank_genotype(g: &NetworkGenotype) -> Result<BigUint, GenotypeError> {
 pub fn unrank_genotype(mode: AlphaMode, rank: &BigUint) -> Result<NetworkGenotype, SpaceError> {
     let size = search_space_size(mode, true);
     if *rank >= size {
-        return Err(SpaceError::RankOutOfRange { rank: rank.to_string(), size: size.to_string() });
+        return Err(SpaceError::RankOutOfRange { rank: rank_text(rank), size: size.to_string() });
     }
     let base = BigUint::from(derived_cell_count());
     let n = mode.table_names().len();
@@ -126,5 +139,15 @@ mod tests {
         let last = unrank_genotype(AlphaMode::Multilevel, &(&size - 1u32)).unwrap();
         assert_eq!(rank_genotype(&last).unwrap(), &size - 1u32);
         assert!(unrank_genotype(AlphaMode::Multilevel, &size).is_err());
+    }
+
+    #[test]
+    fn huge_ranks_are_described_by_their_length() {
+        let huge = BigUint::from(1u32) << 1_000_000u32;
+        let e = unrank_genotype(AlphaMode::Shared, &huge).unwrap_err().to_string();
+        assert!(e.starts_with("rank of 1000001 bits is outside the space [0, "), "{e}");
+        let e = unrank_genotype(AlphaMode::Shared, &(BigUint::from(1u32) << 200u32)).unwrap_err().to_string();
+        assert!(e.starts_with("rank 1606938044258990275541962092341162602522202993782792835301376 is outside"), "{e}");
+        assert!(unrank_cell(u64::MAX).unwrap_err().to_string().contains("rank 18446744073709551615 is outside"));
     }
 }

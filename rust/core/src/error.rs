@@ -22,6 +22,14 @@ pub enum SpaceError {
         /// A table that no cell would read.
         table: String,
     },
+    /// A network deeper than [`crate::space::MAX_LAYERS`] cells.
+    #[error("layers = {layers} is above the limit of {maximum} cells (MAX_LAYERS); DARTS searches with 8 cells and evaluates with 20")]
+    TooManyLayers {
+        /// Requested depth.
+        layers: usize,
+        /// The limit, [`crate::space::MAX_LAYERS`].
+        maximum: usize,
+    },
     /// A rank outside `[0, size)`.
     #[error("rank {rank} is outside the space [0, {size})")]
     RankOutOfRange {

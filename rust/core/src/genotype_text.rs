@@ -9,7 +9,7 @@ use crate::space::AlphaMode;
 enum Tok {
     Ident(String),
     Str(String),
-    Int(u64),
+    Int(usize),
     Sym(char),
 }
 
@@ -37,7 +37,11 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Tok)>, GenotypeError> {
                 i += 1;
             }
             let s: String = chars[start..i].iter().collect();
-            let v = s.parse().map_err(|_| err(format!("number '{s}' at character {start} is too large")))?;
+            let v = s.parse().map_err(|_| {
+                // The text comes from the caller: quote a long number by its length, not whole.
+                let shown = if s.len() > 40 { format!("{}... ({} digits)", &s[..20], s.len()) } else { s.clone() };
+                err(format!("number '{shown}' at character {start} is too large"))
+            })?;
             out.push((start, Tok::Int(v)));
         } else if c == '\'' || c == '"' {
             let start = i;
@@ -100,7 +104,7 @@ impl Parser {
         }
     }
 
-    fn int(&mut self) -> Result<u64, GenotypeError> {
+    fn int(&mut self) -> Result<usize, GenotypeError> {
         let here = self.where_();
         match self.next() {
             Some(Tok::Int(v)) => Ok(v),
@@ -120,7 +124,7 @@ impl Parser {
                 _ => return Err(err(format!("expected an op name in quotes, found {here}"))),
             };
             self.expect_sym(',')?;
-            let input = self.int()? as usize;
+            let input = self.int()?;
             self.expect_sym(')')?;
             out.push((op, input));
             if !self.eat_sym(',') {
@@ -138,7 +142,7 @@ impl Parser {
                 self.pos += 1;
                 let mut out = Vec::new();
                 while !self.eat_sym(']') {
-                    out.push(self.int()? as usize);
+                    out.push(self.int()?);
                     if !self.eat_sym(',') {
                         self.expect_sym(']')?;
                         break;
@@ -156,9 +160,9 @@ impl Parser {
             Some(Tok::Ident(name)) if name == "range" => {
                 self.pos += 1;
                 self.expect_sym('(')?;
-                let a = self.int()? as usize;
+                let a = self.int()?;
                 self.expect_sym(',')?;
-                let b = self.int()? as usize;
+                let b = self.int()?;
                 self.expect_sym(')')?;
                 if b.saturating_sub(a) > 64 {
                     return Err(err(format!("range({a}, {b}) is not a list of cell nodes")));
@@ -248,6 +252,17 @@ pub(crate) fn parse(text: &str) -> Result<NetworkGenotype, GenotypeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_numbers_are_parse_errors_quoted_briefly() {
+        let text = |n: &str| format!("Genotype(normal=[('sep_conv_3x3', {n})], normal_concat=range(2, {n}))");
+        let e = parse(&text("18446744073709551616")).unwrap_err().to_string();
+        assert!(e.contains("number '18446744073709551616' at character 34 is too large"), "{e}");
+        let e = parse(&text(&"9".repeat(100_000))).unwrap_err().to_string();
+        assert!(e.contains("number '99999999999999999999... (100000 digits)'") && e.len() < 200, "{e}");
+        let e = parse(&text("18446744073709551615")).unwrap_err().to_string();
+        assert!(e.contains("range(2, 18446744073709551615) is not a list"), "{e}");
+    }
 
     #[test]
     fn accepts_range_and_name_prefix() {

@@ -11,9 +11,20 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::augment::{augment_batch, Augment, Layout};
-use crate::cifar::{Images, IMAGE_BYTES};
+use crate::cifar::{check_image_count, Images, IMAGE_BYTES};
 use crate::error::DataError;
 use crate::rng::{mix, Rng};
+
+/// Largest batch size. DARTS searches with 64 images per batch and evaluates with 96; large-batch
+/// training uses a few thousand. A batch never holds more images than the loader serves, so the limit
+/// only catches nonsense (a batch of 65,536 float32 images is already 805 MB).
+pub const MAX_BATCH_SIZE: usize = 65_536;
+/// Most worker threads of one loader: each is an OS thread, and far more than the machine's cores only
+/// costs memory.
+pub const MAX_WORKERS: usize = 256;
+/// Most batches one worker may run ahead. The queue of each worker is allocated with this capacity up
+/// front, so a huge value would allocate before any batch is made.
+pub const MAX_PREFETCH: usize = 64;
 
 /// The pixel type of the batches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +56,39 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Batches each worker may run ahead.
     pub prefetch_per_worker: usize,
+}
+
+impl LoaderConfig {
+    /// Check every size against its limit ([`MAX_BATCH_SIZE`], [`MAX_WORKERS`], [`MAX_PREFETCH`], and
+    /// [`Augment::check`]), naming the offending setting as the Python API spells it.
+    pub fn check(&self) -> Result<(), DataError> {
+        let arg = |m: String| Err(DataError::Argument(m));
+        if self.batch_size == 0 {
+            return arg("batch_size must be positive".into());
+        }
+        if self.batch_size > MAX_BATCH_SIZE {
+            return arg(format!(
+                "batch_size = {} is above the limit of {MAX_BATCH_SIZE} images (MAX_BATCH_SIZE)",
+                self.batch_size
+            ));
+        }
+        if self.workers > MAX_WORKERS {
+            return arg(format!(
+                "workers = {} is above the limit of {MAX_WORKERS} threads (MAX_WORKERS)",
+                self.workers
+            ));
+        }
+        if self.prefetch_per_worker == 0 && self.workers > 0 {
+            return arg("prefetch must be positive when workers are used".into());
+        }
+        if self.prefetch_per_worker > MAX_PREFETCH {
+            return arg(format!(
+                "prefetch = {} is above the limit of {MAX_PREFETCH} batches per worker (MAX_PREFETCH)",
+                self.prefetch_per_worker
+            ));
+        }
+        self.augment.check()
+    }
 }
 
 /// The pixels of a batch.
@@ -86,19 +130,13 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// A loader over `indices` of `data`.
+    /// A loader over `indices` of `data`: at most [`crate::cifar::MAX_IMAGES`] indices, settings that pass
+    /// [`LoaderConfig::check`].
     pub fn new(data: Arc<Images>, indices: Vec<usize>, cfg: LoaderConfig) -> Result<Self, DataError> {
-        if cfg.batch_size == 0 {
-            return Err(DataError::Argument("batch_size must be positive".into()));
-        }
-        if cfg.prefetch_per_worker == 0 && cfg.workers > 0 {
-            return Err(DataError::Argument("prefetch must be positive when workers are used".into()));
-        }
+        cfg.check()?;
+        check_image_count("len(indices)", indices.len())?;
         if let Some((k, &i)) = indices.iter().enumerate().find(|(_, &i)| i >= data.len()) {
             return Err(DataError::Argument(format!("indices[{k}] = {i} is out of range for {} images", data.len())));
-        }
-        if cfg.augment.crop_padding > 32 || cfg.augment.cutout > 32 {
-            return Err(DataError::Argument("crop padding and cutout size must be at most 32".into()));
         }
         Ok(Self { data, indices: Arc::new(indices), cfg })
     }
@@ -132,10 +170,12 @@ impl Loader {
         order
     }
 
-    /// Make batch `b` of an epoch whose order is `order`.
+    /// Make batch `b` of an epoch whose order is `order`; a `b` past the end gives an empty batch.
     pub fn make_batch(&self, order: &[usize], epoch: u64, b: usize) -> Batch {
         let bs = self.cfg.batch_size;
-        let idx = &order[b * bs..((b + 1) * bs).min(order.len())];
+        // Saturating: `b` is public input here, and `b * bs` past the end must clamp, not wrap.
+        let first = b.saturating_mul(bs).min(order.len());
+        let idx = &order[first..first.saturating_add(bs).min(order.len())];
         let labels = idx.iter().map(|&i| self.data.labels[i] as i64).collect();
         let n = idx.len() * IMAGE_BYTES;
         let c = &self.cfg;
@@ -238,6 +278,7 @@ impl Drop for EpochIter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cifar::MAX_IMAGES;
 
     fn dataset(n: usize) -> Arc<Images> {
         let pixels = (0..n * IMAGE_BYTES).map(|i| (i * 7 % 256) as u8).collect();
@@ -318,5 +359,72 @@ mod tests {
         c.batch_size = 0;
         assert!(Loader::new(dataset(4), vec![0], c).is_err());
         assert!(Loader::new(dataset(4), vec![4], cfg(1)).unwrap_err().to_string().contains("indices[0] = 4"));
+    }
+
+    #[test]
+    fn sizes_above_the_limits_are_refused_by_name() {
+        let refused = |edit: &dyn Fn(&mut LoaderConfig)| {
+            let mut c = cfg(1);
+            edit(&mut c);
+            Loader::new(dataset(2), vec![0, 1], c).unwrap_err().to_string()
+        };
+        for huge in [MAX_BATCH_SIZE + 1, 1 << 31, 1 << 32, usize::MAX] {
+            assert_eq!(
+                refused(&|c| c.batch_size = huge),
+                format!("batch_size = {huge} is above the limit of 65536 images (MAX_BATCH_SIZE)")
+            );
+        }
+        assert_eq!(
+            refused(&|c| c.workers = usize::MAX),
+            format!("workers = {} is above the limit of 256 threads (MAX_WORKERS)", usize::MAX)
+        );
+        assert_eq!(
+            refused(&|c| c.prefetch_per_worker = 65),
+            "prefetch = 65 is above the limit of 64 batches per worker (MAX_PREFETCH)"
+        );
+        assert!(refused(&|c| c.augment.cutout = 1 << 40).starts_with("cutout = 1099511627776 is above the limit of 32"));
+        let mut ok = cfg(MAX_WORKERS);
+        (ok.batch_size, ok.prefetch_per_worker) = (MAX_BATCH_SIZE, MAX_PREFETCH);
+        assert!(Loader::new(dataset(2), vec![0, 1], ok).is_ok());
+        let e = Loader::new(dataset(1), vec![0; MAX_IMAGES + 1], cfg(1)).unwrap_err().to_string();
+        assert_eq!(e, "len(indices) = 1000001 is above the limit of 1000000 images (MAX_IMAGES)");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_sizes_are_accepted_exactly_within_the_limits(
+            batch_size in proptest::sample::select(vec![0, 1, 64, MAX_BATCH_SIZE, MAX_BATCH_SIZE + 1, 1 << 32, usize::MAX]),
+            workers in proptest::sample::select(vec![0, 1, MAX_WORKERS, MAX_WORKERS + 1, 1 << 63, usize::MAX]),
+            prefetch in proptest::sample::select(vec![0, 1, MAX_PREFETCH, MAX_PREFETCH + 1, usize::MAX]),
+            crop_padding in proptest::sample::select(vec![0, 4, 32, 33, usize::MAX]),
+            cutout in proptest::sample::select(vec![0, 16, 32, 33, usize::MAX]),
+        ) {
+            let mut c = cfg(workers);
+            (c.batch_size, c.prefetch_per_worker) = (batch_size, prefetch);
+            c.augment = Augment { crop_padding, flip: true, cutout };
+            let within = (1..=MAX_BATCH_SIZE).contains(&batch_size)
+                && workers <= MAX_WORKERS
+                && prefetch <= MAX_PREFETCH
+                && (prefetch > 0 || workers == 0)
+                && crop_padding <= 32
+                && cutout <= 32;
+            let made = Loader::new(dataset(3), vec![0, 1, 2], c);
+            proptest::prop_assert_eq!(made.is_ok(), within);
+            if let Ok(l) = made {
+                // Every batch of the first epoch comes out, whatever the sizes.
+                let l = Arc::new(l);
+                proptest::prop_assert_eq!(l.epoch(0, 0).filter(|b| b.is_ok()).count(), l.len());
+            }
+        }
+    }
+
+    #[test]
+    fn batches_past_the_end_are_empty() {
+        let mut c = cfg(0);
+        c.batch_size = MAX_BATCH_SIZE;
+        let l = Loader::new(dataset(3), vec![0, 1, 2], c).unwrap();
+        let order = l.epoch_order(0);
+        assert_eq!(l.make_batch(&order, 0, 0).len(), 3);
+        assert!(l.make_batch(&order, 0, usize::MAX).is_empty());
     }
 }

@@ -122,9 +122,27 @@ pub struct CellSlot {
     pub table: usize,
 }
 
+/// Most cells a network (and so an α layout) may have.
+///
+/// DARTS searches with 8 cells and evaluates with 20 (CIFAR-10) or 14 (ImageNet); 1,000 cells is far
+/// beyond anything trainable, yet small enough that a mistyped depth (say `2**63`) is refused before a
+/// layout of that many cells is allocated.
+pub const MAX_LAYERS: usize = 1000;
+
+/// `layers` itself when it is at most [`MAX_LAYERS`], the [`SpaceError::TooManyLayers`] error otherwise.
+pub fn check_layers(layers: usize) -> Result<usize, SpaceError> {
+    if layers > MAX_LAYERS {
+        return Err(SpaceError::TooManyLayers { layers, maximum: MAX_LAYERS });
+    }
+    Ok(layers)
+}
+
 /// The reduction-cell positions of a network of `layers` cells: `layers / 3` and `2 * layers / 3`.
+///
+/// Exact for every `usize`: `2 * layers` could overflow, so the second index is computed as
+/// `layers - ceil(layers / 3)`, which equals `floor(2 * layers / 3)`.
 pub fn reduction_indices(layers: usize) -> (usize, usize) {
-    (layers / 3, 2 * layers / 3)
+    (layers / 3, layers - layers.div_ceil(3))
 }
 
 /// The α tables of a supernet and which cell reads which.
@@ -140,8 +158,11 @@ pub struct AlphaLayout {
 
 impl AlphaLayout {
     /// The layout of a network of `layers` cells. Every table must be read by at least one cell, so the
-    /// multi-level layout needs at least 5 cells (one normal cell per level) and the shared layout 3.
+    /// multi-level layout needs at least 5 cells (one normal cell per level) and the shared layout 3; no
+    /// layout has more than [`MAX_LAYERS`] cells.
     pub fn new(mode: AlphaMode, layers: usize) -> Result<Self, SpaceError> {
+        // Checked before anything is allocated: `cells` holds one slot per layer.
+        let layers = check_layers(layers)?;
         let (r1, r2) = reduction_indices(layers);
         let cells: Vec<CellSlot> = (0..layers)
             .map(|index| {
@@ -260,5 +281,31 @@ mod tests {
         assert!(AlphaLayout::new(AlphaMode::Shared, 2).is_err());
         assert!(AlphaLayout::new(AlphaMode::Shared, 3).is_ok());
         assert!(AlphaLayout::new(AlphaMode::Shared, 0).is_err());
+    }
+
+    #[test]
+    fn too_deep_layouts_are_refused_before_allocating() {
+        assert_eq!(AlphaLayout::new(AlphaMode::Multilevel, MAX_LAYERS).unwrap().cells.len(), MAX_LAYERS);
+        for layers in [MAX_LAYERS + 1, 1_000_000_000, 1 << 63, usize::MAX] {
+            for mode in [AlphaMode::Shared, AlphaMode::Multilevel] {
+                let e = AlphaLayout::new(mode, layers).unwrap_err();
+                assert_eq!(e, SpaceError::TooManyLayers { layers, maximum: MAX_LAYERS });
+                let text = e.to_string();
+                assert!(text.contains(&format!("layers = {layers}")) && text.contains("1000"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn reduction_indices_do_not_overflow() {
+        assert_eq!(reduction_indices(usize::MAX), (usize::MAX / 3, usize::MAX / 3 * 2));
+        assert_eq!(reduction_indices(0), (0, 0));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reduction_indices_match_the_plain_formula(layers in 0usize..=usize::MAX / 2) {
+            proptest::prop_assert_eq!(reduction_indices(layers), (layers / 3, 2 * layers / 3));
+        }
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use mdarts_core::augment::{augment_batch, Augment, Layout, MEAN, STD};
-use mdarts_core::cifar::{self, Split, IMAGE_BYTES, SIDE};
+use mdarts_core::cifar::{self, check_image_count, Split, IMAGE_BYTES, SIDE};
 use numpy::ndarray::{Array1, Array4};
 use numpy::{IntoPyArray, PyArray1, PyArray4, PyReadonlyArray4};
 use pyo3::prelude::*;
@@ -63,7 +63,8 @@ pub fn check_images(images: &PyReadonlyArray4<'_, u8>) -> PyResult<()> {
 }
 
 /// Augment images as the loader does for (seed, epoch, batch): image `k` uses the draws of position `k`.
-/// Returns float32 normalised or uint8, NCHW or, with `channels_last`, NHWC.
+/// Returns float32 normalised or uint8, NCHW or, with `channels_last`, NHWC. At most `MAX_IMAGES` images,
+/// `crop_padding` at most `MAX_CROP_PADDING`, `cutout` at most `MAX_CUTOUT`.
 #[pyfunction]
 #[pyo3(signature = (images, seed = 0, epoch = 0, batch = 0, crop_padding = 4, flip = true, cutout = 0, normalize = true, channels_last = false))]
 #[allow(clippy::too_many_arguments)]
@@ -80,13 +81,12 @@ pub fn augment_images<'py>(
     channels_last: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     check_images(&images)?;
-    if crop_padding > 32 || cutout > 32 {
-        return Err(DataFormatError::new_err("crop_padding and cutout must be at most 32"));
-    }
+    let aug = Augment { crop_padding, flip, cutout };
+    aug.check().py()?;
+    // Checked before the copy: a broadcast numpy array can claim any number of images without holding them.
+    let n = check_image_count("len(images)", images.as_array().shape()[0]).py()?;
     // Copies the input once into a contiguous buffer the worker can read without the GIL.
     let pixels: Vec<u8> = images.as_array().iter().copied().collect();
-    let n = pixels.len() / IMAGE_BYTES;
-    let aug = Augment { crop_padding, flip, cutout };
     let layout = if channels_last { Layout::Nhwc } else { Layout::Nchw };
     let idx: Vec<usize> = (0..n).collect();
     Ok(if normalize {

@@ -1,6 +1,7 @@
 //! Bindings of `mdarts_core::derive`.
 
 use mdarts_core::derive;
+use mdarts_core::space::{NUM_EDGES, NUM_OPS};
 use numpy::PyReadonlyArrayDyn;
 use pyo3::prelude::*;
 
@@ -15,12 +16,22 @@ pub enum Weights<'py> {
 }
 
 impl Weights<'_> {
-    /// The values in row-major order and the shape. Copies: the table is 112 numbers.
+    /// The values in row-major order and the shape. Copies: the table is 112 numbers. The values of a
+    /// table of the wrong shape are not copied (the core reports the shape): a broadcast numpy array can
+    /// claim any size without holding it.
     fn to_vec(&self) -> (Vec<f64>, Vec<usize>) {
-        match self {
-            Self::F64(a) => (a.as_array().iter().copied().collect(), a.as_array().shape().to_vec()),
-            Self::F32(a) => (a.as_array().iter().map(|&x| x as f64).collect(), a.as_array().shape().to_vec()),
+        let shape = match self {
+            Self::F64(a) => a.as_array().shape().to_vec(),
+            Self::F32(a) => a.as_array().shape().to_vec(),
+        };
+        if shape != [NUM_EDGES, NUM_OPS] {
+            return (Vec::new(), shape);
         }
+        let values = match self {
+            Self::F64(a) => a.as_array().iter().copied().collect(),
+            Self::F32(a) => a.as_array().iter().map(|&x| x as f64).collect(),
+        };
+        (values, shape)
     }
 }
 

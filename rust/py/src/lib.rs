@@ -19,6 +19,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NUM_EDGES", mdarts_core::space::NUM_EDGES)?;
     m.add("STEPS", mdarts_core::space::STEPS)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_LAYERS", mdarts_core::space::MAX_LAYERS)?;
+    m.add("MAX_IMAGES", mdarts_core::cifar::MAX_IMAGES)?;
+    m.add("MAX_BATCH_SIZE", mdarts_core::loader::MAX_BATCH_SIZE)?;
+    m.add("MAX_WORKERS", mdarts_core::loader::MAX_WORKERS)?;
+    m.add("MAX_PREFETCH", mdarts_core::loader::MAX_PREFETCH)?;
+    m.add("MAX_CROP_PADDING", mdarts_core::augment::MAX_CROP_PADDING)?;
+    m.add("MAX_CUTOUT", mdarts_core::augment::MAX_CUTOUT)?;
     m.add_class::<space::AlphaLayout>()?;
     m.add_class::<genotype::CellGenotype>()?;
     m.add_class::<genotype::Genotype>()?;

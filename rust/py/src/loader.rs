@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use mdarts_core::augment::{Augment, Layout};
-use mdarts_core::cifar::{Images, IMAGE_BYTES};
+use mdarts_core::cifar::{check_image_count, Images, IMAGE_BYTES};
 use mdarts_core::loader::{Batch, EpochIter, Loader, LoaderConfig, Output, Pixels};
 use numpy::ndarray::Array1;
 use numpy::{IntoPyArray, PyReadonlyArray1, PyReadonlyArray4};
@@ -15,6 +15,8 @@ use crate::error::{DataFormatError, IntoPy};
 /// Batches of augmented CIFAR images, made by Rust worker threads with the GIL released.
 ///
 /// Copies the selected images once at construction, so the loader never reads memory Python may change.
+/// At most `MAX_IMAGES` selected images; `batch_size`, `workers`, `prefetch`, `crop_padding` and `cutout`
+/// are bounded by `MAX_BATCH_SIZE`, `MAX_WORKERS`, `MAX_PREFETCH`, `MAX_CROP_PADDING` and `MAX_CUTOUT`.
 #[pyclass(module = "mdarts_rs._core", name = "BatchLoader")]
 pub struct BatchLoader {
     inner: Arc<Loader>,
@@ -43,11 +45,31 @@ impl BatchLoader {
         prefetch: usize,
     ) -> PyResult<Self> {
         check_images(&images)?;
+        let cfg = LoaderConfig {
+            batch_size,
+            shuffle,
+            drop_last,
+            augment: Augment { crop_padding, flip, cutout },
+            layout: if channels_last { Layout::Nhwc } else { Layout::Nchw },
+            output: if normalize { Output::F32 } else { Output::U8 },
+            seed,
+            workers,
+            prefetch_per_worker: prefetch,
+        };
+        // Settings first, so that a bad one fails before the images are copied.
+        cfg.check().py()?;
         let (imgs, labs) = (images.as_array(), labels.as_array());
         let n = imgs.shape()[0];
         if labs.len() != n {
             return Err(DataFormatError::new_err(format!("labels has {} entries for {n} images", labs.len())));
         }
+        // The copy below holds one image per index; a broadcast numpy array can claim any length without
+        // holding it, so the count is checked before anything is allocated.
+        let count = match &indices {
+            None => check_image_count("len(images)", n),
+            Some(ix) => check_image_count("len(indices)", ix.as_array().len()),
+        }
+        .py()?;
         let idx: Vec<usize> = match &indices {
             None => (0..n).collect(),
             Some(ix) => ix
@@ -61,8 +83,10 @@ impl BatchLoader {
                 })
                 .collect::<PyResult<_>>()?,
         };
-        let mut data =
-            Images { pixels: Vec::with_capacity(idx.len() * IMAGE_BYTES), labels: Vec::with_capacity(idx.len()) };
+        let bytes = count
+            .checked_mul(IMAGE_BYTES)
+            .ok_or_else(|| DataFormatError::new_err(format!("{count} images overflow the address space")))?;
+        let mut data = Images { pixels: Vec::with_capacity(bytes), labels: Vec::with_capacity(count) };
         for &i in &idx {
             let l = labs[i];
             if !(0..10).contains(&l) {
@@ -71,18 +95,6 @@ impl BatchLoader {
             data.labels.push(l as u8);
             data.pixels.extend(imgs.index_axis(numpy::ndarray::Axis(0), i).iter().copied());
         }
-        let cfg = LoaderConfig {
-            batch_size,
-            shuffle,
-            drop_last,
-            augment: Augment { crop_padding, flip, cutout },
-            layout: if channels_last { Layout::Nhwc } else { Layout::Nchw },
-            output: if normalize { Output::F32 } else { Output::U8 },
-            seed,
-            workers,
-            prefetch_per_worker: prefetch,
-        };
-        let count = data.len();
         let loader = py.allow_threads(|| Loader::new(Arc::new(data), (0..count).collect(), cfg)).py()?;
         Ok(Self { inner: Arc::new(loader) })
     }

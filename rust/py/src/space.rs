@@ -85,8 +85,8 @@ pub fn derived_cell_count() -> u64 {
     space::derived_cell_count()
 }
 
-/// The positions of the two reduction cells in a network of `layers` cells.
+/// The positions of the two reduction cells in a network of `layers` cells (at most `MAX_LAYERS`).
 #[pyfunction]
-pub fn reduction_indices(layers: usize) -> (usize, usize) {
-    space::reduction_indices(layers)
+pub fn reduction_indices(layers: usize) -> PyResult<(usize, usize)> {
+    Ok(space::reduction_indices(space::check_layers(layers).py()?))
 }
