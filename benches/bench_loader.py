@@ -11,9 +11,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import record
 
 from mdarts_rs import data
+
+from conftest import record
 
 tv = pytest.importorskip("torchvision", reason="the baseline needs torchvision (pip install '.[bench]')")
 from PIL import Image  # noqa: E402  (torchvision brings Pillow)

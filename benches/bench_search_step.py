@@ -1,13 +1,15 @@
 """One first-order search step (an α step and a weight step, as ``Searcher.train_step`` makes them): the plain
-supernet (DARTS-style per-op modules) against the batched one (``--fast``), both α layouts, in one run.
+supernet (DARTS' design: per-op modules) against the batched one (``--fast``), eagerly and, on a GPU, replayed as
+one CUDA graph (``--cuda-graph``), both α layouts, side by side in one run.
 
 Run: ``pytest benches/bench_search_step.py``. On a GPU: batch 64 and 256, C = 16, 8 cells, float32 (no TF32),
-cuDNN autotuning on, as the search runs; the plain path uses the plain-torch mixed sums. Each row logs
-ms per step, kernels per step (CUDA kernels in a profiled step) and peak memory: for an eager step the
-most memory allocated at once; for a replayed graph the memory it holds for good (its private pool, kept
-between replays, and the live tensors: ``memory_reserved`` after ``empty_cache``), which the allocator's
-peak statistics did not show. On a CPU: batch 8, and instead of kernels the aten ops that would launch one
-and the bytes of their tensors (``DispatchCount``). The summary gives speed relative to the plain path.
+cuDNN autotuning on, as the search runs; the plain path uses the plain-torch mixed sums. Each row first checks
+that its step's losses are finite, then logs ms per step, kernels per step (CUDA kernels in a profiled step) and
+peak memory: for an eager step the most memory allocated at once; for a replayed graph the memory it holds for
+good (its private pool, kept between replays, and the live tensors: ``memory_reserved`` after ``empty_cache``),
+which the allocator's peak statistics did not show. On a CPU: batch 8, and instead of kernels the aten ops that
+would launch one and the bytes of their tensors (``DispatchCount``). The summary gives speed relative to the
+plain path.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import DispatchCount, gpu_memory_mark, gpu_memory_used, record, variant_searcher
 from torch.profiler import ProfilerActivity, profile
 
 from mdarts_rs.search import Searcher
+
+from conftest import DispatchCount, gpu_memory_mark, gpu_memory_used, record, searcher
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -28,12 +31,8 @@ DEVICE = "cuda" if CUDA else "cpu"
 BATCHES = [int(b) for b in os.environ.get("MDARTS_BENCH_BATCHES", "64,256").split(",")] if CUDA else [8]
 
 
-#: The variant of the batched path to measure (see ``gpu_report.py``), e.g. "pointwise=dense,channels_last".
-FAST = os.environ.get("MDARTS_BENCH_FAST", "")
-
-
-def make_searcher(tmp_path, mode: str, fast: bool, batch: int, graph: bool = False) -> Searcher:
-    return variant_searcher(tmp_path, batch, FAST if fast else "", alpha_mode=mode, fast=fast, device=DEVICE, cuda_graph=graph)
+def make_searcher(mode: str, fast: bool, batch: int, graph: bool = False) -> Searcher:
+    return searcher(batch, fast=fast, cuda_graph=graph, alpha_mode=mode, device=DEVICE)
 
 
 def count_kernels(step) -> tuple[int, float]:
@@ -51,12 +50,12 @@ def count_kernels(step) -> tuple[int, float]:
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("mode", ["multilevel", "shared"])
 @pytest.mark.parametrize("path", ["baseline_plain", "fast"] + (["fast_graph"] if CUDA else []))
-def test_search_step(benchmark, tmp_path, monkeypatch, path, mode, batch):
+def test_search_step(benchmark, monkeypatch, path, mode, batch):
     if CUDA:  # earlier rows' tensors and graph pools must not count towards this row's peak: from before the
         mark = gpu_memory_mark()  # model exists, as differences (in case an earlier row's objects are still alive)
-    if path == "baseline_plain":  # DARTS' design: per-op modules and plain torch mixed sums, no fused kernels
+    if path == "baseline_plain":  # DARTS' design: per-op modules and plain torch mixed sums, no compiled ops
         monkeypatch.setenv("MDARTS_OPS", "ref")
-    s = make_searcher(tmp_path, mode, path != "baseline_plain", batch, graph=path == "fast_graph")
+    s = make_searcher(mode, path != "baseline_plain", batch, graph=path == "fast_graph")
     (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
     if path == "fast_graph":
         for _ in range(4):  # 3 eager warm-up steps, then the capture and its first replay
@@ -79,29 +78,33 @@ def test_search_step(benchmark, tmp_path, monkeypatch, path, mode, batch):
     kernels, gb = count_kernels(step)
     eager = path != "fast_graph"  # hundreds of ms per step on a GPU; the graph-replayed step is the target
     benchmark.pedantic(step, rounds=(5 if eager else 20) if CUDA else 3, iterations=1, warmup_rounds=2 if CUDA else 1)
+    if not benchmark.enabled:  # --benchmark-disable: the function ran once, untimed; nothing to log
+        return
     benchmark.extra_info["kernels_per_step" if CUDA else "kernel_ops_per_step"] = kernels
     if CUDA:
         peak, held = gpu_memory_used(mark)
         benchmark.extra_info["peak_mem_GiB"] = round((held if path == "fast_graph" else peak) / 2**30, 2)
     else:
         benchmark.extra_info["tensor_GB_per_step"] = round(gb, 3)
-    record(f"search step {mode} batch {batch} ({DEVICE}; batched variant: {FAST or 'default'})", path, benchmark, 1)
+    record(f"search step {mode} batch {batch} ({DEVICE})", path, benchmark, 1)
     print(f"\n{path} {mode} batch {batch}: {benchmark.stats.stats.mean * 1e3:.0f} ms/step, {kernels} "
           + (f"kernels/step, peak {benchmark.extra_info['peak_mem_GiB']} GiB" if CUDA else f"kernel-launching aten ops/step, {gb:.2f} GB of tensors"))
 
 
 @pytest.mark.parametrize("feed", ["baseline_fixed_batch", "loader"])
-def test_search_epoch_feed(benchmark, tmp_path, cifar_train, feed):
+def test_search_epoch_feed(benchmark, cifar_train, feed):
     """Steps fed by the Rust loader against steps on one batch already on the device: a ratio near 1 means the
     search never waits for data. Batched supernet (with CUDA graphs on a GPU), real images when present."""
     x, y = cifar_train
     batch = 64 if CUDA else 8
     steps = 40 if CUDA else 4
-    s = variant_searcher(tmp_path, batch, FAST, data=(x, y), fast=True, cuda_graph=CUDA, device=DEVICE, workers=None)
+    s = searcher(batch, (x, y), fast=True, cuda_graph=CUDA, device=DEVICE, workers=None)
     step = s.graph_step if CUDA else s.train_step
     (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
-    for _ in range(4):  # warm-up (and, on a GPU, the capture)
+    for _ in range(4):  # warm-up (and, on a GPU, the capture and its first replay)
         step(xt, yt, xv, yv)
+    s.flush_device_stats()  # graph mode: raises if a statistic is not finite (train_step checks its own)
+    assert not CUDA or s._graph is not None, "the step was not captured"
 
     def run():
         if feed == "loader":
@@ -117,4 +120,6 @@ def test_search_epoch_feed(benchmark, tmp_path, cifar_train, feed):
         s.flush_device_stats()
 
     benchmark.pedantic(run, rounds=3 if CUDA else 1, iterations=1, warmup_rounds=1 if CUDA else 0)
+    if not benchmark.enabled:  # --benchmark-disable: the function ran once, untimed; nothing to log
+        return
     record(f"search epoch feed, {steps} steps, batch {batch} ({DEVICE})", feed, benchmark, steps)

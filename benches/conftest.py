@@ -1,4 +1,5 @@
-"""Benchmark helpers: the device in the log, and speed ratios against each group's baseline."""
+"""Benchmark helpers: the device in the log, speed ratios against each group's baseline, a searcher of the plain or
+the batched supernet, the GPU memory a row used, and a device-independent count of the kernels a step launches."""
 
 from __future__ import annotations
 
@@ -99,35 +100,21 @@ def cifar_train():
     return rng.integers(0, 256, (10_000, 3, 32, 32), dtype="uint8"), rng.integers(0, 10, 10_000).astype("int64")
 
 
-def variant(spec: str) -> tuple[dict[str, bool], dict[str, str]]:
-    """A variant of the batched search path, 'pointwise=dense,batch_norm=cudnn,channels_last', as
-    (SearchConfig flags, ``fastcell.OPTIONS`` entries)."""
-    from mdarts_rs import fastcell
-
-    cfg, impl = {}, {}
-    for part in filter(None, spec.split(",")):
-        key, _, value = part.partition("=")
-        if key in fastcell.OPTIONS:
-            impl[key] = value
-        else:
-            cfg[key] = True
-    return cfg, impl
-
-
-def variant_searcher(out, batch: int, spec: str = "", data=None, **cfg):
-    """A Searcher built with the batched-path variant ``spec`` (see ``variant``) over ``data`` (images,
-    labels), by default 4 batches of random images (each split half); ``cfg``: further SearchConfig fields,
-    over quiet defaults (one loader worker, no plots, 8 gap images)."""
+def searcher(batch: int, data=None, *, fast: bool = False, cuda_graph: bool = False, bf16: bool = False, tf32: bool = False,
+             **cfg):
+    """A Searcher (which writes no files) over ``data`` (images, labels), by default 4 batches of random images
+    (each split half), with the batched supernet when ``fast``, its steps replayed as a CUDA graph when
+    ``cuda_graph``, and the numeric options ``bf16`` and ``tf32``; ``cfg``: the other SearchConfig fields (α
+    layout, device, learning rates, model size...), over quiet defaults (one loader worker, no plots, 8 gap
+    images)."""
     import numpy as np
 
-    from mdarts_rs import fastcell
     from mdarts_rs.config import SearchConfig
     from mdarts_rs.search import Searcher
 
     if data is None:
         rng = np.random.default_rng(0)
         data = rng.integers(0, 256, (4 * batch, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 4 * batch).astype(np.int64)
-    flags, impl = variant(spec)
-    config = SearchConfig(out=out, batch_size=batch, **({"workers": 1, "quiet": True, "plots": False, "gap_images": 8} | flags | cfg))
-    with fastcell.options(impl):
-        return Searcher(config, *data)
+    options = {"fast": fast, "cuda_graph": cuda_graph, "bf16": bf16, "tf32": tf32}
+    config = SearchConfig(batch_size=batch, **({"workers": 1, "quiet": True, "plots": False, "gap_images": 8} | cfg | options))
+    return Searcher(config, *data)

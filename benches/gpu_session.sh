@@ -2,20 +2,17 @@
 # Every GPU check and benchmark of the project in one run, for a machine with one NVIDIA GPU whose Python has
 # torch, pytest, pytest-benchmark and hypothesis (no Rust needed: install a wheel built elsewhere with
 # `maturin build --release`). Sections run in order of importance, each under a time limit and all within
-# DEADLINE seconds (default 480); a section without time left is skipped and says so. Results go to $OUT
-# (default gpu-results/) as two files, so that a device tool that brings back only a few files loses none:
-# session.txt, every section's output under its "==== name" line, and best.txt, the fastest variant of the
-# batched path that computes the default's α gradient, which the sections after "variants" measure. The
-# sections: build (device and kernel build), cuda_tests, variants, profile (the plain path's and that
-# variant's kernels), bench_step, search (a 2-epoch search on the CIFAR-10 subset), compile (the default
-# against --compile; COMPILE_VARIANTS="default;compile" picks them), bench_dw (the depthwise
-# convolution against torch's), numerics, bench_ops, bench_loader and drift (float32 rounding noise of the
-# search, plain path against itself). Six minutes to eight on an H200 with warm-up and kernel build.
+# DEADLINE seconds (default 480); a section without time left is skipped and says so. Results go to
+# $OUT/session.txt (default gpu-results/), one file, every section's output under its "==== name" line, so
+# that a device tool that brings back only a few files loses none. The sections: build (device and kernel
+# build), cuda_tests, profile (the plain path's, the batched path's and its replayed graph's kernels),
+# bench_step (plain against batched search steps), search (a 2-epoch search on the CIFAR-10 subset), numerics
+# (--tf32 and --bf16 against float32), bench_ops (the compiled ops against their references), bench_loader and
+# drift (float32 rounding noise of the search, plain path against itself and the batched path).
 #
 #   MDARTS_WHEEL=target/wheels/mdarts_rs-*.whl MDARTS_CIFAR_MINI=path/to/cifar10-mini bash benches/gpu_session.sh
 #
-# SKIP="profile numerics" leaves out the sections so named; VARIANTS="default;mix=fused" times only those
-# variants (gpu_report.py --variants).
+# SKIP="profile numerics" leaves out the sections so named.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
@@ -59,16 +56,9 @@ run() {  # run NAME LIMIT COMMAND...: output to $LOG under "==== NAME", at most 
 { echo "==== device"; nvidia-smi; } > "$LOG" 2>&1
 run build 200 "$PY" -c "from mdarts_rs import ops; ops.load_extension(verbose=True); print('built, CUDA kernels:', ops._state['cuda'])"
 run cuda_tests 150 "${PYTEST[@]}" -m cuda -rs tests
-# The fastest variant whose α gradient agrees with the default's is measured by every later section.
-run variants 150 "$PY" benches/gpu_report.py --sections variants --best-file "$OUT/best.txt" ${VARIANTS:+--variants "$VARIANTS"}
-export MDARTS_BENCH_FAST="$(cat "$OUT/best.txt" 2>/dev/null)"
-echo "== batched variant for the later sections: ${MDARTS_BENCH_FAST:-default}"
 run profile 120 "$PY" benches/gpu_report.py --sections profile
 run bench_step 200 "${PYTEST[@]}" -s benches/bench_search_step.py
 run search 80 "$PY" benches/gpu_report.py --sections search --data "$MINI"
-# --compile against the default in one run (inductor compiles the α pass and the weight pass first: minutes)
-run compile 300 "$PY" benches/gpu_report.py --sections variants --variants "${COMPILE_VARIANTS:-default;compile}"
-run bench_dw 40 "${PYTEST[@]}" -s benches/bench_ops.py -k depthwise
 run numerics 100 "$PY" benches/gpu_report.py --sections numerics
 run bench_ops 60 "${PYTEST[@]}" -s benches/bench_ops.py
 run bench_loader 40 "${PYTEST[@]}" benches/bench_loader.py

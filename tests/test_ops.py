@@ -192,7 +192,7 @@ def test_ops_fall_back_with_one_warning_when_build_fails(monkeypatch):
 def test_supernet_with_compiled_ops_matches_reference(ext, monkeypatch):
     from mdarts_rs.supernet import SuperNet
 
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     outs = {}
     for mode in ("ref", "ext"):
         monkeypatch.setenv("MDARTS_OPS", mode)
@@ -200,8 +200,9 @@ def test_supernet_with_compiled_ops_matches_reference(ext, monkeypatch):
         loss = m(x).square().sum()
         loss.backward()
         outs[mode] = (loss.detach(), m.alphas.alpha_normal_mid.grad.clone(), m.stem[0].weight.grad.clone())
+    # float32, two summation orders: elementwise differences up to ~1e-5 of each tensor's scale
     for a, b in zip(outs["ref"], outs["ext"]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

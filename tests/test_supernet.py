@@ -27,7 +27,7 @@ def test_supernet_cells_read_their_layout_table(mode):
     m = SuperNet(C=4, layers=8, alpha_mode=mode)
     seen = []
     hooks = [c.register_forward_pre_hook(lambda mod, args: seen.append(args[2])) for c in m.cells]
-    weights, _ = m.alphas()
+    weights, _ = m.softmax_entropy()
     m(torch.randn(2, 3, 16, 16), weights)
     for h in hooks:
         h.remove()
@@ -105,8 +105,11 @@ def test_supernet_rejects_too_few_layers():
 
 
 def test_package_exports_torch_parts_lazily():
-    from mdarts_rs.search import run_search
+    from mdarts_rs.run import run_search
+
+    from mdarts_rs.network import count_macs, eval_network
 
     assert md.SuperNet is SuperNet and md.count_params is count_params and md.run_search is run_search
+    assert md.eval_network is eval_network and md.count_macs is count_macs
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         md.nope  # noqa: B018

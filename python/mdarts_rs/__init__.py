@@ -23,6 +23,7 @@ from mdarts_rs._core import (
     derive_cell,
     derive_genotype,
     derived_cell_count,
+    edge_index,
     parse_genotype,
     rank_cell,
     rank_genotype,
@@ -41,8 +42,10 @@ def __getattr__(name: str):  # torch-backed parts load on first use, so `import 
         return getattr(importlib.import_module("mdarts_rs.supernet"), name)
     if name == "count_params":
         return importlib.import_module("mdarts_rs.primitives").count_params
+    if name in ("eval_network", "count_macs"):
+        return getattr(importlib.import_module("mdarts_rs.network"), name)
     if name == "run_search":
-        return importlib.import_module("mdarts_rs.search").run_search
+        return importlib.import_module("mdarts_rs.run").run_search
     if name == "SearchConfig":
         return importlib.import_module("mdarts_rs.config").SearchConfig
     raise AttributeError(f"module 'mdarts_rs' has no attribute {name!r}")
@@ -63,10 +66,13 @@ __all__ = [
     "SearchSpaceError",
     "SuperNet",
     "__version__",
+    "count_macs",
     "count_params",
     "derive_cell",
     "derive_genotype",
     "derived_cell_count",
+    "edge_index",
+    "eval_network",
     "load_genotype",
     "parse_genotype",
     "rank_cell",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,35 @@ from typing import Any
 import click
 
 from mdarts_rs import _core
-from mdarts_rs.config import PRESETS, SearchConfig
+from mdarts_rs.config import MAX_CHANNELS, PRESETS, SearchConfig
+
+
+def _default(cfg: type, name: str) -> Any:
+    """A config field's default: the CLI shows and uses the dataclass's own (one place for each default)."""
+    field = next(f for f in dataclasses.fields(cfg) if f.name == name)
+    return field.default
+
+
+#: Seeds are 64-bit in the Rust core.
+_MAX_SEED = 2**64 - 1
+
+
+def _sd(name: str) -> Any:
+    """A search option's default (a ``SearchConfig`` field's)."""
+    return _default(SearchConfig, name)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option in a range that also refuses NaN and ±inf (click's FloatRange lets NaN through, since
+    every comparison with NaN is false)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 def _pow10(n: int) -> str:
@@ -45,7 +74,7 @@ def space() -> None:
 
 
 @main.command()
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=click.IntRange(min=0, max=_MAX_SEED), default=0, show_default=True, help="Random seed.")
 @click.option("--alpha-mode", type=click.Choice(["multilevel", "shared"]), default="multilevel", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json", show_default=True)
 def sample(seed: int, alpha_mode: str, fmt: str) -> None:
@@ -58,9 +87,19 @@ def _float_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     if value is None:
         return None
     try:
-        return [float(v) for v in value.split(",") if v.strip()]
+        out = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+    bad = [v for v in out if not math.isfinite(v)]
+    if bad:
+        raise click.BadParameter(f"expected finite numbers, got {bad[0]} in {value!r}")
+    return out
+
+
+def _run_folder(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    if not value.strip():
+        raise click.BadParameter("must name a run folder, got an empty path")
+    return Path(value)
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -70,44 +109,45 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not out or min(out) < 0:
-        raise click.BadParameter("expected non-negative integers")
+    if not out or min(out) < 0 or max(out) > _MAX_SEED:
+        raise click.BadParameter(f"expected integers from 0 to {_MAX_SEED}")
     return out
 
 
 _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--data", type=click.Path(path_type=Path), help="CIFAR-10 folder (binary or python version). Default: $MDARTS_DATA, else the download cache."),
     click.option("--download", is_flag=True, help="Download CIFAR-10 (checked against its MD5) when no data folder is found."),
-    click.option("--out", type=click.Path(path_type=Path), default=Path("runs/search"), show_default=True, help="Run folder."),
+    click.option("--out", callback=_run_folder, default=str(_sd("out")), show_default=True, help="Run folder."),
     click.option("--preset", type=click.Choice(sorted(PRESETS)), help="quick: a small supernet on a data subset (minutes on a CPU); paper: the defaults."),
-    click.option("--entropy-reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True, help="Sum (eq. 6) or mean of the edge entropies."),
-    click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True),
-    click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
-    click.option("--init-channels", type=click.IntRange(min=1), default=16, show_default=True, help="C of the supernet."),
-    click.option("--layers", type=click.IntRange(min=3), default=8, show_default=True, help="Cells of the supernet."),
-    click.option("--portion", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="Fraction of the training images used, split in half into S_train and S_val."),
-    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+    click.option("--entropy-reduction", type=click.Choice(["sum", "mean"]), default=_sd("entropy_reduction"), show_default=True, help="Sum (eq. 6) or mean of the edge entropies."),
+    click.option("--epochs", type=click.IntRange(min=1), default=_sd("epochs"), show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1, max=_core.MAX_BATCH_SIZE), default=_sd("batch_size"), show_default=True),
+    click.option("--init-channels", type=click.IntRange(min=1, max=MAX_CHANNELS), default=_sd("init_channels"), show_default=True, help="C of the supernet."),
+    click.option("--layers", type=click.IntRange(min=3, max=_core.MAX_LAYERS), default=_sd("layers"), show_default=True, help="Cells of the supernet."),
+    click.option("--portion", type=FiniteFloat(0, 1, min_open=True), default=_sd("portion"), show_default=True, help="Fraction of the training images used, split in half into S_train and S_val."),
+    click.option("--seed", type=click.IntRange(min=0, max=_MAX_SEED), default=_sd("seed"), show_default=True),
     click.option("--seeds", callback=_int_list, help="Comma-separated seeds: one search each (the paper repeats 4)."),
-    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
-    click.option("--lr", type=click.FloatRange(min=0), default=0.025, show_default=True, help="Weight learning rate (cosine to --lr-min)."),
-    click.option("--lr-min", type=click.FloatRange(min=0), default=0.001, show_default=True),
-    click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True),
-    click.option("--weight-decay", type=click.FloatRange(min=0), default=3e-4, show_default=True),
-    click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True),
-    click.option("--arch-lr", type=click.FloatRange(min=0), default=3e-4, show_default=True, help="α learning rate (Adam)."),
-    click.option("--arch-weight-decay", type=click.FloatRange(min=0), default=1e-3, show_default=True),
-    click.option("--workers", type=click.IntRange(min=0), help="Loader threads per loader. Default: min(4, CPUs)."),
-    click.option("--gap-images", type=click.IntRange(min=1), default=1024, show_default=True, help="Fixed S_val images for the supernet/derived gap."),
-    click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Cap the steps of each epoch (smoke runs)."),
-    click.option("--fast", is_flag=True, help="Batch the edges that read each node (same search, fewer and larger kernels)."),
-    click.option("--bf16", is_flag=True, help="bfloat16 autocast of the network (α and losses stay float32)."),
-    click.option("--tf32", is_flag=True, help="Allow TF32 matrix multiplies and convolutions on the GPU."),
-    click.option("--channels-last", is_flag=True, help="Channels-last network and batches."),
-    click.option("--cuda-graph", is_flag=True, help="Replay each search step as one CUDA graph (with --fast: about 8x the plain step on an H200)."),
-    click.option("--compile", is_flag=True, help="Compile the network's α and weight passes with torch.compile (inductor; the first step takes minutes)."),
-    click.option("--deterministic", is_flag=True, help="cuDNN's deterministic algorithms on the GPU instead of its autotuner."),
-    click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint."),
-    click.option("--quiet", is_flag=True, help="No progress bars or epoch lines."),
+    click.option("--device", default=_sd("device"), show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+    click.option("--lr", type=FiniteFloat(min=0), default=_sd("lr"), show_default=True, help="Weight learning rate (cosine to --lr-min)."),
+    click.option("--lr-min", type=FiniteFloat(min=0), default=_sd("lr_min"), show_default=True),
+    click.option("--momentum", type=FiniteFloat(0, 1), default=_sd("momentum"), show_default=True),
+    click.option("--weight-decay", type=FiniteFloat(min=0), default=_sd("weight_decay"), show_default=True),
+    click.option("--grad-clip", type=FiniteFloat(min=0, min_open=True), default=_sd("grad_clip"), show_default=True),
+    click.option("--arch-lr", type=FiniteFloat(min=0), default=_sd("arch_lr"), show_default=True, help="α learning rate (Adam)."),
+    click.option("--arch-betas", nargs=2, type=FiniteFloat(0, 1, max_open=True), default=_sd("arch_betas"), show_default=True,
+                 help="Adam's betas for α (DARTS: 0.5 0.999)."),
+    click.option("--arch-weight-decay", type=FiniteFloat(min=0), default=_sd("arch_weight_decay"), show_default=True),
+    click.option("--workers", default=_sd("workers"), type=click.IntRange(min=0, max=_core.MAX_WORKERS), help="Loader threads per loader. Default: min(4, CPUs)."),
+    click.option("--gap-images", type=click.IntRange(min=1, max=_core.MAX_IMAGES), default=_sd("gap_images"), show_default=True, help="Fixed S_val images for the supernet/derived gap."),
+    click.option("--steps-per-epoch", default=_sd("steps_per_epoch"), type=click.IntRange(min=1), help="Cap the steps of each epoch (smoke runs)."),
+    click.option("--fast", default=_sd("fast"), is_flag=True, help="Batch the edges that read each node (same search, fewer and larger kernels)."),
+    click.option("--bf16", default=_sd("bf16"), is_flag=True, help="bfloat16 autocast of the network (α and losses stay float32)."),
+    click.option("--tf32", default=_sd("tf32"), is_flag=True, help="Allow TF32 matrix multiplies and convolutions on the GPU."),
+    click.option("--cuda-graph", default=_sd("cuda_graph"), is_flag=True, help="Replay each search step as one CUDA graph (falls back to eager steps where capture fails)."),
+    click.option("--deterministic", default=_sd("deterministic"), is_flag=True, help="cuDNN's deterministic algorithms on the GPU instead of its autotuner."),
+    click.option("--resume", default=_sd("resume"), is_flag=True, help="Continue the run in --out from its checkpoint."),
+    click.option("--overwrite", default=_sd("overwrite"), is_flag=True, help="Replace the run files already in --out (without it, such a folder is refused)."),
+    click.option("--quiet", default=_sd("quiet"), is_flag=True, help="No progress bars or epoch lines."),
     click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
 ]
 
@@ -153,12 +193,17 @@ def _run_searches(
     base: SearchConfig, variants: list[tuple[str, dict[str, Any]]], subfolders: bool
 ) -> list[tuple[str, SearchConfig, Any]]:
     """Run one search per variant (a sub-folder name and config overrides), in ``--out/<name>`` with
-    ``subfolders``, else in ``--out`` itself (one variant)."""
-    import dataclasses
-
+    ``subfolders``, else in ``--out`` itself (one variant). With ``--resume``, a variant whose run finished is
+    kept as it is, one that stopped is continued and one that never started is started."""
     from mdarts_rs.data import load_cifar10
-    from mdarts_rs.search import SearchDiverged, SearchInterrupted, run_search
+    from mdarts_rs.device import resolve_device
+    from mdarts_rs.run import RunFolderBusy, run_search
+    from mdarts_rs.search import SearchDiverged, SearchInterrupted
 
+    try:
+        resolve_device(base.device)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
     try:
         images, labels = load_cifar10(base.data, "train")  # type: ignore[arg-type]
     except (FileNotFoundError, _core.MdartsError) as e:
@@ -167,17 +212,44 @@ def _run_searches(
     for name, overrides in variants:
         out = base.out / name if subfolders else base.out
         cfg = dataclasses.replace(base, out=out, **overrides)
+        if cfg.resume:
+            finished = _finished_run(cfg)
+            if finished is not None:
+                click.echo(f"{out}: finished earlier, kept", err=True)
+                results.append((name, cfg, finished))
+                continue
+            if subfolders and not (out / "checkpoint.pt").exists():  # never started: start it
+                cfg = dataclasses.replace(cfg, resume=False)
         try:
             result = run_search(cfg, images, labels)
         except SearchInterrupted as e:
             click.echo(f"interrupted: {e}", err=True)
             sys.exit(130)
-        except (SearchDiverged, FileExistsError, FileNotFoundError, ValueError) as e:
+        except (SearchDiverged, RunFolderBusy, FileExistsError, FileNotFoundError, ValueError) as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # an unwritable folder, a full disk: the message names the file
+            raise click.ClickException(e.strerror or str(e)) from None
         if not cfg.quiet:
             click.echo(f"{out}: {result.genotype!r}")
         results.append((name, cfg, result))
     return results
+
+
+def _finished_run(cfg: SearchConfig) -> Any | None:
+    """A run in ``cfg.out`` that finished every epoch (its final genotype written, one metrics line per epoch),
+    as a result with its history; None otherwise."""
+    import types
+
+    from mdarts_rs.genotype import load_genotype
+    from mdarts_rs.run import RunFolder
+
+    if not (cfg.out / "genotype.json").is_file():
+        return None
+    run = RunFolder(cfg.out)
+    history = run.read_metrics()
+    if len(history) != cfg.epochs:
+        return None
+    return types.SimpleNamespace(genotype=load_genotype(run.genotype), history=history, model=None)
 
 
 def _summary_rows(results: list[tuple[str, SearchConfig, Any]]) -> list[dict[str, Any]]:
@@ -209,9 +281,9 @@ def _write_summary(out: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 @main.command()
-@click.option("--alpha-mode", type=click.Choice(["multilevel", "shared", "both"]), default="multilevel", show_default=True,
+@click.option("--alpha-mode", type=click.Choice(["multilevel", "shared", "both"]), default=_sd("alpha_mode"), show_default=True,
               help="multilevel: own α per level (the paper); shared: DARTS; both: one of each from the same seed.")
-@click.option("--gamma", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Weight of the entropy term; 0 gives plain multi-level.")
+@click.option("--gamma", type=FiniteFloat(min=0), default=_sd("gamma"), show_default=True, help="Weight of the entropy term; 0 gives plain multi-level.")
 @search_options
 @click.pass_context
 def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> None:
@@ -232,7 +304,7 @@ def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> No
 
 @main.command()
 @click.option("--gamma", "gammas", callback=_float_list, default="0,0.1,1,5,10", show_default=True, help="Comma-separated γ values.")
-@click.option("--alpha-mode", type=click.Choice(["multilevel", "shared"]), default="multilevel", show_default=True)
+@click.option("--alpha-mode", type=click.Choice(["multilevel", "shared"]), default=_sd("alpha_mode"), show_default=True)
 @search_options
 @click.pass_context
 def sweep(ctx: click.Context, gammas: list[float], alpha_mode: str, **opts: Any) -> None:
@@ -246,6 +318,22 @@ def sweep(ctx: click.Context, gammas: list[float], alpha_mode: str, **opts: Any)
     path = _write_summary(base.out, _summary_rows(results))
     click.echo(f"summary: {path}")
     click.echo(path.read_text())
+
+
+@main.command("build-kernels")
+@click.option("--arch", help="CUDA architectures to build for, e.g. 9.0 (default: torch's choice, the GPUs present).")
+@click.option("--verbose", is_flag=True, help="Show the compiler's output.")
+def build_kernels(arch: str | None, verbose: bool) -> None:
+    """Build the fused CUDA kernels now: with the system's nvcc if it matches torch's CUDA version, else with
+    NVIDIA's compiler wheels installed from PyPI into the cache (once)."""
+    from mdarts_rs.ops.build import build_kernels as build
+
+    try:
+        home = build(arch=arch, verbose=verbose)
+    except Exception as e:  # a missing toolkit, a pip or compiler failure: say it in a line, no traceback
+        first = next((ln for ln in str(e).strip().splitlines() if ln.strip()), type(e).__name__)
+        raise click.ClickException(f"could not build the CUDA kernels: {first[:300]}") from None
+    click.echo(f"built the CUDA kernels with {home / 'bin' / 'nvcc'}")
 
 
 @main.command()
@@ -264,7 +352,7 @@ def plot(runs: tuple[Path, ...], out: Path) -> None:
 
 @main.command()
 @click.argument("genotype")
-@click.option("--imagenet-size", type=click.IntRange(min=32), default=224, show_default=True, help="Input side for the ImageNet MACs.")
+@click.option("--imagenet-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True, help="Input side for the ImageNet MACs.")
 def info(genotype: str, imagenet_size: int) -> None:
     """Parameters and multiply-accumulates of GENOTYPE's evaluation networks (a genotype file or text)."""
     from mdarts_rs.genotype import load_genotype
@@ -285,29 +373,28 @@ def info(genotype: str, imagenet_size: int) -> None:
 @main.command()
 @click.option("--genotype", required=True, help="genotype.json of a search, a DARTS-style text file, or the text itself.")
 @click.option("--data", type=click.Path(path_type=Path), help="CIFAR-10 folder, or for ImageNet a folder with train/ and val/.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True)
+@click.option("--out", callback=_run_folder, default="runs/train", show_default=True)
 @click.option("--dataset", type=click.Choice(["cifar10", "imagenet"]), default="cifar10", show_default=True, help="Also picks the recipe's defaults.")
 @click.option("--epochs", type=click.IntRange(min=1))
-@click.option("--batch-size", type=click.IntRange(min=1), help="Global batch (split over torchrun processes).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--batch-size", type=click.IntRange(min=1, max=_core.MAX_BATCH_SIZE), help="Global batch (split over torchrun processes).")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True))
 @click.option("--lr-schedule", type=click.Choice(["cosine", "linear"]))
 @click.option("--warmup-epochs", type=click.IntRange(min=0))
-@click.option("--momentum", type=click.FloatRange(0, 1))
-@click.option("--weight-decay", type=click.FloatRange(min=0))
-@click.option("--grad-clip", type=click.FloatRange(min=0, min_open=True))
-@click.option("--init-channels", type=click.IntRange(min=2))
-@click.option("--layers", type=click.IntRange(min=3))
+@click.option("--momentum", type=FiniteFloat(0, 1))
+@click.option("--weight-decay", type=FiniteFloat(min=0))
+@click.option("--grad-clip", type=FiniteFloat(min=0, min_open=True))
+@click.option("--init-channels", type=click.IntRange(min=2, max=MAX_CHANNELS))
+@click.option("--layers", type=click.IntRange(min=3, max=_core.MAX_LAYERS))
 @click.option("--auxiliary/--no-auxiliary", default=None)
-@click.option("--auxiliary-weight", type=click.FloatRange(min=0))
+@click.option("--auxiliary-weight", type=FiniteFloat(min=0))
 @click.option("--cutout", type=click.IntRange(0, 32))
-@click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True))
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True))
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--drop-path", type=FiniteFloat(0, 1, max_open=True))
+@click.option("--label-smoothing", type=FiniteFloat(0, 1, max_open=True))
+@click.option("--seed", type=click.IntRange(min=0, max=_MAX_SEED), default=0, show_default=True)
 @click.option("--seeds", callback=_int_list, help="Comma-separated seeds: one training each, in --out/seed<N>.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=click.IntRange(min=0))
+@click.option("--workers", type=click.IntRange(min=0, max=_core.MAX_WORKERS))
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast.")
-@click.option("--channels-last", is_flag=True)
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Cap the steps of each epoch (smoke runs).")
 @click.option("--resume", is_flag=True)
 @click.option("--quiet", is_flag=True)

@@ -3,13 +3,46 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
+#: Upper limits of the settings that size allocations, checked before anything is built (the Rust core holds
+#: the others: MAX_LAYERS cells, MAX_IMAGES images, MAX_BATCH_SIZE, MAX_WORKERS loader threads).
+MAX_CHANNELS = 1024  # init_channels: DARTS searches with 16, evaluates with 36 (CIFAR-10) and 48 (ImageNet)
+
+
 def _not_positive(cfg: Any, names: tuple[str, ...]) -> list[str]:
     return [f"{n} must be positive, got {getattr(cfg, n)}" for n in names if getattr(cfg, n) < 1]
+
+
+def _too_large(cfg: Any) -> list[str]:
+    """Settings above their documented limits (``MAX_CHANNELS`` and the Rust core's ``MAX_*``)."""
+    from mdarts_rs import _core
+
+    limits = {"layers": ("MAX_LAYERS", _core.MAX_LAYERS), "init_channels": ("MAX_CHANNELS", MAX_CHANNELS),
+              "batch_size": ("MAX_BATCH_SIZE", _core.MAX_BATCH_SIZE), "workers": ("MAX_WORKERS", _core.MAX_WORKERS),
+              "gap_images": ("MAX_IMAGES", _core.MAX_IMAGES)}
+    out = []
+    for name, (const, limit) in limits.items():
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > limit:
+            out.append(f"{name} = {value} is above the limit of {limit} ({const})")
+    return out
+
+
+def _not_finite(cfg: Any) -> list[str]:
+    """Every float setting (pairs included) that is NaN or infinite: such a value would only show up later
+    as a non-finite loss, or not at all."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            out.append(f"{f.name} must be a finite number, got {value}")
+    return out
 
 
 def _json(cfg: Any) -> dict[str, Any]:
@@ -57,20 +90,23 @@ class SearchConfig:
     fast: bool = False
     bf16: bool = False
     tf32: bool = False
-    channels_last: bool = False
     cuda_graph: bool = False
-    compile: bool = False
     deterministic: bool = False
     resume: bool = False
+    overwrite: bool = False
     quiet: bool = False
     plots: bool = True
 
     def __post_init__(self) -> None:
+        if str(self.out) == "":
+            raise ValueError("out must name a run folder, got an empty path")
         self.out = Path(self.out)
         if self.data is not None:
             self.data = Path(self.data)
         self.arch_betas = (float(self.arch_betas[0]), float(self.arch_betas[1]))
-        problems = []
+        problems = _not_finite(self)
+        if self.resume and self.overwrite:
+            problems.append("resume and overwrite exclude each other")
         if self.alpha_mode not in ("multilevel", "shared"):
             problems.append(f"alpha_mode must be 'multilevel' or 'shared', got {self.alpha_mode!r}")
         if self.entropy_reduction not in ("sum", "mean"):
@@ -78,6 +114,7 @@ class SearchConfig:
         if not self.gamma >= 0:
             problems.append(f"gamma must be >= 0, got {self.gamma}")
         problems += _not_positive(self, ("epochs", "batch_size", "init_channels", "layers"))
+        problems += _too_large(self)
         if not 0 < self.portion <= 1:
             problems.append(f"portion must be in (0, 1], got {self.portion}")
         if not problems:
@@ -98,10 +135,20 @@ class SearchConfig:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SearchConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        removed = sorted(set(d) & REMOVED_SEARCH_SETTINGS)
+        if removed:
+            raise ValueError(
+                f"this run was written by an earlier mdarts-rs with settings this version removed ({', '.join(removed)}); "
+                "it cannot be resumed: start a new run (the README's changelog says what replaced them)"
+            )
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"config.json: unknown fields {unknown}")
         return cls(**d)
+
+
+#: Search settings of earlier versions (their runs built other batched-cell layouts or other steps).
+REMOVED_SEARCH_SETTINGS = frozenset({"channels_last", "compile"})
 
 
 #: ``--preset quick``: a small supernet on a data subset, a few minutes on 2 CPU cores.
@@ -138,7 +185,6 @@ class TrainConfig:
     device: str = "auto"
     workers: int | None = None
     bf16: bool = False
-    channels_last: bool = False
     steps_per_epoch: int | None = None
     resume: bool = False
     quiet: bool = False
@@ -146,12 +192,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.data = Path(self.data) if self.data is not None else None
-        problems = []
+        problems = _not_finite(self)
         if self.dataset not in ("cifar10", "imagenet"):
             problems.append(f"dataset must be 'cifar10' or 'imagenet', got {self.dataset!r}")
         if self.lr_schedule not in ("cosine", "linear"):
             problems.append(f"lr_schedule must be 'cosine' or 'linear', got {self.lr_schedule!r}")
         problems += _not_positive(self, ("epochs", "batch_size", "init_channels", "layers"))
+        problems += _too_large(self)
         if not 0 <= self.drop_path < 1:
             problems.append(f"drop_path must be in [0, 1), got {self.drop_path}")
         if not 0 <= self.label_smoothing < 1:

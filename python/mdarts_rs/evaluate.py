@@ -26,8 +26,8 @@ from tqdm import tqdm
 from mdarts_rs.config import TrainConfig, resume_conflicts
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.network import NetworkCIFAR, NetworkImageNet, eval_network
-from mdarts_rs.run import RunFolder
-from mdarts_rs.search import resolve_device
+from mdarts_rs.run import RunFolder, read_checkpoint
+from mdarts_rs.device import resolve_device
 
 
 # ---- distributed helpers -----------------------------------------------------------------------------
@@ -78,7 +78,7 @@ class CifarData:
         rank, ws = world()
         if cfg.batch_size % ws:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {ws} processes")
-        common = dict(workers=cfg.workers, device=device, pin_memory=device.type == "cuda", channels_last=cfg.channels_last)
+        common = dict(workers=cfg.workers, device=device, pin_memory=device.type == "cuda")
         self.train = CifarLoader(images, labels, shard_indices(len(labels), cfg.seed, rank, ws), batch_size=cfg.batch_size // ws,
                                  cutout=cfg.cutout, seed=cfg.seed + rank, **common)  # type: ignore[arg-type]
         test_idx = np.arange(rank, len(test[1]), ws)  # each rank tests its share; metrics are summed
@@ -127,8 +127,6 @@ class Trainer:
         self.cfg, self.device, self.run, self.genotype_json = cfg, device, run, genotype_json
         self.train_batches, self.test_batches = train_batches, test_batches
         self.model = model.to(device)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.net = self.model
         if world()[1] > 1:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -275,8 +273,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], data: Path, device: 
     from mdarts_rs.data import CifarLoader, load_cifar10
     from mdarts_rs._core import parse_genotype
 
-    run = RunFolder(Path(checkpoint).parent)
-    state = run.load_checkpoint()
+    state = read_checkpoint(checkpoint, "train")
     cfg = TrainConfig(**{**state["config"], "resume": False})
     if cfg.dataset != "cifar10":
         raise ValueError(f"{checkpoint}: testing supports the CIFAR-10 networks; this one is {cfg.dataset}")
@@ -293,7 +290,7 @@ def train(cfg: TrainConfig, data: tuple | None = None) -> list[dict[str, Any]]:
     trainer = build_trainer(cfg, data)
     rank, _ = world()
     if cfg.resume:
-        trainer.load_state(RunFolder(cfg.out).load_checkpoint())
+        trainer.load_state(RunFolder(cfg.out).load_checkpoint("train"))
     elif rank == 0 and (cfg.out / "checkpoint.pt").exists():
         raise FileExistsError(f"{cfg.out / 'checkpoint.pt'} exists: pass --resume to continue that run, or choose another --out")
     if rank == 0:

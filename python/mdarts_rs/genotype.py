@@ -11,21 +11,33 @@ from mdarts_rs._core import Genotype, GenotypeError, MultiLevelGenotype, parse_g
 def load_genotype(source: str | os.PathLike[str]) -> Genotype | MultiLevelGenotype:
     """Load a genotype from a file (JSON or DARTS text) or from the text itself.
 
-    A path that exists is read; otherwise ``source`` is parsed as genotype text, so both
-    ``load_genotype("run/genotype.json")`` and ``load_genotype("Genotype(normal=[...], ...)")`` work.
-    Errors name the file.
+    A path that exists is read as a file, whatever characters its name holds; otherwise ``source`` is parsed as
+    genotype text when it looks like one, so both ``load_genotype("run/genotype.json")`` and
+    ``load_genotype("Genotype(normal=[...], ...)")`` work. Errors name the file.
     """
-    path = Path(source)
-    text = str(source)
-    looks_like_text = "(" in text or "{" in text
-    if not looks_like_text:
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such genotype file")
+    text = os.fspath(source)
+    path = Path(text)
+    try:
+        is_file, exists = path.is_file(), path.exists()
+    except (OSError, ValueError):  # a name too long for a path, or with a NUL byte: text, not a file
+        is_file = exists = False
+    if exists and not is_file:
+        raise GenotypeError(f"{path}: is a folder, not a genotype file (give e.g. {path / 'genotype.json'})")
+    if is_file:
+        data = path.read_bytes()
         try:
-            return parse_genotype(path.read_text())
+            content = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise GenotypeError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected genotype JSON or DARTS text") from None
+        if "\0" in content:
+            raise GenotypeError(f"{path}: not a text file (it holds NUL bytes); expected genotype JSON or DARTS text")
+        try:
+            return parse_genotype(content)
         except GenotypeError as e:
             raise GenotypeError(f"{path}: {e}") from None
-    return parse_genotype(text)
+    if "(" in text or "{" in text:
+        return parse_genotype(text)
+    raise FileNotFoundError(f"{path}: no such genotype file")
 
 
 def save_genotype(genotype: Genotype | MultiLevelGenotype, path: str | os.PathLike[str]) -> None:

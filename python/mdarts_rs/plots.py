@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import torch  # noqa: E402
+
 from mdarts_rs._core import PRIMITIVES, CellGenotype  # noqa: E402
 
 if TYPE_CHECKING:
@@ -130,7 +132,9 @@ def plot_search_run(run: RunFolder, result: SearchResult) -> list[Path]:
     mode = result.model.alpha_mode
     paths = [run.plots / "skip_connect.png", run.plots / "alpha.png", run.plots / "genotype.png"]
     plot_skip_connect({mode: (mode, result.history)}, paths[0])
-    plot_alpha_heatmaps({k: v.numpy() for k, v in result.model.softmax_tables().items()}, paths[1])
+    with torch.no_grad():
+        p, _ = result.model.softmax_entropy()
+    plot_alpha_heatmaps({k: v.cpu().numpy() for k, v in p.items()}, paths[1])
     plot_genotype(result.genotype, paths[2])
     return paths
 

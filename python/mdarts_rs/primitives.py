@@ -104,3 +104,12 @@ def count_params(model: nn.Module) -> int:
         for name, p in model.named_parameters()
         if "auxiliary" not in name and not name.split(".")[-1].startswith("alpha")
     )
+
+
+def search_preprocessing(c_prev_prev: int, c_prev: int, c: int, reduction_prev: bool) -> tuple[nn.Module, nn.Module]:
+    """The non-affine modules that bring a search cell's two inputs to ``c`` channels at its resolution."""
+    if reduction_prev:
+        pre0: nn.Module = FactorizedReduce(c_prev_prev, c, affine=False)
+    else:
+        pre0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False)
+    return pre0, ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)

@@ -1,26 +1,88 @@
 """A run folder: ``config.json``, ``metrics.jsonl``, genotypes and checkpoints, every file written
-atomically (a crash or a kill never leaves a half-written file, and finished epochs are never lost)."""
+atomically (a crash, a kill or a full disk never leaves a half-written file, and finished epochs are never
+lost), and one writer at a time."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from mdarts_rs._core import Genotype, MultiLevelGenotype
+from mdarts_rs.search import Searcher
+
+if TYPE_CHECKING:
+    from mdarts_rs.config import SearchConfig
+    from mdarts_rs.search import SearchResult
+
+#: The files a run writes into its folder; a folder holding any of them is a run's.
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "genotype.json", "genotypes", "plots", "summary.json",
+             "summary.md", "learning_curves.png")
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is writing to the run folder."""
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)``, then rename ``tmp`` over ``path``. Where writing fails (a full disk, say), the temporary file
+    is removed and ``path`` keeps its previous content; the OSError names the file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = "; its previous version is kept" if path.exists() else ""
+        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise OSError(e.errno, f"cannot write {path}: {reason}{kept}") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_write(path, write)
+
+
+def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """A checkpoint written by mdarts-rs: ``kind`` "search" (a supernet's, by ``mdarts-rs search``) or "train" (an
+    evaluation network's, by ``mdarts-rs train``). ValueError naming the file for a damaged file, a torch file that
+    is not a checkpoint of this project, or one of the other kind."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give the checkpoint file (checkpoint.pt)")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged or foreign file
+        # torch's own text is long and suggests weights_only=False, which does not help a damaged file.
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise ValueError(
+            f"{path}: cannot read checkpoint; the file is damaged or was not written by mdarts-rs ({type(e).__name__}: {first})"
+        ) from None
+    if not isinstance(state, dict) or not {"format", "config", "model"} <= set(state):
+        raise ValueError(f"{path}: a torch file, but not a checkpoint written by mdarts-rs")
+    found = "search" if "a_opt" in state else "train"  # a search checkpoint holds the α optimizer's state
+    if found != kind:
+        made_by = {"search": "mdarts-rs search (a supernet)", "train": "mdarts-rs train (an evaluation network)"}
+        raise ValueError(f"{path}: a checkpoint of {made_by[found]}; this needs one of {made_by[kind]}")
+    return state
 
 
 class RunFolder:
@@ -28,7 +90,17 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if str(path) == "":
+            raise ValueError("the run folder's path is empty")
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{self.path} is a file, not a run folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot create the run folder {self.path}: {e.strerror}") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"cannot write to the run folder {self.path}: permission denied")
+        self._lock: IO[str] | None = None
 
     @property
     def checkpoint(self) -> Path:
@@ -53,6 +125,39 @@ class RunFolder:
     @property
     def plots(self) -> Path:
         return self.path / "plots"
+
+    def run_files(self) -> list[str]:
+        """The run files this folder holds."""
+        return [name for name in RUN_FILES if (self.path / name).exists()]
+
+    def clear(self) -> None:
+        """Remove every run file (``--overwrite``)."""
+        for name in self.run_files():
+            p = self.path / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """Hold the folder's write lock: an OS lock on ``.lock`` (released when the process ends, even by
+        kill -9). RunFolderBusy names the process that holds it."""
+        lock_path = self.path / ".lock"
+        f = open(lock_path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "unknown"
+            f.close()
+            raise RunFolderBusy(f"{self.path} is being written by another mdarts-rs process (PID {owner}); "
+                                "wait for it to finish or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.close()  # closing releases the lock
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_text(self.path / name, json.dumps(obj, indent=2) + "\n")
@@ -88,19 +193,57 @@ class RunFolder:
             atomic_write_text(self.genotypes / f"epoch_{epoch:03d}.json", genotype.to_json() + "\n")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        tmp = self.checkpoint.with_name(".checkpoint.pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint)
+        _atomic_write(self.checkpoint, lambda tmp: torch.save(state, tmp))
 
-    def load_checkpoint(self) -> dict[str, Any]:
+    def load_checkpoint(self, kind: str = "search") -> dict[str, Any]:
         if not self.checkpoint.exists():
             raise FileNotFoundError(f"{self.checkpoint}: no checkpoint to resume from")
-        try:
-            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for a damaged file
-            # torch's own text is long and suggests weights_only=False, which does not help a damaged file.
-            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-            raise ValueError(
-                f"{self.checkpoint}: cannot read checkpoint; the file is damaged or was not written by mdarts-rs "
-                f"({type(e).__name__}: {first})"
-            ) from None
+        return read_checkpoint(self.checkpoint, kind)
+
+
+class SearchRecorder:
+    """A search's checkpoints and epoch records in a run folder (the ``mdarts_rs.search.Recorder`` of the CLI)."""
+
+    def __init__(self, run: RunFolder):
+        self.run = run
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        self.run.save_checkpoint(state)
+
+    def end_epoch(self, record: dict[str, Any], genotype: Genotype | MultiLevelGenotype, history: list[dict[str, Any]]) -> None:
+        self.run.write_genotype(genotype, record["epoch"])
+        self.run.write_metrics(history)
+
+    def describe(self) -> str:
+        if self.run.checkpoint.exists():
+            return f"the last good checkpoint is kept at {self.run.checkpoint}"
+        return f"no checkpoint was written yet in {self.run.path}"
+
+
+def run_search(cfg: SearchConfig, images: np.ndarray, labels: np.ndarray) -> SearchResult:
+    """Run (or with ``cfg.resume`` continue) a search whose files go to the run folder ``cfg.out``: its
+    ``config.json``, a checkpoint and the derived genotype after every epoch, ``metrics.jsonl``, the final
+    ``genotype.json`` and, with ``cfg.plots``, the plots. A folder that holds another run's files is refused
+    unless ``cfg.resume`` continues that run or ``cfg.overwrite`` replaces it; one process writes a folder at a
+    time."""
+    run = RunFolder(cfg.out)
+    with run.writer():
+        state = run.load_checkpoint() if cfg.resume else None
+        if state is None and run.run_files():
+            if not cfg.overwrite:
+                raise FileExistsError(
+                    f"{run.path} holds another run ({', '.join(run.run_files())}): pass --resume to continue it, "
+                    "--overwrite to replace it, or choose another --out"
+                )
+            run.clear()
+        searcher = Searcher(cfg, images, labels, SearchRecorder(run))
+        if state is not None:
+            searcher.load_state(state)
+        run.write_json("config.json", cfg.to_json())
+        result = searcher.run_epochs()
+        run.write_genotype(result.genotype)
+        if cfg.plots:
+            from mdarts_rs import plots
+
+            plots.plot_search_run(run, result)
+    return result

@@ -5,10 +5,14 @@ Each step makes one α update on an S_val batch (Adam), then one weight update o
 with momentum, cosine learning rate, gradient clipping). After every epoch the genotype is derived in Rust
 and the diagnostics the paper's argument rests on are logged: op counts per level (skip_connect above
 all), mean edge entropy per table, and the gap between the supernet and the derived network.
+
+This module runs the loop and touches no file: where checkpoints and epoch records go is a ``Recorder``'s
+business (``mdarts_rs.run`` writes them to a run folder).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import signal
@@ -18,7 +22,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,18 +33,19 @@ from tqdm import tqdm
 from mdarts_rs import _core
 from mdarts_rs.config import SearchConfig, resume_conflicts
 from mdarts_rs.data import CifarLoader, augment_images, search_split
-from mdarts_rs.run import RunFolder
+from mdarts_rs.device import resolve_device
 from mdarts_rs.supernet import SuperNet, Weights, one_hot_weights
 
-#: torch.compile's backend for --compile (the tests trace with "aot_eager", which generates no code).
-COMPILE_BACKEND = "inductor"
-
 #: Config fields that may differ when resuming a run.
-RESUMABLE_CHANGES = {"resume", "quiet", "plots", "device", "workers", "out", "data", "cuda_graph", "compile", "deterministic"}  # not "fast": weights differ in layout
+RESUMABLE_CHANGES = {"resume", "overwrite", "quiet", "plots", "device", "workers", "out", "data", "cuda_graph", "deterministic"}  # not "fast": weights differ in layout
+
+#: What one search step reports, in the order of the statistics tensor it returns.
+STEP_STATS = ("a_loss", "val_loss", "train_loss", "entropy_loss", "val_correct", "train_correct")
 
 
 class SearchDiverged(RuntimeError):
-    """A loss or α became NaN or infinite; the last good checkpoint is kept."""
+    """A loss, α, a weight, a batch-norm statistic or an optimizer state became NaN or infinite; the last good
+    checkpoint is kept."""
 
 
 class SearchInterrupted(RuntimeError):
@@ -56,10 +61,18 @@ class SearchResult:
     model: SuperNet
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class Recorder(Protocol):
+    """Where a search's checkpoints and epoch records go (``mdarts_rs.run.SearchRecorder``: a run folder)."""
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Keep ``state`` (``Searcher.state()``), replacing the previous one."""
+
+    def end_epoch(self, record: dict[str, Any], genotype: _core.Genotype | _core.MultiLevelGenotype,
+                  history: list[dict[str, Any]]) -> None:
+        """An epoch has finished: its record, the genotype derived after it, and every record so far."""
+
+    def describe(self) -> str:
+        """Where the last checkpoint is, for messages."""
 
 
 def entropy_loss(h: Weights, reduction: str) -> torch.Tensor:
@@ -70,18 +83,20 @@ def entropy_loss(h: Weights, reduction: str) -> torch.Tensor:
 
 @contextmanager
 def batch_statistics(model: nn.Module) -> Iterator[None]:
-    """Run BN layers on batch statistics without touching their running statistics (momentum 0)."""
+    """Run BN layers on batch statistics and leave their running statistics as they were: restored from a copy,
+    since a momentum of 0 would still write 1·running + 0·batch, which is NaN for a NaN batch statistic."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.training, m.momentum) for m in bns]
+    saved = [(m, m.training, {k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None}) for m in bns]
     for m in bns:
         m.train()
-        m.momentum = 0.0
     try:
         yield
     finally:
-        for m, training, momentum in saved:
-            m.train(training)
-            m.momentum = momentum
+        with torch.no_grad():
+            for m, training, buffers in saved:
+                m.train(training)
+                for k, b in buffers.items():
+                    getattr(m, k).copy_(b)
 
 
 @torch.no_grad()
@@ -93,6 +108,15 @@ def gap_accuracy(model: SuperNet, x: torch.Tensor, y: torch.Tensor, weights: Wei
             logits = model(x[i : i + chunk], weights, sparse=sparse)
             correct += int((logits.argmax(1) == y[i : i + chunk]).sum())
     return correct / max(1, len(y))
+
+
+def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """A short text that changes with the images or labels a search reads (their count and a hash of both), so
+    that a resumed run is known to read the same data whatever its path."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(np.ascontiguousarray(images).data)
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
+    return f"{len(labels)} images, blake2b {h.hexdigest()}"
 
 
 class _Signals:
@@ -119,23 +143,11 @@ class _Signals:
 class Searcher:
     """One search run over in-memory CIFAR-10 training images."""
 
-    def __init__(self, cfg: SearchConfig, images: np.ndarray, labels: np.ndarray, run: RunFolder | None = None):
+    def __init__(self, cfg: SearchConfig, images: np.ndarray, labels: np.ndarray, recorder: Recorder | None = None):
         self.cfg = cfg
-        self.run = run
+        self.recorder = recorder
         self.device = resolve_device(cfg.device)
         self.model = SuperNet(cfg.init_channels, 10, cfg.layers, cfg.alpha_mode, seed=cfg.seed, fast=cfg.fast).to(self.device)
-        if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        #: The network the steps call: the model itself, or with --compile its compiled forward (same parameters
-        #: and state dict; evaluation and the gap call the model). Compiled on its first α pass and first weight
-        #: pass, one graph each.
-        self.net: nn.Module = self.model
-        if cfg.compile:
-            self.net = torch.compile(self.model, backend=COMPILE_BACKEND, dynamic=False)  # type: ignore[assignment]
-            # torch's tracer reads the .grad of the op weights it is handed (non-leaf tensors) and warns about it
-            warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning, r"torch(\.|$)")
-            if not cfg.quiet:
-                tqdm.write("--compile: the first step compiles the α pass and the weight pass (minutes)")
         if self.device.type == "cuda":
             # float32 semantics unless --tf32 (cuDNN's own default would run convolutions in TF32), and
             # cuDNN's autotuner for the fixed shapes of a search, as DARTS' code sets it, unless
@@ -144,9 +156,9 @@ class Searcher:
             torch.backends.cudnn.allow_tf32 = cfg.tf32
             torch.backends.cudnn.benchmark = not cfg.deterministic
             torch.backends.cudnn.deterministic = cfg.deterministic
+        self.data_fingerprint = data_fingerprint(images, labels)
         train_idx, val_idx = search_split(len(labels), cfg.portion, cfg.seed)
-        common = dict(batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda",
-                      channels_last=cfg.channels_last)
+        common = dict(batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda")
         self.train_loader = CifarLoader(images, labels, train_idx, seed=cfg.seed, **common)  # type: ignore[arg-type]
         self.val_loader = CifarLoader(images, labels, val_idx, seed=cfg.seed + 1, **common)  # type: ignore[arg-type]
         if len(self.train_loader) == 0:
@@ -166,7 +178,7 @@ class Searcher:
                                       weight_decay=cfg.arch_weight_decay, capturable=self.use_graph)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_warmup = 0
-        self._acc_dev: torch.Tensor | None = None  # graph mode: step statistics summed on the device
+        self._acc_dev: torch.Tensor | None = None  # graph mode: the epoch's TOTALS summed on the device
         self._neg_lr = torch.zeros((), device=self.device)  # graph mode: −lr, read by the captured update
         self.steps = len(self.train_loader) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(self.train_loader))
         self.steps = min(self.steps, len(self.val_loader))
@@ -182,9 +194,15 @@ class Searcher:
         return dict.fromkeys(cls.TOTALS, 0.0)
 
     def _add_totals(self, values: list[float] | tuple[float, ...]) -> None:
-        """Add (train loss·n, val loss·n, train correct, val correct, n train, n val, entropy loss) to the epoch."""
+        """Add one value per name of ``TOTALS`` to the epoch's totals."""
         for key, v in zip(self.TOTALS, values):
             self.acc[key] += v
+
+    @staticmethod
+    def _step_totals(stats: dict[str, Any], n_t: int, n_v: int) -> list[Any]:
+        """A step's contribution to each of ``TOTALS`` (floats, or tensors on the device in graph mode)."""
+        return [stats["train_loss"] * n_t, stats["val_loss"] * n_v, stats["train_correct"], stats["val_correct"], n_t, n_v,
+                stats["entropy_loss"]]
 
     # ---- checkpoints ----------------------------------------------------------------------------------
 
@@ -200,19 +218,16 @@ class Searcher:
             "w_opt": self.w_opt.state_dict(),
             "a_opt": self.a_opt.state_dict(),
             "sched": self.sched.state_dict(),
-            "fast_options": self.model.fast_options,
+            "data": self.data_fingerprint,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         resume_conflicts(SearchConfig.from_json(state["config"]).to_json(), self.cfg.to_json(), RESUMABLE_CHANGES)
-        if self.cfg.fast:
-            current = self.model.fast_options or {}
-            for key, value in _layout_differences(state.get("fast_options"), current).items():
-                raise ValueError(
-                    f"cannot resume: the checkpoint's batched cells hold {key}={value!r} weights and this run "
-                    f"builds {key}={current[key]!r} ones; set mdarts_rs.fastcell.OPTIONS[{key!r}] = {value!r} "
-                    f"before resuming"
-                )
+        if state.get("data") != self.data_fingerprint:
+            raise ValueError(
+                f"cannot resume with other data: the run searched {state.get('data')}, this data is "
+                f"{self.data_fingerprint} (another CIFAR-10 copy or subset)"
+            )
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.a_opt.load_state_dict(state["a_opt"])
@@ -233,37 +248,55 @@ class Searcher:
                 st["step"] = st["step"].to(param.device if self.use_graph else "cpu")
 
     def save(self) -> None:
+        """Checkpoint the run, after checking that the state holds finite values only (so the last checkpoint
+        is always a good one)."""
         self.flush_device_stats()
-        if self.run is not None:
-            self.run.save_checkpoint(self.state())
+        self._check_state_finite()
+        if self.recorder is not None:
+            self.recorder.save_checkpoint(self.state())
+
+    def _check_state_finite(self) -> None:
+        """SearchDiverged unless α, the weights, the batch-norm running statistics and both optimizers' states
+        are all finite (one host synchronisation for all of them)."""
+        named = [(f"model {k}", t) for k, t in self.model.state_dict().items() if t.is_floating_point()]
+        for opt_name, opt in (("weight optimizer", self.w_opt), ("α optimizer", self.a_opt)):
+            for i, st in enumerate(opt.state.values()):
+                named += [(f"{opt_name} state {i} {k}", t) for k, t in st.items() if torch.is_tensor(t) and t.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+        bad = [name for (name, _), ok in zip(named, finite) if not ok]
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise SearchDiverged(
+                f"epoch {self.epoch} step {self.step_in_epoch}: {len(bad)} tensors hold NaN or infinite values ({shown}); "
+                f"{self._kept()}; lower the learning rates or the weight decay"
+            )
 
     # ---- one step -------------------------------------------------------------------------------------
 
-    def _step_stats(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> torch.Tensor:
+    def _step_stats(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> dict[str, torch.Tensor]:
         """One α update on (xv, yv), then one weight update on (xt, yt), without host synchronisation.
 
-        Returns (α loss, val loss, train loss, entropy loss, val correct, train correct) on the device."""
+        Returns the step's ``STEP_STATS``, 0-dim tensors on the device."""
         cfg, model = self.cfg, self.model
         alphas = model.arch_parameters()
         # α step: gradients of L_val + γ·L_entropy with respect to α only (the weight gradients this
         # backward would also produce are never used, so autograd.grad skips them).
-        p, h = model.alphas()
-        with self._weights_frozen():
-            with self._autocast():
-                logits_v = self.net(xv, p)
-            loss_v = F.cross_entropy(logits_v.float(), yv)
-            ent = entropy_loss(h, cfg.entropy_reduction)
-            a_loss = loss_v + cfg.gamma * ent if cfg.gamma else loss_v
-            grads = torch.autograd.grad(a_loss, alphas)
+        p, h = model.softmax_entropy()
+        with self._autocast():
+            logits_v = model(xv, p)
+        loss_v = F.cross_entropy(logits_v.float(), yv)
+        ent = entropy_loss(h, cfg.entropy_reduction)
+        a_loss = loss_v + cfg.gamma * ent if cfg.gamma else loss_v
+        grads = torch.autograd.grad(a_loss, alphas)
         for a, g in zip(alphas, grads):
             a.grad = g
         self.a_opt.step()
-        # Weight step with the updated α, held fixed.
+        # Weight step with the updated α, held fixed: its softmax weights, without the entropies.
         with torch.no_grad():
-            p, _ = model.alphas()
+            p, _ = model.softmax_entropy()
         self.w_opt.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = self.net(xt, p)
+            logits = model(xt, p)
         loss = F.cross_entropy(logits.float(), yt)
         loss.backward()
         params = model.weight_parameters()
@@ -272,16 +305,17 @@ class Searcher:
             self._sgd_step(params)
         else:
             self.w_opt.step()
-        return torch.stack([
-            a_loss.detach(), loss_v.detach(), loss.detach(), ent.detach(),
-            (logits_v.argmax(1) == yv).sum().to(loss.dtype), (logits.argmax(1) == yt).sum().to(loss.dtype),
-        ])
+        return {
+            "a_loss": a_loss.detach(), "val_loss": loss_v.detach(), "train_loss": loss.detach(), "entropy_loss": ent.detach(),
+            "val_correct": (logits_v.argmax(1) == yv).sum().to(loss.dtype),
+            "train_correct": (logits.argmax(1) == yt).sum().to(loss.dtype),
+        }
 
     def train_step(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> dict[str, float]:
         """One α update on (xv, yv), then one weight update on (xt, yt); its statistics, checked finite."""
-        # One host synchronisation for all step statistics.
-        stats = self._step_stats(xt, yt, xv, yv).tolist()
-        out = dict(zip(("a_loss", "val_loss", "train_loss", "entropy_loss", "val_correct", "train_correct"), stats))
+        stats = self._step_stats(xt, yt, xv, yv)
+        values = torch.stack([stats[k] for k in STEP_STATS]).tolist()  # one host synchronisation for all
+        out = dict(zip(STEP_STATS, values))
         self._check_finite(out)
         return out
 
@@ -305,22 +339,23 @@ class Searcher:
         torch._foreach_add_(bufs, grads)
         torch._foreach_add_(live, torch._foreach_mul(bufs, self._neg_lr))
 
-    def _accumulate(self, stats: torch.Tensor, n_t: int, n_v: int) -> None:
-        # The TOTALS of one step, on the device
-        # torch.full launches a fill kernel; new_tensor would copy from the host at every step.
-        nt, nv = (torch.full((), float(n), device=stats.device, dtype=stats.dtype) for n in (n_t, n_v))
-        row = torch.stack([stats[2] * n_t, stats[1] * n_v, stats[5], stats[4], nt, nv, stats[3]])
+    def _accumulate(self, stats: dict[str, torch.Tensor], n_t: int, n_v: int) -> None:
+        """Add a step's TOTALS to the epoch's, on the device."""
+        ref = stats["train_loss"]
+        # torch.full launches a fill kernel; a tensor made from a number would copy from the host at every step.
+        totals = [v if torch.is_tensor(v) else torch.full((), float(v), device=ref.device, dtype=ref.dtype)
+                  for v in self._step_totals(stats, n_t, n_v)]
+        row = torch.stack(totals)
         self._acc_dev = row if self._acc_dev is None else self._acc_dev + row
 
     def flush_device_stats(self) -> None:
         """Fold the statistics summed on the device into the epoch's totals and check they are finite."""
         if self._acc_dev is None:
             return
-        totals = self._acc_dev.tolist()
+        totals = dict(zip(self.TOTALS, self._acc_dev.tolist()))
         self._acc_dev = None
-        self._add_totals(totals)
-        tl, vl, ent = totals[0], totals[1], totals[6]
-        self._check_finite({"a_loss": vl + ent, "train_loss": tl})
+        self._add_totals(list(totals.values()))
+        self._check_finite({"a_loss": totals["val_loss"] + totals["entropy_loss"], "train_loss": totals["train_loss"]})
 
     def graph_step(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> None:
         """One step replayed from a CUDA graph (captured after 3 eager warm-up steps on a side stream); the
@@ -359,23 +394,6 @@ class Searcher:
     def _set_lr(self) -> None:
         self._neg_lr.fill_(-self.w_opt.param_groups[0]["lr"])  # outside the graph, so replays see the schedule
 
-    @contextmanager
-    def _weights_frozen(self) -> Iterator[None]:
-        """With --compile, the α pass runs with the weights not requiring grad: a compiled backward computes the
-        gradient of every input that requires one (torch.autograd.grad's choice of inputs reaches it too late),
-        so the α pass would also compute every weight gradient. Eager passes skip them already."""
-        if not self.cfg.compile:
-            yield
-            return
-        weights = [q for q in self.model.weight_parameters() if q.requires_grad]
-        for q in weights:
-            q.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for q in weights:
-                q.requires_grad_(True)
-
     def _autocast(self) -> torch.autocast:
         """bfloat16 autocast of the network's forward when ``cfg.bf16`` (α, its softmax and the losses stay float32)."""
         # The autocast cache holds casts made during a CUDA-graph capture, so it is off in graph mode.
@@ -391,20 +409,21 @@ class Searcher:
                 raise SearchDiverged(f"{where}: α table '{name}' holds NaN or infinite values; {self._kept()}")
 
     def _kept(self) -> str:
-        if self.run is not None and self.run.checkpoint.exists():
-            return f"the run stopped and the last good checkpoint is kept at {self.run.checkpoint}"
-        return "the run stopped before its first checkpoint"
+        if self.recorder is None:
+            return "the run stopped (no run folder)"
+        return f"the run stopped; {self.recorder.describe()}"
 
     # ---- one epoch ------------------------------------------------------------------------------------
 
     def end_epoch(self, seconds: float) -> dict[str, Any]:
         self.flush_device_stats()
+        self._check_state_finite()  # before anything of this epoch is written
         model = self.model
-        genotype = model.genotype()
         with torch.no_grad():
-            _, h = model.alphas()
+            p, h = model.softmax_entropy()  # once for the genotype, the entropies and the supernet's accuracy
+        genotype = model.genotype(p)
         acc = self.acc
-        sup = gap_accuracy(model, self.gap_x, self.gap_y, None, sparse=False)
+        sup = gap_accuracy(model, self.gap_x, self.gap_y, p, sparse=False)
         der = gap_accuracy(model, self.gap_x, self.gap_y, one_hot_weights(genotype, self.device), sparse=True)
         op_counts = {t: c.op_counts() for t, c in genotype.cells.items()}
         rec = {
@@ -430,9 +449,8 @@ class Searcher:
         self.epoch += 1
         self.step_in_epoch = 0
         self.acc = self._zero_acc()
-        if self.run is not None:
-            self.run.write_genotype(genotype, rec["epoch"])
-            self.run.write_metrics(self.history)
+        if self.recorder is not None:
+            self.recorder.end_epoch(rec, genotype, self.history)
             self.save()
         return rec
 
@@ -462,9 +480,7 @@ class Searcher:
                         bar.update(1)
                     else:
                         out = self.train_step(xt, yt, xv, yv)
-                        n_t, n_v = len(yt), len(yv)
-                        self._add_totals((out["train_loss"] * n_t, out["val_loss"] * n_v, out["train_correct"],
-                                          out["val_correct"], n_t, n_v, out["entropy_loss"]))
+                        self._add_totals(self._step_totals(out, len(yt), len(yv)))
                         self.step_in_epoch += 1
                         bar.update(1)
                         bar.set_postfix(loss=f"{out['train_loss']:.3f}", val=f"{out['val_loss']:.3f}", refresh=False)
@@ -472,7 +488,7 @@ class Searcher:
                         bar.close()
                         self.save()
                         where = f"epoch {self.epoch} after step {self.step_in_epoch}"
-                        saved = f"saved to {self.run.checkpoint}; continue with --resume" if self.run else "not saved (no run folder)"
+                        saved = f"{self.recorder.describe()}; continue with --resume" if self.recorder else "not saved (no run folder)"
                         raise SearchInterrupted(f"{sig.caught} at {where}: {saved}")
                 bar.close()
                 rec = self.end_epoch(time.time() - t0)
@@ -482,63 +498,4 @@ class Searcher:
                         f"epoch {rec['epoch'] + 1}/{cfg.epochs}: train acc {rec['train_acc']:.3f} val acc {rec['val_acc']:.3f} "
                         f"gap {rec['gap']['gap']:+.3f} skip_connect {skips} ({rec['seconds']:.0f} s)"
                     )
-        genotype = self.model.genotype()
-        if self.run is not None:
-            self.run.write_genotype(genotype)
-        return SearchResult(genotype=genotype, history=self.history, model=self.model)
-
-
-def _layout_choices(fast_options: dict[str, str] | None) -> dict[str, str]:
-    """The ``fastcell.OPTIONS`` choices that set the batched cells' weight layout, as a checkpoint's recorded
-    options hold them: the dense pointwise choice orders the depthwise weights differently ("grouped" and
-    "bmm" store the same layout), and paired inputs hold one node op for both cell inputs. Checkpoints
-    written before a choice was recorded hold grouped, separate ones."""
-    options = {"pointwise": "grouped", "inputs": "separate", **(fast_options or {})}
-    return {key: options[key] for key in ("pointwise", "inputs")}
-
-
-def _layout_differences(fast_options: dict[str, str] | None, current: dict[str, str]) -> dict[str, str]:
-    """The checkpoint's layout choices (from its recorded ``fast_options``) that build other weights than
-    ``current``'s choices would."""
-
-    def layout(key: str, value: str) -> str | bool:
-        return value == "dense" if key == "pointwise" else value
-
-    return {k: v for k, v in _layout_choices(fast_options).items() if layout(k, v) != layout(k, current[k])}
-
-
-@contextmanager
-def _checkpoint_layout(cfg: SearchConfig, state: dict[str, Any] | None) -> Iterator[None]:
-    """While a resumed batched search builds its supernet: ``fastcell.OPTIONS`` set to the checkpoint's weight
-    layout where this run's choices would build another one (a run resumes as it was written, whatever the
-    defaults of this version)."""
-    if not (cfg.fast and state is not None):
-        yield
-        return
-    from mdarts_rs import fastcell
-
-    adopted = _layout_differences(state.get("fast_options"), fastcell.OPTIONS)
-    if adopted and not cfg.quiet:
-        tqdm.write("resuming with the checkpoint's batched-cell layout: " + ", ".join(f"{k}={v!r}" for k, v in adopted.items()))
-    with fastcell.options(adopted):
-        yield
-
-
-def run_search(cfg: SearchConfig, images: np.ndarray, labels: np.ndarray) -> SearchResult:
-    """Run (or with ``cfg.resume`` continue) a search whose files go to ``cfg.out``. A resumed batched search
-    keeps the weight layout of its checkpoint."""
-    run = RunFolder(cfg.out)
-    state = run.load_checkpoint() if cfg.resume else None
-    with _checkpoint_layout(cfg, state):
-        searcher = Searcher(cfg, images, labels, run)
-    if state is not None:
-        searcher.load_state(state)
-    elif run.checkpoint.exists():
-        raise FileExistsError(f"{run.checkpoint} exists: pass --resume to continue that run, or choose another --out")
-    run.write_json("config.json", cfg.to_json())
-    result = searcher.run_epochs()
-    if cfg.plots:
-        from mdarts_rs import plots
-
-        plots.plot_search_run(run, result)
-    return result
+        return SearchResult(genotype=self.model.genotype(), history=self.history, model=self.model)

@@ -13,8 +13,19 @@ import torch
 from torch import nn
 
 from mdarts_rs import ops
-from mdarts_rs._core import NUM_EDGES, PRIMITIVES, STEPS, AlphaLayout, CellGenotype, Genotype, MultiLevelGenotype, derive_genotype
-from mdarts_rs.primitives import OPS, FactorizedReduce, ReLUConvBN
+from mdarts_rs._core import (
+    NUM_EDGES,
+    PRIMITIVES,
+    STEPS,
+    AlphaLayout,
+    CellGenotype,
+    Genotype,
+    MultiLevelGenotype,
+    derive_genotype,
+    edge_index,
+)
+from mdarts_rs.fastcell import FastSearchCell
+from mdarts_rs.primitives import OPS, search_preprocessing
 
 _NONE = PRIMITIVES.index("none")
 assert _NONE == 0, "MixedOp skips 'none' as the first primitive"
@@ -47,15 +58,6 @@ class MixedOp(nn.Module):
                 return self.ops[_NONE](x)
             return ops.weighted_sum([self.ops[k](x) for k in active], p[active])
         return ops.weighted_sum([op(x) for op in self.ops[1:]], p[1:])
-
-
-def search_preprocessing(c_prev_prev: int, c_prev: int, c: int, reduction_prev: bool) -> tuple[nn.Module, nn.Module]:
-    """The non-affine modules that bring a search cell's two inputs to ``c`` channels at its resolution."""
-    if reduction_prev:
-        pre0: nn.Module = FactorizedReduce(c_prev_prev, c, affine=False)
-    else:
-        pre0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False)
-    return pre0, ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)
 
 
 class SearchCell(nn.Module):
@@ -94,8 +96,8 @@ class AlphaTables(nn.Module):
     def table(self, name: str) -> nn.Parameter:
         return getattr(self, f"alpha_{name}")
 
-    def forward(self) -> tuple[Weights, Weights]:
-        """Softmax weights p and per-edge entropies h of every table, computed once per step."""
+    def softmax_entropy(self) -> tuple[Weights, Weights]:
+        """Softmax weights p and per-edge entropies h of every table (Li, Chen, Sun 2021, eq. 6)."""
         p: Weights = {}
         h: Weights = {}
         for name in self.names:
@@ -155,18 +157,17 @@ class SuperNet(nn.Module):
             self.global_pooling = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Linear(c_p, num_classes)
         self.fast = fast
-        #: How the batched cells store their weights (``fastcell.OPTIONS``, read when they are built).
-        self.fast_options: dict[str, str] | None = None
         if fast:
-            from mdarts_rs.fastcell import OPTIONS, FastSearchCell
-
-            self.fast_options = dict(OPTIONS)
             self.cells = nn.ModuleList(FastSearchCell.from_plain(c) for c in self.cells)
         self.alphas = AlphaTables(self.layout.tables, initial_alphas(alpha_mode, seed))
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The α tables, in layout order."""
         return [self.alphas.table(t) for t in self.layout.tables]
+
+    def softmax_entropy(self) -> tuple[Weights, Weights]:
+        """Softmax weights p and per-edge entropies h of every α table."""
+        return self.alphas.softmax_entropy()
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every parameter but α."""
@@ -175,21 +176,18 @@ class SuperNet(nn.Module):
     def forward(self, x: torch.Tensor, weights: Weights | None = None, sparse: bool = False) -> torch.Tensor:
         """Logits of ``x``. ``weights`` maps each table to its (14, 8) op weights; by default softmax(α)."""
         if weights is None:
-            weights, _ = self.alphas()
+            weights, _ = self.softmax_entropy()
         s0 = s1 = self.stem(x)
         for cell, table in zip(self.cells, self.layout.cell_tables):
             s0, s1 = s1, cell(s0, s1, weights[table], sparse)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
-    @torch.no_grad()
-    def softmax_tables(self) -> dict[str, torch.Tensor]:
-        """softmax(α) of every table, detached, on the CPU."""
-        p, _ = self.alphas()
-        return {k: v.detach().cpu() for k, v in p.items()}
-
-    def genotype(self) -> Genotype | MultiLevelGenotype:
-        """The derived genotype (DARTS' rule, in Rust)."""
-        return derive_genotype({k: v.double().numpy() for k, v in self.softmax_tables().items()})
+    def genotype(self, p: Weights | None = None) -> Genotype | MultiLevelGenotype:
+        """The genotype derived (DARTS' rule, in Rust) from the softmax weights ``p``, by default this α's."""
+        if p is None:
+            with torch.no_grad():
+                p, _ = self.softmax_entropy()
+        return derive_genotype({k: v.detach().double().cpu().numpy() for k, v in p.items()})
 
 
 def one_hot_weights(genotype: Genotype | MultiLevelGenotype, device: torch.device | str = "cpu") -> Weights:
@@ -203,8 +201,6 @@ def one_hot_weights(genotype: Genotype | MultiLevelGenotype, device: torch.devic
 
 def _cell_one_hot(cell: CellGenotype) -> torch.Tensor:
     w = torch.zeros(NUM_EDGES, len(PRIMITIVES))
-    for i, (op, j) in enumerate(cell.edges):
-        node = i // 2
-        edge = sum(2 + n for n in range(node)) + j
-        w[edge, PRIMITIVES.index(op)] = 1.0
+    for i, (op, j) in enumerate(cell.edges):  # two kept edges per node, in node order
+        w[edge_index(i // 2, j), PRIMITIVES.index(op)] = 1.0
     return w

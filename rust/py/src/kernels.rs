@@ -10,15 +10,6 @@ const SOURCES: &[(&str, &str)] = &[
     ("softmax_entropy.h", include_str!("../../../cuda/softmax_entropy.h")),
     ("softmax_entropy.cpp", include_str!("../../../cuda/softmax_entropy.cpp")),
     ("softmax_entropy.cu", include_str!("../../../cuda/softmax_entropy.cu")),
-    ("node_mix.h", include_str!("../../../cuda/node_mix.h")),
-    ("node_mix.cpp", include_str!("../../../cuda/node_mix.cpp")),
-    ("node_mix.cu", include_str!("../../../cuda/node_mix.cu")),
-    ("bn_mix.h", include_str!("../../../cuda/bn_mix.h")),
-    ("bn_mix.cpp", include_str!("../../../cuda/bn_mix.cpp")),
-    ("bn_mix.cu", include_str!("../../../cuda/bn_mix.cu")),
-    ("depthwise.h", include_str!("../../../cuda/depthwise.h")),
-    ("depthwise.cpp", include_str!("../../../cuda/depthwise.cpp")),
-    ("depthwise.cu", include_str!("../../../cuda/depthwise.cu")),
 ];
 
 /// The fused ops' sources as (file name, text) pairs, from the project's `cuda/` folder.

@@ -33,6 +33,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(space::search_space_size, m)?)?;
     m.add_function(wrap_pyfunction!(space::derived_cell_count, m)?)?;
     m.add_function(wrap_pyfunction!(space::reduction_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(space::edge_index, m)?)?;
     m.add_function(wrap_pyfunction!(genotype::parse_genotype, m)?)?;
     m.add_function(wrap_pyfunction!(derive::derive_cell, m)?)?;
     m.add_function(wrap_pyfunction!(derive::derive_genotype, m)?)?;

@@ -90,3 +90,17 @@ pub fn derived_cell_count() -> u64 {
 pub fn reduction_indices(layers: usize) -> PyResult<(usize, usize)> {
     Ok(space::reduction_indices(space::check_layers(layers).py()?))
 }
+
+/// Row of an α table for the edge from state `input` (0, 1: the cell's inputs; 2..: earlier intermediate
+/// nodes) into intermediate node `node` (0-based): edges are numbered node by node, inputs in order.
+#[pyfunction]
+pub fn edge_index(node: usize, input: usize) -> PyResult<usize> {
+    if node >= space::STEPS || input >= space::node_inputs(node) {
+        let inputs = if node < space::STEPS { space::node_inputs(node) } else { 0 };
+        return Err(crate::error::SearchSpaceError::new_err(format!(
+            "no edge ({node}, {input}): node must be in 0..{} and input in 0..{inputs} for that node",
+            space::STEPS
+        )));
+    }
+    Ok(space::edge_index(node, input))
+}

@@ -1,0 +1,203 @@
+"""Run folders: one writer at a time, no silent overwrite, resumes only of the same data, finished sweep runs
+kept, a full disk or a foreign file gives a message and loses nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mdarts_rs import GenotypeError, load_genotype
+from mdarts_rs.cli import main
+from mdarts_rs.config import SearchConfig
+from mdarts_rs.run import RunFolder, RunFolderBusy, read_checkpoint, run_search
+from mdarts_rs.search import Searcher, SearchInterrupted
+
+TINY = ["--epochs", "1", "--batch-size", "4", "--init-channels", "4", "--layers", "5", "--steps-per-epoch", "2",
+        "--gap-images", "8", "--workers", "1", "--device", "cpu", "--quiet", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (48, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 48).astype(np.int64)
+
+
+@pytest.fixture
+def data_dir(tmp_path, tiny_data):
+    images, labels = tiny_data
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    rec = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(labels), -1)], axis=1)
+    (folder / "data_batch_1.bin").write_bytes(rec.tobytes())
+    return folder
+
+
+def tiny_cfg(out, **kw) -> SearchConfig:
+    base = dict(out=out, epochs=1, batch_size=4, init_channels=4, layers=5, steps_per_epoch=2, gap_images=8, workers=1,
+                quiet=True, plots=False, device="cpu")
+    return SearchConfig(**{**base, **kw})
+
+
+def test_run_folder_has_one_writer_named_by_pid_until_it_dies(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"f = open({str(out / '.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush()\n"
+         "print('locked', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusy, match=f"being written by another mdarts-rs process \\(PID {holder.pid}\\)"):
+            run_search(tiny_cfg(out), *tiny_data)
+        assert not (out / "config.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    run_search(tiny_cfg(out), *tiny_data)  # the lock died with its holder
+    assert (out / "genotype.json").exists()
+
+
+def test_run_folder_refuses_another_run_unless_overwrite(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a run that wrote its config only
+    with pytest.raises(FileExistsError, match=r"holds another run \(config.json\).*--overwrite"):
+        run_search(tiny_cfg(out), *tiny_data)
+    (out / "metrics.jsonl").write_text('{"epoch": 7}\n')
+    run_search(tiny_cfg(out, overwrite=True), *tiny_data)
+    assert json.loads((out / "metrics.jsonl").read_text())["epoch"] == 0
+    assert json.loads((out / "config.json").read_text())["overwrite"] is True
+
+
+def test_cli_refuses_an_empty_out(tmp_path, data_dir):
+    r = CliRunner().invoke(main, ["search", "--data", str(data_dir), "--out", "", *TINY])
+    assert r.exit_code == 2 and "empty path" in r.output
+    with pytest.raises(ValueError, match="empty path"):
+        SearchConfig(out="")
+
+
+def test_resume_refuses_other_data(tmp_path, tiny_data):
+    images, labels = tiny_data
+    cfg = tiny_cfg(tmp_path / "run", epochs=2)
+    original, calls = Searcher.train_step, []
+
+    def step_then_interrupt(self, *args):
+        out = original(self, *args)
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Searcher, "train_step", step_then_interrupt)
+        with pytest.raises(SearchInterrupted):
+            run_search(cfg, images, labels)
+    other = images.copy()
+    other[0, 0, 0, 0] ^= 1
+    with pytest.raises(ValueError, match=r"cannot resume with other data: the run searched 48 images, blake2b \w+, this data is 48 images"):
+        run_search(dataclasses.replace(cfg, resume=True), other, labels)
+    result = run_search(dataclasses.replace(cfg, resume=True), images, labels)
+    assert [r["epoch"] for r in result.history] == [0, 1]
+
+
+def test_sweep_resume_keeps_finished_runs_and_finishes_the_others(tmp_path, data_dir):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--gamma", "0,1,5", "--data", str(data_dir), "--out", str(out), *TINY]
+    r = CliRunner().invoke(main, [*args[:2], "0", *args[3:]])  # only γ = 0 ran before
+    assert r.exit_code == 0, r.output
+    finished = (out / "gamma_0" / "genotype.json").stat().st_mtime_ns
+    r = CliRunner().invoke(main, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert "gamma_0: finished earlier, kept" in r.output
+    assert (out / "gamma_0" / "genotype.json").stat().st_mtime_ns == finished
+    rows = json.loads((out / "summary.json").read_text())
+    assert [row["gamma"] for row in rows] == [0.0, 1.0, 5.0]
+    assert all((out / f"gamma_{g}" / "genotype.json").exists() for g in (0, 1, 5))
+
+
+def test_read_checkpoint_names_foreign_and_wrong_kind_files(tmp_path, tiny_data):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: a torch file, but not a checkpoint written by mdarts-rs"):
+        read_checkpoint(tmp_path / "other.pt", "train")
+    run_search(tiny_cfg(tmp_path / "run"), *tiny_data)
+    with pytest.raises(ValueError, match=r"a checkpoint of mdarts-rs search \(a supernet\); this needs one of mdarts-rs train"):
+        read_checkpoint(tmp_path / "run" / "checkpoint.pt", "train")
+    (tmp_path / "junk.pt").write_bytes(b"\x00not a zip")
+    with pytest.raises(ValueError, match="junk.pt: cannot read checkpoint"):
+        read_checkpoint(tmp_path / "junk.pt", "search")
+
+
+def test_cli_test_with_a_search_checkpoint_or_bad_device_says_so(tmp_path, tiny_data, data_dir):
+    run_search(tiny_cfg(tmp_path / "run"), *tiny_data)
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    r = CliRunner().invoke(main, ["test", "--checkpoint", ckpt, "--data", str(data_dir), "--device", "cpu"])
+    assert r.exit_code == 1 and "a checkpoint of mdarts-rs search" in r.output and "Traceback" not in r.output
+    for device, message in (("bogus", "is not a device name"), ("cuda:7" if not torch.cuda.is_available() else "cuda:99", "cuda")):
+        r = CliRunner().invoke(main, ["search", "--data", str(data_dir), "--out", str(tmp_path / device), *TINY[:-4],
+                                      "--quiet", "--no-plots", "--device", device])
+        assert r.exit_code == 2 and message in r.output, r.output
+        assert not (tmp_path / device).exists()
+
+
+def test_cli_search_into_a_file_or_unwritable_folder_says_so(tmp_path, data_dir):
+    (tmp_path / "afile").write_text("x")
+    r = CliRunner().invoke(main, ["search", "--data", str(data_dir), "--out", str(tmp_path / "afile"), *TINY])
+    assert r.exit_code == 1 and "is a file, not a run folder" in r.output
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        r = CliRunner().invoke(main, ["search", "--data", str(data_dir), "--out", str(locked), *TINY])
+        assert r.exit_code == 1 and "permission denied" in r.output
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run = RunFolder(tmp_path / "run")
+    run.save_checkpoint({"format": 1, "config": {}, "model": {"w": torch.ones(3)}, "a_opt": {}})
+    real_save = torch.save
+
+    def full_disk(obj, f):
+        real_save(obj, f)  # the bytes reach the temporary file, then the disk fills
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"cannot write .*checkpoint.pt: the disk is full; its previous version is kept"):
+        run.save_checkpoint({"format": 1, "config": {}, "model": {"w": torch.zeros(3)}, "a_opt": {}})
+    monkeypatch.undo()
+    assert not list(run.path.glob(".*.tmp"))
+    assert torch.equal(read_checkpoint(run.checkpoint, "search")["model"]["w"], torch.ones(3))
+
+
+def test_genotype_paths_are_files_whatever_their_name(tmp_path):
+    good = tmp_path / "copy (2)" / "genotype.json"
+    good.parent.mkdir()
+    good.write_text(load_genotype("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), "
+                                  "('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+                                  "('skip_connect', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
+                                  "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0), ('max_pool_3x3', 0), "
+                                  "('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], reduce_concat=[2, 3, 4, 5])"
+                                  ).to_json())
+    assert load_genotype(str(good)).to_json() == good.read_text()
+    r = CliRunner().invoke(main, ["info", str(good)])
+    assert r.exit_code == 0, r.output
+    with pytest.raises(GenotypeError, match="is a folder, not a genotype file"):
+        load_genotype(good.parent)
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00{")
+    with pytest.raises(GenotypeError, match=r"bin.json: not a text file \(byte 0 is not UTF-8\)"):
+        load_genotype(tmp_path / "bin.json")
+    (tmp_path / "nul.json").write_bytes(b"{\x00}")
+    with pytest.raises(GenotypeError, match="nul.json: not a text file"):
+        load_genotype(tmp_path / "nul.json")
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "bin.json")])
+    assert r.exit_code == 1 and "not a text file" in r.output and "Traceback" not in r.output
