@@ -30,12 +30,14 @@ class TorchvisionCifar(torch.utils.data.Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.data = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
         self.targets = labels.tolist()
-        self.transform = transforms.Compose([
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(data.CIFAR10_MEAN, data.CIFAR10_STD),
-        ])
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomCrop(32, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(data.CIFAR10_MEAN, data.CIFAR10_STD),
+            ]
+        )
 
     def __len__(self):
         return len(self.targets)
@@ -54,8 +56,14 @@ def _epoch(loader) -> int:
 @pytest.mark.benchmark(group="loader")
 def test_baseline_torchvision(benchmark, cifar_train):
     x, y = cifar_train
-    dl = torch.utils.data.DataLoader(TorchvisionCifar(x, y), batch_size=BATCH, shuffle=True, drop_last=True,
-                                     num_workers=WORKERS, persistent_workers=True)
+    dl = torch.utils.data.DataLoader(
+        TorchvisionCifar(x, y),
+        batch_size=BATCH,
+        shuffle=True,
+        drop_last=True,
+        num_workers=WORKERS,
+        persistent_workers=True,
+    )
     xb, _ = next(iter(dl))
     assert xb.shape == (BATCH, 3, 32, 32) and xb.dtype == torch.float32
     n = benchmark.pedantic(_epoch, args=(dl,), rounds=2, warmup_rounds=1)

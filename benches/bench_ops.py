@@ -27,7 +27,11 @@ CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 #: Where the rows ran, in every group's name (the header names the CPU and GPU as well).
 WHERE = f"cuda: {torch.cuda.get_device_name(0)}" if CUDA else "cpu"
-SHAPES = [(64, 16, 32, 32), (64, 32, 16, 16), (64, 64, 8, 8), (256, 64, 32, 32)] if CUDA else [(64, 16, 32, 32), (16, 64, 8, 8)]
+SHAPES = (
+    [(64, 16, 32, 32), (64, 32, 16, 16), (64, 64, 8, 8), (256, 64, 32, 32)]
+    if CUDA
+    else [(64, 16, 32, 32), (16, 64, 8, 8)]
+)
 DTYPES = [torch.float32, torch.bfloat16]
 #: Peak memory bandwidth (bytes/s) of the cards this project is measured on.
 PEAK = {"H100": 3.35e12, "H200": 4.8e12}
@@ -107,7 +111,9 @@ def test_weighted_sum(benchmark, impl, backward, dtype, shape):
 
 @pytest.mark.parametrize("impl", ["baseline_ref", "compiled"])
 def test_softmax_entropy(benchmark, impl):
-    alpha = torch.randn(14, 8, device=DEVICE, generator=torch.Generator(device=DEVICE).manual_seed(0), requires_grad=True)
+    alpha = torch.randn(
+        14, 8, device=DEVICE, generator=torch.Generator(device=DEVICE).manual_seed(0), requires_grad=True
+    )
     fn = ops.softmax_entropy_ref if impl == "baseline_ref" else torch.ops.mdarts.softmax_entropy
     col = torch.arange(8.0, device=DEVICE)
 

@@ -87,8 +87,14 @@ def test_search_step(benchmark, monkeypatch, path, mode, batch):
     else:
         benchmark.extra_info["tensor_GB_per_step"] = round(gb, 3)
     record(f"search step {mode} batch {batch} ({DEVICE})", path, benchmark, 1)
-    print(f"\n{path} {mode} batch {batch}: {benchmark.stats.stats.mean * 1e3:.0f} ms/step, {kernels} "
-          + (f"kernels/step, peak {benchmark.extra_info['peak_mem_GiB']} GiB" if CUDA else f"kernel-launching aten ops/step, {gb:.2f} GB of tensors"))
+    print(
+        f"\n{path} {mode} batch {batch}: {benchmark.stats.stats.mean * 1e3:.0f} ms/step, {kernels} "
+        + (
+            f"kernels/step, peak {benchmark.extra_info['peak_mem_GiB']} GiB"
+            if CUDA
+            else f"kernel-launching aten ops/step, {gb:.2f} GB of tensors"
+        )
+    )
 
 
 @pytest.mark.parametrize("feed", ["baseline_fixed_batch", "loader"])

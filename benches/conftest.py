@@ -18,9 +18,31 @@ _TIMES: dict[str, dict[str, float]] = {}
 
 #: Aten ops that launch no kernel: views, metadata, allocation.
 _NO_KERNEL = {
-    "_reshape_alias", "_unsafe_view", "alias", "as_strided", "detach", "diagonal", "empty", "empty_strided", "expand",
-    "lift_fresh", "narrow", "new_empty", "permute", "reshape", "select", "slice", "split", "split_with_sizes", "squeeze",
-    "t", "transpose", "unbind", "unfold", "unsqueeze", "view",
+    "_reshape_alias",
+    "_unsafe_view",
+    "alias",
+    "as_strided",
+    "detach",
+    "diagonal",
+    "empty",
+    "empty_strided",
+    "expand",
+    "lift_fresh",
+    "narrow",
+    "new_empty",
+    "permute",
+    "reshape",
+    "select",
+    "slice",
+    "split",
+    "split_with_sizes",
+    "squeeze",
+    "t",
+    "transpose",
+    "unbind",
+    "unfold",
+    "unsqueeze",
+    "view",
 }
 
 
@@ -40,7 +62,11 @@ class DispatchCount(TorchDispatchMode):
         if name not in _NO_KERNEL:
             key = name if torch.is_grad_enabled() else f"{name}[bwd]"
             self.calls[key] += 1
-            self.bytes[key] += sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor))
+            self.bytes[key] += sum(
+                t.numel() * t.element_size()
+                for t in tree_flatten((args, kwargs, out))[0]
+                if isinstance(t, torch.Tensor)
+            )
         return out
 
     def total(self) -> tuple[int, float]:
@@ -100,8 +126,16 @@ def cifar_train():
     return rng.integers(0, 256, (10_000, 3, 32, 32), dtype="uint8"), rng.integers(0, 10, 10_000).astype("int64")
 
 
-def searcher(batch: int, data=None, *, fast: bool = False, cuda_graph: bool = False, bf16: bool = False, tf32: bool = False,
-             **cfg):
+def searcher(
+    batch: int,
+    data=None,
+    *,
+    fast: bool = False,
+    cuda_graph: bool = False,
+    bf16: bool = False,
+    tf32: bool = False,
+    **cfg,
+):
     """A Searcher (which writes no files) over ``data`` (images, labels), by default 4 batches of random images
     (each split half), with the batched supernet when ``fast``, its steps replayed as a CUDA graph when
     ``cuda_graph``, and the numeric options ``bf16`` and ``tf32``; ``cfg``: the other SearchConfig fields (α
@@ -114,7 +148,12 @@ def searcher(batch: int, data=None, *, fast: bool = False, cuda_graph: bool = Fa
 
     if data is None:
         rng = np.random.default_rng(0)
-        data = rng.integers(0, 256, (4 * batch, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 4 * batch).astype(np.int64)
+        data = (
+            rng.integers(0, 256, (4 * batch, 3, 32, 32), dtype=np.uint8),
+            rng.integers(0, 10, 4 * batch).astype(np.int64),
+        )
     options = {"fast": fast, "cuda_graph": cuda_graph, "bf16": bf16, "tf32": tf32}
-    config = SearchConfig(batch_size=batch, **({"workers": 1, "quiet": True, "plots": False, "gap_images": 8} | cfg | options))
+    config = SearchConfig(
+        batch_size=batch, **({"workers": 1, "quiet": True, "plots": False, "gap_images": 8} | cfg | options)
+    )
     return Searcher(config, *data)

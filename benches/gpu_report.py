@@ -96,7 +96,9 @@ def make_searcher(args, fast: bool = True, graph: bool = False, **kw) -> Searche
 
 def section_profile(args) -> None:
     print(f"\n## profile: {args.mode}, batch {args.batch}, {DEVICE}")
-    paths = [("plain", {"fast": False}), ("batched", {"fast": True})] + ([("batched_graph", {"fast": True, "graph": True})] if CUDA else [])
+    paths = [("plain", {"fast": False}), ("batched", {"fast": True})] + (
+        [("batched_graph", {"fast": True, "graph": True})] if CUDA else []
+    )
     summary = []
     for name, kw in paths:
         # the plain path as DARTS runs it (plain-torch mixed sums); the batched one with the compiled ops on a GPU
@@ -109,8 +111,10 @@ def section_profile(args) -> None:
         peak = max(gpu_memory_used(mark)) / 2**30 if mark is not None else float("nan")
         count, total, rows = kernel_profile(step, args.top)
         summary.append((name, ms, count, total, peak))
-        print(f"\n### {name}: {ms:.1f} ms/step wall, {count} {'kernels' if CUDA else 'aten ops'}/step, {total:.1f} ms "
-              f"summed {'kernel' if CUDA else 'op'} time, peak {peak:.2f} GiB")
+        print(
+            f"\n### {name}: {ms:.1f} ms/step wall, {count} {'kernels' if CUDA else 'aten ops'}/step, {total:.1f} ms "
+            f"summed {'kernel' if CUDA else 'op'} time, peak {peak:.2f} GiB"
+        )
         print(f"{'calls':>7} {'ms':>8} {'share':>6}  name")
         for kname, calls, t in rows:
             print(f"{calls:7d} {t:8.2f} {t / total:6.1%}  {kname[:110]}")
@@ -135,10 +139,14 @@ def alpha_grad(s: Searcher, b) -> torch.Tensor:
 
 
 def section_numerics(args) -> None:
-    print(f"\n## numerics against float32 (batched path, {args.mode}, batch {args.batch}, "
-          f"{args.numeric_steps} steps at arch lr {args.numeric_arch_lr})")
-    print("| option | first α grad cosine | first α grad rel. error | max abs α diff after run | "
-          "max abs α change (fp32) | genotype identical |\n|---|---|---|---|---|---|")
+    print(
+        f"\n## numerics against float32 (batched path, {args.mode}, batch {args.batch}, "
+        f"{args.numeric_steps} steps at arch lr {args.numeric_arch_lr})"
+    )
+    print(
+        "| option | first α grad cosine | first α grad rel. error | max abs α diff after run | "
+        "max abs α change (fp32) | genotype identical |\n|---|---|---|---|---|---|"
+    )
     ref_grad = ref_alpha = ref_geno = init = None
     for name, flags in NUMERIC.items():
         gc.collect()
@@ -165,8 +173,11 @@ def section_numerics(args) -> None:
             ref_grad, ref_alpha, ref_geno = g, alpha, geno
         cos = float(F.cosine_similarity(g, ref_grad, dim=0))
         rel = float((g - ref_grad).norm() / ref_grad.norm())
-        print(f"| {name} | {cos:.5f} | {rel:.2e} | {float((alpha - ref_alpha).abs().max()):.2e} | "
-              f"{float((ref_alpha - init).abs().max()):.2e} | {geno == ref_geno} |", flush=True)
+        print(
+            f"| {name} | {cos:.5f} | {rel:.2e} | {float((alpha - ref_alpha).abs().max()):.2e} | "
+            f"{float((ref_alpha - init).abs().max()):.2e} | {geno == ref_geno} |",
+            flush=True,
+        )
         del s
 
 
@@ -179,15 +190,27 @@ def section_search(args) -> None:
     images, labels = data.load_cifar10(args.data)
     print(f"\n## search: {len(labels)} images ({args.data}), {args.search_epochs} epochs, batch {args.batch}")
     with tempfile.TemporaryDirectory(prefix="mdarts-gpu-report-") as tmp:
-        cfg = SearchConfig(out=args.search_out or f"{tmp}/search", alpha_mode=args.mode, epochs=args.search_epochs, batch_size=args.batch,
-                           fast=True, cuda_graph=CUDA, device=DEVICE, plots=False, quiet=True, steps_per_epoch=args.search_steps)
+        cfg = SearchConfig(
+            out=args.search_out or f"{tmp}/search",
+            alpha_mode=args.mode,
+            epochs=args.search_epochs,
+            batch_size=args.batch,
+            fast=True,
+            cuda_graph=CUDA,
+            device=DEVICE,
+            plots=False,
+            quiet=True,
+            steps_per_epoch=args.search_steps,
+        )
         t0 = time.time()
         result = run_search(cfg, images, labels)
         total = time.time() - t0
     steps = min((len(labels) // 2) // args.batch, args.search_steps or len(labels))
     for rec in result.history:
-        print(f"epoch {rec['epoch']}: {rec['seconds']:.1f} s in steps ({steps} steps, {rec['seconds'] / steps * 1e3:.1f} ms/step), "
-              f"train acc {rec['train_acc']:.3f}, val acc {rec['val_acc']:.3f}, gap {rec['gap']['gap']:+.3f}")
+        print(
+            f"epoch {rec['epoch']}: {rec['seconds']:.1f} s in steps ({steps} steps, {rec['seconds'] / steps * 1e3:.1f} ms/step), "
+            f"train acc {rec['train_acc']:.3f}, val acc {rec['val_acc']:.3f}, gap {rec['gap']['gap']:+.3f}"
+        )
     print(f"whole run: {total:.1f} s (setup, steps, per-epoch derivation, gap and checkpoint)")
     print(f"genotype: {result.genotype}")
 
@@ -214,7 +237,9 @@ def section_traffic(args) -> None:
     except (ImportError, OSError, RuntimeError) as e:  # no compiler, failed build: the batched row runs the references
         print(f"(compiled ops unavailable: {type(e).__name__}: {e})")
         compiled = "ref"
-    print(f"\n## traffic: {args.mode}, batch {args.batch}, C = 16, 8 cells; α pass and weight pass, forward and backward")
+    print(
+        f"\n## traffic: {args.mode}, batch {args.batch}, C = 16, 8 cells; α pass and weight pass, forward and backward"
+    )
     summary = []
     # the plain path as profile and bench_search_step time it (plain-torch mixed sums); the batched path with the
     # compiled ops where they build (its softmax_entropy)
@@ -249,9 +274,13 @@ def section_drift(args) -> None:
     from mdarts_rs import ops
 
     c, layers = (int(v) for v in args.drift_model.split(","))
-    print(f"\n## drift from the plain path: C = {c}, {layers} cells, batch {args.batch}, {args.drift_steps} steps at arch lr "
-          f"{args.drift_lr}, {DEVICE}")
-    print("| dtype | seed | α change (plain) | plain, compiled ops: max α diff | genotype same | batched: max α diff | genotype same |")
+    print(
+        f"\n## drift from the plain path: C = {c}, {layers} cells, batch {args.batch}, {args.drift_steps} steps at arch lr "
+        f"{args.drift_lr}, {DEVICE}"
+    )
+    print(
+        "| dtype | seed | α change (plain) | plain, compiled ops: max α diff | genotype same | batched: max α diff | genotype same |"
+    )
     print("|---|---|---|---|---|---|---|")
     paths = [("ref", False), ("ext", False), ("auto", True)]
     try:
@@ -266,11 +295,22 @@ def section_drift(args) -> None:
         alphas, genos = [], []
         for mode, fast in paths:
             os.environ["MDARTS_OPS"] = mode
-            s = searcher(args.batch, (images, labels), fast=fast, alpha_mode=args.mode, init_channels=c, layers=layers,
-                         arch_lr=args.drift_lr, seed=seed, device=DEVICE)
+            s = searcher(
+                args.batch,
+                (images, labels),
+                fast=fast,
+                alpha_mode=args.mode,
+                init_channels=c,
+                layers=layers,
+                arch_lr=args.drift_lr,
+                seed=seed,
+                device=DEVICE,
+            )
             init = torch.cat([a.detach().flatten() for a in s.model.arch_parameters()]).double()
             s.model.to(dtype)  # parameters keep their identity, so the optimizers follow
-            for (xt, yt), (xv, yv) in itertools.islice(zip(s.train_loader.batches(0), s.val_loader.batches(0)), args.drift_steps):
+            for (xt, yt), (xv, yv) in itertools.islice(
+                zip(s.train_loader.batches(0), s.val_loader.batches(0)), args.drift_steps
+            ):
                 s.train_step(xt.to(dtype), yt, xv.to(dtype), yv)
             alphas.append(torch.cat([a.detach().flatten() for a in s.model.arch_parameters()]).double())
             genos.append(s.model.genotype().to_json())
@@ -280,11 +320,19 @@ def section_drift(args) -> None:
             cells += [f"{float((a - alphas[0]).abs().max()):.2e}", str(g == genos[0])]
         if len(paths) == 2:
             cells = ["-", "-", *cells]
-        print(f"| {str(dtype).split('.')[-1]} | {seed} | {float((alphas[0] - init).abs().max()):.2e} | {' | '.join(cells)} |", flush=True)
+        print(
+            f"| {str(dtype).split('.')[-1]} | {seed} | {float((alphas[0] - init).abs().max()):.2e} | {' | '.join(cells)} |",
+            flush=True,
+        )
 
 
-SECTIONS = {"profile": section_profile, "search": section_search, "numerics": section_numerics, "traffic": section_traffic,
-            "drift": section_drift}
+SECTIONS = {
+    "profile": section_profile,
+    "search": section_search,
+    "numerics": section_numerics,
+    "traffic": section_traffic,
+    "drift": section_drift,
+}
 
 
 def main() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def assert_cuda_matches_reference(op, ref_fn, xs: list[torch.Tensor], w: torch.Tensor, dtype: torch.dtype, grad_atol: float) -> None:
+def assert_cuda_matches_reference(
+    op, ref_fn, xs: list[torch.Tensor], w: torch.Tensor, dtype: torch.dtype, grad_atol: float
+) -> None:
     """``op(xs, w)`` on CUDA in ``dtype`` against ``ref_fn(xs, w)`` on the CPU (float32 inputs). Tolerances:
     1e-5 for float32, 3e-2 for bfloat16; gradients also ``grad_atol`` times that absolutely."""
     ref = ref_fn(xs, w)

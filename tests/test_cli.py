@@ -16,6 +16,7 @@ from mdarts_rs import ops
 from mdarts_rs.cli import main
 from mdarts_rs.config import SearchConfig, TrainConfig
 
+
 def test_cli_space_prints_four_sizes():
     out = CliRunner().invoke(main, ["space"])
     assert out.exit_code == 0, out.output
@@ -103,17 +104,24 @@ def test_cli_build_kernels_says_in_one_line_why_it_cannot(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", None)
     r = CliRunner().invoke(main, ["build-kernels"])
     assert r.exit_code == 1
-    assert r.output.strip() == ("Error: could not build the CUDA kernels: this torch has no CUDA; the CUDA kernels need "
-                                "a CUDA build of torch (PyPI's default)")
+    assert r.output.strip() == (
+        "Error: could not build the CUDA kernels: this torch has no CUDA; the CUDA kernels need "
+        "a CUDA build of torch (PyPI's default)"
+    )
 
 
 @pytest.mark.parametrize(
     ("error", "why"),
     [
-        (OSError("CUDA_HOME environment variable is not set. Please set it to your CUDA install root."),
-         "no CUDA compiler of torch's CUDA version was found"),
+        (
+            OSError("CUDA_HOME environment variable is not set. Please set it to your CUDA install root."),
+            "no CUDA compiler of torch's CUDA version was found",
+        ),
         (RuntimeError("Ninja is required to load C++ extensions (pip install ninja to get it)"), "ninja is missing"),
-        (RuntimeError("Error building extension 'x'\nstep 1\nfoo.cu:3: error: bad thing\nmore"), "foo.cu:3: error: bad thing"),
+        (
+            RuntimeError("Error building extension 'x'\nstep 1\nfoo.cu:3: error: bad thing\nmore"),
+            "foo.cu:3: error: bad thing",
+        ),
     ],
 )
 def test_kernel_build_failure_is_one_line_naming_the_fallback(error, why):

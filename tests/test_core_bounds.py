@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,13 +19,51 @@ from mdarts_rs import _core as core
 
 U64 = 2**64
 # Edges of the integer types pyo3 converts to (u64/usize, i64) and of the limits.
-EDGES = [0, 1, 2, 3, 4, 5, 31, 32, 33, 64, 65, 1000, 1001, 65_536, 65_537, 1_000_000, 1_000_001,
-         2**31 - 1, 2**31, 2**32, 2**62, 2**63 - 1, 2**63, U64 - 1, U64, 2**100, -1, -(2**31), -(2**63), -(2**64)]
+EDGES = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    31,
+    32,
+    33,
+    64,
+    65,
+    1000,
+    1001,
+    65_536,
+    65_537,
+    1_000_000,
+    1_000_001,
+    2**31 - 1,
+    2**31,
+    2**32,
+    2**62,
+    2**63 - 1,
+    2**63,
+    U64 - 1,
+    U64,
+    2**100,
+    -1,
+    -(2**31),
+    -(2**63),
+    -(2**64),
+]
 INTS = st.sampled_from(EDGES) | st.integers(min_value=-(2**70), max_value=2**70)
 FLOATS = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-18, 5e-324, 1e308, -1.0, 0.5, 1.0, 1.0 + 2**-52])
 FAST = settings(max_examples=40, deadline=None)
 
-ALL_LIMITS = ("MAX_LAYERS", "MAX_IMAGES", "MAX_BATCH_SIZE", "MAX_WORKERS", "MAX_PREFETCH", "MAX_CROP_PADDING", "MAX_CUTOUT")
+ALL_LIMITS = (
+    "MAX_LAYERS",
+    "MAX_IMAGES",
+    "MAX_BATCH_SIZE",
+    "MAX_WORKERS",
+    "MAX_PREFETCH",
+    "MAX_CROP_PADDING",
+    "MAX_CUTOUT",
+)
 
 
 def call(f, *args, **kwargs):
@@ -170,8 +207,10 @@ def test_cell_genotype_edge_inputs_and_concat(node, value):
 @FAST
 @given(value=st.sampled_from(EDGES) | st.integers(min_value=0, max_value=10**40))
 def test_genotype_text_numbers(value):
-    text = (f"Genotype(normal=[('sep_conv_3x3', {value})] , normal_concat=range(2, {value}), "
-            "reduce=[], reduce_concat=[2, 3, 4, 5])").replace("-", "")
+    text = (
+        f"Genotype(normal=[('sep_conv_3x3', {value})] , normal_concat=range(2, {value}), "
+        "reduce=[], reduce_concat=[2, 3, 4, 5])"
+    ).replace("-", "")
     _, err = call(core.parse_genotype, text)
     expect(err, core.GenotypeError)
     _, err = call(core.Genotype.from_json, '{"normal": {"edges": [["sep_conv_3x3", %d]], "concat": [2]}}' % value)
@@ -206,9 +245,13 @@ def test_search_split_n_portion_seed(n, portion, seed):
 IMAGES = np.arange(2 * 3 * 32 * 32, dtype=np.uint8).reshape(2, 3, 32, 32)
 LABELS = np.array([3, 7], dtype=np.int64)
 # BatchLoader's sized arguments in the order it checks them, their limits and the smallest allowed value.
-LOADER_ARGS = {"batch_size": (core.MAX_BATCH_SIZE, 1), "workers": (core.MAX_WORKERS, 0),
-               "prefetch": (core.MAX_PREFETCH, 1), "crop_padding": (core.MAX_CROP_PADDING, 0),
-               "cutout": (core.MAX_CUTOUT, 0)}
+LOADER_ARGS = {
+    "batch_size": (core.MAX_BATCH_SIZE, 1),
+    "workers": (core.MAX_WORKERS, 0),
+    "prefetch": (core.MAX_PREFETCH, 1),
+    "crop_padding": (core.MAX_CROP_PADDING, 0),
+    "cutout": (core.MAX_CUTOUT, 0),
+}
 
 
 @FAST

@@ -14,7 +14,10 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "cuda_compile_check.py"
 
 
-@pytest.mark.skipif(os.environ.get("MDARTS_CUDA_BUILD_CHECK") != "1", reason="set MDARTS_CUDA_BUILD_CHECK=1 to compile the CUDA kernels (CI does)")
+@pytest.mark.skipif(
+    os.environ.get("MDARTS_CUDA_BUILD_CHECK") != "1",
+    reason="set MDARTS_CUDA_BUILD_CHECK=1 to compile the CUDA kernels (CI does)",
+)
 def test_cuda_kernels_compile_and_register():
     r = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-8000:]

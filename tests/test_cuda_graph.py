@@ -75,7 +75,9 @@ def supernet_passes(net: SuperNet):
         w_grads = torch.autograd.grad(F.cross_entropy(net(xt, p), yt), weights, allow_unused=True)
         return [*a_grads, *(torch.zeros_like(q) if g is None else g for g, q in zip(w_grads, weights))]
 
-    names = [f"α {t}" for t in net.layout.tables] + [n for n, q in net.named_parameters() if not n.startswith("alphas.")]
+    names = [f"α {t}" for t in net.layout.tables] + [
+        n for n, q in net.named_parameters() if not n.startswith("alphas.")
+    ]
     return fn, make, names
 
 

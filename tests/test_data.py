@@ -51,11 +51,23 @@ def test_data_reads_generated_binary_files(fake_bin):
 @pytest.mark.parametrize(
     ("mutate", "error", "message"),
     [
-        (lambda r: (r / "data_batch_2.bin").write_bytes(records([1, 2]) + b"x" * 100), md.DataFormatError, r"data_batch_2.bin: truncated.*record 2 has only 100 bytes"),
-        (lambda r: (r / "data_batch_1.bin").write_bytes(records([1, 12, 3])), md.DataFormatError, r"data_batch_1.bin: record 1: label 12 is not a CIFAR-10 class"),
+        (
+            lambda r: (r / "data_batch_2.bin").write_bytes(records([1, 2]) + b"x" * 100),
+            md.DataFormatError,
+            r"data_batch_2.bin: truncated.*record 2 has only 100 bytes",
+        ),
+        (
+            lambda r: (r / "data_batch_1.bin").write_bytes(records([1, 12, 3])),
+            md.DataFormatError,
+            r"data_batch_1.bin: record 1: label 12 is not a CIFAR-10 class",
+        ),
         (lambda r: (r / "data_batch_3.bin").write_bytes(b""), md.DataFormatError, r"data_batch_3.bin: empty file"),
         (lambda r: (r / "data_batch_1.bin").unlink(), FileNotFoundError, r"data_batch_1.bin: file not found"),
-        (lambda r: (r / "data_batch_2.bin").unlink(), md.DataFormatError, r"data_batch_3.bin: data_batch_2.bin is missing"),
+        (
+            lambda r: (r / "data_batch_2.bin").unlink(),
+            md.DataFormatError,
+            r"data_batch_3.bin: data_batch_2.bin is missing",
+        ),
     ],
 )
 def test_data_bad_files_get_clear_errors(fake_bin, mutate, error, message):
@@ -178,8 +190,10 @@ def test_loader_serves_each_image_once_with_its_label():
 
 def test_loader_is_deterministic_across_workers_and_reshuffles():
     x, y = small_set()
+
     def epoch(workers, e):
         return [b for b, _ in md.data.BatchLoader(x, y, batch_size=7, cutout=16, seed=4, workers=workers).epoch(e)]
+
     a = epoch(0, 1)
     for w in (1, 2, 3):
         assert all(np.array_equal(p, q) for p, q in zip(a, epoch(w, 1)))

@@ -39,7 +39,9 @@ def test_fastcell_matches_plain_cell(reduction, reduction_prev):
     torch.manual_seed(0)
     plain = SearchCell(8 if reduction_prev else 6, 6, 4, reduction, reduction_prev)
     fast = FastSearchCell.from_plain(plain)
-    s0 = torch.randn(3, 8 if reduction_prev else 6, 16 if reduction_prev else 8, 16 if reduction_prev else 8, dtype=torch.float64)
+    s0 = torch.randn(
+        3, 8 if reduction_prev else 6, 16 if reduction_prev else 8, 16 if reduction_prev else 8, dtype=torch.float64
+    )
     s1 = torch.randn(3, 6, 8, 8, dtype=torch.float64)
     plain, fast = plain.double(), fast.double()
     p = torch.softmax(torch.randn(14, 8, dtype=torch.float64), -1).requires_grad_()
@@ -103,7 +105,10 @@ def test_fastcell_counts_batches_in_one_op():
 
 @pytest.mark.parametrize("mode", ["multilevel", "shared"])
 def test_fast_supernet_same_weights_and_function(mode):
-    plain, fast = SuperNet(C=4, layers=5, alpha_mode=mode, seed=2), SuperNet(C=4, layers=5, alpha_mode=mode, seed=2, fast=True)
+    plain, fast = (
+        SuperNet(C=4, layers=5, alpha_mode=mode, seed=2),
+        SuperNet(C=4, layers=5, alpha_mode=mode, seed=2, fast=True),
+    )
     assert count_params(plain) == count_params(fast)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(plain(x), fast(x), rtol=1e-5, atol=1e-6)
@@ -114,8 +119,19 @@ def _searchers(tmp_path, **kw) -> tuple[Searcher, Searcher]:
     images, labels = rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 64).astype(np.int64)
     pair = []
     for fast in (False, True):
-        cfg = SearchConfig(out=tmp_path / str(fast), batch_size=4, init_channels=4, layers=5, gap_images=8, workers=1, quiet=True,
-                           plots=False, device="cpu", fast=fast, **kw)
+        cfg = SearchConfig(
+            out=tmp_path / str(fast),
+            batch_size=4,
+            init_channels=4,
+            layers=5,
+            gap_images=8,
+            workers=1,
+            quiet=True,
+            plots=False,
+            device="cpu",
+            fast=fast,
+            **kw,
+        )
         pair.append(Searcher(cfg, images, labels))
     return pair[0], pair[1]
 
@@ -177,13 +193,17 @@ def test_add_shared_gradients(groups):
     shared = [torch.randn(3, groups * 2, 5, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     out = fastcell.AddShared.apply(mixed, w, *shared)
     # edge e reads group e // (4 / groups) of each shared output: (B, 4, 2, 5, 5) per output
-    per_edge = [s.view(3, groups, 1, 2, 5, 5).expand(3, groups, 4 // groups, 2, 5, 5).reshape(3, 4, 2, 5, 5) for s in shared]
+    per_edge = [
+        s.view(3, groups, 1, 2, 5, 5).expand(3, groups, 4 // groups, 2, 5, 5).reshape(3, 4, 2, 5, 5) for s in shared
+    ]
     expected = mixed + sum(w[:, k].view(1, 4, 1, 1, 1) * s for k, s in enumerate(per_edge))
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-14)
     assert torch.autograd.gradcheck(fastcell.AddShared.apply, (mixed, w, *shared))
     # only some inputs need gradients (the weight pass holds w fixed; a pooled output may be constant)
     w_fixed = w.detach()
-    assert torch.autograd.gradcheck(fastcell.AddShared.apply, (mixed, w_fixed, shared[0], shared[1].detach(), shared[2]))
-    assert torch.autograd.gradcheck(lambda w_: fastcell.AddShared.apply(mixed.detach(), w_, *(s.detach() for s in shared)), (w,))
-
-
+    assert torch.autograd.gradcheck(
+        fastcell.AddShared.apply, (mixed, w_fixed, shared[0], shared[1].detach(), shared[2])
+    )
+    assert torch.autograd.gradcheck(
+        lambda w_: fastcell.AddShared.apply(mixed.detach(), w_, *(s.detach() for s in shared)), (w,)
+    )

@@ -5,9 +5,10 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from published import ALL, DARTS_V2
 
 import mdarts_rs as md
+
+from published import ALL, DARTS_V2
 
 
 @pytest.mark.parametrize("name", sorted(ALL))

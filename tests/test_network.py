@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from published import ALL, DARTS_V2
 from torch import nn
 
 import mdarts_rs as md
 from mdarts_rs.network import EvalCell, count_macs, count_params, drop_path, eval_network
+
+from published import ALL, DARTS_V2
 
 
 def test_network_darts_v2_counts_match_darts_to_the_parameter():
@@ -36,11 +37,11 @@ def test_network_auxiliary_head_is_not_counted():
 
 def test_count_macs_of_a_small_network_by_hand():
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False),              # 8·8 out px · 8 ch · 3 in · 9 = 13,824
-        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8),      # 4·4 · 8 · 1 · 9 = 1,152
-        nn.Conv2d(8, 16, 1),                                    # 4·4 · 16 · 8 = 2,048
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),  # 8·8 out px · 8 ch · 3 in · 9 = 13,824
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8),  # 4·4 · 8 · 1 · 9 = 1,152
+        nn.Conv2d(8, 16, 1),  # 4·4 · 16 · 8 = 2,048
         nn.Flatten(),
-        nn.Linear(256, 10),                                     # 2,560
+        nn.Linear(256, 10),  # 2,560
     )
     assert count_macs(net, (3, 8, 8)) == 13_824 + 1_152 + 2_048 + 2_560
 
@@ -48,11 +49,13 @@ def test_count_macs_of_a_small_network_by_hand():
 def test_count_macs_of_a_cell_network_by_hand():
     """3 cells (normal, reduce, reduce), C = 4, ops without MACs (skip, max pool): only the stem, the
     preprocessing convolutions and the classifier multiply."""
-    g = md.Genotype(normal=[("skip_connect", 0), ("skip_connect", 1)] * 4, reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1)] * 4)
+    g = md.Genotype(
+        normal=[("skip_connect", 0), ("skip_connect", 1)] * 4, reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1)] * 4
+    )
     net = eval_network(g, "cifar10", C=4, layers=3, auxiliary=False)
     stem = 32 * 32 * 12 * 3 * 9
-    cell0 = 2 * (32 * 32 * 4 * 12)                    # two 1x1 ReLUConvBN 12 -> 4 at 32x32
-    cell1 = 32 * 32 * 8 * 12 + 32 * 32 * 8 * 16       # 12 -> 8 and 16 -> 8 at 32x32
+    cell0 = 2 * (32 * 32 * 4 * 12)  # two 1x1 ReLUConvBN 12 -> 4 at 32x32
+    cell1 = 32 * 32 * 8 * 12 + 32 * 32 * 8 * 16  # 12 -> 8 and 16 -> 8 at 32x32
     cell2 = 2 * (16 * 16 * 8 * 16) + 16 * 16 * 16 * 32  # factorized reduce 16 -> 2x8, and 32 -> 16 at 16x16
     assert count_macs(net, (3, 32, 32)) == stem + cell0 + cell1 + cell2 + 64 * 10
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mdarts_rs import ops
 from mdarts_rs.ops import softmax_entropy_ref, weighted_sum_ref
+
 from cudacompare import assert_cuda_matches_reference
 
 
@@ -37,7 +38,13 @@ def inputs(shape, k, dtype=torch.float64, seed=0, grad=True, channels_last=False
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(
     ("shape", "k", "layout"),
-    [((2, 3, 4, 5), 8, "plain"), ((2, 3, 4, 4), 1, "plain"), ((3, 4, 5, 5), 7, "channels_last"), ((2, 3, 4, 6), 3, "noncontig"), ((7,), 2, "plain")],
+    [
+        ((2, 3, 4, 5), 8, "plain"),
+        ((2, 3, 4, 4), 1, "plain"),
+        ((3, 4, 5, 5), 7, "channels_last"),
+        ((2, 3, 4, 6), 3, "noncontig"),
+        ((7,), 2, "plain"),
+    ],
 )
 def test_weighted_sum_gradcheck_float64(ext, seed, shape, k, layout):
     xs, w = inputs(shape, k, seed=seed, channels_last=layout == "channels_last", noncontig=layout == "noncontig")
@@ -95,7 +102,9 @@ def test_weighted_sum_rejects_bad_arguments(ext):
 
 
 # opcheck's own aot_dispatch test reads .grad of non-leaf tensors, which torch warns about.
-OPCHECK_WARNING = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning")
+OPCHECK_WARNING = pytest.mark.filterwarnings(
+    "ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning"
+)
 
 
 @OPCHECK_WARNING

@@ -22,8 +22,26 @@ from mdarts_rs.config import SearchConfig
 from mdarts_rs.run import RunFolder, RunFolderBusy, read_checkpoint, run_search
 from mdarts_rs.search import Searcher, SearchInterrupted
 
-TINY = ["--epochs", "1", "--batch-size", "4", "--init-channels", "4", "--layers", "5", "--steps-per-epoch", "2",
-        "--gap-images", "8", "--workers", "1", "--device", "cpu", "--quiet", "--no-plots"]
+TINY = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--init-channels",
+    "4",
+    "--layers",
+    "5",
+    "--steps-per-epoch",
+    "2",
+    "--gap-images",
+    "8",
+    "--workers",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--no-plots",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +61,19 @@ def data_dir(tmp_path, tiny_data):
 
 
 def tiny_cfg(out, **kw) -> SearchConfig:
-    base = dict(out=out, epochs=1, batch_size=4, init_channels=4, layers=5, steps_per_epoch=2, gap_images=8, workers=1,
-                quiet=True, plots=False, device="cpu")
+    base = dict(
+        out=out,
+        epochs=1,
+        batch_size=4,
+        init_channels=4,
+        layers=5,
+        steps_per_epoch=2,
+        gap_images=8,
+        workers=1,
+        quiet=True,
+        plots=False,
+        device="cpu",
+    )
     return SearchConfig(**{**base, **kw})
 
 
@@ -52,10 +81,16 @@ def test_run_folder_has_one_writer_named_by_pid_until_it_dies(tmp_path, tiny_dat
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time\n"
-         f"f = open({str(out / '.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush()\n"
-         "print('locked', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"f = open({str(out / '.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush()\n"
+            "print('locked', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderBusy, match=f"being written by another mdarts-rs process \\(PID {holder.pid}\\)"):
@@ -106,7 +141,10 @@ def test_resume_refuses_other_data(tmp_path, tiny_data):
             run_search(cfg, images, labels)
     other = images.copy()
     other[0, 0, 0, 0] ^= 1
-    with pytest.raises(ValueError, match=r"cannot resume with other data: the run searched 48 images, blake2b \w+, this data is 48 images"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot resume with other data: the run searched 48 images, blake2b \w+, this data is 48 images",
+    ):
         run_search(dataclasses.replace(cfg, resume=True), other, labels)
     result = run_search(dataclasses.replace(cfg, resume=True), images, labels)
     assert [r["epoch"] for r in result.history] == [0, 1]
@@ -132,7 +170,9 @@ def test_read_checkpoint_names_foreign_and_wrong_kind_files(tmp_path, tiny_data)
     with pytest.raises(ValueError, match="other.pt: a torch file, but not a checkpoint written by mdarts-rs"):
         read_checkpoint(tmp_path / "other.pt", "train")
     run_search(tiny_cfg(tmp_path / "run"), *tiny_data)
-    with pytest.raises(ValueError, match=r"a checkpoint of mdarts-rs search \(a supernet\); this needs one of mdarts-rs train"):
+    with pytest.raises(
+        ValueError, match=r"a checkpoint of mdarts-rs search \(a supernet\); this needs one of mdarts-rs train"
+    ):
         read_checkpoint(tmp_path / "run" / "checkpoint.pt", "train")
     (tmp_path / "junk.pt").write_bytes(b"\x00not a zip")
     with pytest.raises(ValueError, match="junk.pt: cannot read checkpoint"):
@@ -144,9 +184,25 @@ def test_cli_test_with_a_search_checkpoint_or_bad_device_says_so(tmp_path, tiny_
     ckpt = str(tmp_path / "run" / "checkpoint.pt")
     r = CliRunner().invoke(main, ["test", "--checkpoint", ckpt, "--data", str(data_dir), "--device", "cpu"])
     assert r.exit_code == 1 and "a checkpoint of mdarts-rs search" in r.output and "Traceback" not in r.output
-    for device, message in (("bogus", "is not a device name"), ("cuda:7" if not torch.cuda.is_available() else "cuda:99", "cuda")):
-        r = CliRunner().invoke(main, ["search", "--data", str(data_dir), "--out", str(tmp_path / device), *TINY[:-4],
-                                      "--quiet", "--no-plots", "--device", device])
+    for device, message in (
+        ("bogus", "is not a device name"),
+        ("cuda:7" if not torch.cuda.is_available() else "cuda:99", "cuda"),
+    ):
+        r = CliRunner().invoke(
+            main,
+            [
+                "search",
+                "--data",
+                str(data_dir),
+                "--out",
+                str(tmp_path / device),
+                *TINY[:-4],
+                "--quiet",
+                "--no-plots",
+                "--device",
+                device,
+            ],
+        )
         assert r.exit_code == 2 and message in r.output, r.output
         assert not (tmp_path / device).exists()
 
@@ -182,12 +238,15 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
 def test_genotype_paths_are_files_whatever_their_name(tmp_path):
     good = tmp_path / "copy (2)" / "genotype.json"
     good.parent.mkdir()
-    good.write_text(load_genotype("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), "
-                                  "('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
-                                  "('skip_connect', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
-                                  "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0), ('max_pool_3x3', 0), "
-                                  "('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], reduce_concat=[2, 3, 4, 5])"
-                                  ).to_json())
+    good.write_text(
+        load_genotype(
+            "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), "
+            "('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+            "('skip_connect', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
+            "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0), ('max_pool_3x3', 0), "
+            "('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], reduce_concat=[2, 3, 4, 5])"
+        ).to_json()
+    )
     assert load_genotype(str(good)).to_json() == good.read_text()
     r = CliRunner().invoke(main, ["info", str(good)])
     assert r.exit_code == 0, r.output

@@ -38,7 +38,9 @@ def fake_py(tmp_path):
     for i, labels in enumerate([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]], start=1):
         write(root / f"data_batch_{i}", batch(labels, seed=i))
     write(root / "test_batch", batch([3, 3, 1], seed=9))
-    names = [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]
+    names = [
+        n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    ]
     write(root / "batches.meta", {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072})
     return root
 
@@ -60,7 +62,9 @@ def test_safe_pickle_code_in_a_batch_does_not_run(fake_py, tmp_path, how, protoc
     marker = tmp_path / "pwned"
     make, args = (os.system, (f"touch '{marker}'",)) if how == "os.system" else (open, (str(marker), "w"))
     write(fake_py / "data_batch_1", batch([0, 1], payload=Marker(make, *args)), protocol)
-    with pytest.raises(md.DataFormatError, match=r"data_batch_1: refuses to load '(\w|\.)+': not an array or plain data") as e:
+    with pytest.raises(
+        md.DataFormatError, match=r"data_batch_1: refuses to load '(\w|\.)+': not an array or plain data"
+    ) as e:
         data.load_cifar10(fake_py)
     assert not marker.exists()
     assert f"'{make.__module__}.{make.__qualname__}'" in str(e.value)  # 'posix.system', 'io.open'
@@ -68,7 +72,9 @@ def test_safe_pickle_code_in_a_batch_does_not_run(fake_py, tmp_path, how, protoc
 
 def test_safe_pickle_code_in_a_batch_names_the_global(fake_py):
     write(fake_py / "test_batch", batch([1], labels=Marker(os.system, "true")))
-    with pytest.raises(md.DataFormatError, match=rf"test_batch: refuses to load '{os.name}\.system': not an array or plain data"):
+    with pytest.raises(
+        md.DataFormatError, match=rf"test_batch: refuses to load '{os.name}\.system': not an array or plain data"
+    ):
         data.load_cifar10(fake_py, "test")
 
 
@@ -76,7 +82,9 @@ def test_safe_pickle_code_in_a_batch_names_the_global(fake_py):
 def test_safe_pickle_refuses_object_arrays(fake_py, protocol):
     path = fake_py / "data_batch_1"
     write(path, batch([0, 1], data=np.zeros((2, 3072), np.uint8).astype(object)), protocol)
-    with pytest.raises(md.DataFormatError, match=r"data_batch_1: refuses an array of dtype dtype\('O'\): object arrays"):
+    with pytest.raises(
+        md.DataFormatError, match=r"data_batch_1: refuses an array of dtype dtype\('O'\): object arrays"
+    ):
         data.load_cifar10(fake_py)
     # an object field inside a structured dtype holds Python objects all the same
     write(path, np.zeros(2, dtype=[("a", np.uint8), ("b", object)]), protocol)
@@ -105,7 +113,9 @@ def test_safe_pickle_loads_plain_data_and_arrays(tmp_path):
 
 def test_safe_pickle_float_pixels_are_refused(fake_py):
     write(fake_py / "data_batch_2", batch([0, 1], data=np.zeros((2, 3072), dtype=np.float32)))
-    with pytest.raises(md.DataFormatError, match=r"data_batch_2: field b'data' is an array of dtype float32; expected uint8"):
+    with pytest.raises(
+        md.DataFormatError, match=r"data_batch_2: field b'data' is an array of dtype float32; expected uint8"
+    ):
         data.load_cifar10(fake_py)
 
 
@@ -128,8 +138,14 @@ def test_safe_pickle_non_integer_labels_are_refused(fake_py, labels, message):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"data": np.zeros((2, 3072), np.uint8)}, r"data_batch_3: field b'data' has 2 records but b'labels' has 3 labels"),
-        ({"data": np.zeros((3, 1024), np.uint8)}, r"data_batch_3: field b'data' has shape \(3, 1024\); expected \(N, 3072\)"),
+        (
+            {"data": np.zeros((2, 3072), np.uint8)},
+            r"data_batch_3: field b'data' has 2 records but b'labels' has 3 labels",
+        ),
+        (
+            {"data": np.zeros((3, 1024), np.uint8)},
+            r"data_batch_3: field b'data' has shape \(3, 1024\); expected \(N, 3072\)",
+        ),
         ({"data": [[0] * 3072] * 3}, r"data_batch_3: field b'data' is a list; expected uint8 pixels"),
     ],
 )
@@ -141,7 +157,10 @@ def test_safe_pickle_bad_shapes_are_refused(fake_py, fields, message):
 
 def test_safe_pickle_gap_in_batches_is_refused(fake_py):
     (fake_py / "data_batch_2").unlink()
-    with pytest.raises(md.DataFormatError, match=r"data_batch_3: data_batch_2 is missing but this later batch is present; the training files must be data_batch_1 onward without gaps"):
+    with pytest.raises(
+        md.DataFormatError,
+        match=r"data_batch_3: data_batch_2 is missing but this later batch is present; the training files must be data_batch_1 onward without gaps",
+    ):
         data.load_cifar10(fake_py)
 
 
@@ -150,7 +169,10 @@ def test_safe_pickle_meta_only_folder_names_the_python_version(tmp_path, fake_py
         if f.name != "batches.meta":
             f.unlink()
     for root in (fake_py, tmp_path):  # the folder itself or the one holding it
-        with pytest.raises(FileNotFoundError, match=r"data_batch_1: file not found \(found batches.meta of CIFAR-10's python version but no data_batch_1..5; download the CIFAR-10 python version"):
+        with pytest.raises(
+            FileNotFoundError,
+            match=r"data_batch_1: file not found \(found batches.meta of CIFAR-10's python version but no data_batch_1..5; download the CIFAR-10 python version",
+        ):
             data.load_cifar10(root)
     with pytest.raises(FileNotFoundError, match=r"test_batch: file not found \(download the CIFAR-10 python version"):
         data.load_cifar10(fake_py, "test")

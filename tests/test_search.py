@@ -17,7 +17,7 @@ import mdarts_rs as md
 from mdarts_rs.cli import main
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.run import run_search
-from mdarts_rs.search import STEP_STATS, Searcher, SearchDiverged, SearchInterrupted, entropy_loss
+from mdarts_rs.search import STEP_STATS, SearchDiverged, Searcher, SearchInterrupted, entropy_loss
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,20 @@ def tiny_data():
 
 
 def tiny_cfg(tmp_path, **kw) -> SearchConfig:
-    base = dict(out=tmp_path / "run", epochs=2, batch_size=4, init_channels=4, layers=5, steps_per_epoch=3,
-                gap_images=8, workers=1, quiet=True, plots=False, device="cpu", seed=0)
+    base = dict(
+        out=tmp_path / "run",
+        epochs=2,
+        batch_size=4,
+        init_channels=4,
+        layers=5,
+        steps_per_epoch=3,
+        gap_images=8,
+        workers=1,
+        quiet=True,
+        plots=False,
+        device="cpu",
+        seed=0,
+    )
     base.update(kw)
     return SearchConfig(**base)
 
@@ -94,7 +106,10 @@ def test_search_resume_after_sigint_matches_uninterrupted(tmp_path, tiny_data, m
         return out
 
     monkeypatch.setattr(Searcher, "train_step", step_then_interrupt)
-    with pytest.raises(SearchInterrupted, match=r"SIGINT at epoch 1 after step 1: the last good checkpoint is kept at .*checkpoint.pt; continue with --resume"):
+    with pytest.raises(
+        SearchInterrupted,
+        match=r"SIGINT at epoch 1 after step 1: the last good checkpoint is kept at .*checkpoint.pt; continue with --resume",
+    ):
         run_search(cfg, *tiny_data)
     monkeypatch.setattr(Searcher, "train_step", original)
     state = torch.load(cfg.out / "checkpoint.pt", weights_only=True)
@@ -104,7 +119,9 @@ def test_search_resume_after_sigint_matches_uninterrupted(tmp_path, tiny_data, m
     assert resumed.genotype == full.genotype
     for t, a in alphas(full.model).items():
         torch.testing.assert_close(alphas(resumed.model)[t], a, rtol=0, atol=0)
-    assert [r["train_loss"] for r in resumed.history] == pytest.approx([r["train_loss"] for r in full.history], rel=1e-6)
+    assert [r["train_loss"] for r in resumed.history] == pytest.approx(
+        [r["train_loss"] for r in full.history], rel=1e-6
+    )
 
 
 def test_search_refuses_to_overwrite_or_resume_differently(tmp_path, tiny_data):
@@ -155,7 +172,10 @@ def test_search_divergence_in_the_weights_keeps_last_good_checkpoint(tmp_path, t
         return out
 
     monkeypatch.setattr(Searcher, "train_step", poisoned)
-    with pytest.raises(SearchDiverged, match=r"epoch 1 step 3: 1 tensors hold NaN or infinite values \(model cells.0.preprocess1.2.running_var\)"):
+    with pytest.raises(
+        SearchDiverged,
+        match=r"epoch 1 step 3: 1 tensors hold NaN or infinite values \(model cells.0.preprocess1.2.running_var\)",
+    ):
         run_search(cfg, *tiny_data)
     state = torch.load(cfg.out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1
@@ -186,13 +206,29 @@ def test_cli_search_huge_learning_rate_leaves_no_non_finite_checkpoint(tmp_path,
     # run stops without a checkpoint or a genotype and exits 1
     data = write_bin(tmp_path / "cifar", *tiny_data)
     one = tmp_path / "one"
-    r = CliRunner().invoke(main, ["search", "--data", str(data), "--out", str(one), "--no-plots", *TINY, "--lr", "1e30",
-                                  "--steps-per-epoch", "1"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "search",
+            "--data",
+            str(data),
+            "--out",
+            str(one),
+            "--no-plots",
+            *TINY,
+            "--lr",
+            "1e30",
+            "--steps-per-epoch",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     state = torch.load(one / "checkpoint.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
     two = tmp_path / "two"
-    r = CliRunner().invoke(main, ["search", "--data", str(data), "--out", str(two), "--no-plots", *TINY, "--lr", "1e30"])
+    r = CliRunner().invoke(
+        main, ["search", "--data", str(data), "--out", str(two), "--no-plots", *TINY, "--lr", "1e30"]
+    )
     assert r.exit_code == 1, r.output
     assert "epoch 0 step 1: the α loss is nan" in r.output
     assert not (two / "genotype.json").exists() and not (two / "checkpoint.pt").exists()
@@ -214,8 +250,25 @@ def write_bin(folder, images, labels):
     return folder
 
 
-TINY = ["--epochs", "1", "--batch-size", "4", "--init-channels", "4", "--layers", "5", "--steps-per-epoch", "2",
-        "--gap-images", "8", "--workers", "1", "--device", "cpu", "--quiet"]
+TINY = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--init-channels",
+    "4",
+    "--layers",
+    "5",
+    "--steps-per-epoch",
+    "2",
+    "--gap-images",
+    "8",
+    "--workers",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def test_cli_search_both_modes_writes_summary_and_comparison(tmp_path, tiny_data):
@@ -228,7 +281,9 @@ def test_cli_search_both_modes_writes_summary_and_comparison(tmp_path, tiny_data
     rows = json.loads((out / "summary.json").read_text())
     assert [r["alpha_mode"] for r in rows] == ["shared", "multilevel"]
     assert (out / "plots" / "skip_connect_shared_vs_multilevel.png").stat().st_size > 0
-    r = CliRunner().invoke(main, ["plot", str(out / "shared"), str(out / "multilevel"), "--out", str(tmp_path / "f3.png")])
+    r = CliRunner().invoke(
+        main, ["plot", str(out / "shared"), str(out / "multilevel"), "--out", str(tmp_path / "f3.png")]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "f3.png").exists()
 
@@ -236,7 +291,9 @@ def test_cli_search_both_modes_writes_summary_and_comparison(tmp_path, tiny_data
 def test_cli_sweep_writes_table(tmp_path, tiny_data):
     data = write_bin(tmp_path / "cifar", *tiny_data)
     out = tmp_path / "sweep"
-    r = CliRunner().invoke(main, ["sweep", "--gamma", "0,5", "--data", str(data), "--out", str(out), "--no-plots", "--fast", *TINY])
+    r = CliRunner().invoke(
+        main, ["sweep", "--gamma", "0,5", "--data", str(data), "--out", str(out), "--no-plots", "--fast", *TINY]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((out / "gamma_5" / "config.json").read_text())["fast"] is True
     rows = json.loads((out / "summary.json").read_text())
@@ -273,8 +330,25 @@ def test_cli_search_missing_data(tmp_path, monkeypatch):
 @pytest.mark.data
 def test_cli_quick_search_on_real_subset(tmp_path, cifar_mini):
     out = tmp_path / "quick"
-    r = CliRunner().invoke(main, ["search", "--preset", "quick", "--data", str(cifar_mini), "--out", str(out),
-                                  "--epochs", "1", "--steps-per-epoch", "3", "--portion", "0.02", "--quiet"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "search",
+            "--preset",
+            "quick",
+            "--data",
+            str(cifar_mini),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "3",
+            "--portion",
+            "0.02",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["layers"], cfg["init_channels"], cfg["batch_size"], cfg["epochs"]) == (5, 8, 16, 1)
@@ -401,8 +475,11 @@ def assert_same_states(a: Searcher, b: Searcher, rtol: float, atol: float) -> No
         if not torch.allclose(x.double(), y.double(), rtol=rtol, atol=atol):
             diff, size = (x.double() - y.double()).abs().max().item(), x.double().abs().max().item()
             bad["optimizer" if name.endswith(("buffer", "exp_avg", "exp_avg_sq")) else "model"].append(
-                f"{name} (largest difference {diff:.2e}, largest |value| {size:.2e})")
-    assert not any(bad.values()), "; ".join(f"{len(v)} {k} tensors differ: " + "; ".join(v[:6]) for k, v in bad.items() if v)
+                f"{name} (largest difference {diff:.2e}, largest |value| {size:.2e})"
+            )
+    assert not any(bad.values()), "; ".join(
+        f"{len(v)} {k} tensors differ: " + "; ".join(v[:6]) for k, v in bad.items() if v
+    )
 
 
 def test_search_eager_step_is_deterministic_on_cpu(tmp_path, tiny_data):
@@ -417,7 +494,9 @@ def test_search_eager_step_is_deterministic_on_cpu(tmp_path, tiny_data):
     second.train_step(*batches[1])
     assert_same_states(first, second, rtol=0, atol=0)
     second.train_step(*batches[2])
-    with pytest.raises(AssertionError, match=r"model tensors differ: .*; \d+ optimizer tensors differ: .*momentum_buffer"):
+    with pytest.raises(
+        AssertionError, match=r"model tensors differ: .*; \d+ optimizer tensors differ: .*momentum_buffer"
+    ):
         assert_same_states(first, second, rtol=0, atol=0)
 
 

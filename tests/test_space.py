@@ -9,8 +9,14 @@ import mdarts_rs as md
 
 def test_primitives_are_darts_order():
     assert md.PRIMITIVES == [
-        "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
-        "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+        "none",
+        "max_pool_3x3",
+        "avg_pool_3x3",
+        "skip_connect",
+        "sep_conv_3x3",
+        "sep_conv_5x5",
+        "dil_conv_3x3",
+        "dil_conv_5x5",
     ]
     assert md.NUM_EDGES == 14 and md.STEPS == 4
 
@@ -37,7 +43,14 @@ def test_layout_multilevel_eight_cells():
     assert layout.tables == ["normal_low", "reduce_low", "normal_mid", "reduce_mid", "normal_high"]
     assert layout.reduction == [False, False, True, False, False, True, False, False]
     assert layout.cell_tables == [
-        "normal_low", "normal_low", "reduce_low", "normal_mid", "normal_mid", "reduce_mid", "normal_high", "normal_high",
+        "normal_low",
+        "normal_low",
+        "reduce_low",
+        "normal_mid",
+        "normal_mid",
+        "reduce_mid",
+        "normal_high",
+        "normal_high",
     ]
     assert layout.levels == ["low", "low", "low", "mid", "mid", "mid", "high", "high"]
 

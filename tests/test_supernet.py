@@ -16,10 +16,15 @@ def tiny(mode="multilevel", seed=0, layers=5):
 def test_supernet_alpha_tables_are_named_parameters():
     m = tiny()
     names = [n for n, _ in m.named_parameters() if "alpha" in n]
-    assert names == [f"alphas.alpha_{t}" for t in ["normal_low", "reduce_low", "normal_mid", "reduce_mid", "normal_high"]]
+    assert names == [
+        f"alphas.alpha_{t}" for t in ["normal_low", "reduce_low", "normal_mid", "reduce_mid", "normal_high"]
+    ]
     assert all(p.shape == (14, 8) for p in m.arch_parameters())
     assert len(m.weight_parameters()) + 5 == len(list(m.parameters()))
-    assert [n for n, _ in tiny("shared").named_parameters() if "alpha" in n] == ["alphas.alpha_normal", "alphas.alpha_reduce"]
+    assert [n for n, _ in tiny("shared").named_parameters() if "alpha" in n] == [
+        "alphas.alpha_normal",
+        "alphas.alpha_reduce",
+    ]
 
 
 @pytest.mark.parametrize("mode", ["multilevel", "shared"])
@@ -105,9 +110,8 @@ def test_supernet_rejects_too_few_layers():
 
 
 def test_package_exports_torch_parts_lazily():
-    from mdarts_rs.run import run_search
-
     from mdarts_rs.network import count_macs, eval_network
+    from mdarts_rs.run import run_search
 
     assert md.SuperNet is SuperNet and md.count_params is count_params and md.run_search is run_search
     assert md.eval_network is eval_network and md.count_macs is count_macs

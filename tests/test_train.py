@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from published import DARTS_V2
 
 import mdarts_rs as md
 from mdarts_rs import evaluate
@@ -22,6 +21,8 @@ from mdarts_rs.cli import main
 from mdarts_rs.data import CifarLoader, load_cifar10
 from mdarts_rs.evaluate import TrainConfig, Trainer, shard_indices
 from mdarts_rs.network import eval_network
+
+from published import DARTS_V2
 
 
 def write_records(path, images, labels):
@@ -33,25 +34,59 @@ def write_records(path, images, labels):
 def fake_cifar(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar")
     rng = np.random.default_rng(0)
-    write_records(root / "data_batch_1.bin", rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 64))
-    write_records(root / "test_batch.bin", rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 24))
+    write_records(
+        root / "data_batch_1.bin", rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 64)
+    )
+    write_records(
+        root / "test_batch.bin", rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 24)
+    )
     (root / "genotype.txt").write_text(DARTS_V2)
     return root
 
 
 def tiny_cfg(root, out, **kw) -> TrainConfig:
-    base = dict(genotype=str(root / "genotype.txt"), data=root, out=out, epochs=2, batch_size=8, init_channels=4, layers=5,
-                steps_per_epoch=2, workers=1, device="cpu", quiet=True, seed=0)
+    base = dict(
+        genotype=str(root / "genotype.txt"),
+        data=root,
+        out=out,
+        epochs=2,
+        batch_size=8,
+        init_channels=4,
+        layers=5,
+        steps_per_epoch=2,
+        workers=1,
+        device="cpu",
+        quiet=True,
+        seed=0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
-TINY = ["--epochs", "2", "--batch-size", "8", "--init-channels", "4", "--layers", "5", "--steps-per-epoch", "2",
-        "--workers", "1", "--device", "cpu", "--quiet"]
+TINY = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--init-channels",
+    "4",
+    "--layers",
+    "5",
+    "--steps-per-epoch",
+    "2",
+    "--workers",
+    "1",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def test_cli_train_and_test(tmp_path, fake_cifar):
     out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train", "--genotype", str(fake_cifar / "genotype.txt"), "--data", str(fake_cifar), "--out", str(out), *TINY])
+    r = CliRunner().invoke(
+        main,
+        ["train", "--genotype", str(fake_cifar / "genotype.txt"), "--data", str(fake_cifar), "--out", str(out), *TINY],
+    )
     assert r.exit_code == 0, r.output
     assert "top-1 error" in r.output
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -60,7 +95,9 @@ def test_cli_train_and_test(tmp_path, fake_cifar):
     assert (out / "learning_curves.png").stat().st_size > 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["auxiliary_weight"], cfg["cutout"], cfg["drop_path"], cfg["lr"]) == (0.4, 16, 0.2, 0.025)
-    r = CliRunner().invoke(main, ["test", "--checkpoint", str(out / "checkpoint.pt"), "--data", str(fake_cifar), "--device", "cpu"])
+    r = CliRunner().invoke(
+        main, ["test", "--checkpoint", str(out / "checkpoint.pt"), "--data", str(fake_cifar), "--device", "cpu"]
+    )
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["test_images"] == 24 and res["top1_err"] == pytest.approx(lines[-1]["top1_err"])
@@ -69,9 +106,24 @@ def test_cli_train_and_test(tmp_path, fake_cifar):
 def test_cli_train_rejects_bad_input(tmp_path, fake_cifar):
     bad = tmp_path / "bad.json"
     bad.write_text('{"alpha_mode": "shared", "cells": {}}')
-    r = CliRunner().invoke(main, ["train", "--genotype", str(bad), "--data", str(fake_cifar), "--out", str(tmp_path / "x"), *TINY])
+    r = CliRunner().invoke(
+        main, ["train", "--genotype", str(bad), "--data", str(fake_cifar), "--out", str(tmp_path / "x"), *TINY]
+    )
     assert r.exit_code == 1 and "bad.json" in r.output and "cells.normal: missing" in r.output
-    r = CliRunner().invoke(main, ["train", "--genotype", str(fake_cifar / "genotype.txt"), "--data", str(fake_cifar), "--out", str(tmp_path / "y"), "--drop-path", "1.5"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--genotype",
+            str(fake_cifar / "genotype.txt"),
+            "--data",
+            str(fake_cifar),
+            "--out",
+            str(tmp_path / "y"),
+            "--drop-path",
+            "1.5",
+        ],
+    )
     assert r.exit_code == 2
 
 
@@ -109,12 +161,49 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, fake_cifar):
     """2 ranks × 4 images per step under torchrun (gloo, CPU) give the weights of one process that averages
     the gradients of the same two shards (DDP's semantics; BN statistics are per rank in both)."""
     out = tmp_path / "ddp"
-    args = ["--genotype", str(fake_cifar / "genotype.txt"), "--data", str(fake_cifar), "--out", str(out), "--epochs", "1",
-            "--batch-size", "8", "--init-channels", "4", "--layers", "5", "--steps-per-epoch", "2", "--workers", "1",
-            "--device", "cpu", "--quiet", "--drop-path", "0"]
+    args = [
+        "--genotype",
+        str(fake_cifar / "genotype.txt"),
+        "--data",
+        str(fake_cifar),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--init-channels",
+        "4",
+        "--layers",
+        "5",
+        "--steps-per-epoch",
+        "2",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--drop-path",
+        "0",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on a 2-core machine
-    r = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "mdarts_rs.cli", "train", *args],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            "torchrun",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "mdarts_rs.cli",
+            "train",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ddp = torch.load(out / "checkpoint.pt", weights_only=True)
 
@@ -123,8 +212,20 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, fake_cifar):
     torch.manual_seed(cfg.seed)
     model = eval_network(md.load_genotype(cfg.genotype), "cifar10", cfg.init_channels, cfg.layers, True, 0.0, 10)
     opt = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    loaders = [iter(CifarLoader(x, y, shard_indices(len(y), cfg.seed, r, 2), batch_size=4, cutout=cfg.cutout, seed=cfg.seed + r, workers=1))
-               for r in range(2)]
+    loaders = [
+        iter(
+            CifarLoader(
+                x,
+                y,
+                shard_indices(len(y), cfg.seed, r, 2),
+                batch_size=4,
+                cutout=cfg.cutout,
+                seed=cfg.seed + r,
+                workers=1,
+            )
+        )
+        for r in range(2)
+    ]
     model.train()
     losses = []
     for step in range(2):
@@ -154,8 +255,22 @@ def test_train_one_short_epoch_on_real_data_lowers_the_loss(tmp_path, cifar_mini
     x, y = load_cifar10(cifar_mini, "train")
     xt, yt = load_cifar10(cifar_mini, "test")
     data = ((x[:2048], y[:2048]), (xt[:512], yt[:512]))
-    cfg = TrainConfig(genotype=DARTS_V2, data=cifar_mini, out=tmp_path / "real", epochs=1, batch_size=32, init_channels=8, layers=5,
-                      lr=0.05, cutout=0, drop_path=0.0, steps_per_epoch=48, workers=2, device="cpu", quiet=True)
+    cfg = TrainConfig(
+        genotype=DARTS_V2,
+        data=cifar_mini,
+        out=tmp_path / "real",
+        epochs=1,
+        batch_size=32,
+        init_channels=8,
+        layers=5,
+        lr=0.05,
+        cutout=0,
+        drop_path=0.0,
+        steps_per_epoch=48,
+        workers=2,
+        device="cpu",
+        quiet=True,
+    )
     trainer = evaluate.build_trainer(cfg, data)
     before = evaluate.evaluate_network(trainer.model, iter(trainer.test_batches), trainer.device)
     history = trainer.run_epochs()
@@ -177,9 +292,35 @@ def test_train_imagenet_recipe_on_a_tiny_image_folder(tmp_path):
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(d / f"{i}.png")
     out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train", "--dataset", "imagenet", "--genotype", DARTS_V2, "--data", str(tmp_path / "imagenet"),
-                                  "--out", str(out), "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "4", "--init-channels", "4",
-                                  "--layers", "5", "--workers", "0", "--device", "cpu", "--quiet"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--dataset",
+            "imagenet",
+            "--genotype",
+            DARTS_V2,
+            "--data",
+            str(tmp_path / "imagenet"),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--warmup-epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--init-channels",
+            "4",
+            "--layers",
+            "5",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["lr_schedule"], cfg["label_smoothing"], cfg["weight_decay"]) == ("linear", 0.1, 3e-5)

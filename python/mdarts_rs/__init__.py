@@ -50,6 +50,7 @@ def __getattr__(name: str):  # torch-backed parts load on first use, so `import 
         return importlib.import_module("mdarts_rs.config").SearchConfig
     raise AttributeError(f"module 'mdarts_rs' has no attribute {name!r}")
 
+
 __all__ = [
     "NUM_EDGES",
     "PRIMITIVES",

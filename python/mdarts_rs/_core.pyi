@@ -134,7 +134,9 @@ CIFAR10_STD: Final[list[float]]
 def load_cifar10_bin(
     root: str | os.PathLike[str], split: str = "train"
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
-def search_split(n: int, portion: float = 1.0, seed: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+def search_split(
+    n: int, portion: float = 1.0, seed: int = 0
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 def augment_images(
     images: npt.NDArray[np.uint8],
     seed: int = 0,
@@ -146,6 +148,7 @@ def augment_images(
     normalize: bool = True,
     channels_last: bool = False,
 ) -> npt.NDArray[np.float32] | npt.NDArray[np.uint8]: ...
+
 @final
 class BatchLoader:
     def __new__(
@@ -172,6 +175,7 @@ class BatchLoader:
     @property
     def batch_size(self) -> int: ...
     def epoch(self, epoch: int, start: int = 0) -> EpochIterator: ...
+
 @final
 class EpochIterator:
     def __iter__(self) -> EpochIterator: ...
@@ -181,12 +185,45 @@ class EpochIterator:
 def kernel_sources() -> list[tuple[str, str]]: ...
 
 __all__ = [
-    "MdartsError", "SearchSpaceError", "GenotypeError", "DeriveError", "DataFormatError",
-    "PRIMITIVES", "NUM_EDGES", "STEPS", "__version__",
-    "MAX_LAYERS", "MAX_IMAGES", "MAX_BATCH_SIZE", "MAX_WORKERS", "MAX_PREFETCH", "MAX_CROP_PADDING", "MAX_CUTOUT",
-    "AlphaLayout", "CellGenotype", "Genotype", "MultiLevelGenotype",
-    "search_space_size", "derived_cell_count", "reduction_indices", "edge_index", "parse_genotype",
-    "derive_cell", "derive_genotype", "rank_cell", "unrank_cell", "rank_genotype", "unrank_genotype",
-    "sample_cell", "sample_genotype",
-    "CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10_bin", "search_split", "augment_images", "BatchLoader", "EpochIterator", "kernel_sources",
+    "MdartsError",
+    "SearchSpaceError",
+    "GenotypeError",
+    "DeriveError",
+    "DataFormatError",
+    "PRIMITIVES",
+    "NUM_EDGES",
+    "STEPS",
+    "__version__",
+    "MAX_LAYERS",
+    "MAX_IMAGES",
+    "MAX_BATCH_SIZE",
+    "MAX_WORKERS",
+    "MAX_PREFETCH",
+    "MAX_CROP_PADDING",
+    "MAX_CUTOUT",
+    "AlphaLayout",
+    "CellGenotype",
+    "Genotype",
+    "MultiLevelGenotype",
+    "search_space_size",
+    "derived_cell_count",
+    "reduction_indices",
+    "edge_index",
+    "parse_genotype",
+    "derive_cell",
+    "derive_genotype",
+    "rank_cell",
+    "unrank_cell",
+    "rank_genotype",
+    "unrank_genotype",
+    "sample_cell",
+    "sample_genotype",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "load_cifar10_bin",
+    "search_split",
+    "augment_images",
+    "BatchLoader",
+    "EpochIterator",
+    "kernel_sources",
 ]

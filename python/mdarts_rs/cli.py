@@ -115,38 +115,136 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
-    click.option("--data", type=click.Path(path_type=Path), help="CIFAR-10 folder (binary or python version). Default: $MDARTS_DATA, else the download cache."),
-    click.option("--download", is_flag=True, help="Download CIFAR-10 (checked against its MD5) when no data folder is found."),
+    click.option(
+        "--data",
+        type=click.Path(path_type=Path),
+        help="CIFAR-10 folder (binary or python version). Default: $MDARTS_DATA, else the download cache.",
+    ),
+    click.option(
+        "--download", is_flag=True, help="Download CIFAR-10 (checked against its MD5) when no data folder is found."
+    ),
     click.option("--out", callback=_run_folder, default=str(_sd("out")), show_default=True, help="Run folder."),
-    click.option("--preset", type=click.Choice(sorted(PRESETS)), help="quick: a small supernet on a data subset (minutes on a CPU); paper: the defaults."),
-    click.option("--entropy-reduction", type=click.Choice(["sum", "mean"]), default=_sd("entropy_reduction"), show_default=True, help="Sum (eq. 6) or mean of the edge entropies."),
+    click.option(
+        "--preset",
+        type=click.Choice(sorted(PRESETS)),
+        help="quick: a small supernet on a data subset (minutes on a CPU); paper: the defaults.",
+    ),
+    click.option(
+        "--entropy-reduction",
+        type=click.Choice(["sum", "mean"]),
+        default=_sd("entropy_reduction"),
+        show_default=True,
+        help="Sum (eq. 6) or mean of the edge entropies.",
+    ),
     click.option("--epochs", type=click.IntRange(min=1), default=_sd("epochs"), show_default=True),
-    click.option("--batch-size", type=click.IntRange(min=1, max=_core.MAX_BATCH_SIZE), default=_sd("batch_size"), show_default=True),
-    click.option("--init-channels", type=click.IntRange(min=1, max=MAX_CHANNELS), default=_sd("init_channels"), show_default=True, help="C of the supernet."),
-    click.option("--layers", type=click.IntRange(min=3, max=_core.MAX_LAYERS), default=_sd("layers"), show_default=True, help="Cells of the supernet."),
-    click.option("--portion", type=FiniteFloat(0, 1, min_open=True), default=_sd("portion"), show_default=True, help="Fraction of the training images used, split in half into S_train and S_val."),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1, max=_core.MAX_BATCH_SIZE),
+        default=_sd("batch_size"),
+        show_default=True,
+    ),
+    click.option(
+        "--init-channels",
+        type=click.IntRange(min=1, max=MAX_CHANNELS),
+        default=_sd("init_channels"),
+        show_default=True,
+        help="C of the supernet.",
+    ),
+    click.option(
+        "--layers",
+        type=click.IntRange(min=3, max=_core.MAX_LAYERS),
+        default=_sd("layers"),
+        show_default=True,
+        help="Cells of the supernet.",
+    ),
+    click.option(
+        "--portion",
+        type=FiniteFloat(0, 1, min_open=True),
+        default=_sd("portion"),
+        show_default=True,
+        help="Fraction of the training images used, split in half into S_train and S_val.",
+    ),
     click.option("--seed", type=click.IntRange(min=0, max=_MAX_SEED), default=_sd("seed"), show_default=True),
     click.option("--seeds", callback=_int_list, help="Comma-separated seeds: one search each (the paper repeats 4)."),
     click.option("--device", default=_sd("device"), show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
-    click.option("--lr", type=FiniteFloat(min=0), default=_sd("lr"), show_default=True, help="Weight learning rate (cosine to --lr-min)."),
+    click.option(
+        "--lr",
+        type=FiniteFloat(min=0),
+        default=_sd("lr"),
+        show_default=True,
+        help="Weight learning rate (cosine to --lr-min).",
+    ),
     click.option("--lr-min", type=FiniteFloat(min=0), default=_sd("lr_min"), show_default=True),
     click.option("--momentum", type=FiniteFloat(0, 1), default=_sd("momentum"), show_default=True),
     click.option("--weight-decay", type=FiniteFloat(min=0), default=_sd("weight_decay"), show_default=True),
     click.option("--grad-clip", type=FiniteFloat(min=0, min_open=True), default=_sd("grad_clip"), show_default=True),
-    click.option("--arch-lr", type=FiniteFloat(min=0), default=_sd("arch_lr"), show_default=True, help="α learning rate (Adam)."),
-    click.option("--arch-betas", nargs=2, type=FiniteFloat(0, 1, max_open=True), default=_sd("arch_betas"), show_default=True,
-                 help="Adam's betas for α (DARTS: 0.5 0.999)."),
+    click.option(
+        "--arch-lr", type=FiniteFloat(min=0), default=_sd("arch_lr"), show_default=True, help="α learning rate (Adam)."
+    ),
+    click.option(
+        "--arch-betas",
+        nargs=2,
+        type=FiniteFloat(0, 1, max_open=True),
+        default=_sd("arch_betas"),
+        show_default=True,
+        help="Adam's betas for α (DARTS: 0.5 0.999).",
+    ),
     click.option("--arch-weight-decay", type=FiniteFloat(min=0), default=_sd("arch_weight_decay"), show_default=True),
-    click.option("--workers", default=_sd("workers"), type=click.IntRange(min=0, max=_core.MAX_WORKERS), help="Loader threads per loader. Default: min(4, CPUs)."),
-    click.option("--gap-images", type=click.IntRange(min=1, max=_core.MAX_IMAGES), default=_sd("gap_images"), show_default=True, help="Fixed S_val images for the supernet/derived gap."),
-    click.option("--steps-per-epoch", default=_sd("steps_per_epoch"), type=click.IntRange(min=1), help="Cap the steps of each epoch (smoke runs)."),
-    click.option("--fast", default=_sd("fast"), is_flag=True, help="Batch the edges that read each node (same search, fewer and larger kernels)."),
-    click.option("--bf16", default=_sd("bf16"), is_flag=True, help="bfloat16 autocast of the network (α and losses stay float32)."),
-    click.option("--tf32", default=_sd("tf32"), is_flag=True, help="Allow TF32 matrix multiplies and convolutions on the GPU."),
-    click.option("--cuda-graph", default=_sd("cuda_graph"), is_flag=True, help="Replay each search step as one CUDA graph (falls back to eager steps where capture fails)."),
-    click.option("--deterministic", default=_sd("deterministic"), is_flag=True, help="cuDNN's deterministic algorithms on the GPU instead of its autotuner."),
-    click.option("--resume", default=_sd("resume"), is_flag=True, help="Continue the run in --out from its checkpoint."),
-    click.option("--overwrite", default=_sd("overwrite"), is_flag=True, help="Replace the run files already in --out (without it, such a folder is refused)."),
+    click.option(
+        "--workers",
+        default=_sd("workers"),
+        type=click.IntRange(min=0, max=_core.MAX_WORKERS),
+        help="Loader threads per loader. Default: min(4, CPUs).",
+    ),
+    click.option(
+        "--gap-images",
+        type=click.IntRange(min=1, max=_core.MAX_IMAGES),
+        default=_sd("gap_images"),
+        show_default=True,
+        help="Fixed S_val images for the supernet/derived gap.",
+    ),
+    click.option(
+        "--steps-per-epoch",
+        default=_sd("steps_per_epoch"),
+        type=click.IntRange(min=1),
+        help="Cap the steps of each epoch (smoke runs).",
+    ),
+    click.option(
+        "--fast",
+        default=_sd("fast"),
+        is_flag=True,
+        help="Batch the edges that read each node (same search, fewer and larger kernels).",
+    ),
+    click.option(
+        "--bf16",
+        default=_sd("bf16"),
+        is_flag=True,
+        help="bfloat16 autocast of the network (α and losses stay float32).",
+    ),
+    click.option(
+        "--tf32", default=_sd("tf32"), is_flag=True, help="Allow TF32 matrix multiplies and convolutions on the GPU."
+    ),
+    click.option(
+        "--cuda-graph",
+        default=_sd("cuda_graph"),
+        is_flag=True,
+        help="Replay each search step as one CUDA graph (falls back to eager steps where capture fails).",
+    ),
+    click.option(
+        "--deterministic",
+        default=_sd("deterministic"),
+        is_flag=True,
+        help="cuDNN's deterministic algorithms on the GPU instead of its autotuner.",
+    ),
+    click.option(
+        "--resume", default=_sd("resume"), is_flag=True, help="Continue the run in --out from its checkpoint."
+    ),
+    click.option(
+        "--overwrite",
+        default=_sd("overwrite"),
+        is_flag=True,
+        help="Replace the run files already in --out (without it, such a folder is refused).",
+    ),
     click.option("--quiet", default=_sd("quiet"), is_flag=True, help="No progress bars or epoch lines."),
     click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
 ]
@@ -170,7 +268,9 @@ def _resolve_data(data: Path | None, download: bool) -> Path:
         return cached
     if download:
         return download_cifar10()
-    raise click.UsageError("no CIFAR-10 folder: pass --data DIR (binary or python version), set MDARTS_DATA, or add --download")
+    raise click.UsageError(
+        "no CIFAR-10 folder: pass --data DIR (binary or python version), set MDARTS_DATA, or add --download"
+    )
 
 
 def _configs(ctx: click.Context, opts: dict[str, Any]) -> SearchConfig:
@@ -256,13 +356,21 @@ def _summary_rows(results: list[tuple[str, SearchConfig, Any]]) -> list[dict[str
     rows = []
     for name, cfg, result in results:
         last = result.history[-1]
-        rows.append({
-            "run": name, "alpha_mode": cfg.alpha_mode, "gamma": cfg.gamma, "seed": cfg.seed,
-            "val_acc": round(last["val_acc"], 4), "supernet_acc": round(last["gap"]["supernet_acc"], 4),
-            "derived_acc": round(last["gap"]["derived_acc"], 4), "gap": round(last["gap"]["gap"], 4),
-            "mean_entropy": round(sum(last["entropy"].values()) / len(last["entropy"]), 4),
-            "skip_connect": last["skip_connect"], "genotype": str(cfg.out / "genotype.json"),
-        })
+        rows.append(
+            {
+                "run": name,
+                "alpha_mode": cfg.alpha_mode,
+                "gamma": cfg.gamma,
+                "seed": cfg.seed,
+                "val_acc": round(last["val_acc"], 4),
+                "supernet_acc": round(last["gap"]["supernet_acc"], 4),
+                "derived_acc": round(last["gap"]["derived_acc"], 4),
+                "gap": round(last["gap"]["gap"], 4),
+                "mean_entropy": round(sum(last["entropy"].values()) / len(last["entropy"]), 4),
+                "skip_connect": last["skip_connect"],
+                "genotype": str(cfg.out / "genotype.json"),
+            }
+        )
     return rows
 
 
@@ -270,7 +378,18 @@ def _write_summary(out: Path, rows: list[dict[str, Any]]) -> Path:
     from mdarts_rs.run import RunFolder, atomic_write_text
 
     RunFolder(out).write_json("summary.json", rows)
-    cols = ["run", "alpha_mode", "gamma", "seed", "val_acc", "supernet_acc", "derived_acc", "gap", "mean_entropy", "skip_connect"]
+    cols = [
+        "run",
+        "alpha_mode",
+        "gamma",
+        "seed",
+        "val_acc",
+        "supernet_acc",
+        "derived_acc",
+        "gap",
+        "mean_entropy",
+        "skip_connect",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         skips = ", ".join(f"{k}: {v}" for k, v in r["skip_connect"].items())
@@ -281,9 +400,20 @@ def _write_summary(out: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 @main.command()
-@click.option("--alpha-mode", type=click.Choice(["multilevel", "shared", "both"]), default=_sd("alpha_mode"), show_default=True,
-              help="multilevel: own α per level (the paper); shared: DARTS; both: one of each from the same seed.")
-@click.option("--gamma", type=FiniteFloat(min=0), default=_sd("gamma"), show_default=True, help="Weight of the entropy term; 0 gives plain multi-level.")
+@click.option(
+    "--alpha-mode",
+    type=click.Choice(["multilevel", "shared", "both"]),
+    default=_sd("alpha_mode"),
+    show_default=True,
+    help="multilevel: own α per level (the paper); shared: DARTS; both: one of each from the same seed.",
+)
+@click.option(
+    "--gamma",
+    type=FiniteFloat(min=0),
+    default=_sd("gamma"),
+    show_default=True,
+    help="Weight of the entropy term; 0 gives plain multi-level.",
+)
 @search_options
 @click.pass_context
 def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> None:
@@ -299,11 +429,20 @@ def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> No
             from mdarts_rs.plots import plot_compare_runs
 
             (base.out / "plots").mkdir(exist_ok=True)
-            plot_compare_runs([cfg.out for _, cfg, _ in results], base.out / "plots" / "skip_connect_shared_vs_multilevel.png")
+            plot_compare_runs(
+                [cfg.out for _, cfg, _ in results], base.out / "plots" / "skip_connect_shared_vs_multilevel.png"
+            )
 
 
 @main.command()
-@click.option("--gamma", "gammas", callback=_float_list, default="0,0.1,1,5,10", show_default=True, help="Comma-separated γ values.")
+@click.option(
+    "--gamma",
+    "gammas",
+    callback=_float_list,
+    default="0,0.1,1,5,10",
+    show_default=True,
+    help="Comma-separated γ values.",
+)
 @click.option("--alpha-mode", type=click.Choice(["multilevel", "shared"]), default=_sd("alpha_mode"), show_default=True)
 @search_options
 @click.pass_context
@@ -313,7 +452,11 @@ def sweep(ctx: click.Context, gammas: list[float], alpha_mode: str, **opts: Any)
         raise click.BadParameter("expected non-negative γ values", param_hint="--gamma")
     seeds = opts.get("seeds") or [opts["seed"]]
     base = _configs(ctx, {**opts, "alpha_mode": alpha_mode, "gamma": gammas[0]})
-    variants = [(f"gamma_{g:g}" + (f"_seed{s}" if len(seeds) > 1 else ""), {"gamma": g, "seed": s}) for g in gammas for s in seeds]
+    variants = [
+        (f"gamma_{g:g}" + (f"_seed{s}" if len(seeds) > 1 else ""), {"gamma": g, "seed": s})
+        for g in gammas
+        for s in seeds
+    ]
     results = _run_searches(base, variants, subfolders=True)
     path = _write_summary(base.out, _summary_rows(results))
     click.echo(f"summary: {path}")
@@ -352,7 +495,13 @@ def plot(runs: tuple[Path, ...], out: Path) -> None:
 
 @main.command()
 @click.argument("genotype")
-@click.option("--imagenet-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True, help="Input side for the ImageNet MACs.")
+@click.option(
+    "--imagenet-size",
+    type=click.IntRange(min=32, max=1024),
+    default=224,
+    show_default=True,
+    help="Input side for the ImageNet MACs.",
+)
 def info(genotype: str, imagenet_size: int) -> None:
     """Parameters and multiply-accumulates of GENOTYPE's evaluation networks (a genotype file or text)."""
     from mdarts_rs.genotype import load_genotype
@@ -364,19 +513,36 @@ def info(genotype: str, imagenet_size: int) -> None:
         raise click.ClickException(str(e)) from None
     click.echo(repr(g))
     click.echo(f"\n{'network':<34}{'params':>12}{'MACs':>16}")
-    for name, dataset, size in (("CIFAR-10 (20 cells, C = 36)", "cifar10", 32), ("ImageNet (14 cells, C = 48)", "imagenet", imagenet_size)):
+    for name, dataset, size in (
+        ("CIFAR-10 (20 cells, C = 36)", "cifar10", 32),
+        ("ImageNet (14 cells, C = 48)", "imagenet", imagenet_size),
+    ):
         net = eval_network(g, dataset)
         click.echo(f"{name:<34}{count_params(net):>12,}{count_macs(net, (3, size, size)):>16,}")
     click.echo("\nparams: network weights without the auxiliary head; MACs: convolutions and linear layers, batch 1.")
 
 
 @main.command()
-@click.option("--genotype", required=True, help="genotype.json of a search, a DARTS-style text file, or the text itself.")
-@click.option("--data", type=click.Path(path_type=Path), help="CIFAR-10 folder, or for ImageNet a folder with train/ and val/.")
+@click.option(
+    "--genotype", required=True, help="genotype.json of a search, a DARTS-style text file, or the text itself."
+)
+@click.option(
+    "--data", type=click.Path(path_type=Path), help="CIFAR-10 folder, or for ImageNet a folder with train/ and val/."
+)
 @click.option("--out", callback=_run_folder, default="runs/train", show_default=True)
-@click.option("--dataset", type=click.Choice(["cifar10", "imagenet"]), default="cifar10", show_default=True, help="Also picks the recipe's defaults.")
+@click.option(
+    "--dataset",
+    type=click.Choice(["cifar10", "imagenet"]),
+    default="cifar10",
+    show_default=True,
+    help="Also picks the recipe's defaults.",
+)
 @click.option("--epochs", type=click.IntRange(min=1))
-@click.option("--batch-size", type=click.IntRange(min=1, max=_core.MAX_BATCH_SIZE), help="Global batch (split over torchrun processes).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=_core.MAX_BATCH_SIZE),
+    help="Global batch (split over torchrun processes).",
+)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True))
 @click.option("--lr-schedule", type=click.Choice(["cosine", "linear"]))
 @click.option("--warmup-epochs", type=click.IntRange(min=0))
@@ -418,7 +584,9 @@ def train(**opts: Any) -> None:
         except ValueError as e:
             raise click.UsageError(str(e)) from None
         last = history[-1]
-        click.echo(f"{out}: top-1 error {last['top1_err']:.4f}, top-5 error {last['top5_err']:.4f} after {len(history)} epochs")
+        click.echo(
+            f"{out}: top-1 error {last['top1_err']:.4f}, top-5 error {last['top5_err']:.4f} after {len(history)} epochs"
+        )
 
 
 @main.command()

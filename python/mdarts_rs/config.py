@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 #: Upper limits of the settings that size allocations, checked before anything is built (the Rust core holds
 #: the others: MAX_LAYERS cells, MAX_IMAGES images, MAX_BATCH_SIZE, MAX_WORKERS loader threads).
 MAX_CHANNELS = 1024  # init_channels: DARTS searches with 16, evaluates with 36 (CIFAR-10) and 48 (ImageNet)
@@ -22,9 +21,13 @@ def _too_large(cfg: Any) -> list[str]:
     """Settings above their documented limits (``MAX_CHANNELS`` and the Rust core's ``MAX_*``)."""
     from mdarts_rs import _core
 
-    limits = {"layers": ("MAX_LAYERS", _core.MAX_LAYERS), "init_channels": ("MAX_CHANNELS", MAX_CHANNELS),
-              "batch_size": ("MAX_BATCH_SIZE", _core.MAX_BATCH_SIZE), "workers": ("MAX_WORKERS", _core.MAX_WORKERS),
-              "gap_images": ("MAX_IMAGES", _core.MAX_IMAGES)}
+    limits = {
+        "layers": ("MAX_LAYERS", _core.MAX_LAYERS),
+        "init_channels": ("MAX_CHANNELS", MAX_CHANNELS),
+        "batch_size": ("MAX_BATCH_SIZE", _core.MAX_BATCH_SIZE),
+        "workers": ("MAX_WORKERS", _core.MAX_WORKERS),
+        "gap_images": ("MAX_IMAGES", _core.MAX_IMAGES),
+    }
     out = []
     for name, (const, limit) in limits.items():
         value = getattr(cfg, name, None)
@@ -214,7 +217,16 @@ class TrainConfig:
 RECIPES: dict[str, dict[str, Any]] = {
     "cifar10": {},
     "imagenet": {
-        "epochs": 250, "batch_size": 1024, "lr": 0.5, "lr_schedule": "linear", "warmup_epochs": 5,
-        "weight_decay": 3e-5, "init_channels": 48, "layers": 14, "cutout": 0, "drop_path": 0.0, "label_smoothing": 0.1,
+        "epochs": 250,
+        "batch_size": 1024,
+        "lr": 0.5,
+        "lr_schedule": "linear",
+        "warmup_epochs": 5,
+        "weight_decay": 3e-5,
+        "init_channels": 48,
+        "layers": 14,
+        "cutout": 0,
+        "drop_path": 0.0,
+        "label_smoothing": 0.1,
     },
 }

@@ -147,7 +147,9 @@ def load_cifar10(root: str | os.PathLike[str], split: str = "train") -> tuple[np
     if split not in ("train", "test"):
         raise DataFormatError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root)
-    has_bin = any((d / f).is_file() for d in (root, root / "cifar-10-batches-bin") for f in ("data_batch_1.bin", "test_batch.bin"))
+    has_bin = any(
+        (d / f).is_file() for d in (root, root / "cifar-10-batches-bin") for f in ("data_batch_1.bin", "test_batch.bin")
+    )
     if not has_bin:
         py_root = _python_version_root(root)
         if py_root is not None:

@@ -24,11 +24,10 @@ from torch import nn
 from tqdm import tqdm
 
 from mdarts_rs.config import TrainConfig, resume_conflicts
+from mdarts_rs.device import resolve_device
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.network import NetworkCIFAR, NetworkImageNet, eval_network
 from mdarts_rs.run import RunFolder, read_checkpoint
-from mdarts_rs.device import resolve_device
-
 
 # ---- distributed helpers -----------------------------------------------------------------------------
 
@@ -72,17 +71,33 @@ def shard_indices(n: int, seed: int, rank: int, world_size: int) -> np.ndarray:
 class CifarData:
     """CIFAR-10 training shard (augmented, cutout) and test set (unaugmented) for this rank."""
 
-    def __init__(self, cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray], device: torch.device):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        images: np.ndarray,
+        labels: np.ndarray,
+        test: tuple[np.ndarray, np.ndarray],
+        device: torch.device,
+    ):
         from mdarts_rs.data import CifarLoader
 
         rank, ws = world()
         if cfg.batch_size % ws:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {ws} processes")
         common = dict(workers=cfg.workers, device=device, pin_memory=device.type == "cuda")
-        self.train = CifarLoader(images, labels, shard_indices(len(labels), cfg.seed, rank, ws), batch_size=cfg.batch_size // ws,
-                                 cutout=cfg.cutout, seed=cfg.seed + rank, **common)  # type: ignore[arg-type]
+        self.train = CifarLoader(
+            images,
+            labels,
+            shard_indices(len(labels), cfg.seed, rank, ws),
+            batch_size=cfg.batch_size // ws,
+            cutout=cfg.cutout,
+            seed=cfg.seed + rank,
+            **common,
+        )  # type: ignore[arg-type]
         test_idx = np.arange(rank, len(test[1]), ws)  # each rank tests its share; metrics are summed
-        self.test = CifarLoader(test[0], test[1], test_idx, batch_size=256, shuffle=False, drop_last=False, augment=False, **common)  # type: ignore[arg-type]
+        self.test = CifarLoader(
+            test[0], test[1], test_idx, batch_size=256, shuffle=False, drop_last=False, augment=False, **common
+        )  # type: ignore[arg-type]
 
 
 # ---- the training loop ----------------------------------------------------------------------------------
@@ -103,7 +118,9 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_network(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device, bf16: bool = False) -> dict[str, float]:
+def evaluate_network(
+    model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device, bf16: bool = False
+) -> dict[str, float]:
     """Top-1/top-5 error and loss over all batches (summed over ranks)."""
     model.eval()
     sums = [0.0, 0.0, 0.0, 0.0]  # loss·n, top-1 correct, top-5 correct, n
@@ -123,20 +140,41 @@ def evaluate_network(model: nn.Module, batches: Iterator[tuple[torch.Tensor, tor
 class Trainer:
     """One training run; ``run()`` trains to the end, checkpointing every epoch."""
 
-    def __init__(self, cfg: TrainConfig, model: NetworkCIFAR | NetworkImageNet, train_batches, test_batches, device: torch.device, run: RunFolder | None, genotype_json: str = ""):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: NetworkCIFAR | NetworkImageNet,
+        train_batches,
+        test_batches,
+        device: torch.device,
+        run: RunFolder | None,
+        genotype_json: str = "",
+    ):
         self.cfg, self.device, self.run, self.genotype_json = cfg, device, run, genotype_json
         self.train_batches, self.test_batches = train_batches, test_batches
         self.model = model.to(device)
         self.net = self.model
         if world()[1] > 1:
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.opt = torch.optim.SGD(self.model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.opt = torch.optim.SGD(
+            self.model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
 
     def state(self) -> dict[str, Any]:
-        return {"format": 1, "config": self.cfg.to_json(), "genotype": self.genotype_json, "epoch": self.epoch, "history": self.history,
-                "model": self.model.state_dict(), "opt": self.opt.state_dict(), "rng": torch.get_rng_state()}
+        return {
+            "format": 1,
+            "config": self.cfg.to_json(),
+            "genotype": self.genotype_json,
+            "epoch": self.epoch,
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         resume_conflicts(state["config"], self.cfg.to_json(), {"resume", "quiet", "device", "workers", "out", "data"})
@@ -155,7 +193,13 @@ class Trainer:
             steps = min(steps, cfg.steps_per_epoch)
         sums = [0.0, 0.0, 0.0]  # loss·n, correct, n
         rank, _ = world()
-        bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=cfg.quiet or rank != 0, leave=False, unit="step")
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            disable=cfg.quiet or rank != 0,
+            leave=False,
+            unit="step",
+        )
         self.train_batches.set_epoch(self.epoch)
         for step, (x, y) in enumerate(self.train_batches):
             if step >= steps:
@@ -166,14 +210,18 @@ class Trainer:
                 logits, aux = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 if aux is not None:
-                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux.float(), y, label_smoothing=cfg.label_smoothing)
+                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(
+                        aux.float(), y, label_smoothing=cfg.label_smoothing
+                    )
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.opt.step()
             stats = torch.stack([loss.detach() * len(y), accuracy(logits.detach(), y, 1).to(loss.dtype)]).tolist()
             if not math.isfinite(stats[0]):
-                raise FloatingPointError(f"epoch {self.epoch} step {step}: the training loss is {stats[0]}; the last good checkpoint is kept")
+                raise FloatingPointError(
+                    f"epoch {self.epoch} step {step}: the training loss is {stats[0]}; the last good checkpoint is kept"
+                )
             sums[0] += stats[0]
             sums[1] += stats[1]
             sums[2] += len(y)
@@ -181,7 +229,11 @@ class Trainer:
             bar.set_postfix(loss=f"{stats[0] / len(y):.3f}", refresh=False)
         bar.close()
         loss_sum, correct, n = all_reduce_sum(sums, self.device)
-        return {"train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1), "lr": self.opt.param_groups[0]["lr"]}
+        return {
+            "train_loss": loss_sum / max(n, 1),
+            "train_acc": correct / max(n, 1),
+            "lr": self.opt.param_groups[0]["lr"],
+        }
 
     def run_epochs(self) -> list[dict[str, Any]]:
         rank, _ = world()
@@ -197,8 +249,10 @@ class Trainer:
                     self.run.write_metrics(self.history)
                     self.run.save_checkpoint(self.state())
                 if not self.cfg.quiet:
-                    tqdm.write(f"epoch {rec['epoch'] + 1}/{self.cfg.epochs}: train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}, "
-                               f"test top-1 err {rec['top1_err']:.4f} top-5 err {rec['top5_err']:.4f} ({rec['seconds']:.0f} s)")
+                    tqdm.write(
+                        f"epoch {rec['epoch'] + 1}/{self.cfg.epochs}: train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}, "
+                        f"test top-1 err {rec['top1_err']:.4f} top-5 err {rec['top5_err']:.4f} ({rec['seconds']:.0f} s)"
+                    )
         return self.history
 
 
@@ -210,8 +264,15 @@ def _imagenet_batches(cfg: TrainConfig, device: torch.device):
         raise RuntimeError("ImageNet training needs torchvision (pip install 'mdarts-rs[bench]')") from e
     assert cfg.data is not None, "ImageNet training needs --data"
     normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-                                   transforms.ColorJitter(0.4, 0.4, 0.4, 0.2), transforms.ToTensor(), normalize])
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(224),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(0.4, 0.4, 0.4, 0.2),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
     test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize])
     for sub in ("train", "val"):
         if not (cfg.data / sub).is_dir():
@@ -221,10 +282,22 @@ def _imagenet_batches(cfg: TrainConfig, device: torch.device):
     rank, ws = world()
     sampler = torch.utils.data.DistributedSampler(train_set, ws, rank, seed=cfg.seed) if ws > 1 else None
     workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
-    train = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size // ws, shuffle=sampler is None, sampler=sampler,
-                                        num_workers=workers, pin_memory=device.type == "cuda", drop_last=True)
-    test = torch.utils.data.DataLoader(test_set, batch_size=256, num_workers=workers, pin_memory=device.type == "cuda",
-                                       sampler=torch.utils.data.DistributedSampler(test_set, ws, rank, shuffle=False) if ws > 1 else None)
+    train = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=cfg.batch_size // ws,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+    test = torch.utils.data.DataLoader(
+        test_set,
+        batch_size=256,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        sampler=torch.utils.data.DistributedSampler(test_set, ws, rank, shuffle=False) if ws > 1 else None,
+    )
 
     class _Batches:
         def __init__(self, loader):
@@ -268,10 +341,12 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
     return Trainer(cfg, model, train_batches, test_batches, device, run, genotype.to_json())
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike[str], data: Path, device: str = "auto", bf16: bool = False) -> dict[str, float]:
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str], data: Path, device: str = "auto", bf16: bool = False
+) -> dict[str, float]:
     """Top-1/top-5 test error of a trained network's checkpoint on the CIFAR-10 test set in ``data``."""
-    from mdarts_rs.data import CifarLoader, load_cifar10
     from mdarts_rs._core import parse_genotype
+    from mdarts_rs.data import CifarLoader, load_cifar10
 
     state = read_checkpoint(checkpoint, "train")
     cfg = TrainConfig(**{**state["config"], "resume": False})
@@ -292,7 +367,9 @@ def train(cfg: TrainConfig, data: tuple | None = None) -> list[dict[str, Any]]:
     if cfg.resume:
         trainer.load_state(RunFolder(cfg.out).load_checkpoint("train"))
     elif rank == 0 and (cfg.out / "checkpoint.pt").exists():
-        raise FileExistsError(f"{cfg.out / 'checkpoint.pt'} exists: pass --resume to continue that run, or choose another --out")
+        raise FileExistsError(
+            f"{cfg.out / 'checkpoint.pt'} exists: pass --resume to continue that run, or choose another --out"
+        )
     if rank == 0:
         assert trainer.run is not None
         trainer.run.write_json("config.json", cfg.to_json())

@@ -106,7 +106,9 @@ class GroupedConvBranch(nn.Module):
         each channel multiplied by ``scale`` (n·C) if given."""
         nc = self.n * self.c
         for b, (dw, pw, bn) in enumerate(zip(self.dw, self.pw, self.bn)):
-            stride, padding, dilation = (self.stride, self.padding, self.dilation) if b == 0 else (1, self.kernel // 2, 1)
+            stride, padding, dilation = (
+                (self.stride, self.padding, self.dilation) if b == 0 else (1, self.kernel // 2, 1)
+            )
             x = F.conv2d(x, dw, stride=stride, padding=padding, dilation=dilation, groups=x.shape[1])
             bsz, _, h, w = x.shape  # [b, e] = pw[e] @ x[b, e] over the (C, H·W) slices
             x = torch.matmul(pw.view(self.n, self.c, self.c), x.reshape(bsz, self.n, self.c, h * w))
@@ -191,7 +193,9 @@ class AddShared(torch.autograd.Function):
         assert len(shared) > 0, "AddShared needs at least one shared output"
         bsz, n, c = mixed.shape[:3]
         groups = shared[0].shape[1] // c
-        assert all(t.shape[1] == groups * c for t in shared) and n % groups == 0, "shared outputs must be groups of C channels"
+        assert all(t.shape[1] == groups * c for t in shared) and n % groups == 0, (
+            "shared outputs must be groups of C channels"
+        )
         spatial = mixed.shape[3:]
         out = mixed.view(bsz, groups, n // groups, c, *spatial)
         for k, s in enumerate(shared):  # the first addcmul writes a new tensor, the others add to it in place
@@ -269,7 +273,9 @@ class NodeOps(nn.Module):
         # w·BN(x) = BN(x; γ = w, β = 0): each per-edge op's weight, repeated over its edge's C channels,
         # scales its last batch norm (no multiply of the output forward, nor of its gradient backward).
         cols = edge_w.t()  # (ops, n), in PRIMITIVES order
-        dense = cols.unsqueeze(-1).expand(len(per_edge), n, c).contiguous()  # one copy (reshape would not copy for n = 1)
+        dense = (
+            cols.unsqueeze(-1).expand(len(per_edge), n, c).contiguous()
+        )  # one copy (reshape would not copy for n = 1)
         scale = dict(zip(per_edge, dense.view(len(per_edge), n * c).unbind(0)))
         # Each op's output: per edge (B, n·C, H', W'), or shared by every edge (B, groups·C, H', W')
         outs = {name: per_edge[name](relu if name == "skip_connect" else rep, scale[name]) for name in per_edge}

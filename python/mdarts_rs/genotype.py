@@ -28,7 +28,9 @@ def load_genotype(source: str | os.PathLike[str]) -> Genotype | MultiLevelGenoty
         try:
             content = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise GenotypeError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected genotype JSON or DARTS text") from None
+            raise GenotypeError(
+                f"{path}: not a text file (byte {e.start} is not UTF-8); expected genotype JSON or DARTS text"
+            ) from None
         if "\0" in content:
             raise GenotypeError(f"{path}: not a text file (it holds NUL bytes); expected genotype JSON or DARTS text")
         try:

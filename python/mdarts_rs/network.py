@@ -31,7 +31,9 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 class EvalCell(nn.Module):
     """A derived cell: each intermediate node sums its 2 kept edges' ops; the output concatenates ``concat``."""
 
-    def __init__(self, cell: CellGenotype, c_prev_prev: int, c_prev: int, c: int, reduction: bool, reduction_prev: bool):
+    def __init__(
+        self, cell: CellGenotype, c_prev_prev: int, c_prev: int, c: int, reduction: bool, reduction_prev: bool
+    ):
         super().__init__()
         self.reduction = reduction
         self.genotype = cell
@@ -113,7 +115,18 @@ class _Network(nn.Module):
 
     drop_path_prob: float = 0.0
 
-    def _build_cells(self, genotype, layers: int, c_pp: int, c_p: int, c: int, reduction_prev: bool, num_classes: int, auxiliary: bool, aux_cls) -> int:
+    def _build_cells(
+        self,
+        genotype,
+        layers: int,
+        c_pp: int,
+        c_p: int,
+        c: int,
+        reduction_prev: bool,
+        num_classes: int,
+        auxiliary: bool,
+        aux_cls,
+    ) -> int:
         self.layout, cells = _cells_of(genotype, layers)
         self.layers = layers
         self.cells = nn.ModuleList()
@@ -144,7 +157,15 @@ class _Network(nn.Module):
 class NetworkCIFAR(_Network):
     """DARTS' CIFAR evaluation network. ``forward`` returns (logits, auxiliary logits or None)."""
 
-    def __init__(self, genotype: Genotype | MultiLevelGenotype, C: int = 36, num_classes: int = 10, layers: int = 20, auxiliary: bool = True, stem_multiplier: int = 3):
+    def __init__(
+        self,
+        genotype: Genotype | MultiLevelGenotype,
+        C: int = 36,
+        num_classes: int = 10,
+        layers: int = 20,
+        auxiliary: bool = True,
+        stem_multiplier: int = 3,
+    ):
         super().__init__()
         c_stem = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
@@ -160,7 +181,14 @@ class NetworkCIFAR(_Network):
 class NetworkImageNet(_Network):
     """DARTS' ImageNet evaluation network (mobile setting: 224×224 inputs, two stride-2 stems)."""
 
-    def __init__(self, genotype: Genotype | MultiLevelGenotype, C: int = 48, num_classes: int = 1000, layers: int = 14, auxiliary: bool = True):
+    def __init__(
+        self,
+        genotype: Genotype | MultiLevelGenotype,
+        C: int = 48,
+        num_classes: int = 1000,
+        layers: int = 14,
+        auxiliary: bool = True,
+    ):
         super().__init__()
         self.stem0 = nn.Sequential(
             nn.Conv2d(3, C // 2, 3, stride=2, padding=1, bias=False),

@@ -12,7 +12,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 import torch  # noqa: E402
 
 from mdarts_rs._core import PRIMITIVES, CellGenotype  # noqa: E402
@@ -32,7 +31,9 @@ def skip_counts_per_level(rec: Mapping[str, Any], alpha_mode: str) -> dict[str, 
     return {lv: skips[f"normal_{lv}"] for lv in LEVELS}
 
 
-def plot_skip_connect(runs: Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]], path: str | os.PathLike[str]) -> None:
+def plot_skip_connect(
+    runs: Mapping[str, tuple[str, Sequence[Mapping[str, Any]]]], path: str | os.PathLike[str]
+) -> None:
     """skip_connect count in the normal cell of each level over epochs, one line per (run, level).
 
     ``runs`` maps a label to ``(alpha_mode, history)``."""
@@ -78,8 +79,13 @@ def plot_alpha_heatmaps(tables: Mapping[str, Any], path: str | os.PathLike[str])
 
 
 _OP_COLOURS = {
-    "max_pool_3x3": "#4c72b0", "avg_pool_3x3": "#55a868", "skip_connect": "#c44e52", "sep_conv_3x3": "#8172b2",
-    "sep_conv_5x5": "#ccb974", "dil_conv_3x3": "#64b5cd", "dil_conv_5x5": "#8c8c8c",
+    "max_pool_3x3": "#4c72b0",
+    "avg_pool_3x3": "#55a868",
+    "skip_connect": "#c44e52",
+    "sep_conv_3x3": "#8172b2",
+    "sep_conv_5x5": "#ccb974",
+    "dil_conv_3x3": "#64b5cd",
+    "dil_conv_5x5": "#8c8c8c",
 }
 
 
@@ -93,17 +99,42 @@ def draw_cell(cell: CellGenotype, ax: Any, title: str = "") -> None:
     for i, (op, j) in enumerate(cell.edges):
         dst = i // 2 + 2
         (x0, y0), (x1, y1) = pos[j], pos[dst]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="->", color=_OP_COLOURS[op], lw=1.6, shrinkA=12, shrinkB=12, connectionstyle="arc3,rad=0.08"))
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2, op, fontsize=8, color=_OP_COLOURS[op], ha="center", va="center",
-                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            arrowprops=dict(
+                arrowstyle="->", color=_OP_COLOURS[op], lw=1.6, shrinkA=12, shrinkB=12, connectionstyle="arc3,rad=0.08"
+            ),
+        )
+        ax.text(
+            (x0 + x1) / 2,
+            (y0 + y1) / 2,
+            op,
+            fontsize=8,
+            color=_OP_COLOURS[op],
+            ha="center",
+            va="center",
+            bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8),
+        )
     for c in cell.concat:
         (x0, y0) = pos[c]
-        ax.annotate("", xy=out, xytext=(x0, y0), arrowprops=dict(arrowstyle="->", color="#bbbbbb", lw=1, shrinkA=12, shrinkB=14))
+        ax.annotate(
+            "", xy=out, xytext=(x0, y0), arrowprops=dict(arrowstyle="->", color="#bbbbbb", lw=1, shrinkA=12, shrinkB=14)
+        )
     for k, (x, y) in pos.items():
-        ax.text(x, y, f"${names[k]}$" if k < 2 else names[k], ha="center", va="center", fontsize=9,
-                bbox=dict(boxstyle="circle" if k >= 2 else "round", fc="#fff3c4" if k >= 2 else "#d5e8d4", ec="black"))
-    ax.text(*out, "$c_{k}$", ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round", fc="#dae8fc", ec="black"))
+        ax.text(
+            x,
+            y,
+            f"${names[k]}$" if k < 2 else names[k],
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox=dict(boxstyle="circle" if k >= 2 else "round", fc="#fff3c4" if k >= 2 else "#d5e8d4", ec="black"),
+        )
+    ax.text(
+        *out, "$c_{k}$", ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round", fc="#dae8fc", ec="black")
+    )
     ax.set_xlim(-0.6, 6.2)
     ax.set_ylim(-1.8, 3.8)
     ax.set_title(title)
@@ -119,7 +150,7 @@ def plot_genotype(genotype: Any, path: str | os.PathLike[str]) -> None:
     flat = [ax for row in axes for ax in row]
     for ax, (name, cell) in zip(flat, cells.items()):
         draw_cell(cell, ax, name)
-    for ax in flat[len(cells):]:
+    for ax in flat[len(cells) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

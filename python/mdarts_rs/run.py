@@ -25,8 +25,17 @@ if TYPE_CHECKING:
     from mdarts_rs.search import SearchResult
 
 #: The files a run writes into its folder; a folder holding any of them is a run's.
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "genotype.json", "genotypes", "plots", "summary.json",
-             "summary.md", "learning_curves.png")
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "genotype.json",
+    "genotypes",
+    "plots",
+    "summary.json",
+    "summary.md",
+    "learning_curves.png",
+)
 
 
 class RunFolderBusy(RuntimeError):
@@ -148,8 +157,10 @@ class RunFolder:
             f.seek(0)
             owner = f.read().strip() or "unknown"
             f.close()
-            raise RunFolderBusy(f"{self.path} is being written by another mdarts-rs process (PID {owner}); "
-                                "wait for it to finish or choose another --out") from None
+            raise RunFolderBusy(
+                f"{self.path} is being written by another mdarts-rs process (PID {owner}); "
+                "wait for it to finish or choose another --out"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -210,7 +221,9 @@ class SearchRecorder:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self.run.save_checkpoint(state)
 
-    def end_epoch(self, record: dict[str, Any], genotype: Genotype | MultiLevelGenotype, history: list[dict[str, Any]]) -> None:
+    def end_epoch(
+        self, record: dict[str, Any], genotype: Genotype | MultiLevelGenotype, history: list[dict[str, Any]]
+    ) -> None:
         self.run.write_genotype(genotype, record["epoch"])
         self.run.write_metrics(history)
 

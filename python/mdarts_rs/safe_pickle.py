@@ -51,7 +51,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._allowed[(module, name)]
         except KeyError:
-            raise DataFormatError(f"{self.path}: refuses to load '{module}.{name}': not an array or plain data") from None
+            raise DataFormatError(
+                f"{self.path}: refuses to load '{module}.{name}': not an array or plain data"
+            ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise DataFormatError(f"{self.path}: refuses a persistent id ({pid!r}): not an array or plain data")
@@ -59,7 +61,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def _check_dtype(self, dtype: np.dtype) -> np.dtype:
         # Object arrays hold references to Python objects rather than numbers; none of the data is one.
         if dtype.hasobject:
-            raise DataFormatError(f"{self.path}: refuses an array of dtype {dtype!r}: object arrays hold Python objects, not numbers")
+            raise DataFormatError(
+                f"{self.path}: refuses an array of dtype {dtype!r}: object arrays hold Python objects, not numbers"
+            )
         return dtype
 
     def _dtype(self, *args: Any) -> np.dtype:
@@ -96,7 +100,9 @@ class _NdarrayStandIn:
         self.path = path
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise DataFormatError(f"{self.path}: refuses to call 'numpy.ndarray': arrays load only through numpy's array reconstruction")
+        raise DataFormatError(
+            f"{self.path}: refuses to call 'numpy.ndarray': arrays load only through numpy's array reconstruction"
+        )
 
     def __repr__(self) -> str:
         return "numpy.ndarray"
@@ -115,7 +121,17 @@ def load(path: str | os.PathLike[str], what: str = "a pickle of plain data") -> 
             obj = unpickler.load()
         except DataFormatError:
             raise
-        except (pickle.UnpicklingError, EOFError, AttributeError, IndexError, KeyError, TypeError, ValueError, OverflowError, RecursionError) as e:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            AttributeError,
+            IndexError,
+            KeyError,
+            TypeError,
+            ValueError,
+            OverflowError,
+            RecursionError,
+        ) as e:
             raise DataFormatError(f"{path}: not {what} ({e})") from None
     unpickler.check_loaded()
     return obj

@@ -37,7 +37,18 @@ from mdarts_rs.device import resolve_device
 from mdarts_rs.supernet import SuperNet, Weights, one_hot_weights
 
 #: Config fields that may differ when resuming a run.
-RESUMABLE_CHANGES = {"resume", "overwrite", "quiet", "plots", "device", "workers", "out", "data", "cuda_graph", "deterministic"}  # not "fast": weights differ in layout
+RESUMABLE_CHANGES = {
+    "resume",
+    "overwrite",
+    "quiet",
+    "plots",
+    "device",
+    "workers",
+    "out",
+    "data",
+    "cuda_graph",
+    "deterministic",
+}  # not "fast": weights differ in layout
 
 #: What one search step reports, in the order of the statistics tensor it returns.
 STEP_STATS = ("a_loss", "val_loss", "train_loss", "entropy_loss", "val_correct", "train_correct")
@@ -67,8 +78,9 @@ class Recorder(Protocol):
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Keep ``state`` (``Searcher.state()``), replacing the previous one."""
 
-    def end_epoch(self, record: dict[str, Any], genotype: _core.Genotype | _core.MultiLevelGenotype,
-                  history: list[dict[str, Any]]) -> None:
+    def end_epoch(
+        self, record: dict[str, Any], genotype: _core.Genotype | _core.MultiLevelGenotype, history: list[dict[str, Any]]
+    ) -> None:
         """An epoch has finished: its record, the genotype derived after it, and every record so far."""
 
     def describe(self) -> str:
@@ -100,7 +112,9 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def gap_accuracy(model: SuperNet, x: torch.Tensor, y: torch.Tensor, weights: Weights | None, sparse: bool, chunk: int = 256) -> float:
+def gap_accuracy(
+    model: SuperNet, x: torch.Tensor, y: torch.Tensor, weights: Weights | None, sparse: bool, chunk: int = 256
+) -> float:
     """Top-1 accuracy on a fixed set, BN on batch statistics of each chunk."""
     correct = 0
     with batch_statistics(model):
@@ -147,7 +161,9 @@ class Searcher:
         self.cfg = cfg
         self.recorder = recorder
         self.device = resolve_device(cfg.device)
-        self.model = SuperNet(cfg.init_channels, 10, cfg.layers, cfg.alpha_mode, seed=cfg.seed, fast=cfg.fast).to(self.device)
+        self.model = SuperNet(cfg.init_channels, 10, cfg.layers, cfg.alpha_mode, seed=cfg.seed, fast=cfg.fast).to(
+            self.device
+        )
         if self.device.type == "cuda":
             # float32 semantics unless --tf32 (cuDNN's own default would run convolutions in TF32), and
             # cuDNN's autotuner for the fixed shapes of a search, as DARTS' code sets it, unless
@@ -158,7 +174,9 @@ class Searcher:
             torch.backends.cudnn.deterministic = cfg.deterministic
         self.data_fingerprint = data_fingerprint(images, labels)
         train_idx, val_idx = search_split(len(labels), cfg.portion, cfg.seed)
-        common = dict(batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda")
+        common = dict(
+            batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda"
+        )
         self.train_loader = CifarLoader(images, labels, train_idx, seed=cfg.seed, **common)  # type: ignore[arg-type]
         self.val_loader = CifarLoader(images, labels, val_idx, seed=cfg.seed + 1, **common)  # type: ignore[arg-type]
         if len(self.train_loader) == 0:
@@ -169,18 +187,27 @@ class Searcher:
         gap_idx = val_idx[: cfg.gap_images]
         self.gap_x = torch.from_numpy(augment_images(images[gap_idx], crop_padding=0, flip=False)).to(self.device)
         self.gap_y = torch.from_numpy(labels[gap_idx]).to(self.device)
-        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.w_opt = torch.optim.SGD(
+            self.model.weight_parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.lr_min)
         self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
         if cfg.cuda_graph and not self.use_graph:
             tqdm.write("--cuda-graph needs a CUDA device; running the steps eagerly")
-        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), cfg.arch_lr, betas=cfg.arch_betas,
-                                      weight_decay=cfg.arch_weight_decay, capturable=self.use_graph)
+        self.a_opt = torch.optim.Adam(
+            self.model.arch_parameters(),
+            cfg.arch_lr,
+            betas=cfg.arch_betas,
+            weight_decay=cfg.arch_weight_decay,
+            capturable=self.use_graph,
+        )
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_warmup = 0
         self._acc_dev: torch.Tensor | None = None  # graph mode: the epoch's TOTALS summed on the device
         self._neg_lr = torch.zeros((), device=self.device)  # graph mode: −lr, read by the captured update
-        self.steps = len(self.train_loader) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(self.train_loader))
+        self.steps = (
+            len(self.train_loader) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(self.train_loader))
+        )
         self.steps = min(self.steps, len(self.val_loader))
         self.epoch, self.step_in_epoch = 0, 0
         self.acc = self._zero_acc()
@@ -201,8 +228,15 @@ class Searcher:
     @staticmethod
     def _step_totals(stats: dict[str, Any], n_t: int, n_v: int) -> list[Any]:
         """A step's contribution to each of ``TOTALS`` (floats, or tensors on the device in graph mode)."""
-        return [stats["train_loss"] * n_t, stats["val_loss"] * n_v, stats["train_correct"], stats["val_correct"], n_t, n_v,
-                stats["entropy_loss"]]
+        return [
+            stats["train_loss"] * n_t,
+            stats["val_loss"] * n_v,
+            stats["train_correct"],
+            stats["val_correct"],
+            n_t,
+            n_v,
+            stats["entropy_loss"],
+        ]
 
     # ---- checkpoints ----------------------------------------------------------------------------------
 
@@ -261,7 +295,11 @@ class Searcher:
         named = [(f"model {k}", t) for k, t in self.model.state_dict().items() if t.is_floating_point()]
         for opt_name, opt in (("weight optimizer", self.w_opt), ("α optimizer", self.a_opt)):
             for i, st in enumerate(opt.state.values()):
-                named += [(f"{opt_name} state {i} {k}", t) for k, t in st.items() if torch.is_tensor(t) and t.is_floating_point()]
+                named += [
+                    (f"{opt_name} state {i} {k}", t)
+                    for k, t in st.items()
+                    if torch.is_tensor(t) and t.is_floating_point()
+                ]
         finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
         bad = [name for (name, _), ok in zip(named, finite) if not ok]
         if bad:
@@ -273,7 +311,9 @@ class Searcher:
 
     # ---- one step -------------------------------------------------------------------------------------
 
-    def _step_stats(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _step_stats(
+        self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """One α update on (xv, yv), then one weight update on (xt, yt), without host synchronisation.
 
         Returns the step's ``STEP_STATS``, 0-dim tensors on the device."""
@@ -306,7 +346,10 @@ class Searcher:
         else:
             self.w_opt.step()
         return {
-            "a_loss": a_loss.detach(), "val_loss": loss_v.detach(), "train_loss": loss.detach(), "entropy_loss": ent.detach(),
+            "a_loss": a_loss.detach(),
+            "val_loss": loss_v.detach(),
+            "train_loss": loss.detach(),
+            "entropy_loss": ent.detach(),
             "val_correct": (logits_v.argmax(1) == yv).sum().to(loss.dtype),
             "train_correct": (logits.argmax(1) == yt).sum().to(loss.dtype),
         }
@@ -343,8 +386,10 @@ class Searcher:
         """Add a step's TOTALS to the epoch's, on the device."""
         ref = stats["train_loss"]
         # torch.full launches a fill kernel; a tensor made from a number would copy from the host at every step.
-        totals = [v if torch.is_tensor(v) else torch.full((), float(v), device=ref.device, dtype=ref.dtype)
-                  for v in self._step_totals(stats, n_t, n_v)]
+        totals = [
+            v if torch.is_tensor(v) else torch.full((), float(v), device=ref.device, dtype=ref.dtype)
+            for v in self._step_totals(stats, n_t, n_v)
+        ]
         row = torch.stack(totals)
         self._acc_dev = row if self._acc_dev is None else self._acc_dev + row
 
@@ -397,13 +442,17 @@ class Searcher:
     def _autocast(self) -> torch.autocast:
         """bfloat16 autocast of the network's forward when ``cfg.bf16`` (α, its softmax and the losses stay float32)."""
         # The autocast cache holds casts made during a CUDA-graph capture, so it is off in graph mode.
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16, cache_enabled=not self.use_graph)
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16, cache_enabled=not self.use_graph
+        )
 
     def _check_finite(self, out: dict[str, float]) -> None:
         where = f"epoch {self.epoch} step {self.step_in_epoch}"
         for key in ("a_loss", "train_loss"):
             if not math.isfinite(out[key]):
-                raise SearchDiverged(f"{where}: the {'α' if key == 'a_loss' else 'weight'} loss is {out[key]}; {self._kept()}")
+                raise SearchDiverged(
+                    f"{where}: the {'α' if key == 'a_loss' else 'weight'} loss is {out[key]}; {self._kept()}"
+                )
         for name, a in zip(self.model.layout.tables, self.model.arch_parameters()):
             if not bool(torch.isfinite(a).all()):
                 raise SearchDiverged(f"{where}: α table '{name}' holds NaN or infinite values; {self._kept()}")
@@ -444,7 +493,9 @@ class Searcher:
         self.history.append(rec)
         with warnings.catch_warnings():
             if self.use_graph:  # the captured update replaces w_opt.step(), which torch's scheduler looks for
-                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`"))
+                warnings.filterwarnings(
+                    "ignore", message=re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+                )
             self.sched.step()
         self.epoch += 1
         self.step_in_epoch = 0
@@ -464,8 +515,13 @@ class Searcher:
                     self.val_loader.batches(self.epoch, self.step_in_epoch),
                 )
                 bar = tqdm(
-                    total=self.steps, initial=self.step_in_epoch, desc=f"{cfg.alpha_mode} γ={cfg.gamma:g} epoch {self.epoch + 1}/{cfg.epochs}",
-                    disable=cfg.quiet, leave=False, unit="step", dynamic_ncols=True,
+                    total=self.steps,
+                    initial=self.step_in_epoch,
+                    desc=f"{cfg.alpha_mode} γ={cfg.gamma:g} epoch {self.epoch + 1}/{cfg.epochs}",
+                    disable=cfg.quiet,
+                    leave=False,
+                    unit="step",
+                    dynamic_ncols=True,
                 )
                 for (xt, yt), (xv, yv) in batches:
                     if self.step_in_epoch >= self.steps:
@@ -488,7 +544,11 @@ class Searcher:
                         bar.close()
                         self.save()
                         where = f"epoch {self.epoch} after step {self.step_in_epoch}"
-                        saved = f"{self.recorder.describe()}; continue with --resume" if self.recorder else "not saved (no run folder)"
+                        saved = (
+                            f"{self.recorder.describe()}; continue with --resume"
+                            if self.recorder
+                            else "not saved (no run folder)"
+                        )
                         raise SearchInterrupted(f"{sig.caught} at {where}: {saved}")
                 bar.close()
                 rec = self.end_epoch(time.time() - t0)

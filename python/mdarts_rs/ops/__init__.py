@@ -103,9 +103,11 @@ def _build_failure(e: BaseException) -> str:
         # a compiler's first "error:" line says most; else the first line of the exception
         lines = [ln.strip() for ln in text.splitlines() if "error:" in ln] or text.splitlines() or [""]
         why = f"{type(e).__name__}: {lines[0][:160]}"
-    return (f"could not build the fused kernels ({why}); running the plain-torch references instead, which compute "
-            "the same values more slowly (`mdarts-rs build-kernels` builds them and says what fails; "
-            "MDARTS_OPS=ref silences this)")
+    return (
+        f"could not build the fused kernels ({why}); running the plain-torch references instead, which compute "
+        "the same values more slowly (`mdarts-rs build-kernels` builds them and says what fails; "
+        "MDARTS_OPS=ref silences this)"
+    )
 
 
 def extension_loaded() -> bool:

@@ -8,7 +8,9 @@ import torch
 
 def weighted_sum_ref(xs: list[torch.Tensor] | tuple[torch.Tensor, ...], w: torch.Tensor) -> torch.Tensor:
     """Σ_k w[k]·xs[k] over K same-shaped tensors (the DARTS mixed op, Liu et al. 2019, eq. 1)."""
-    assert len(xs) == w.shape[0] and w.dim() == 1, f"need one weight per input: {len(xs)} inputs, weights {tuple(w.shape)}"
+    assert len(xs) == w.shape[0] and w.dim() == 1, (
+        f"need one weight per input: {len(xs)} inputs, weights {tuple(w.shape)}"
+    )
     out = xs[0] * w[0]
     for k in range(1, len(xs)):
         out = out + xs[k] * w[k]

@@ -42,15 +42,18 @@ def wheel_cuda_home(version: str, cache: Path) -> Path:
     time), as a CUDA home for torch.utils.cpp_extension."""
     major, minor = version.split(".")
     if int(major) < 13:
-        raise RuntimeError(f"torch uses CUDA {version}: install the CUDA {version} toolkit (nvcc); the compiler wheels "
-                           "handled here are CUDA 13's")
+        raise RuntimeError(
+            f"torch uses CUDA {version}: install the CUDA {version} toolkit (nvcc); the compiler wheels "
+            "handled here are CUDA 13's"
+        )
     target = cache / f"nvcc-{version}"
     home = target / "nvidia" / f"cu{major}"
     if not (home / "bin" / "nvcc").exists():
         pins = [f"{name}=={major}.{minor}.*" for name in _WHEELS]
         print(f"installing {' '.join(pins)} into {target}", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), *pins],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), *pins], check=True
+        )
     # cpp_extension links -L$CUDA_HOME/lib64 -lcudart; the runtime wheel ships only libcudart.so.<major>.
     lib64 = home / "lib64"
     lib64.mkdir(exist_ok=True)
