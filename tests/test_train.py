@@ -62,23 +62,7 @@ def tiny_cfg(root, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-TINY = [
-    "--epochs",
-    "2",
-    "--batch-size",
-    "8",
-    "--init-channels",
-    "4",
-    "--layers",
-    "5",
-    "--steps-per-epoch",
-    "2",
-    "--workers",
-    "1",
-    "--device",
-    "cpu",
-    "--quiet",
-]
+TINY = "--epochs 2 --batch-size 8 --init-channels 4 --layers 5 --steps-per-epoch 2 --workers 1 --device cpu --quiet".split()
 
 
 def test_cli_train_and_test(tmp_path, fake_cifar):
@@ -101,6 +85,22 @@ def test_cli_train_and_test(tmp_path, fake_cifar):
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["test_images"] == 24 and res["top1_err"] == pytest.approx(lines[-1]["top1_err"])
+    # the folder now holds a run: a second training is refused, unless it replaces it
+    args = [
+        "train",
+        "--genotype",
+        str(fake_cifar / "genotype.txt"),
+        "--data",
+        str(fake_cifar),
+        "--out",
+        str(out),
+        *TINY,
+    ]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "holds another run" in r.output and "--overwrite" in r.output
+    r = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["overwrite"] is True
 
 
 def test_cli_train_rejects_bad_input(tmp_path, fake_cifar):

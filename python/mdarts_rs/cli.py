@@ -32,6 +32,11 @@ def _sd(name: str) -> Any:
     return _default(SearchConfig, name)
 
 
+def _flag(name: str, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An on/off search option named after its ``SearchConfig`` field, with the field's default."""
+    return click.option(f"--{name.replace('_', '-')}", is_flag=True, default=_sd(name), help=help)
+
+
 class FiniteFloat(click.FloatRange):
     """A float option in a range that also refuses NaN and ±inf (click's FloatRange lets NaN through, since
     every comparison with NaN is false)."""
@@ -209,43 +214,14 @@ _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         type=click.IntRange(min=1),
         help="Cap the steps of each epoch (smoke runs).",
     ),
-    click.option(
-        "--fast",
-        default=_sd("fast"),
-        is_flag=True,
-        help="Batch the edges that read each node (same search, fewer and larger kernels).",
-    ),
-    click.option(
-        "--bf16",
-        default=_sd("bf16"),
-        is_flag=True,
-        help="bfloat16 autocast of the network (α and losses stay float32).",
-    ),
-    click.option(
-        "--tf32", default=_sd("tf32"), is_flag=True, help="Allow TF32 matrix multiplies and convolutions on the GPU."
-    ),
-    click.option(
-        "--cuda-graph",
-        default=_sd("cuda_graph"),
-        is_flag=True,
-        help="Replay each search step as one CUDA graph (falls back to eager steps where capture fails).",
-    ),
-    click.option(
-        "--deterministic",
-        default=_sd("deterministic"),
-        is_flag=True,
-        help="cuDNN's deterministic algorithms on the GPU instead of its autotuner.",
-    ),
-    click.option(
-        "--resume", default=_sd("resume"), is_flag=True, help="Continue the run in --out from its checkpoint."
-    ),
-    click.option(
-        "--overwrite",
-        default=_sd("overwrite"),
-        is_flag=True,
-        help="Replace the run files already in --out (without it, such a folder is refused).",
-    ),
-    click.option("--quiet", default=_sd("quiet"), is_flag=True, help="No progress bars or epoch lines."),
+    _flag("fast", "Batch the edges that read each node (same search, fewer and larger kernels)."),
+    _flag("bf16", "bfloat16 autocast of the network (α and losses stay float32)."),
+    _flag("tf32", "Allow TF32 matrix multiplies and convolutions on the GPU."),
+    _flag("cuda_graph", "Replay each search step as one CUDA graph (falls back to eager steps where capture fails)."),
+    _flag("deterministic", "cuDNN's deterministic algorithms on the GPU instead of its autotuner."),
+    _flag("resume", "Continue the run in --out from its checkpoint."),
+    _flag("overwrite", "Replace the run files already in --out (without it, such a folder is refused)."),
+    _flag("quiet", "No progress bars or epoch lines."),
     click.option("--no-plots", is_flag=True, help="Skip the PNG plots."),
 ]
 
@@ -563,6 +539,7 @@ def info(genotype: str, imagenet_size: int) -> None:
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast.")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Cap the steps of each epoch (smoke runs).")
 @click.option("--resume", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace the run files already in --out.")
 @click.option("--quiet", is_flag=True)
 def train(**opts: Any) -> None:
     """Train an evaluation network from scratch (DARTS' CIFAR-10 recipe, or the ImageNet recipe)."""
@@ -583,6 +560,8 @@ def train(**opts: Any) -> None:
             raise click.ClickException(str(e)) from None
         except ValueError as e:
             raise click.UsageError(str(e)) from None
+        except OSError as e:  # an unwritable folder, a full disk: the message names the file
+            raise click.ClickException(e.strerror or str(e)) from None
         last = history[-1]
         click.echo(
             f"{out}: top-1 error {last['top1_err']:.4f}, top-5 error {last['top5_err']:.4f} after {len(history)} epochs"

@@ -190,9 +190,12 @@ class TrainConfig:
     bf16: bool = False
     steps_per_epoch: int | None = None
     resume: bool = False
+    overwrite: bool = False
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        if str(self.out) == "":
+            raise ValueError("out must name a run folder, got an empty path")
         self.out = Path(self.out)
         self.data = Path(self.data) if self.data is not None else None
         problems = _not_finite(self)

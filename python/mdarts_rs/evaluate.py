@@ -9,6 +9,7 @@ the training set with ``batch_size / world_size`` images per step, and metrics a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -177,7 +178,9 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        resume_conflicts(state["config"], self.cfg.to_json(), {"resume", "quiet", "device", "workers", "out", "data"})
+        resume_conflicts(
+            state["config"], self.cfg.to_json(), {"resume", "overwrite", "quiet", "device", "workers", "out", "data"}
+        )
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
@@ -361,21 +364,26 @@ def evaluate_checkpoint(
 
 
 def train(cfg: TrainConfig, data: tuple | None = None) -> list[dict[str, Any]]:
-    """Train (or with ``cfg.resume`` continue) an evaluation network; returns the per-epoch metrics."""
+    """Train (or with ``cfg.resume`` continue) an evaluation network; returns the per-epoch metrics. The process
+    that writes the run folder (rank 0 under torchrun) holds its write lock; a folder that holds another run's
+    files is refused unless ``cfg.resume`` continues it or ``cfg.overwrite`` replaces it."""
     trainer = build_trainer(cfg, data)
     rank, _ = world()
-    if cfg.resume:
-        trainer.load_state(RunFolder(cfg.out).load_checkpoint("train"))
-    elif rank == 0 and (cfg.out / "checkpoint.pt").exists():
-        raise FileExistsError(
-            f"{cfg.out / 'checkpoint.pt'} exists: pass --resume to continue that run, or choose another --out"
-        )
-    if rank == 0:
-        assert trainer.run is not None
-        trainer.run.write_json("config.json", cfg.to_json())
-    history = trainer.run_epochs()
-    if rank == 0 and trainer.run is not None:
-        from mdarts_rs.plots import plot_learning_curves
+    with trainer.run.writer() if trainer.run is not None else contextlib.nullcontext():
+        if cfg.resume:
+            trainer.load_state(RunFolder(cfg.out).load_checkpoint("train"))
+        elif trainer.run is not None and trainer.run.run_files():
+            if not cfg.overwrite:
+                raise FileExistsError(
+                    f"{cfg.out} holds another run ({', '.join(trainer.run.run_files())}): pass --resume to continue "
+                    "it, --overwrite to replace it, or choose another --out"
+                )
+            trainer.run.clear()
+        if trainer.run is not None:
+            trainer.run.write_json("config.json", cfg.to_json())
+        history = trainer.run_epochs()
+        if trainer.run is not None:
+            from mdarts_rs.plots import plot_learning_curves
 
-        plot_learning_curves(history, trainer.run.path / "learning_curves.png")
+            plot_learning_curves(history, trainer.run.path / "learning_curves.png")
     return history
