@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -22,42 +21,19 @@ from mdarts_rs.config import SearchConfig
 from mdarts_rs.run import RunFolder, RunFolderBusy, read_checkpoint, run_search
 from mdarts_rs.search import Searcher, SearchInterrupted
 
-TINY = [
-    "--epochs",
-    "1",
-    "--batch-size",
-    "4",
-    "--init-channels",
-    "4",
-    "--layers",
-    "5",
-    "--steps-per-epoch",
-    "2",
-    "--gap-images",
-    "8",
-    "--workers",
-    "1",
-    "--device",
-    "cpu",
-    "--quiet",
-    "--no-plots",
-]
+from tinycifar import tiny_images, write_bin
+
+TINY = "--epochs 1 --batch-size 4 --init-channels 4 --layers 5 --steps-per-epoch 2 --gap-images 8 --workers 1 --device cpu --quiet --no-plots".split()
 
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (48, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 48).astype(np.int64)
+    return tiny_images()
 
 
 @pytest.fixture
 def data_dir(tmp_path, tiny_data):
-    images, labels = tiny_data
-    folder = tmp_path / "cifar"
-    folder.mkdir()
-    rec = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(labels), -1)], axis=1)
-    (folder / "data_batch_1.bin").write_bytes(rec.tobytes())
-    return folder
+    return write_bin(tmp_path / "cifar", *tiny_data)
 
 
 def tiny_cfg(out, **kw) -> SearchConfig:
@@ -143,7 +119,7 @@ def test_resume_refuses_other_data(tmp_path, tiny_data):
     other[0, 0, 0, 0] ^= 1
     with pytest.raises(
         ValueError,
-        match=r"cannot resume with other data: the run searched 48 images, blake2b \w+, this data is 48 images",
+        match=r"cannot resume with other data: the run searched 64 images, blake2b \w+, this data is 64 images",
     ):
         run_search(dataclasses.replace(cfg, resume=True), other, labels)
     result = run_search(dataclasses.replace(cfg, resume=True), images, labels)

@@ -19,11 +19,12 @@ from mdarts_rs.config import SearchConfig
 from mdarts_rs.run import run_search
 from mdarts_rs.search import STEP_STATS, SearchDiverged, Searcher, SearchInterrupted, entropy_loss
 
+from tinycifar import tiny_images, write_bin
+
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 64).astype(np.int64)
+    return tiny_images()
 
 
 def tiny_cfg(tmp_path, **kw) -> SearchConfig:
@@ -243,32 +244,7 @@ def test_search_config_rejects_bad_values(tmp_path):
         tiny_cfg(tmp_path, entropy_reduction="max")
 
 
-def write_bin(folder, images, labels):
-    folder.mkdir(parents=True, exist_ok=True)
-    rec = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(labels), -1)], axis=1)
-    (folder / "data_batch_1.bin").write_bytes(rec.tobytes())
-    return folder
-
-
-TINY = [
-    "--epochs",
-    "1",
-    "--batch-size",
-    "4",
-    "--init-channels",
-    "4",
-    "--layers",
-    "5",
-    "--steps-per-epoch",
-    "2",
-    "--gap-images",
-    "8",
-    "--workers",
-    "1",
-    "--device",
-    "cpu",
-    "--quiet",
-]
+TINY = "--epochs 1 --batch-size 4 --init-channels 4 --layers 5 --steps-per-epoch 2 --gap-images 8 --workers 1 --device cpu --quiet".split()
 
 
 def test_cli_search_both_modes_writes_summary_and_comparison(tmp_path, tiny_data):

@@ -68,18 +68,18 @@ class SearchCell(nn.Module):
         super().__init__()
         self.reduction = reduction
         self.preprocess0, self.preprocess1 = search_preprocessing(c_prev_prev, c_prev, c, reduction_prev)
-        self.edges = nn.ModuleList()
-        for node in range(STEPS):
-            for j in range(2 + node):
-                self.edges.append(MixedOp(c, 2 if reduction and j < 2 else 1))
+        #: rows[node][j]: the edge (and row of α) from state j into intermediate node ``node``
+        self.rows = [[edge_index(node, j) for j in range(2 + node)] for node in range(STEPS)]
+        self.edges = nn.ModuleList(
+            MixedOp(c, 2 if reduction and j < 2 else 1) for row in self.rows for j in range(len(row))
+        )
+        assert [e for row in self.rows for e in row] == list(range(NUM_EDGES)), "edges are built in row order"
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, p: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """``p``: (14, 8) op weights of this cell's table."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for _ in range(STEPS):
-            s = sum(self.edges[offset + j](h, p[offset + j], sparse) for j, h in enumerate(states))
-            offset += len(states)
+        for row in self.rows:
+            s = sum(self.edges[e](h, p[e], sparse) for e, h in zip(row, states))
             states.append(s)  # type: ignore[arg-type]
         return torch.cat(states[2:], dim=1)
 
