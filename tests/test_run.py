@@ -236,3 +236,36 @@ def test_genotype_paths_are_files_whatever_their_name(tmp_path):
         load_genotype(tmp_path / "nul.json")
     r = CliRunner().invoke(main, ["info", str(tmp_path / "bin.json")])
     assert r.exit_code == 1 and "not a text file" in r.output and "Traceback" not in r.output
+
+
+def test_resume_refuses_a_run_of_an_earlier_version_naming_the_removed_settings(tmp_path, tiny_data):
+    # runs written before the batched cell lost its variants record compile and channels_last
+    cfg = tiny_cfg(tmp_path / "run", epochs=2)
+    run_search(cfg, *tiny_data)
+    state = torch.load(cfg.out / "checkpoint.pt", weights_only=True)
+    state["config"].update(compile=False, channels_last=True)
+    torch.save(state, cfg.out / "checkpoint.pt")
+    with pytest.raises(
+        ValueError, match=r"settings this version removed \(channels_last, compile\); it cannot be resumed or reloaded"
+    ):
+        run_search(dataclasses.replace(cfg, resume=True), *tiny_data)
+
+
+def test_cli_test_with_a_bad_device_says_so(tmp_path, data_dir):
+    torch.save({"format": 1}, tmp_path / "x.pt")
+    for device, message in (("bogus", "is not a device name"), ("cuda:99", "cuda")):
+        r = CliRunner().invoke(
+            main, ["test", "--checkpoint", str(tmp_path / "x.pt"), "--data", str(data_dir), "--device", device]
+        )
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+
+
+def test_cli_test_with_a_training_checkpoint_of_an_earlier_version_says_so(tmp_path, data_dir):
+    from mdarts_rs.config import TrainConfig
+
+    config = {**TrainConfig().to_json(), "channels_last": False}
+    torch.save({"format": 1, "config": config, "model": {}, "genotype": ""}, tmp_path / "old.pt")
+    r = CliRunner().invoke(
+        main, ["test", "--checkpoint", str(tmp_path / "old.pt"), "--data", str(data_dir), "--device", "cpu"]
+    )
+    assert r.exit_code == 1 and "settings this version removed (channels_last)" in r.output, r.output

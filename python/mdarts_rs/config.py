@@ -137,21 +137,26 @@ class SearchConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SearchConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        removed = sorted(set(d) & REMOVED_SEARCH_SETTINGS)
-        if removed:
-            raise ValueError(
-                f"this run was written by an earlier mdarts-rs with settings this version removed ({', '.join(removed)}); "
-                "it cannot be resumed: start a new run (the README's changelog says what replaced them)"
-            )
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"config.json: unknown fields {unknown}")
-        return cls(**d)
+        return _from_json(cls, d, REMOVED_SEARCH_SETTINGS)
 
 
 #: Search settings of earlier versions (their runs built other batched-cell layouts or other steps).
 REMOVED_SEARCH_SETTINGS = frozenset({"channels_last", "compile"})
+
+
+def _from_json(cls: type, d: dict[str, Any], removed_settings: frozenset[str]) -> Any:
+    """A config from its saved JSON; ValueError naming the settings an earlier version wrote that this one
+    removed, or fields this version does not know."""
+    removed = sorted(set(d) & removed_settings)
+    if removed:
+        raise ValueError(
+            f"this run was written by an earlier mdarts-rs with settings this version removed ({', '.join(removed)}); "
+            "it cannot be resumed or reloaded: start a new run (the README's changelog says what replaced them)"
+        )
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"config.json: unknown fields {unknown}")
+    return cls(**d)
 
 
 #: ``--preset quick``: a small supernet on a data subset, a few minutes on 2 CPU cores.
@@ -214,6 +219,14 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return _json(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        return _from_json(cls, d, REMOVED_TRAIN_SETTINGS)
+
+
+#: Training settings of earlier versions.
+REMOVED_TRAIN_SETTINGS = frozenset({"channels_last"})
 
 
 #: DARTS' CIFAR-10 recipe and the P-DARTS/PC-DARTS ImageNet recipe (mobile setting).

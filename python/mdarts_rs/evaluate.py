@@ -178,8 +178,9 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        saved = TrainConfig.from_json(state["config"]).to_json()
         resume_conflicts(
-            state["config"], self.cfg.to_json(), {"resume", "overwrite", "quiet", "device", "workers", "out", "data"}
+            saved, self.cfg.to_json(), {"resume", "overwrite", "quiet", "device", "workers", "out", "data"}
         )
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
@@ -351,11 +352,11 @@ def evaluate_checkpoint(
     from mdarts_rs._core import parse_genotype
     from mdarts_rs.data import CifarLoader, load_cifar10
 
+    dev = resolve_device(device)
     state = read_checkpoint(checkpoint, "train")
-    cfg = TrainConfig(**{**state["config"], "resume": False})
+    cfg = TrainConfig.from_json({**state["config"], "resume": False})
     if cfg.dataset != "cifar10":
         raise ValueError(f"{checkpoint}: testing supports the CIFAR-10 networks; this one is {cfg.dataset}")
-    dev = resolve_device(device)
     model = eval_network(parse_genotype(state["genotype"]), cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary)
     model.load_state_dict(state["model"])
     x, y = load_cifar10(data, "test")
