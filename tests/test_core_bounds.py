@@ -321,3 +321,15 @@ def test_epoch_epoch_and_start(epoch, start):
     else:
         assert err is None and len(it) == max(0, len(loader) - start)
         assert len(list(it)) == max(0, len(loader) - start)
+
+
+@FAST
+@given(INTS, INTS)
+def test_edge_index_is_a_row_or_a_search_space_error(node, inp):
+    row, err = call(core.edge_index, node, inp)
+    if not (fits_u64(node) and fits_u64(inp)):
+        expect_overflow(err)
+    elif node < core.STEPS and inp < 2 + node:
+        assert err is None and row == sum(2 + n for n in range(node)) + inp
+    else:
+        expect(err, core.SearchSpaceError, f"no edge ({node}, {inp})")

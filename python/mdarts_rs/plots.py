@@ -176,7 +176,7 @@ def plot_compare_runs(run_dirs: Sequence[str | os.PathLike[str]], path: str | os
 
     runs = {}
     for d in run_dirs:
-        r = RunFolder(d)
+        r = RunFolder(d, create=False)
         cfg = r.read_json("config.json")
         history = r.read_metrics()
         if not history:

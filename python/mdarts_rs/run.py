@@ -49,11 +49,24 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError of its own
         tmp.unlink(missing_ok=True)
         kept = "; its previous version is kept" if path.exists() else ""
-        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise OSError(e.errno, f"cannot write {path}: {reason}{kept}") from None
+        code = e.errno if isinstance(e, OSError) else None
+        reason = (
+            "the disk is full" if code == errno.ENOSPC else (getattr(e, "strerror", None) or str(e).splitlines()[0])
+        )
+        raise OSError(code, f"cannot write {path}: {reason}{kept}") from None
+
+
+def _write_durably(tmp: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """``write(f)`` into ``tmp`` through a Python file object, flushed and synced: a failed write (a full disk)
+    raises OSError here, where torch's own file writer would raise a RuntimeError, and the bytes are on the disk
+    before the rename makes them the file."""
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -97,19 +110,24 @@ def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
 class RunFolder:
     """The files of one search or training run."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], create: bool = True):
+        """The run folder at ``path``, created (and checked writable) unless ``create`` is False, as for reading a
+        finished run."""
         self.path = Path(path)
         if str(path) == "":
             raise ValueError("the run folder's path is empty")
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, f"{self.path} is a file, not a run folder")
+        if not create:
+            if not self.path.is_dir():
+                raise FileNotFoundError(errno.ENOENT, f"{self.path}: no such run folder")
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OSError(e.errno, f"cannot create the run folder {self.path}: {e.strerror}") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, f"cannot write to the run folder {self.path}: permission denied")
-        self._lock: IO[str] | None = None
 
     @property
     def checkpoint(self) -> Path:
@@ -161,6 +179,9 @@ class RunFolder:
                 f"{self.path} is being written by another mdarts-rs process (PID {owner}); "
                 "wait for it to finish or choose another --out"
             ) from None
+        except OSError:  # a file system without locks, say: no handle left open
+            f.close()
+            raise
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -204,7 +225,7 @@ class RunFolder:
             atomic_write_text(self.genotypes / f"epoch_{epoch:03d}.json", genotype.to_json() + "\n")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        _atomic_write(self.checkpoint, lambda tmp: torch.save(state, tmp))
+        _atomic_write(self.checkpoint, lambda tmp: _write_durably(tmp, lambda f: torch.save(state, f)))
 
     def load_checkpoint(self, kind: str = "search") -> dict[str, Any]:
         if not self.checkpoint.exists():

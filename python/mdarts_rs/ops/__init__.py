@@ -58,7 +58,8 @@ def _build_dir(sources: list[tuple[str, str]], with_cuda: bool) -> Path:
 def load_extension(with_cuda: bool | None = None, verbose: bool = False) -> None:
     """Build (first time) and load the compiled ops, then register their autograd and fake kernels.
 
-    ``with_cuda`` defaults to whether CUDA is available. Raises on failure (compiler missing, ...).
+    ``with_cuda`` defaults to whether CUDA is available; the CUDA compiler is the system's (``CUDA_HOME``) or the
+    one ``mdarts-rs build-kernels`` installed into the cache. Raises on failure (compiler missing, ...).
     """
     if _state["loaded"]:
         return
@@ -67,7 +68,15 @@ def load_extension(with_cuda: bool | None = None, verbose: bool = False) -> None
     from mdarts_rs._core import kernel_sources
 
     if with_cuda is None:
-        with_cuda = torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
+        with_cuda = torch.cuda.is_available()
+    if with_cuda and cpp_extension.CUDA_HOME is None:
+        # no system toolkit: the compiler wheels that `mdarts-rs build-kernels` installed, if it ran
+        from mdarts_rs.ops.build import cached_cuda_home, use_cuda_home
+
+        home = cached_cuda_home()
+        if home is None:
+            raise RuntimeError("CUDA_HOME is not set and no nvcc of torch's CUDA version was found")
+        use_cuda_home(home)
     sources = kernel_sources()
     build = _build_dir(sources, with_cuda)
     src = build / "src"

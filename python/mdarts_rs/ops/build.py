@@ -59,8 +59,25 @@ def wheel_cuda_home(version: str, cache: Path) -> Path:
     lib64.mkdir(exist_ok=True)
     link = lib64 / "libcudart.so"
     if not link.exists():
-        link.symlink_to(next((home / "lib").glob("libcudart.so.*")))
+        runtime = next((home / "lib").glob("libcudart.so.*"), None)
+        if runtime is None:
+            raise RuntimeError(
+                f"{home / 'lib'}: NVIDIA's runtime wheel left no libcudart.so.*; remove {target} and retry"
+            )
+        link.symlink_to(runtime)
     return home
+
+
+def cached_cuda_home() -> Path | None:
+    """The compiler wheels an earlier ``mdarts-rs build-kernels`` installed for torch's CUDA version, if any."""
+    from mdarts_rs.data import default_cache_dir
+
+    try:
+        version = torch_cuda_version()
+    except RuntimeError:
+        return None
+    home = default_cache_dir() / f"nvcc-{version}" / "nvidia" / f"cu{version.split('.')[0]}"
+    return home if (home / "bin" / "nvcc").exists() else None
 
 
 def use_cuda_home(home: Path, arch: str | None = None) -> None:
