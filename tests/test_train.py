@@ -330,3 +330,39 @@ def test_train_imagenet_recipe_on_a_tiny_image_folder(tmp_path):
     assert hist[0]["lr"] == pytest.approx(0.5 * (2 / 3 + 1) / 2)
     assert hist[1]["lr"] == pytest.approx(0.5 * (1 - 2 / 3))
     assert hist[-1]["top5_err"] == 0.0  # 3 classes: the true class is always among the top 5
+
+
+def test_train_divergence_writes_no_checkpoint_and_says_so(tmp_path, fake_cifar):
+    # --lr 1e30 and a huge weight decay: the weights leave the finite numbers within an epoch; nothing is written
+    cfg = tiny_cfg(fake_cifar, tmp_path / "run", epochs=1, steps_per_epoch=1, lr=1e30, weight_decay=1e10)
+    with pytest.raises(FloatingPointError, match=r"epoch 0: the training diverged .*no checkpoint was written"):
+        evaluate.train(cfg)
+    assert not (cfg.out / "checkpoint.pt").exists() and not (cfg.out / "metrics.jsonl").exists()
+
+
+def test_train_holds_its_run_folder_and_resumes_only_the_same_data(tmp_path, fake_cifar):
+    from mdarts_rs.run import RunFolder, RunFolderBusy
+
+    cfg = tiny_cfg(fake_cifar, tmp_path / "run", epochs=1)
+    with RunFolder(cfg.out).writer():
+        with pytest.raises(RunFolderBusy, match=f"PID {os.getpid()}"):
+            evaluate.train(cfg)
+    evaluate.train(cfg)
+    # resuming with other images is refused
+    other = tmp_path / "other"
+    shutil.copytree(fake_cifar, other)
+    data = bytearray((other / "data_batch_1.bin").read_bytes())
+    data[1] ^= 1
+    (other / "data_batch_1.bin").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="cannot resume with other data: the run trained on 64 images"):
+        evaluate.train(dataclasses.replace(cfg, data=other, resume=True, epochs=1))
+
+
+def test_cli_test_with_a_checkpoint_that_does_not_fit_says_so(tmp_path, fake_cifar):
+    cfg = tiny_cfg(fake_cifar, tmp_path / "run", epochs=1)
+    evaluate.train(cfg)
+    state = torch.load(cfg.out / "checkpoint.pt", weights_only=True)
+    for name, broken in (("nogeno", {**state, "genotype": None}), ("wrong", {**state, "model": {"x": torch.zeros(1)}})):
+        torch.save(broken, tmp_path / f"{name}.pt")
+        r = CliRunner().invoke(main, ["test", "--checkpoint", str(tmp_path / f"{name}.pt"), "--data", str(fake_cifar)])
+        assert r.exit_code == 1 and f"{name}.pt:" in r.output and "Traceback" not in r.output, r.output

@@ -29,6 +29,7 @@ from mdarts_rs.device import resolve_device
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.network import NetworkCIFAR, NetworkImageNet, eval_network
 from mdarts_rs.run import RunFolder, read_checkpoint
+from mdarts_rs.search import data_fingerprint, non_finite_state
 
 # ---- distributed helpers -----------------------------------------------------------------------------
 
@@ -150,8 +151,11 @@ class Trainer:
         device: torch.device,
         run: RunFolder | None,
         genotype_json: str = "",
+        data_fingerprint: str | None = None,
     ):
         self.cfg, self.device, self.run, self.genotype_json = cfg, device, run, genotype_json
+        #: what the training reads (CIFAR-10: the images' count and hash), checked on resume
+        self.data_fingerprint = data_fingerprint
         self.train_batches, self.test_batches = train_batches, test_batches
         self.model = model.to(device)
         self.net = self.model
@@ -175,6 +179,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "opt": self.opt.state_dict(),
             "rng": torch.get_rng_state(),
+            "data": self.data_fingerprint,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -182,10 +187,20 @@ class Trainer:
         resume_conflicts(
             saved, self.cfg.to_json(), {"resume", "overwrite", "quiet", "device", "workers", "out", "data"}
         )
+        if state.get("data") != self.data_fingerprint:
+            raise ValueError(
+                f"cannot resume with other data: the run trained on {state.get('data')}, this data is "
+                f"{self.data_fingerprint}"
+            )
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
         torch.set_rng_state(state["rng"])
+
+    def _kept(self) -> str:
+        if self.run is not None and self.run.checkpoint.exists():
+            return f"the last good checkpoint is kept at {self.run.checkpoint}"
+        return "no checkpoint was written"
 
     def train_epoch(self) -> dict[str, float]:
         cfg, model, net = self.cfg, self.model, self.net
@@ -224,7 +239,7 @@ class Trainer:
             stats = torch.stack([loss.detach() * len(y), accuracy(logits.detach(), y, 1).to(loss.dtype)]).tolist()
             if not math.isfinite(stats[0]):
                 raise FloatingPointError(
-                    f"epoch {self.epoch} step {step}: the training loss is {stats[0]}; the last good checkpoint is kept"
+                    f"epoch {self.epoch} step {step}: the training loss is {stats[0]}; {self._kept()}"
                 )
             sums[0] += stats[0]
             sums[1] += stats[1]
@@ -246,6 +261,15 @@ class Trainer:
             rec: dict[str, Any] = {"epoch": self.epoch, **self.train_epoch()}
             rec.update(evaluate_network(self.net, iter(self.test_batches), self.device, self.cfg.bf16))
             rec["seconds"] = time.time() - t0
+            bad = non_finite_state(self.model, {"optimizer": self.opt})
+            if bad or not all(math.isfinite(rec[k]) for k in ("train_loss", "test_loss")):
+                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                kept = self._kept()
+                raise FloatingPointError(
+                    f"epoch {self.epoch}: the training diverged (train loss {rec['train_loss']}, test loss "
+                    f"{rec['test_loss']}{'; non-finite ' + shown if bad else ''}); {kept}; lower the learning rate "
+                    "or the weight decay"
+                )
             self.history.append(rec)
             self.epoch += 1
             if rank == 0:
@@ -337,12 +361,14 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
             assert cfg.data is not None, "CIFAR-10 training needs --data"
             data = (load_cifar10(cfg.data, "train"), load_cifar10(cfg.data, "test"))
         (xtr, ytr), test = data
+        fingerprint = data_fingerprint(xtr, ytr)
         d = CifarData(cfg, xtr, ytr, test, device)
         train_batches, test_batches = d.train, d.test
     else:
         train_batches, test_batches, classes = _imagenet_batches(cfg, device)  # classes: the folders in train/
+        fingerprint = None  # an ImageFolder is not fingerprinted
     model = eval_network(genotype, cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary, 0.0, classes)
-    return Trainer(cfg, model, train_batches, test_batches, device, run, genotype.to_json())
+    return Trainer(cfg, model, train_batches, test_batches, device, run, genotype.to_json(), fingerprint)
 
 
 def evaluate_checkpoint(
@@ -357,8 +383,16 @@ def evaluate_checkpoint(
     cfg = TrainConfig.from_json({**state["config"], "resume": False})
     if cfg.dataset != "cifar10":
         raise ValueError(f"{checkpoint}: testing supports the CIFAR-10 networks; this one is {cfg.dataset}")
+    if not isinstance(state.get("genotype"), str):
+        raise ValueError(f"{checkpoint}: the checkpoint holds no genotype of its network")
     model = eval_network(parse_genotype(state["genotype"]), cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # missing, unexpected or mis-shaped weights
+        first = str(e).strip().splitlines()[0][:200]
+        raise ValueError(
+            f"{checkpoint}: its weights do not fit the network its config and genotype describe ({first})"
+        ) from None
     x, y = load_cifar10(data, "test")
     batches = CifarLoader(x, y, batch_size=256, shuffle=False, drop_last=False, augment=False, device=dev)
     return evaluate_network(model.to(dev), iter(batches), dev, bf16)

@@ -124,6 +124,21 @@ def gap_accuracy(
     return correct / max(1, len(y))
 
 
+def non_finite_state(model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> list[str]:
+    """The names of the model's floating-point state tensors (parameters and buffers) and the optimizers' state
+    tensors that hold NaN or infinite values, with one host synchronisation for all of them."""
+    named = [(f"model {k}", t) for k, t in model.state_dict().items() if t.is_floating_point()]
+    for opt_name, opt in optimizers.items():
+        for i, st in enumerate(opt.state.values()):
+            named += [
+                (f"{opt_name} state {i} {k}", t) for k, t in st.items() if torch.is_tensor(t) and t.is_floating_point()
+            ]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite) if not ok]
+
+
 def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     """A short text that changes with the images or labels a search reads (their count and a hash of both), so
     that a resumed run is known to read the same data whatever its path."""
@@ -291,17 +306,8 @@ class Searcher:
 
     def _check_state_finite(self) -> None:
         """SearchDiverged unless α, the weights, the batch-norm running statistics and both optimizers' states
-        are all finite (one host synchronisation for all of them)."""
-        named = [(f"model {k}", t) for k, t in self.model.state_dict().items() if t.is_floating_point()]
-        for opt_name, opt in (("weight optimizer", self.w_opt), ("α optimizer", self.a_opt)):
-            for i, st in enumerate(opt.state.values()):
-                named += [
-                    (f"{opt_name} state {i} {k}", t)
-                    for k, t in st.items()
-                    if torch.is_tensor(t) and t.is_floating_point()
-                ]
-        finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
-        bad = [name for (name, _), ok in zip(named, finite) if not ok]
+        are all finite."""
+        bad = non_finite_state(self.model, {"weight optimizer": self.w_opt, "α optimizer": self.a_opt})
         if bad:
             shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
             raise SearchDiverged(
