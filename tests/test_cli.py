@@ -64,9 +64,15 @@ def test_cli_search_options_are_the_config_fields_with_their_defaults(command):
 
 
 def test_cli_train_options_are_the_config_fields():
-    params = {p.name for p in main.commands["train"].params if isinstance(p, click.Option)}
-    missing = set(_fields(TrainConfig)) - params - {"resume", "quiet"}
+    # train's options without a default take the recipe's (the config's own, or the ImageNet recipe's); those
+    # with one show the config's
+    params = {p.name: p for p in main.commands["train"].params if isinstance(p, click.Option)}
+    fields = _fields(TrainConfig)
+    missing = set(fields) - set(params)
     assert not missing, f"TrainConfig fields without a train option: {sorted(missing)}"
+    for name in ("out", "seed", "device", "dataset"):
+        default = fields[name].default
+        assert params[name].default == (str(default) if name == "out" else default), name
 
 
 @pytest.mark.parametrize(
@@ -155,3 +161,32 @@ def test_config_refuses_sizes_above_their_limits():
         SearchConfig(layers=2**64)
     with pytest.raises(ValueError, match=r"init_channels = 4096 is above the limit of 1024 \(MAX_CHANNELS\)"):
         TrainConfig(init_channels=4096)
+
+
+def test_kernels_use_the_compiler_that_build_kernels_installed(tmp_path, monkeypatch):
+    # a later process on a GPU machine without a toolkit finds the wheels `build-kernels` put into the cache;
+    # without them it refuses to build (the caller warns and runs the references), not a CPU-only build for GPUs
+    from torch.utils import cpp_extension
+
+    from mdarts_rs.ops import build
+
+    monkeypatch.setenv("MDARTS_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    monkeypatch.setattr(ops, "_state", {"loaded": None, "cuda": False, "error": None})
+    assert build.cached_cuda_home() is None
+    with pytest.raises(RuntimeError, match="no nvcc of torch's CUDA version was found"):
+        ops.load_extension(with_cuda=True)
+    assert "no CUDA compiler of torch's CUDA version was found" in ops._build_failure(
+        RuntimeError("CUDA_HOME is not set")
+    )
+    home = tmp_path / "nvcc-13.0" / "nvidia" / "cu13"
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "nvcc").write_text("")
+    assert build.cached_cuda_home() == home
+    used = []
+    monkeypatch.setattr(build, "use_cuda_home", lambda h, arch=None: used.append(h))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: (_ for _ in ()).throw(OSError("stop before compiling")))
+    with pytest.raises(OSError, match="stop before compiling"):
+        ops.load_extension(with_cuda=True)
+    assert used == [home]

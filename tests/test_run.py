@@ -4,7 +4,6 @@ kept, a full disk or a foreign file gives a message and loses nothing."""
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import signal
@@ -194,21 +193,21 @@ def test_cli_search_into_a_file_or_unwritable_folder_says_so(tmp_path, data_dir)
         assert r.exit_code == 1 and "permission denied" in r.output
 
 
-def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
+    # the checkpoint's temporary file is /dev/full, where every write fails with ENOSPC
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux) to fill a disk")
     run = RunFolder(tmp_path / "run")
     run.save_checkpoint({"format": 1, "config": {}, "model": {"w": torch.ones(3)}, "a_opt": {}})
-    real_save = torch.save
-
-    def full_disk(obj, f):
-        real_save(obj, f)  # the bytes reach the temporary file, then the disk fills
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
+    (run.path / ".checkpoint.pt.tmp").symlink_to("/dev/full")
     with pytest.raises(OSError, match=r"cannot write .*checkpoint.pt: the disk is full; its previous version is kept"):
         run.save_checkpoint({"format": 1, "config": {}, "model": {"w": torch.zeros(3)}, "a_opt": {}})
-    monkeypatch.undo()
-    assert not list(run.path.glob(".*.tmp"))
+    assert not (run.path / ".checkpoint.pt.tmp").exists() and not (run.path / ".checkpoint.pt.tmp").is_symlink()
     assert torch.equal(read_checkpoint(run.checkpoint, "search")["model"]["w"], torch.ones(3))
+    (run.path / ".metrics.jsonl.tmp").symlink_to("/dev/full")
+    with pytest.raises(OSError, match=r"cannot write .*metrics.jsonl: the disk is full"):
+        run.write_metrics([{"epoch": 0}])
+    assert not run.metrics.exists()
 
 
 def test_genotype_paths_are_files_whatever_their_name(tmp_path):
@@ -269,3 +268,24 @@ def test_cli_test_with_a_training_checkpoint_of_an_earlier_version_says_so(tmp_p
         main, ["test", "--checkpoint", str(tmp_path / "old.pt"), "--data", str(data_dir), "--device", "cpu"]
     )
     assert r.exit_code == 1 and "settings this version removed (channels_last)" in r.output, r.output
+
+
+def test_sweep_resume_restarts_a_run_stopped_before_its_first_checkpoint(tmp_path, data_dir):
+    out = tmp_path / "sweep"
+    (out / "gamma_1").mkdir(parents=True)
+    (out / "gamma_1" / "config.json").write_text("{}")  # killed after writing its config
+    r = CliRunner().invoke(
+        main, ["sweep", "--gamma", "1", "--data", str(data_dir), "--out", str(out), *TINY, "--resume"]
+    )
+    assert r.exit_code == 0, r.output
+    assert (out / "gamma_1" / "genotype.json").exists()
+
+
+def test_sweep_runs_every_variant_and_fails_at_the_end_naming_the_failed_ones(tmp_path, data_dir):
+    out = tmp_path / "sweep"
+    with RunFolder(out / "gamma_1").writer():  # another process writes gamma_1
+        r = CliRunner().invoke(main, ["sweep", "--gamma", "0,1,5", "--data", str(data_dir), "--out", str(out), *TINY])
+    assert r.exit_code == 1
+    assert "1 of 3 runs" in r.output and "gamma_1: " in r.output and "being written by another" in r.output
+    assert (out / "gamma_0" / "genotype.json").exists() and (out / "gamma_5" / "genotype.json").exists()
+    assert [row["gamma"] for row in json.loads((out / "summary.json").read_text())] == [0.0, 5.0]

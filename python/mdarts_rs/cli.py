@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from mdarts_rs import _core
-from mdarts_rs.config import MAX_CHANNELS, PRESETS, SearchConfig
+from mdarts_rs.config import MAX_CHANNELS, PRESETS, SearchConfig, TrainConfig
 
 
 def _default(cfg: type, name: str) -> Any:
@@ -267,10 +267,11 @@ def _configs(ctx: click.Context, opts: dict[str, Any]) -> SearchConfig:
 
 def _run_searches(
     base: SearchConfig, variants: list[tuple[str, dict[str, Any]]], subfolders: bool
-) -> list[tuple[str, SearchConfig, Any]]:
+) -> tuple[list[tuple[str, SearchConfig, Any]], list[str]]:
     """Run one search per variant (a sub-folder name and config overrides), in ``--out/<name>`` with
-    ``subfolders``, else in ``--out`` itself (one variant). With ``--resume``, a variant whose run finished is
-    kept as it is, one that stopped is continued and one that never started is started."""
+    ``subfolders``, else in ``--out`` itself (one variant); returns the results and, with ``subfolders``, a line
+    per variant that failed (the others still run). With ``--resume``, a variant whose run finished is kept as it
+    is, one that stopped is continued and one without a checkpoint is started afresh."""
     from mdarts_rs.data import load_cifar10
     from mdarts_rs.device import resolve_device
     from mdarts_rs.run import RunFolderBusy, run_search
@@ -282,33 +283,44 @@ def _run_searches(
         raise click.BadParameter(str(e), param_hint="--device") from None
     try:
         images, labels = load_cifar10(base.data, "train")  # type: ignore[arg-type]
-    except (FileNotFoundError, _core.MdartsError) as e:
+    except (OSError, _core.MdartsError) as e:
         raise click.ClickException(str(e)) from None
-    results = []
+    results, failed = [], []
     for name, overrides in variants:
         out = base.out / name if subfolders else base.out
         cfg = dataclasses.replace(base, out=out, **overrides)
-        if cfg.resume:
-            finished = _finished_run(cfg)
-            if finished is not None:
-                click.echo(f"{out}: finished earlier, kept", err=True)
-                results.append((name, cfg, finished))
-                continue
-            if subfolders and not (out / "checkpoint.pt").exists():  # never started: start it
-                cfg = dataclasses.replace(cfg, resume=False)
         try:
+            if cfg.resume:
+                finished = _finished_run(cfg)
+                if finished is not None:
+                    click.echo(f"{out}: finished earlier, kept", err=True)
+                    results.append((name, cfg, finished))
+                    continue
+                if subfolders and not (out / "checkpoint.pt").exists():  # never started, or stopped before a checkpoint
+                    cfg = dataclasses.replace(cfg, resume=False, overwrite=True)
             result = run_search(cfg, images, labels)
         except SearchInterrupted as e:
             click.echo(f"interrupted: {e}", err=True)
             sys.exit(130)
-        except (SearchDiverged, RunFolderBusy, FileExistsError, FileNotFoundError, ValueError) as e:
-            raise click.ClickException(str(e)) from None
-        except OSError as e:  # an unwritable folder, a full disk: the message names the file
-            raise click.ClickException(e.strerror or str(e)) from None
+        except (SearchDiverged, RunFolderBusy, OSError, ValueError) as e:  # OSError: a full disk, an unwritable folder
+            message = (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)
+            if not subfolders:
+                raise click.ClickException(message) from None
+            click.echo(f"{out}: failed: {message}", err=True)
+            failed.append(f"{name}: {message}")
+            continue
         if not cfg.quiet:
             click.echo(f"{out}: {result.genotype!r}")
         results.append((name, cfg, result))
-    return results
+    return results, failed
+
+
+def _finish(results: list[tuple[str, SearchConfig, Any]], failed: list[str], out: Path) -> None:
+    """Exit non-zero naming the variants that failed, after the others' summary was written."""
+    if failed:
+        raise click.ClickException(
+            f"{len(failed)} of {len(results) + len(failed)} runs in {out} failed:\n" + "\n".join(failed)
+        )
 
 
 def _finished_run(cfg: SearchConfig) -> Any | None:
@@ -321,7 +333,7 @@ def _finished_run(cfg: SearchConfig) -> Any | None:
 
     if not (cfg.out / "genotype.json").is_file():
         return None
-    run = RunFolder(cfg.out)
+    run = RunFolder(cfg.out, create=False)
     history = run.read_metrics()
     if len(history) != cfg.epochs:
         return None
@@ -398,16 +410,17 @@ def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> No
     modes = ["shared", "multilevel"] if alpha_mode == "both" else [alpha_mode]
     base = _configs(ctx, {**opts, "alpha_mode": modes[0], "gamma": gamma})
     variants = [(f"{m}_seed{s}" if len(seeds) > 1 else m, {"alpha_mode": m, "seed": s}) for s in seeds for m in modes]
-    results = _run_searches(base, variants, subfolders=len(variants) > 1)
-    if len(results) > 1:
+    results, failed = _run_searches(base, variants, subfolders=len(variants) > 1)
+    if len(variants) > 1 and results:
         click.echo(f"summary: {_write_summary(base.out, _summary_rows(results))}")
-        if base.plots and alpha_mode == "both":
+        if base.plots and alpha_mode == "both" and not failed:
             from mdarts_rs.plots import plot_compare_runs
 
             (base.out / "plots").mkdir(exist_ok=True)
             plot_compare_runs(
                 [cfg.out for _, cfg, _ in results], base.out / "plots" / "skip_connect_shared_vs_multilevel.png"
             )
+    _finish(results, failed, base.out)
 
 
 @main.command()
@@ -433,10 +446,12 @@ def sweep(ctx: click.Context, gammas: list[float], alpha_mode: str, **opts: Any)
         for g in gammas
         for s in seeds
     ]
-    results = _run_searches(base, variants, subfolders=True)
-    path = _write_summary(base.out, _summary_rows(results))
-    click.echo(f"summary: {path}")
-    click.echo(path.read_text())
+    results, failed = _run_searches(base, variants, subfolders=True)
+    if results:
+        path = _write_summary(base.out, _summary_rows(results))
+        click.echo(f"summary: {path}")
+        click.echo(path.read_text())
+    _finish(results, failed, base.out)
 
 
 @main.command("build-kernels")
@@ -464,7 +479,7 @@ def plot(runs: tuple[Path, ...], out: Path) -> None:
 
     try:
         plot_compare_runs(list(runs), out)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:
         raise click.ClickException(f"cannot plot: {e}") from None
     click.echo(str(out))
 
@@ -485,7 +500,7 @@ def info(genotype: str, imagenet_size: int) -> None:
 
     try:
         g = load_genotype(genotype)
-    except (FileNotFoundError, _core.MdartsError) as e:
+    except (OSError, _core.MdartsError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(repr(g))
     click.echo(f"\n{'network':<34}{'params':>12}{'MACs':>16}")
@@ -505,7 +520,7 @@ def info(genotype: str, imagenet_size: int) -> None:
 @click.option(
     "--data", type=click.Path(path_type=Path), help="CIFAR-10 folder, or for ImageNet a folder with train/ and val/."
 )
-@click.option("--out", callback=_run_folder, default="runs/train", show_default=True)
+@click.option("--out", callback=_run_folder, default=str(_default(TrainConfig, "out")), show_default=True)
 @click.option(
     "--dataset",
     type=click.Choice(["cifar10", "imagenet"]),
@@ -532,9 +547,11 @@ def info(genotype: str, imagenet_size: int) -> None:
 @click.option("--cutout", type=click.IntRange(0, 32))
 @click.option("--drop-path", type=FiniteFloat(0, 1, max_open=True))
 @click.option("--label-smoothing", type=FiniteFloat(0, 1, max_open=True))
-@click.option("--seed", type=click.IntRange(min=0, max=_MAX_SEED), default=0, show_default=True)
+@click.option(
+    "--seed", type=click.IntRange(min=0, max=_MAX_SEED), default=_default(TrainConfig, "seed"), show_default=True
+)
 @click.option("--seeds", callback=_int_list, help="Comma-separated seeds: one training each, in --out/seed<N>.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default=_default(TrainConfig, "device"), show_default=True)
 @click.option("--workers", type=click.IntRange(min=0, max=_core.MAX_WORKERS))
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast.")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), help="Cap the steps of each epoch (smoke runs).")
