@@ -11,9 +11,10 @@ from mdarts_rs._core import Genotype, GenotypeError, MultiLevelGenotype, parse_g
 def load_genotype(source: str | os.PathLike[str]) -> Genotype | MultiLevelGenotype:
     """Load a genotype from a file (JSON or DARTS text) or from the text itself.
 
-    A path that exists is read as a file, whatever characters its name holds; otherwise ``source`` is parsed as
-    genotype text when it looks like one, so both ``load_genotype("run/genotype.json")`` and
-    ``load_genotype("Genotype(normal=[...], ...)")`` work. Errors name the file.
+    A path that exists is read as a file, whatever characters its name holds; otherwise ``source`` is a published
+    genotype's name (``mdarts_rs.genotypes``: darts_v2, pc_darts, ...) or genotype text, so
+    ``load_genotype("run/genotype.json")``, ``load_genotype("darts_v2")`` and
+    ``load_genotype("Genotype(normal=[...], ...)")`` all work. Errors name the file.
     """
     text = os.fspath(source)
     path = Path(text)
@@ -37,9 +38,14 @@ def load_genotype(source: str | os.PathLike[str]) -> Genotype | MultiLevelGenoty
             return parse_genotype(content)
         except GenotypeError as e:
             raise GenotypeError(f"{path}: {e}") from None
+    from mdarts_rs.genotypes import PUBLISHED, published
+
+    known = published(text)
+    if known is not None:
+        return parse_genotype(known.text)
     if "(" in text or "{" in text:
         return parse_genotype(text)
-    raise FileNotFoundError(f"{path}: no such genotype file")
+    raise FileNotFoundError(f"{path}: no such genotype file, nor a published genotype ({', '.join(PUBLISHED)})")
 
 
 def save_genotype(genotype: Genotype | MultiLevelGenotype, path: str | os.PathLike[str]) -> None:
