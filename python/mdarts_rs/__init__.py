@@ -44,6 +44,8 @@ def __getattr__(name: str):  # torch-backed parts load on first use, so `import 
         return importlib.import_module("mdarts_rs.primitives").count_params
     if name in ("eval_network", "count_macs"):
         return getattr(importlib.import_module("mdarts_rs.network"), name)
+    if name == "load_trained":
+        return importlib.import_module("mdarts_rs.trained").load_trained
     if name == "run_search":
         return importlib.import_module("mdarts_rs.run").run_search
     if name == "SearchConfig":
@@ -75,6 +77,7 @@ __all__ = [
     "edge_index",
     "eval_network",
     "load_genotype",
+    "load_trained",
     "parse_genotype",
     "rank_cell",
     "rank_genotype",

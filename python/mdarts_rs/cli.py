@@ -600,5 +600,52 @@ def test(checkpoint: Path, data: Path | None, device: str) -> None:
     click.echo(json.dumps(r))
 
 
+@main.command()
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="checkpoint.pt of a `mdarts-rs train` run.",
+)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "pt2", "torchscript"]), required=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
+def export(checkpoint: Path, fmt: str, out: Path) -> None:
+    """Export a trained network (eval mode, no auxiliary head, any batch size), verified by loading it back with
+    its own runtime; its input size, normalisation and class names go to OUT.json."""
+    from mdarts_rs.trained import ExportError, export, load_trained
+
+    try:
+        diff = export(load_trained(checkpoint), fmt, out)
+    except (ExportError, OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{out}: {fmt}, outputs within {diff:.2g} of the network's; metadata in {out}.json")
+
+
+@main.command()
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="checkpoint.pt of a `mdarts-rs train` run.",
+)
+@click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True, help="Classes shown per image.")
+@click.option("--device", default="cpu", show_default=True)
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def predict(checkpoint: Path, top: int, device: str, images: tuple[Path, ...]) -> None:
+    """The most likely classes of each IMAGE (PNG, JPEG, ...; resized and normalised as the network was trained)."""
+    from mdarts_rs.device import resolve_device
+    from mdarts_rs.trained import load_trained, predict
+
+    try:
+        trained = load_trained(checkpoint, resolve_device(device))
+        results = predict(trained, list(images), top)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    for path, classes in zip(images, results):
+        click.echo(f"{path}:")
+        for name, p in classes:
+            click.echo(f"  {p:7.2%}  {name}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

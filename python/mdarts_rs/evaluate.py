@@ -28,7 +28,7 @@ from mdarts_rs.config import TrainConfig, resume_conflicts
 from mdarts_rs.device import resolve_device
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.network import NetworkCIFAR, NetworkImageNet, eval_network
-from mdarts_rs.run import RunFolder, read_checkpoint
+from mdarts_rs.run import RunFolder
 from mdarts_rs.search import data_fingerprint, non_finite_state
 
 # ---- distributed helpers -----------------------------------------------------------------------------
@@ -152,10 +152,12 @@ class Trainer:
         run: RunFolder | None,
         genotype_json: str = "",
         data_fingerprint: str | None = None,
+        class_names: list[str] | None = None,
     ):
         self.cfg, self.device, self.run, self.genotype_json = cfg, device, run, genotype_json
         #: what the training reads (CIFAR-10: the images' count and hash), checked on resume
         self.data_fingerprint = data_fingerprint
+        self.class_names = class_names
         self.train_batches, self.test_batches = train_batches, test_batches
         self.model = model.to(device)
         self.net = self.model
@@ -180,6 +182,7 @@ class Trainer:
             "opt": self.opt.state_dict(),
             "rng": torch.get_rng_state(),
             "data": self.data_fingerprint,
+            "class_names": self.class_names,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -342,7 +345,7 @@ def _imagenet_batches(cfg: TrainConfig, device: torch.device):
             for x, y in self.loader:
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    return _Batches(train), _Batches(test), len(train_set.classes)
+    return _Batches(train), _Batches(test), list(train_set.classes)
 
 
 def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
@@ -354,7 +357,9 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
     rank, _ = world()
     run = RunFolder(cfg.out) if rank == 0 else None
     if cfg.dataset == "cifar10":
-        classes = 10
+        from mdarts_rs.trained import CIFAR10_CLASSES
+
+        class_names = list(CIFAR10_CLASSES)
         if data is None:
             from mdarts_rs.data import load_cifar10
 
@@ -365,37 +370,26 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
         d = CifarData(cfg, xtr, ytr, test, device)
         train_batches, test_batches = d.train, d.test
     else:
-        train_batches, test_batches, classes = _imagenet_batches(cfg, device)  # classes: the folders in train/
+        train_batches, test_batches, class_names = _imagenet_batches(cfg, device)  # the folders in train/
         fingerprint = None  # an ImageFolder is not fingerprinted
-    model = eval_network(genotype, cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary, 0.0, classes)
-    return Trainer(cfg, model, train_batches, test_batches, device, run, genotype.to_json(), fingerprint)
+    model = eval_network(genotype, cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary, 0.0, len(class_names))
+    return Trainer(cfg, model, train_batches, test_batches, device, run, genotype.to_json(), fingerprint, class_names)
 
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike[str], data: Path, device: str = "auto", bf16: bool = False
 ) -> dict[str, float]:
     """Top-1/top-5 test error of a trained network's checkpoint on the CIFAR-10 test set in ``data``."""
-    from mdarts_rs._core import parse_genotype
     from mdarts_rs.data import CifarLoader, load_cifar10
+    from mdarts_rs.trained import load_trained
 
     dev = resolve_device(device)
-    state = read_checkpoint(checkpoint, "train")
-    cfg = TrainConfig.from_json({**state["config"], "resume": False})
-    if cfg.dataset != "cifar10":
-        raise ValueError(f"{checkpoint}: testing supports the CIFAR-10 networks; this one is {cfg.dataset}")
-    if not isinstance(state.get("genotype"), str):
-        raise ValueError(f"{checkpoint}: the checkpoint holds no genotype of its network")
-    model = eval_network(parse_genotype(state["genotype"]), cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:  # missing, unexpected or mis-shaped weights
-        first = str(e).strip().splitlines()[0][:200]
-        raise ValueError(
-            f"{checkpoint}: its weights do not fit the network its config and genotype describe ({first})"
-        ) from None
+    trained = load_trained(checkpoint, dev)
+    if trained.dataset != "cifar10":
+        raise ValueError(f"{checkpoint}: testing supports the CIFAR-10 networks; this one is {trained.dataset}")
     x, y = load_cifar10(data, "test")
     batches = CifarLoader(x, y, batch_size=256, shuffle=False, drop_last=False, augment=False, device=dev)
-    return evaluate_network(model.to(dev), iter(batches), dev, bf16)
+    return evaluate_network(trained.model, iter(batches), dev, bf16)
 
 
 def train(cfg: TrainConfig, data: tuple | None = None) -> list[dict[str, Any]]:

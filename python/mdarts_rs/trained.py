@@ -1,0 +1,236 @@
+"""Using a trained network: load it from its checkpoint alone, export it (ONNX, torch.export's .pt2,
+TorchScript) with a verified round trip, and classify images."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mdarts_rs._core import CIFAR10_MEAN, CIFAR10_STD, Genotype, MultiLevelGenotype, parse_genotype
+from mdarts_rs.config import TrainConfig
+from mdarts_rs.network import eval_network
+from mdarts_rs.run import read_checkpoint
+
+#: CIFAR-10's classes, in label order (the dataset's batches.meta).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+#: The per-channel mean and std the ImageNet recipe normalises with (torchvision's ImageNet statistics).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+#: Export formats: ONNX (onnxruntime), torch.export's program (.pt2), TorchScript (torch.jit, deprecated by
+#: PyTorch but still read by older runtimes).
+FORMATS = ("onnx", "pt2", "torchscript")
+
+
+class ExportError(RuntimeError):
+    """An export that could not be written, or whose file does not compute the network's outputs."""
+
+
+@dataclass
+class TrainedNetwork:
+    """An evaluation network in eval mode with its weights, and what its inputs need: RGB images of
+    ``image_size``², scaled to [0, 1], then normalised per channel with ``mean`` and ``std``."""
+
+    model: nn.Module
+    genotype: Genotype | MultiLevelGenotype
+    dataset: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    class_names: list[str] = field(default_factory=list)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores of a normalised batch (N, 3, H, W)."""
+        with torch.no_grad():
+            return self.model(x)[0]
+
+    def metadata(self) -> dict[str, Any]:
+        """What an exported model's users need besides the model: the input and the classes."""
+        return {
+            "input": "float32 (N, 3, H, W), RGB scaled to [0, 1], then (x - mean) / std per channel",
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "class_names": list(self.class_names),
+            "dataset": self.dataset,
+            "genotype": json.loads(self.genotype.to_json()),
+        }
+
+
+def load_trained(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> TrainedNetwork:
+    """The network a ``mdarts-rs train`` run saved in ``checkpoint``, in eval mode, from the checkpoint alone.
+    ValueError naming the file for a search checkpoint (not a trained network) or one that does not fit."""
+    state = read_checkpoint(checkpoint, "train")
+    cfg = TrainConfig.from_json({**state["config"], "resume": False})
+    if not isinstance(state.get("genotype"), str):
+        raise ValueError(f"{checkpoint}: the checkpoint holds no genotype of its network")
+    genotype = parse_genotype(state["genotype"])
+    weights = state["model"]
+    if "classifier.weight" not in weights:
+        raise ValueError(f"{checkpoint}: the checkpoint's weights have no classifier")
+    classes = int(weights["classifier.weight"].shape[0])
+    model = eval_network(genotype, cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary, 0.0, classes)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # missing, unexpected or mis-shaped weights
+        first = str(e).strip().splitlines()[0][:200]
+        raise ValueError(
+            f"{checkpoint}: its weights do not fit the network its config and genotype describe ({first})"
+        ) from None
+    names = state.get("class_names")
+    if not isinstance(names, list) or len(names) != classes:
+        names = (
+            list(CIFAR10_CLASSES)
+            if cfg.dataset == "cifar10" and classes == 10
+            else [f"class_{i}" for i in range(classes)]
+        )
+    cifar = cfg.dataset == "cifar10"
+    return TrainedNetwork(
+        model=model.to(device).eval(),
+        genotype=genotype,
+        dataset=cfg.dataset,
+        image_size=32 if cifar else 224,
+        mean=tuple(CIFAR10_MEAN) if cifar else IMAGENET_MEAN,  # type: ignore[arg-type]
+        std=tuple(CIFAR10_STD) if cifar else IMAGENET_STD,  # type: ignore[arg-type]
+        class_names=names,
+    )
+
+
+class _Logits(nn.Module):
+    """The evaluation network's class scores alone (its forward also returns the auxiliary head's, None in eval
+    mode), for export."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0]
+
+
+def export(trained: TrainedNetwork, fmt: str, out: str | os.PathLike[str], atol: float = 1e-4) -> float:
+    """Write the eval-mode network (no auxiliary head, no drop-path; batch dimension dynamic) to ``out`` in
+    ``fmt``, and its metadata (``metadata()``) to ``out`` + ".json". The written file is then loaded by its own
+    runtime and must give the network's outputs on random inputs of another batch size within ``atol``; returns
+    the largest difference, ExportError otherwise (the files are removed)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    net = _Logits(trained.model).cpu().eval()
+    example = torch.randn(2, 3, trained.image_size, trained.image_size)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's own deprecation notice
+            if fmt == "pt2":
+                torch.export.save(torch.export.export(net, (example,), dynamic_shapes=({0: batch},)), out)
+            elif fmt == "torchscript":
+                torch.jit.save(torch.jit.trace(net, example), str(out))
+            else:
+                _export_onnx(net, example, batch, out)
+    except ExportError:
+        raise
+    except Exception as e:  # the exporters raise many types
+        out.unlink(missing_ok=True)
+        raise ExportError(
+            f"cannot export to {fmt}: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+        ) from None
+    Path(f"{out}.json").write_text(json.dumps(trained.metadata(), indent=2) + "\n")
+    try:
+        return verify_export(out, fmt, trained, atol)
+    except ExportError:
+        out.unlink(missing_ok=True)
+        Path(f"{out}.json").unlink(missing_ok=True)
+        raise
+
+
+def _export_onnx(net: nn.Module, example: torch.Tensor, batch: Any, out: Path) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ExportError("ONNX export needs onnx and onnxscript: pip install 'mdarts-rs[export]'") from None
+    torch.onnx.export(
+        net,
+        (example,),
+        str(out),
+        dynamo=True,
+        dynamic_shapes=({0: batch},),
+        input_names=["images"],
+        output_names=["logits"],
+        verbose=False,
+    )
+
+
+def verify_export(path: str | os.PathLike[str], fmt: str, trained: TrainedNetwork, atol: float = 1e-4) -> float:
+    """Load ``path`` with its own runtime (onnxruntime, torch.export.load, torch.jit.load) and compare its outputs
+    with the network's on random inputs (batch 3); the largest difference, or ExportError naming the file."""
+    path = Path(path)
+    x = torch.randn(3, 3, trained.image_size, trained.image_size, generator=torch.Generator().manual_seed(0))
+    expected = trained.logits(x.to(next(trained.model.parameters()).device)).cpu()
+    try:
+        if fmt == "pt2":
+            with torch.no_grad():
+                got = torch.export.load(path).module()(x)
+        elif fmt == "torchscript":
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's own deprecation notice
+                got = torch.jit.load(str(path))(x)
+        elif fmt == "onnx":
+            try:
+                import onnxruntime
+            except ImportError:
+                raise ExportError("verifying an ONNX file needs onnxruntime: pip install 'mdarts-rs[export]'") from None
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+        else:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    except (ExportError, ValueError):
+        raise
+    except Exception as e:  # a damaged file: each runtime raises its own types
+        raise ExportError(f"{path}: cannot be loaded as {fmt} ({type(e).__name__}: {str(e).strip()[:200]})") from None
+    if got.shape != expected.shape:
+        raise ExportError(f"{path}: gives outputs of shape {tuple(got.shape)}, the network {tuple(expected.shape)}")
+    diff = float((got.float() - expected).abs().max())
+    if not diff <= atol:
+        raise ExportError(f"{path}: its outputs differ from the network's by {diff:.3g} (more than {atol:g})")
+    return diff
+
+
+def read_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
+    """An image file as RGB uint8 (size, size, 3): the shorter side resized to ``size`` (bilinear), then the
+    centre cropped. ValueError naming the file for one that cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = size / min(w, h)
+            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+            w, h = im.size
+            left, top = (w - size) // 2, (h - size) // 2
+            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read it as an image ({type(e).__name__}: {e})") from None
+
+
+def predict(
+    trained: TrainedNetwork, images: list[str | os.PathLike[str]], top: int = 5
+) -> list[list[tuple[str, float]]]:
+    """The ``top`` classes and their probabilities for each image file, resized and normalised as the network
+    was trained."""
+    arrays = [read_image(p, trained.image_size) for p in images]
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean, std = torch.tensor(trained.mean).view(1, 3, 1, 1), torch.tensor(trained.std).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    probs = torch.softmax(trained.logits(x.to(next(trained.model.parameters()).device)).float().cpu(), dim=1)
+    k = min(top, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    return [[(trained.class_names[int(i)], float(v)) for v, i in zip(vs, ids)] for vs, ids in zip(values, indices)]

@@ -1,0 +1,156 @@
+"""Using what a search and a training found: published genotypes by name, a trained network from its
+checkpoint, export with a verified round trip, and predictions for image files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import mdarts_rs as md
+from mdarts_rs import evaluate
+from mdarts_rs.cli import main
+from mdarts_rs.config import TrainConfig
+from mdarts_rs.genotypes import PUBLISHED
+from mdarts_rs.network import count_params, eval_network
+from mdarts_rs.trained import CIFAR10_CLASSES, FORMATS, ExportError, export, load_trained, predict, verify_export
+
+from published import ALL
+from tinycifar import tiny_images, write_bin
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_genotypes_by_name_build(name):
+    g = md.load_genotype(name.upper())  # names are case-insensitive
+    assert g == md.load_genotype(name)
+    assert count_params(eval_network(g, "cifar10")) > 3_000_000
+
+
+def test_published_genotypes_are_their_authors_texts():
+    # the repositories' own printouts (tests/published.py, verbatim) parse to the same genotypes
+    for test_name, name in (
+        ("DARTS_V1", "darts_v1"),
+        ("DARTS_V2", "darts_v2"),
+        ("PDARTS", "pdarts"),
+        ("PC_DARTS", "pc_darts"),
+    ):
+        assert md.load_genotype(name) == md.Genotype.from_darts(ALL[test_name])
+    assert count_params(eval_network(md.load_genotype("darts_v2"), "cifar10")) == 3_349_342  # DARTS' own logs
+    # PC-DARTS reports 5.3M parameters for its ImageNet-searched cell in the mobile setting
+    assert round(count_params(eval_network(md.load_genotype("pc_darts_imagenet"), "imagenet")) / 1e6, 1) == 5.3
+
+
+def test_cli_takes_published_names_and_names_them_on_a_typo():
+    r = CliRunner().invoke(main, ["info", "darts_v2"])
+    assert r.exit_code == 0 and "3,349,342" in r.output, r.output
+    r = CliRunner().invoke(main, ["info", "darts_v3"])
+    assert r.exit_code == 1 and "darts_v2" in r.output and "pc_darts_imagenet" in r.output
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny network trained for two steps on random CIFAR-shaped images."""
+    root = tmp_path_factory.mktemp("trained")
+    images, labels = tiny_images(48)
+    data = write_bin(root / "cifar", images, labels)
+    (data / "test_batch.bin").write_bytes((data / "data_batch_1.bin").read_bytes())
+    cfg = TrainConfig(
+        genotype="pc_darts",
+        data=data,
+        out=root / "run",
+        epochs=1,
+        batch_size=8,
+        init_channels=4,
+        layers=5,
+        steps_per_epoch=2,
+        workers=1,
+        device="cpu",
+        quiet=True,
+    )
+    evaluate.train(cfg)
+    return cfg.out / "checkpoint.pt"
+
+
+def test_load_trained_gives_the_network_and_its_inputs(trained_run):
+    assert md.load_trained is load_trained
+    t = load_trained(trained_run)
+    assert not t.model.training and t.image_size == 32 and t.class_names == list(CIFAR10_CLASSES)
+    assert t.genotype == md.load_genotype("pc_darts")
+    logits = t.logits(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    state = torch.load(trained_run, weights_only=True)
+    assert state["class_names"] == list(CIFAR10_CLASSES)
+
+
+def test_load_trained_refuses_a_search_checkpoint(tmp_path):
+    from mdarts_rs.config import SearchConfig
+    from mdarts_rs.run import run_search
+
+    images, labels = tiny_images(48)
+    cfg = SearchConfig(
+        out=tmp_path / "search",
+        epochs=1,
+        batch_size=4,
+        init_channels=4,
+        layers=5,
+        steps_per_epoch=1,
+        gap_images=4,
+        workers=1,
+        quiet=True,
+        plots=False,
+        device="cpu",
+    )
+    run_search(cfg, images, labels)
+    with pytest.raises(ValueError, match="a checkpoint of mdarts-rs search .* this needs one of mdarts-rs train"):
+        load_trained(cfg.out / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_round_trip_and_a_corrupt_file_is_refused(tmp_path, trained_run, fmt):
+    t = load_trained(trained_run)
+    out = tmp_path / f"net.{fmt}"
+    diff = export(t, fmt, out)
+    assert diff <= 1e-4
+    meta = json.loads((tmp_path / f"net.{fmt}.json").read_text())
+    assert meta["image_size"] == 32 and meta["class_names"] == list(CIFAR10_CLASSES) and len(meta["mean"]) == 3
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.raises(ExportError, match=f"net.{fmt}"):
+        verify_export(out, fmt, t)
+
+
+def test_export_refuses_a_file_that_computes_something_else(tmp_path, trained_run):
+    t = load_trained(trained_run)
+    export(t, "pt2", tmp_path / "a.pt2")
+    with torch.no_grad():
+        t.model.classifier.bias += 1.0  # the network changed after the export
+    with pytest.raises(ExportError, match="outputs differ from the network's by"):
+        verify_export(tmp_path / "a.pt2", "pt2", t)
+
+
+def test_cli_predict_prints_top_classes_of_each_image(tmp_path, trained_run):
+    images, _ = tiny_images(2)
+    paths = []
+    for i, im in enumerate(images):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0))).resize((48, 40)).save(p)  # any size
+        paths.append(str(p))
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", str(trained_run), *paths])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == f"{paths[0]}:" and lines[6] == f"{paths[1]}:" and len(lines) == 12
+    probs = [float(line.split("%")[0]) / 100 for line in lines[1:6]]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-3
+    assert all(line.split()[-1] in CIFAR10_CLASSES for line in lines[1:6])
+    top = predict(load_trained(trained_run), [paths[0]], top=10)[0]
+    assert abs(sum(p for _, p in top) - 1) < 1e-5
+
+
+def test_cli_predict_names_a_file_that_is_not_an_image(tmp_path, trained_run):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", str(trained_run), str(tmp_path / "x.png")])
+    assert r.exit_code == 1 and "x.png: cannot read it as an image" in r.output
