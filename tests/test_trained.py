@@ -154,3 +154,27 @@ def test_cli_predict_names_a_file_that_is_not_an_image(tmp_path, trained_run):
     (tmp_path / "x.png").write_bytes(b"not an image")
     r = CliRunner().invoke(main, ["predict", "--checkpoint", str(trained_run), str(tmp_path / "x.png")])
     assert r.exit_code == 1 and "x.png: cannot read it as an image" in r.output
+
+
+def test_load_trained_of_an_image_folder_run_keeps_its_classes_and_input(tmp_path):
+    # an ImageNet-recipe run over an image folder saves its folders' class names; a checkpoint written as
+    # Trainer.state writes it (torchvision's ImageFolder itself is not needed to read it back)
+    cfg = TrainConfig(genotype="darts_v2", dataset="imagenet", init_channels=4, layers=5, out=tmp_path / "run")
+    net = eval_network(md.load_genotype("darts_v2"), "imagenet", 4, 5, True, 0.0, 3)
+    state = {
+        "format": 1,
+        "config": cfg.to_json(),
+        "genotype": md.load_genotype("darts_v2").to_json(),
+        "epoch": 1,
+        "history": [],
+        "model": net.state_dict(),
+        "opt": {},
+        "class_names": ["cat", "dog", "fox"],
+    }
+    torch.save(state, tmp_path / "checkpoint.pt")
+    t = load_trained(tmp_path / "checkpoint.pt")
+    assert (t.dataset, t.image_size, t.class_names) == ("imagenet", 224, ["cat", "dog", "fox"])
+    assert t.mean == (0.485, 0.456, 0.406)
+    Image.fromarray(np.zeros((300, 260, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    (top,) = predict(t, [tmp_path / "a.png"])
+    assert len(top) == 3 and {name for name, _ in top} == {"cat", "dog", "fox"}
