@@ -32,6 +32,15 @@ def _sd(name: str) -> Any:
     return _default(SearchConfig, name)
 
 
+def _opt(
+    name: str, type: Any = None, help: str | None = None, nargs: int = 1, show_default: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A search option named after its ``SearchConfig`` field, with the field's default."""
+    return click.option(
+        f"--{name.replace('_', '-')}", type=type, nargs=nargs, default=_sd(name), show_default=show_default, help=help
+    )
+
+
 def _flag(name: str, help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """An on/off search option named after its ``SearchConfig`` field, with the field's default."""
     return click.option(f"--{name.replace('_', '-')}", is_flag=True, default=_sd(name), help=help)
@@ -128,91 +137,48 @@ _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option(
         "--download", is_flag=True, help="Download CIFAR-10 (checked against its MD5) when no data folder is found."
     ),
-    click.option("--out", callback=_run_folder, default=str(_sd("out")), show_default=True, help="Run folder."),
+    click.option(
+        "--out", metavar="DIR", callback=_run_folder, default=str(_sd("out")), show_default=True, help="Run folder."
+    ),
     click.option(
         "--preset",
         type=click.Choice(sorted(PRESETS)),
         help="quick: a small supernet on a data subset (minutes on a CPU); paper: the defaults.",
     ),
-    click.option(
-        "--entropy-reduction",
-        type=click.Choice(["sum", "mean"]),
-        default=_sd("entropy_reduction"),
-        show_default=True,
-        help="Sum (eq. 6) or mean of the edge entropies.",
-    ),
-    click.option("--epochs", type=click.IntRange(min=1), default=_sd("epochs"), show_default=True),
-    click.option(
-        "--batch-size",
-        type=click.IntRange(min=1, max=_core.MAX_BATCH_SIZE),
-        default=_sd("batch_size"),
-        show_default=True,
-    ),
-    click.option(
-        "--init-channels",
-        type=click.IntRange(min=1, max=MAX_CHANNELS),
-        default=_sd("init_channels"),
-        show_default=True,
-        help="C of the supernet.",
-    ),
-    click.option(
-        "--layers",
-        type=click.IntRange(min=3, max=_core.MAX_LAYERS),
-        default=_sd("layers"),
-        show_default=True,
-        help="Cells of the supernet.",
-    ),
-    click.option(
-        "--portion",
-        type=FiniteFloat(0, 1, min_open=True),
-        default=_sd("portion"),
-        show_default=True,
+    _opt("entropy_reduction", click.Choice(["sum", "mean"]), help="Sum (eq. 6) or mean of the edge entropies."),
+    _opt("epochs", click.IntRange(min=1)),
+    _opt("batch_size", click.IntRange(min=1, max=_core.MAX_BATCH_SIZE)),
+    _opt("init_channels", click.IntRange(min=1, max=MAX_CHANNELS), help="C of the supernet."),
+    _opt("layers", click.IntRange(min=3, max=_core.MAX_LAYERS), help="Cells of the supernet."),
+    _opt(
+        "portion",
+        FiniteFloat(0, 1, min_open=True),
         help="Fraction of the training images used, split in half into S_train and S_val.",
     ),
-    click.option("--seed", type=click.IntRange(min=0, max=_MAX_SEED), default=_sd("seed"), show_default=True),
+    _opt("seed", click.IntRange(min=0, max=_MAX_SEED)),
     click.option("--seeds", callback=_int_list, help="Comma-separated seeds: one search each (the paper repeats 4)."),
-    click.option("--device", default=_sd("device"), show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
-    click.option(
-        "--lr",
-        type=FiniteFloat(min=0),
-        default=_sd("lr"),
-        show_default=True,
-        help="Weight learning rate (cosine to --lr-min).",
-    ),
-    click.option("--lr-min", type=FiniteFloat(min=0), default=_sd("lr_min"), show_default=True),
-    click.option("--momentum", type=FiniteFloat(0, 1), default=_sd("momentum"), show_default=True),
-    click.option("--weight-decay", type=FiniteFloat(min=0), default=_sd("weight_decay"), show_default=True),
-    click.option("--grad-clip", type=FiniteFloat(min=0, min_open=True), default=_sd("grad_clip"), show_default=True),
-    click.option(
-        "--arch-lr", type=FiniteFloat(min=0), default=_sd("arch_lr"), show_default=True, help="α learning rate (Adam)."
-    ),
-    click.option(
-        "--arch-betas",
-        nargs=2,
-        type=FiniteFloat(0, 1, max_open=True),
-        default=_sd("arch_betas"),
-        show_default=True,
-        help="Adam's betas for α (DARTS: 0.5 0.999).",
-    ),
-    click.option("--arch-weight-decay", type=FiniteFloat(min=0), default=_sd("arch_weight_decay"), show_default=True),
-    click.option(
-        "--workers",
-        default=_sd("workers"),
-        type=click.IntRange(min=0, max=_core.MAX_WORKERS),
+    _opt("device", help="auto, cpu, cuda, cuda:1, ..."),
+    _opt("lr", FiniteFloat(min=0), help="Weight learning rate (cosine to --lr-min)."),
+    _opt("lr_min", FiniteFloat(min=0)),
+    _opt("momentum", FiniteFloat(0, 1)),
+    _opt("weight_decay", FiniteFloat(min=0)),
+    _opt("grad_clip", FiniteFloat(min=0, min_open=True)),
+    _opt("arch_lr", FiniteFloat(min=0), help="α learning rate (Adam)."),
+    _opt("arch_betas", FiniteFloat(0, 1, max_open=True), help="Adam's betas for α (DARTS: 0.5 0.999).", nargs=2),
+    _opt("arch_weight_decay", FiniteFloat(min=0)),
+    _opt(
+        "workers",
+        click.IntRange(min=0, max=_core.MAX_WORKERS),
         help="Loader threads per loader. Default: min(4, CPUs).",
+        show_default=False,
     ),
-    click.option(
-        "--gap-images",
-        type=click.IntRange(min=1, max=_core.MAX_IMAGES),
-        default=_sd("gap_images"),
-        show_default=True,
+    _opt(
+        "gap_images",
+        click.IntRange(min=1, max=_core.MAX_IMAGES),
         help="Fixed S_val images for the supernet/derived gap.",
     ),
-    click.option(
-        "--steps-per-epoch",
-        default=_sd("steps_per_epoch"),
-        type=click.IntRange(min=1),
-        help="Cap the steps of each epoch (smoke runs).",
+    _opt(
+        "steps_per_epoch", click.IntRange(min=1), help="Cap the steps of each epoch (smoke runs).", show_default=False
     ),
     _flag("fast", "Batch the edges that read each node (same search, fewer and larger kernels)."),
     _flag("bf16", "bfloat16 autocast of the network (α and losses stay float32)."),
@@ -520,7 +486,9 @@ def info(genotype: str, imagenet_size: int) -> None:
 @click.option(
     "--data", type=click.Path(path_type=Path), help="CIFAR-10 folder, or for ImageNet a folder with train/ and val/."
 )
-@click.option("--out", callback=_run_folder, default=str(_default(TrainConfig, "out")), show_default=True)
+@click.option(
+    "--out", metavar="DIR", callback=_run_folder, default=str(_default(TrainConfig, "out")), show_default=True
+)
 @click.option(
     "--dataset",
     type=click.Choice(["cifar10", "imagenet"]),
