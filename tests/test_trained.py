@@ -178,3 +178,8 @@ def test_load_trained_of_an_image_folder_run_keeps_its_classes_and_input(tmp_pat
     Image.fromarray(np.zeros((300, 260, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     (top,) = predict(t, [tmp_path / "a.png"])
     assert len(top) == 3 and {name for name, _ in top} == {"cat", "dog", "fox"}
+
+
+def test_cli_export_offers_the_formats_export_writes():
+    (fmt,) = [p for p in main.commands["export"].params if p.name == "fmt"]
+    assert tuple(fmt.type.choices) == FORMATS

@@ -110,6 +110,15 @@ def _float_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     return out
 
 
+#: The checkpoint of a trained network, for test, export and predict.
+_trained_checkpoint = click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="checkpoint.pt of a `mdarts-rs train` run.",
+)
+
+
 def _run_folder(ctx: click.Context, param: click.Parameter, value: str) -> Path:
     if not value.strip():
         raise click.BadParameter("must name a run folder, got an empty path")
@@ -554,7 +563,7 @@ def train(**opts: Any) -> None:
 
 
 @main.command()
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_trained_checkpoint
 @click.option("--data", type=click.Path(path_type=Path), help="CIFAR-10 folder.")
 @click.option("--device", default="auto", show_default=True)
 def test(checkpoint: Path, data: Path | None, device: str) -> None:
@@ -569,12 +578,7 @@ def test(checkpoint: Path, data: Path | None, device: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="checkpoint.pt of a `mdarts-rs train` run.",
-)
+@_trained_checkpoint
 @click.option("--format", "fmt", type=click.Choice(["onnx", "pt2", "torchscript"]), required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
 def export(checkpoint: Path, fmt: str, out: Path) -> None:
@@ -590,12 +594,7 @@ def export(checkpoint: Path, fmt: str, out: Path) -> None:
 
 
 @main.command()
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="checkpoint.pt of a `mdarts-rs train` run.",
-)
+@_trained_checkpoint
 @click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True, help="Classes shown per image.")
 @click.option("--device", default="cpu", show_default=True)
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))

@@ -29,7 +29,7 @@ from mdarts_rs.device import resolve_device
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.network import NetworkCIFAR, NetworkImageNet, eval_network
 from mdarts_rs.run import RunFolder
-from mdarts_rs.search import data_fingerprint, non_finite_state
+from mdarts_rs.search import data_fingerprint, first_names, non_finite_state
 
 # ---- distributed helpers -----------------------------------------------------------------------------
 
@@ -201,9 +201,7 @@ class Trainer:
         torch.set_rng_state(state["rng"])
 
     def _kept(self) -> str:
-        if self.run is not None and self.run.checkpoint.exists():
-            return f"the last good checkpoint is kept at {self.run.checkpoint}"
-        return "no checkpoint was written"
+        return self.run.checkpoint_note() if self.run is not None else "no checkpoint was written by this process"
 
     def train_epoch(self) -> dict[str, float]:
         cfg, model, net = self.cfg, self.model, self.net
@@ -266,11 +264,10 @@ class Trainer:
             rec["seconds"] = time.time() - t0
             bad = non_finite_state(self.model, {"optimizer": self.opt})
             if bad or not all(math.isfinite(rec[k]) for k in ("train_loss", "test_loss")):
-                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
                 kept = self._kept()
                 raise FloatingPointError(
                     f"epoch {self.epoch}: the training diverged (train loss {rec['train_loss']}, test loss "
-                    f"{rec['test_loss']}{'; non-finite ' + shown if bad else ''}); {kept}; lower the learning rate "
+                    f"{rec['test_loss']}{'; non-finite ' + first_names(bad) if bad else ''}); {kept}; lower the learning rate "
                     "or the weight decay"
                 )
             self.history.append(rec)

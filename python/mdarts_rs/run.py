@@ -70,15 +70,8 @@ def _write_durably(tmp: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic_write(path, write)
+    """Write ``text`` to ``path`` through a temporary file, synced, and a rename."""
+    _atomic_write(path, lambda tmp: _write_durably(tmp, lambda f: f.write(text.encode())))
 
 
 def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
@@ -227,6 +220,12 @@ class RunFolder:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         _atomic_write(self.checkpoint, lambda tmp: _write_durably(tmp, lambda f: torch.save(state, f)))
 
+    def checkpoint_note(self) -> str:
+        """Where the last checkpoint is, for messages about a run that stopped."""
+        if self.checkpoint.exists():
+            return f"the last good checkpoint is kept at {self.checkpoint}"
+        return f"no checkpoint was written yet in {self.path}"
+
     def load_checkpoint(self, kind: str = "search") -> dict[str, Any]:
         if not self.checkpoint.exists():
             raise FileNotFoundError(f"{self.checkpoint}: no checkpoint to resume from")
@@ -249,9 +248,7 @@ class SearchRecorder:
         self.run.write_metrics(history)
 
     def describe(self) -> str:
-        if self.run.checkpoint.exists():
-            return f"the last good checkpoint is kept at {self.run.checkpoint}"
-        return f"no checkpoint was written yet in {self.run.path}"
+        return self.run.checkpoint_note()
 
 
 def run_search(cfg: SearchConfig, images: np.ndarray, labels: np.ndarray) -> SearchResult:

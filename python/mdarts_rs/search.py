@@ -50,7 +50,7 @@ RESUMABLE_CHANGES = {
     "deterministic",
 }  # not "fast": weights differ in layout
 
-#: What one search step reports, in the order of the statistics tensor it returns.
+#: What one search step reports (``_step_stats``' keys), in the order ``train_step`` stacks them for one copy.
 STEP_STATS = ("a_loss", "val_loss", "train_loss", "entropy_loss", "val_correct", "train_correct")
 
 
@@ -137,6 +137,11 @@ def non_finite_state(model: nn.Module, optimizers: dict[str, torch.optim.Optimiz
         return []
     finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
     return [name for (name, _), ok in zip(named, finite) if not ok]
+
+
+def first_names(names: list[str], k: int = 3) -> str:
+    """The first ``k`` of ``names``, and how many more there are, for a message."""
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
 def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
@@ -309,9 +314,9 @@ class Searcher:
         are all finite."""
         bad = non_finite_state(self.model, {"weight optimizer": self.w_opt, "α optimizer": self.a_opt})
         if bad:
-            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
             raise SearchDiverged(
-                f"epoch {self.epoch} step {self.step_in_epoch}: {len(bad)} tensors hold NaN or infinite values ({shown}); "
+                f"epoch {self.epoch} step {self.step_in_epoch}: {len(bad)} tensors hold NaN or infinite values "
+                f"({first_names(bad)}); "
                 f"{self._kept()}; lower the learning rates or the weight decay"
             )
 
@@ -507,8 +512,9 @@ class Searcher:
         self.step_in_epoch = 0
         self.acc = self._zero_acc()
         if self.recorder is not None:
+            # checked finite and flushed above; the gap's passes leave the state as it was
             self.recorder.end_epoch(rec, genotype, self.history)
-            self.save()
+            self.recorder.save_checkpoint(self.state())
         return rec
 
     def run_epochs(self) -> SearchResult:
