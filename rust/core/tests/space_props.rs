@@ -1,6 +1,6 @@
 //! Property tests of derivation, enumeration and genotype serialisation.
 
-use mdarts_core::derive::{derive_cell, derive_genotype};
+use mdarts_core::derive::{derive_cell, derive_genotype, SKIP_OP};
 use mdarts_core::enumerate::{rank_cell, rank_genotype, sample_genotype, unrank_cell, unrank_genotype};
 use mdarts_core::space::{derived_cell_count, search_space_size, AlphaMode, NONE_OP, NUM_EDGES, NUM_OPS};
 use mdarts_core::NetworkGenotype;
@@ -22,7 +22,7 @@ fn assert_valid(g: &mdarts_core::CellGenotype) {
 proptest! {
     #[test]
     fn any_finite_table_derives_a_valid_cell(w in prop::collection::vec(-1e30f64..1e30, NUM_EDGES * NUM_OPS)) {
-        let c = derive_cell(&w, &[NUM_EDGES, NUM_OPS], "t").unwrap();
+        let c = derive_cell(&w, &[NUM_EDGES, NUM_OPS], "t", None).unwrap();
         assert_valid(&c);
         // The kept op of each kept edge is the strongest non-none op of its row.
         for (i, &(op, input)) in c.edges().iter().enumerate() {
@@ -30,6 +30,39 @@ proptest! {
             let e = (0..node).map(|n| n + 2).sum::<usize>() + input;
             let row = &w[e * NUM_OPS..(e + 1) * NUM_OPS];
             prop_assert!(row[1..].iter().all(|&x| x <= row[op]));
+        }
+    }
+
+    #[test]
+    fn a_capped_cell_holds_at_most_m_skips_and_otherwise_follows_darts(
+        w in prop::collection::vec(0f64..1.0, NUM_EDGES * NUM_OPS),
+        boost in prop::collection::vec(0f64..1.0, NUM_EDGES),
+        m in 0usize..9,
+    ) {
+        // Softmax-like weights in [0, 1) with skip_connect boosted on some edges, so that caps bite.
+        let mut w = w;
+        for (e, b) in boost.iter().enumerate() {
+            w[e * NUM_OPS + SKIP_OP] += b;
+        }
+        let free = derive_cell(&w, &[NUM_EDGES, NUM_OPS], "normal", None).unwrap();
+        let capped = derive_cell(&w, &[NUM_EDGES, NUM_OPS], "normal", Some(m)).unwrap();
+        assert_valid(&capped);
+        let skips = |c: &mdarts_core::CellGenotype| c.edges().iter().filter(|e| e.0 == SKIP_OP).count();
+        prop_assert!(skips(&capped) <= m);
+        if skips(&free) <= m {
+            prop_assert_eq!(&capped, &free);
+        }
+        // Every kept edge keeps the strongest op of its row, skip_connect left out on edges the cap zeroed:
+        // only an edge whose skip_connect is its strongest op may hold another.
+        for (i, &(op, input)) in capped.edges().iter().enumerate() {
+            let node = i / 2;
+            let e = (0..node).map(|n| n + 2).sum::<usize>() + input;
+            let row = &w[e * NUM_OPS..(e + 1) * NUM_OPS];
+            let others = row.iter().enumerate().filter(|&(k, _)| k != NONE_OP && k != SKIP_OP);
+            prop_assert!(others.clone().all(|(_, &x)| x <= row[op]));
+            if op != SKIP_OP && row[SKIP_OP] > row[op] {
+                prop_assert!(skips(&free) > m, "edge {} lost skip_connect without a cap to meet", e);
+            }
         }
     }
 
@@ -64,8 +97,8 @@ proptest! {
             .iter()
             .map(|n| (n.to_string(), w.clone(), vec![NUM_EDGES, NUM_OPS]))
             .collect();
-        let g = derive_genotype(&tables).unwrap();
+        let g = derive_genotype(&tables, None).unwrap();
         prop_assert_eq!(g.mode(), AlphaMode::Multilevel);
-        prop_assert!(derive_genotype(&tables[..3]).is_err());
+        prop_assert!(derive_genotype(&tables[..3], None).is_err());
     }
 }

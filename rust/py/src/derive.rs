@@ -37,18 +37,25 @@ impl Weights<'_> {
 
 /// Derive one cell from a (14, 8) table of op weights (softmax of α) with DARTS' rule: each node keeps
 /// its 2 incoming edges with the strongest non-'none' weight, each with its strongest non-'none' op.
-/// Ties go to the lower index.
+/// Ties go to the lower index. `max_skip`: at most this many skip_connect edges (P-DARTS: while there are
+/// more, the weakest loses skip_connect and the cell is derived again).
 #[pyfunction]
-#[pyo3(signature = (weights, table = "cell"))]
-pub fn derive_cell(weights: Weights<'_>, table: &str) -> PyResult<CellGenotype> {
+#[pyo3(signature = (weights, table = "cell", max_skip = None))]
+pub fn derive_cell(weights: Weights<'_>, table: &str, max_skip: Option<usize>) -> PyResult<CellGenotype> {
     let (w, shape) = weights.to_vec();
-    Ok(CellGenotype { inner: derive::derive_cell(&w, &shape, table).py()? })
+    Ok(CellGenotype { inner: derive::derive_cell(&w, &shape, table, max_skip).py()? })
 }
 
 /// Derive a genotype from a dict of (14, 8) weight tables by name: `normal`/`reduce` gives a
-/// `Genotype`, the five multi-level names a `MultiLevelGenotype`.
+/// `Genotype`, the five multi-level names a `MultiLevelGenotype`. `max_skip` caps the skip_connect edges of
+/// every normal cell (P-DARTS); reduction cells are derived without it.
 #[pyfunction]
-pub fn derive_genotype(py: Python<'_>, tables: std::collections::BTreeMap<String, Weights<'_>>) -> PyResult<PyObject> {
+#[pyo3(signature = (tables, max_skip = None))]
+pub fn derive_genotype(
+    py: Python<'_>,
+    tables: std::collections::BTreeMap<String, Weights<'_>>,
+    max_skip: Option<usize>,
+) -> PyResult<PyObject> {
     let tables: Vec<(String, Vec<f64>, Vec<usize>)> = tables
         .into_iter()
         .map(|(name, w)| {
@@ -56,6 +63,6 @@ pub fn derive_genotype(py: Python<'_>, tables: std::collections::BTreeMap<String
             (name, v, s)
         })
         .collect();
-    let g = derive::derive_genotype(&tables).py()?;
+    let g = derive::derive_genotype(&tables, max_skip).py()?;
     to_python(py, g)
 }
