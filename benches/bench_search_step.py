@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mdarts_rs.search import Searcher
 
-from conftest import DispatchCount, gpu_memory_mark, gpu_memory_used, record, searcher
+from conftest import DispatchCount, cpu_peak_bytes, gpu_memory_mark, gpu_memory_used, record, searcher
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -129,3 +129,51 @@ def test_search_epoch_feed(benchmark, cifar_train, feed):
     if not benchmark.enabled:  # --benchmark-disable: the function ran once, untimed; nothing to log
         return
     record(f"search epoch feed, {steps} steps, batch {batch} ({DEVICE})", feed, benchmark, steps)
+
+
+#: The DARTS-family options against the default first-order step: DARTS' second order, PC-DARTS' partial
+#: channels (K = 4, with edge normalisation).
+VARIANTS = {"baseline_first_order": {}, "order_2": {"order": 2}, "partial_channels_4": {"partial_channels": 4}}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "batched"])
+def test_search_step_variant(benchmark, variant, fast):
+    """Step time and peak memory of ``--order 2`` and ``--partial-channels 4`` against the default step, plain and
+    batched supernet, multi-level layout; on a CPU at batch 8 (C = 16, 8 cells), on a GPU at batch 64."""
+    batch = 64 if CUDA else 8
+    if CUDA:
+        mark = gpu_memory_mark()
+    s = searcher(batch, fast=fast, device=DEVICE, **VARIANTS[variant])
+    (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
+    out = s.train_step(xt, yt, xv, yv)
+    assert np.isfinite(out["a_loss"]) and np.isfinite(out["train_loss"])
+
+    def step():
+        s.train_step(xt, yt, xv, yv)
+        if CUDA:
+            torch.cuda.synchronize()
+
+    peak = gpu_memory_used(mark)[0] if CUDA else cpu_peak_bytes(step)
+    benchmark.pedantic(step, rounds=5 if CUDA else 3, iterations=1, warmup_rounds=1)
+    if not benchmark.enabled:
+        return
+    benchmark.extra_info["peak_mem_MiB"] = round(peak / 2**20, 1)
+    group = f"search step variants, {'batched' if fast else 'plain'} supernet, batch {batch} ({DEVICE})"
+    record(group, variant, benchmark, 1)
+    _PEAKS.setdefault(group, {})[variant] = peak
+    print(
+        f"\n{variant} {'batched' if fast else 'plain'}: {benchmark.stats.stats.mean * 1e3:.0f} ms/step, peak {peak / 2**20:.1f} MiB"
+    )
+
+
+_PEAKS: dict[str, dict[str, int]] = {}
+
+
+def test_search_step_variant_memory_summary():
+    """The variants' peak memory relative to the first-order step (runs after the rows above; prints only)."""
+    for group, peaks in _PEAKS.items():
+        base = peaks.get("baseline_first_order")
+        for name, peak in peaks.items():
+            if base:
+                print(f"{group}: {name} peak memory x{peak / base:.2f} of the first-order step's")

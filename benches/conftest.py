@@ -91,6 +91,20 @@ def gpu_memory_used(mark: tuple[int, int]) -> tuple[int, int]:
     return torch.cuda.max_memory_allocated() - mark[0], torch.cuda.memory_reserved() - mark[1]
 
 
+def cpu_peak_bytes(fn) -> int:
+    """The most CPU tensor memory ``fn`` holds at once beyond what was allocated before it: the running sum of
+    the profiler's allocations and frees (each op's own, in order of start), at its highest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
 def record(group: str, name: str, benchmark, items: int) -> None:
     """Remember a finished benchmark's mean time; `items` is the work per round (images, steps...)."""
     mean = benchmark.stats.stats.mean

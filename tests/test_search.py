@@ -195,7 +195,7 @@ def test_gap_accuracy_leaves_running_statistics_even_for_nan_batches(fast):
     model = SuperNet(C=4, layers=5, fast=fast).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.full((4, 3, 32, 32), float("nan"))
-    gap_accuracy(model, x, torch.zeros(4, dtype=torch.long), None, sparse=False)
+    gap_accuracy(model, x, torch.zeros(4, dtype=torch.long), None, None, sparse=False)
     assert not model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k

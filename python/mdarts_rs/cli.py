@@ -176,6 +176,27 @@ _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     _opt("arch_betas", FiniteFloat(0, 1, max_open=True), help="Adam's betas for α (DARTS: 0.5 0.999).", nargs=2),
     _opt("arch_weight_decay", FiniteFloat(min=0)),
     _opt(
+        "order",
+        click.IntRange(1, 2),
+        help="α gradient: 1 first order, 2 DARTS' unrolled second order (Liu et al. 2019, eqs. 6-8).",
+    ),
+    _opt(
+        "partial_channels",
+        click.IntRange(min=1, max=MAX_CHANNELS),
+        help="K: each edge's ops see 1/K of the channels, with edge normalisation (PC-DARTS; 1: off).",
+    ),
+    _opt(
+        "arch_start_epoch",
+        click.IntRange(min=0),
+        help="α warm-up: α stays fixed for this many epochs while the weights train (P-DARTS, PC-DARTS).",
+    ),
+    _opt(
+        "max_skip",
+        click.IntRange(0, 8),
+        help="At most M skip_connect edges per derived normal cell (P-DARTS). Default: no cap.",
+        show_default=False,
+    ),
+    _opt(
         "workers",
         click.IntRange(min=0, max=_core.MAX_WORKERS),
         help="Loader threads per loader. Default: min(4, CPUs).",

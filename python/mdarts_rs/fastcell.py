@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdarts_rs._core import PRIMITIVES, STEPS, edge_index
-from mdarts_rs.primitives import FactorizedReduce, search_preprocessing
+from mdarts_rs.primitives import FactorizedReduce, PartialChannels, search_preprocessing
 
 OP = {name: k for k, name in enumerate(PRIMITIVES)}
 
@@ -305,11 +305,13 @@ class NodeOps(nn.Module):
 
 
 class FastSearchCell(nn.Module):
-    """A supernet cell with the edges that read each node batched (same function as ``SearchCell``)."""
+    """A supernet cell with the edges that read each node batched (same function as ``SearchCell``, partial
+    channels included)."""
 
-    def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction: bool, reduction_prev: bool):
+    def __init__(self, c_prev_prev: int, c_prev: int, c: int, reduction: bool, reduction_prev: bool, partial: int = 1):
         super().__init__()
-        self.reduction = reduction
+        assert c % partial == 0, f"{c} channels do not split into {partial} parts"
+        self.reduction, self.partial = reduction, partial
         self.preprocess0, self.preprocess1 = search_preprocessing(c_prev_prev, c_prev, c, reduction_prev)
         for pre in (self.preprocess0, self.preprocess1):
             _adopt_batch_norms(pre)
@@ -320,8 +322,11 @@ class FastSearchCell(nn.Module):
         self._edges: list[list[int]] = []
         for states in self._states:
             edges = [edge_index(i, j) for j in states for i in readers(j)]
-            self.nodes.append(NodeOps(c, len(edges), 2 if reduction and states[0] < 2 else 1, groups=len(states)))
+            stride = 2 if reduction and states[0] < 2 else 1
+            self.nodes.append(NodeOps(c // partial, len(edges), stride, groups=len(states)))
             self._edges.append(edges)
+        #: rows[i]: the edges into intermediate node i, by input state
+        self._rows = [[edge_index(i, j) for j in range(i + 2)] for i in range(STEPS)]
         # The rows of p grouped by the state their edges read (a permutation of the 14 edges), as a device
         # buffer: one gather per cell, then one split into the states' rows (a Python list index would copy
         # from the host at every step, which a CUDA graph cannot capture; split's backward is one kernel).
@@ -333,21 +338,33 @@ class FastSearchCell(nn.Module):
         for bn in self._batch_norms:
             bn.counted_by_cell = True
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, p: torch.Tensor, sparse: bool = False) -> torch.Tensor:
-        """``p``: (14, 8) op weights of this cell's table. ``sparse`` is accepted for interface parity: the
-        dense sum with zero weights is already exact."""
+    def forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        p: torch.Tensor,
+        sparse: bool = False,
+        edge_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``p``: (14, 8) op weights of this cell's table; ``edge_weights``: (14,) edge weights (edge
+        normalisation) or None. ``sparse`` is accepted for interface parity: the dense sum with zero weights
+        is already exact."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if edge_weights is not None:
+            p = p * edge_weights[:, None]
+        part = PartialChannels(self.partial, self.reduction, edge_weights)
         rows = p.index_select(0, self.edge_order).split(self._sizes)  # rows[k]: the edges that nodes[k] batches
         # The mixed outputs of each state's readers, one view per edge: unbind's backward stacks the edges'
         # gradients in one kernel, where indexing would zero-fill and accumulate a full copy per edge.
-        both = self.nodes[0](torch.cat(states, dim=1), rows[0]).unbind(1)
+        both = self.nodes[0](torch.cat([part.ops_input(h) for h in states], dim=1), rows[0]).unbind(1)
         mixed = [both[: len(readers(0))], both[len(readers(0)) :]]
         for i in range(STEPS):
             terms = [mixed[j][i - readers(j)[0]] for j in range(i + 2)]
             node = functools.reduce(torch.add, terms)  # no 0 + first term, which would be a kernel of its own
+            node = part.node(node, states, self._rows[i])
             states.append(node)  # type: ignore[arg-type]
             if i + 2 <= STEPS:
-                mixed.append(self.nodes[i + 1](node, rows[i + 1]).unbind(1))  # type: ignore[arg-type]
+                mixed.append(self.nodes[i + 1](part.ops_input(node), rows[i + 1]).unbind(1))  # type: ignore[arg-type]
         counters = [bn.num_batches_tracked for bn in self._batch_norms if bn.training and not bn.counts_itself()]
         if counters:
             with torch.no_grad():
@@ -363,7 +380,7 @@ class FastSearchCell(nn.Module):
             c_pp, reduction_prev = pre0.conv_1.in_channels, True
         else:
             c_pp, reduction_prev = pre0[1].in_channels, False  # type: ignore[index]
-        fast = cls(c_pp, pre1[1].in_channels, c, cell.reduction, reduction_prev)  # type: ignore[index, arg-type]
+        fast = cls(c_pp, pre1[1].in_channels, c, cell.reduction, reduction_prev, cell.partial)  # type: ignore[index, arg-type]
         fast.preprocess0.load_state_dict(pre0.state_dict())  # type: ignore[union-attr]
         fast.preprocess1.load_state_dict(pre1.state_dict())  # type: ignore[union-attr]
         for j, node in enumerate(fast.nodes):

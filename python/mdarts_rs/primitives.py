@@ -4,9 +4,11 @@ applied twice, dilated separable convolutions, factorized reduction)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mdarts_rs._core import PRIMITIVES
@@ -115,3 +117,42 @@ def search_preprocessing(c_prev_prev: int, c_prev: int, c: int, reduction_prev: 
     else:
         pre0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=False)
     return pre0, ReLUConvBN(c_prev, c, 1, 1, 0, affine=False)
+
+
+class PartialChannels:
+    """The parts of a PC-DARTS node around its mixed ops (``partial`` K): the slice the ops see, and the
+    node's output from the sum of its edges' mixed outputs, the bypassed channels and the channel shuffle.
+    Shared by ``supernet.SearchCell`` and ``fastcell.FastSearchCell``."""
+
+    def __init__(self, partial: int, reduction: bool, edge_weights: torch.Tensor | None):
+        self.partial, self.reduction, self.edge_weights = partial, reduction, edge_weights
+        self._bypass: dict[int, torch.Tensor] = {}
+
+    def ops_input(self, h: torch.Tensor) -> torch.Tensor:
+        """The channels of ``h`` that the mixed ops see: the first 1/K (a contiguous copy, which the convolutions
+        read fastest)."""
+        return h if self.partial == 1 else h[:, : h.shape[1] // self.partial].contiguous()
+
+    def bypass(self, states: list[torch.Tensor], j: int) -> torch.Tensor:
+        """The channels of state ``j`` that bypass the ops (2×2 max-pooled on a reduction's cell inputs)."""
+        if j not in self._bypass:
+            h = states[j]
+            rest = h[:, h.shape[1] // self.partial :]
+            self._bypass[j] = F.max_pool2d(rest, 2, 2) if self.reduction and j < 2 else rest
+        return self._bypass[j]
+
+    def node(self, mixed: torch.Tensor, states: list[torch.Tensor], row: list[int]) -> torch.Tensor:
+        """A node from the sum of its edges' mixed outputs (already weighted by their edge weights): with K > 1
+        the bypassed channels, weighted alike, are appended and the whole channel-shuffled in K groups."""
+        if self.partial == 1:
+            return mixed
+        w = self.edge_weights
+        parts = [self.bypass(states, j) if w is None else w[e] * self.bypass(states, j) for j, e in enumerate(row)]
+        out = torch.cat([mixed, functools.reduce(torch.add, parts)], dim=1)
+        return channel_shuffle(out, self.partial)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` equal channel groups: channel i of group g goes to i·groups + g."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)

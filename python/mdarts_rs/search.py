@@ -34,7 +34,7 @@ from mdarts_rs import _core
 from mdarts_rs.config import SearchConfig, resume_conflicts
 from mdarts_rs.data import CifarLoader, augment_images, search_split
 from mdarts_rs.device import resolve_device
-from mdarts_rs.supernet import SuperNet, Weights, one_hot_weights
+from mdarts_rs.supernet import SuperNet, Weights, kept_edges, one_hot_weights
 
 #: Config fields that may differ when resuming a run.
 RESUMABLE_CHANGES = {
@@ -87,6 +87,11 @@ class Recorder(Protocol):
         """Where the last checkpoint is, for messages."""
 
 
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The classification loss in float32 at least: bfloat16 logits (autocast) are cast up, float64 ones kept."""
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), y)
+
+
 def entropy_loss(h: Weights, reduction: str) -> torch.Tensor:
     """L_entropy = −Σ p·ln p over every edge of every table (eq. 6); ``mean`` divides by the edge count."""
     hs = torch.cat([v for v in h.values()])
@@ -113,13 +118,19 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def gap_accuracy(
-    model: SuperNet, x: torch.Tensor, y: torch.Tensor, weights: Weights | None, sparse: bool, chunk: int = 256
+    model: SuperNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: Weights | None,
+    edge_weights: Weights | None,
+    sparse: bool,
+    chunk: int = 256,
 ) -> float:
     """Top-1 accuracy on a fixed set, BN on batch statistics of each chunk."""
     correct = 0
     with batch_statistics(model):
         for i in range(0, len(y), chunk):
-            logits = model(x[i : i + chunk], weights, sparse=sparse)
+            logits = model(x[i : i + chunk], weights, sparse=sparse, edge_weights=edge_weights)
             correct += int((logits.argmax(1) == y[i : i + chunk]).sum())
     return correct / max(1, len(y))
 
@@ -181,9 +192,15 @@ class Searcher:
         self.cfg = cfg
         self.recorder = recorder
         self.device = resolve_device(cfg.device)
-        self.model = SuperNet(cfg.init_channels, 10, cfg.layers, cfg.alpha_mode, seed=cfg.seed, fast=cfg.fast).to(
-            self.device
-        )
+        self.model = SuperNet(
+            cfg.init_channels,
+            10,
+            cfg.layers,
+            cfg.alpha_mode,
+            seed=cfg.seed,
+            fast=cfg.fast,
+            partial_channels=cfg.partial_channels,
+        ).to(self.device)
         if self.device.type == "cuda":
             # float32 semantics unless --tf32 (cuDNN's own default would run convolutions in TF32), and
             # cuDNN's autotuner for the fixed shapes of a search, as DARTS' code sets it, unless
@@ -325,30 +342,25 @@ class Searcher:
     def _step_stats(
         self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """One α update on (xv, yv), then one weight update on (xt, yt), without host synchronisation.
+        """One α update on (xv, yv) (none before ``arch_start_epoch``: the α loss is only evaluated), then one
+        weight update on (xt, yt), without host synchronisation.
 
         Returns the step's ``STEP_STATS``, 0-dim tensors on the device."""
         cfg, model = self.cfg, self.model
-        alphas = model.arch_parameters()
-        # α step: gradients of L_val + γ·L_entropy with respect to α only (the weight gradients this
-        # backward would also produce are never used, so autograd.grad skips them).
-        p, h = model.softmax_entropy()
-        with self._autocast():
-            logits_v = model(xv, p)
-        loss_v = F.cross_entropy(logits_v.float(), yv)
-        ent = entropy_loss(h, cfg.entropy_reduction)
-        a_loss = loss_v + cfg.gamma * ent if cfg.gamma else loss_v
-        grads = torch.autograd.grad(a_loss, alphas)
-        for a, g in zip(alphas, grads):
-            a.grad = g
-        self.a_opt.step()
+        if self.epoch < cfg.arch_start_epoch:
+            a_loss, loss_v, ent, logits_v = self._arch_loss_only(xv, yv)
+        elif cfg.order == 2:
+            a_loss, loss_v, ent, logits_v = self._arch_step_second_order(xt, yt, xv, yv)
+        else:
+            a_loss, loss_v, ent, logits_v = self._arch_step(xv, yv)
         # Weight step with the updated α, held fixed: its softmax weights, without the entropies.
         with torch.no_grad():
             p, _ = model.softmax_entropy()
+            e = model.edge_weights()
         self.w_opt.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = model(xt, p)
-        loss = F.cross_entropy(logits.float(), yt)
+            logits = model(xt, p, edge_weights=e)
+        loss = cross_entropy(logits, yt)
         loss.backward()
         params = model.weight_parameters()
         nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True if self.use_graph else None)
@@ -364,6 +376,107 @@ class Searcher:
             "val_correct": (logits_v.argmax(1) == yv).sum().to(loss.dtype),
             "train_correct": (logits.argmax(1) == yt).sum().to(loss.dtype),
         }
+
+    def _arch_loss(
+        self, xv: torch.Tensor, yv: torch.Tensor, params: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L_val + γ·L_entropy, L_val, L_entropy, logits) on (xv, yv), with the weights ``params`` in place of
+        the network's own where given."""
+        cfg, model = self.cfg, self.model
+        p, h = model.softmax_entropy()
+        e = model.edge_weights()
+        with self._autocast():
+            if params is None:
+                logits_v = model(xv, p, edge_weights=e)
+            else:
+                logits_v = torch.func.functional_call(model, params, (xv, p), {"edge_weights": e})
+        loss_v = cross_entropy(logits_v, yv)
+        ent = entropy_loss(h, cfg.entropy_reduction)
+        a_loss = loss_v + cfg.gamma * ent if cfg.gamma else loss_v
+        return a_loss, loss_v, ent, logits_v
+
+    def _arch_step(
+        self, xv: torch.Tensor, yv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """First-order α step: gradients of L_val + γ·L_entropy with respect to α only (the weight gradients
+        this backward would also produce are never used, so autograd.grad skips them)."""
+        a_loss, loss_v, ent, logits_v = self._arch_loss(xv, yv)
+        alphas = self.model.arch_parameters()
+        grads = torch.autograd.grad(a_loss, alphas)
+        for a, g in zip(alphas, grads):
+            a.grad = g
+        self.a_opt.step()
+        return a_loss, loss_v, ent, logits_v
+
+    def _arch_loss_only(
+        self, xv: torch.Tensor, yv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """α warm-up (``arch_start_epoch``): the α loss evaluated for the diagnostics; α does not move."""
+        with torch.no_grad():
+            return self._arch_loss(xv, yv)
+
+    def unrolled_arch_gradients(
+        self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, fd_step: float = 0.01
+    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """DARTS' second-order α gradient (Liu et al. 2019, eqs. 6-8) and the α loss at the unrolled weights.
+
+        w' = w − ξ·(μ·m + ∇_w L_train(w, α) + λ·w), with ξ the weight learning rate, m the SGD momentum buffer
+        (zero before the first weight step), μ the momentum and λ the weight decay; the gradient is
+        ∇_α L_val(w', α) − ξ·(∇_α L_train(w⁺, α) − ∇_α L_train(w⁻, α)) / (2ε), with w± = w ± ε·∇_w' L_val(w', α)
+        and ε = ``fd_step`` / ‖∇_w' L_val(w', α)‖ (DARTS: 0.01); γ·∇_α L_entropy is added directly. Every pass
+        runs batch norm on its own batch's statistics and leaves the running statistics as they were."""
+        cfg, model = self.cfg, self.model
+        names, weights = zip(*[(n, q) for n, q in model.named_parameters() if not n.startswith("alphas.")])
+        arch = model.arch_parameters()
+        xi = self.w_opt.param_groups[0]["lr"]
+
+        def train_loss(params: dict[str, torch.Tensor] | None, p: Any, e: Any) -> torch.Tensor:
+            with self._autocast():
+                if params is None:
+                    logits = model(xt, p, edge_weights=e)
+                else:
+                    logits = torch.func.functional_call(model, params, (xt, p), {"edge_weights": e})
+            return cross_entropy(logits, yt)
+
+        with batch_statistics(model):
+            with torch.no_grad():
+                p, _ = model.softmax_entropy()
+                e = model.edge_weights()
+            g_train = torch.autograd.grad(train_loss(None, p, e), weights, allow_unused=True)
+            with torch.no_grad():
+                unrolled = []
+                for w, g in zip(weights, g_train):
+                    buf = self.w_opt.state.get(w, {}).get("momentum_buffer")
+                    step = w * cfg.weight_decay if g is None else g + w * cfg.weight_decay
+                    if buf is not None:
+                        step = step + cfg.momentum * buf
+                    unrolled.append((w - xi * step).requires_grad_())
+            a_loss, loss_v, ent, logits_v = self._arch_loss(xv, yv, dict(zip(names, unrolled)))
+            grads = torch.autograd.grad(a_loss, [*arch, *unrolled], allow_unused=True)
+            d_arch = [torch.zeros_like(a) if g is None else g for a, g in zip(arch, grads[: len(arch)])]
+            v = [torch.zeros_like(w) if g is None else g for w, g in zip(unrolled, grads[len(arch) :])]
+            eps = fd_step / torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v]))
+            fd = []
+            for sign in (1.0, -1.0):
+                with torch.no_grad():
+                    moved = {n: w + sign * eps * d for n, w, d in zip(names, weights, v)}
+                p, _ = model.softmax_entropy()
+                fd.append(torch.autograd.grad(train_loss(moved, p, model.edge_weights()), arch, allow_unused=True))
+        out = []
+        for a, d, gp, gm in zip(arch, d_arch, *fd):
+            hess = 0 if gp is None or gm is None else (gp - gm) / (2 * eps)
+            out.append(d - xi * hess)
+        return out, (a_loss, loss_v, ent, logits_v)
+
+    def _arch_step_second_order(
+        self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Second-order α step (``order = 2``): ``unrolled_arch_gradients``, then Adam."""
+        grads, losses = self.unrolled_arch_gradients(xt, yt, xv, yv)
+        for a, g in zip(self.model.arch_parameters(), grads):
+            a.grad = g
+        self.a_opt.step()
+        return losses
 
     def train_step(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor) -> dict[str, float]:
         """One α update on (xv, yv), then one weight update on (xt, yt); its statistics, checked finite."""
@@ -464,9 +577,9 @@ class Searcher:
                 raise SearchDiverged(
                     f"{where}: the {'α' if key == 'a_loss' else 'weight'} loss is {out[key]}; {self._kept()}"
                 )
-        for name, a in zip(self.model.layout.tables, self.model.arch_parameters()):
+        for name, a in zip(self.model.arch_parameter_names(), self.model.arch_parameters()):
             if not bool(torch.isfinite(a).all()):
-                raise SearchDiverged(f"{where}: α table '{name}' holds NaN or infinite values; {self._kept()}")
+                raise SearchDiverged(f"{where}: {name} holds NaN or infinite values; {self._kept()}")
 
     def _kept(self) -> str:
         if self.recorder is None:
@@ -481,10 +594,12 @@ class Searcher:
         model = self.model
         with torch.no_grad():
             p, h = model.softmax_entropy()  # once for the genotype, the entropies and the supernet's accuracy
-        genotype = model.genotype(p)
+            e = model.edge_weights()
+        genotype = model.genotype(p, e, max_skip=self.cfg.max_skip)
         acc = self.acc
-        sup = gap_accuracy(model, self.gap_x, self.gap_y, p, sparse=False)
-        der = gap_accuracy(model, self.gap_x, self.gap_y, one_hot_weights(genotype, self.device), sparse=True)
+        sup = gap_accuracy(model, self.gap_x, self.gap_y, p, e, sparse=False)
+        kept = None if e is None else kept_edges(genotype, self.device)
+        der = gap_accuracy(model, self.gap_x, self.gap_y, one_hot_weights(genotype, self.device), kept, sparse=True)
         op_counts = {t: c.op_counts() for t, c in genotype.cells.items()}
         rec = {
             "epoch": self.epoch,
@@ -570,4 +685,4 @@ class Searcher:
                         f"epoch {rec['epoch'] + 1}/{cfg.epochs}: train acc {rec['train_acc']:.3f} val acc {rec['val_acc']:.3f} "
                         f"gap {rec['gap']['gap']:+.3f} skip_connect {skips} ({rec['seconds']:.0f} s)"
                     )
-        return SearchResult(genotype=self.model.genotype(), history=self.history, model=self.model)
+        return SearchResult(genotype=self.model.genotype(max_skip=cfg.max_skip), history=self.history, model=self.model)
