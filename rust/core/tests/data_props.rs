@@ -3,15 +3,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use mdarts_core::augment::{augment_image, Augment, Draw, Layout};
-use mdarts_core::cifar::{encode_bin, parse_bin, Images, IMAGE_BYTES};
+use mdarts_core::augment::{augment_image, Augment, Draw, Layout, Norm};
+use mdarts_core::cifar::{encode_bin, parse_bin, ImageShape, Images, IMAGE_BYTES};
 use mdarts_core::loader::{Loader, LoaderConfig, Output};
 use proptest::prelude::*;
 
 fn images(max: usize) -> impl Strategy<Value = Images> {
     (1..max).prop_flat_map(|n| {
-        (prop::collection::vec(any::<u8>(), n * IMAGE_BYTES), prop::collection::vec(0u8..10, n))
-            .prop_map(|(pixels, labels)| Images { pixels, labels })
+        (prop::collection::vec(any::<u8>(), n * IMAGE_BYTES), prop::collection::vec(0u32..10, n))
+            .prop_map(|(pixels, labels)| Images::cifar(pixels, labels))
     })
 }
 
@@ -40,7 +40,7 @@ proptest! {
         let d = Draw::new(&a, seed, 0, 0, 0);
         prop_assert!(d.dy <= 2 * a.crop_padding && d.dx <= 2 * a.crop_padding);
         let mut out = vec![0u8; IMAGE_BYTES];
-        augment_image(src, &d, &a, Layout::Nchw, &mut out);
+        augment_image(src, ImageShape::CIFAR, &d, &a, Layout::Nchw, &Norm::cifar10(), &mut out);
         let p = a.crop_padding as isize;
         for c in 0..3 {
             for y in 0..32isize {
@@ -62,11 +62,11 @@ proptest! {
     fn augmentation_keeps_shape_and_range(x in images(2), a in aug(), seed in any::<u64>()) {
         let d = Draw::new(&a, seed, 1, 2, 3);
         let mut f = vec![f32::NAN; IMAGE_BYTES];
-        augment_image(x.image(0), &d, &a, Layout::Nhwc, &mut f);
+        augment_image(x.image(0), ImageShape::CIFAR, &d, &a, Layout::Nhwc, &Norm::cifar10(), &mut f);
         // Normalised values of bytes 0..=255 lie in [(0 - mean)/std, (1 - mean)/std].
         prop_assert!(f.iter().all(|v| v.is_finite() && *v >= -2.0 && *v <= 2.2));
         let mut nchw = vec![f32::NAN; IMAGE_BYTES];
-        augment_image(x.image(0), &d, &a, Layout::Nchw, &mut nchw);
+        augment_image(x.image(0), ImageShape::CIFAR, &d, &a, Layout::Nchw, &Norm::cifar10(), &mut nchw);
         for c in 0..3 {
             for p in 0..1024 {
                 prop_assert_eq!(nchw[c * 1024 + p].to_bits(), f[p * 3 + c].to_bits());

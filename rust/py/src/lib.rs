@@ -45,6 +45,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(enumerate::sample_genotype, m)?)?;
     cifar::register(m)?;
     m.add_function(wrap_pyfunction!(cifar::load_cifar10_bin, m)?)?;
+    m.add_function(wrap_pyfunction!(cifar::load_cifar100_bin, m)?)?;
     m.add_function(wrap_pyfunction!(cifar::search_split, m)?)?;
     m.add_function(wrap_pyfunction!(cifar::augment_images, m)?)?;
     m.add_class::<loader::BatchLoader>()?;
