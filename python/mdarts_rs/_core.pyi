@@ -141,6 +141,9 @@ def load_cifar10_bin(
 def load_cifar100_bin(
     root: str | os.PathLike[str], split: str = "train", label: str = "fine"
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
+def decode_images(
+    paths: Sequence[str | os.PathLike[str]], out: npt.NDArray[np.uint8], workers: int = 2
+) -> list[tuple[int, str]]: ...
 def search_split(
     n: int, portion: float = 1.0, seed: int = 0
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
@@ -236,6 +239,7 @@ __all__ = [
     "CIFAR10_STD",
     "load_cifar10_bin",
     "load_cifar100_bin",
+    "decode_images",
     "search_split",
     "augment_images",
     "BatchLoader",
