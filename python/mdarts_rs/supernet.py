@@ -25,7 +25,7 @@ from mdarts_rs._core import (
     edge_index,
 )
 from mdarts_rs.fastcell import FastSearchCell
-from mdarts_rs.primitives import OPS, search_preprocessing
+from mdarts_rs.primitives import OPS, make_stem, search_preprocessing
 
 _NONE = PRIMITIVES.index("none")
 assert _NONE == 0, "MixedOp skips 'none' as the first primitive"
@@ -121,7 +121,8 @@ class SuperNet(nn.Module):
 
     ``seed`` seeds both the network weights and α (the same for either mode). ``fast`` batches the edges
     that read each node (``fastcell.FastSearchCell``): the same function and the same initial weights,
-    with far fewer kernels.
+    with far fewer kernels. ``in_channels`` and ``image_size`` describe the inputs (CIFAR's 3 and 32 by
+    default); inputs larger than 32 pixels go through stride-2 stem convolutions (``primitives.make_stem``).
     """
 
     def __init__(
@@ -135,16 +136,19 @@ class SuperNet(nn.Module):
         stem_multiplier: int = 3,
         seed: int = 0,
         fast: bool = False,
+        in_channels: int = 3,
+        image_size: int = 32,
     ):
         super().__init__()
         assert steps == STEPS and multiplier == STEPS, "the search space has 4 intermediate nodes, all concatenated"
         self.layout = AlphaLayout(alpha_mode, layers)
         self.alpha_mode = alpha_mode
         self.C, self.num_classes, self.layers = C, num_classes, layers
+        self.in_channels, self.image_size = in_channels, image_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             c_curr = stem_multiplier * C
-            self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+            self.stem = make_stem(in_channels, c_curr, image_size)
             c_pp, c_p, c_curr = c_curr, c_curr, C
             self.cells = nn.ModuleList()
             reduction_prev = False
