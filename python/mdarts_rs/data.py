@@ -35,6 +35,7 @@ __all__ = [
     "crop_padding_for",
     "default_cache_dir",
     "download_cifar10",
+    "download_cifar100",
     "load_cifar10",
     "search_split",
 ]
@@ -50,6 +51,19 @@ ARCHIVES = {
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         "c58f30108f718f92721af3b95e74349a",
         "cifar-10-batches-py",
+    ),
+}
+#: CIFAR-100's official archives and their published MD5 checksums.
+ARCHIVES_100 = {
+    "binary": (
+        "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+        "03b5dce01913d631647c71ecec9e9cb8",
+        "cifar-100-binary",
+    ),
+    "python": (
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        "cifar-100-python",
     ),
 }
 _PY_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -179,7 +193,19 @@ def download_cifar10(cache_dir: str | os.PathLike[str] | None = None, version: s
     """
     if version not in ARCHIVES:
         raise DataFormatError(f"version must be one of {sorted(ARCHIVES)}, got {version!r}")
-    url, md5, folder = ARCHIVES[version]
+    return _download(*ARCHIVES[version], cache_dir)
+
+
+def download_cifar100(cache_dir: str | os.PathLike[str] | None = None, version: str = "binary") -> Path:
+    """Download and unpack the official CIFAR-100 archive (binary or python version) into ``cache_dir``,
+    checked against its published MD5; returns the data folder. An archive already in the cache is checked
+    and reused."""
+    if version not in ARCHIVES_100:
+        raise DataFormatError(f"version must be one of {sorted(ARCHIVES_100)}, got {version!r}")
+    return _download(*ARCHIVES_100[version], cache_dir)
+
+
+def _download(url: str, md5: str, folder: str, cache_dir: str | os.PathLike[str] | None) -> Path:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / folder
     if target.is_dir() and any(target.iterdir()):
