@@ -33,7 +33,7 @@ __all__ = ["CACHE_FORMAT", "RESIZE", "SkippedImagesWarning", "load_folder", "sca
 #: Bumped whenever the decoding or the cache layout changes, so that older caches are rebuilt.
 CACHE_FORMAT = 1
 #: How every image is brought to S×S (recorded in the key and the header).
-RESIZE = "rgb8, exif orientation, shorter side to S with a triangle (bilinear) filter, centre crop"
+RESIZE = "rgb8, exif orientation, shorter side to S with a bilinear (triangle) convolution, centre crop"
 #: Images decoded (and hashed) per call, so that progress shows and memory stays bounded.
 _CHUNK = 2048
 
@@ -174,7 +174,9 @@ def _build_cache(
     skip_bad_images: bool,
     workers: int,
     quiet: bool,
-) -> None:
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Decode ``files`` into a new cache in ``folder`` (written beside it, then renamed into place); returns
+    its header and its pixels, memory-mapped."""
     n = len(files)
     per_image = 3 * size * size
     _check_free_space(folder.parent, n * per_image)
@@ -241,6 +243,7 @@ def _build_cache(
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return header, np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(len(keep), 3, size, size))
 
 
 def load_folder(
@@ -282,9 +285,7 @@ def load_folder(
         if found is None:
             if not quiet:
                 print(f"mdarts-rs: decoding {len(files):,} images of {root} into {folder}", file=sys.stderr)
-            _build_cache(folder, key, root, names, files, labels, image_size, skip_bad_images, workers, quiet)
-            found = _read_cache(folder, key, image_size)
-            assert found is not None, f"the cache just written in {folder} reads back"
+            found = _build_cache(folder, key, root, names, files, labels, image_size, skip_bad_images, workers, quiet)
     header, images = found
     if header["skipped"]:
         if not skip_bad_images:
