@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -95,6 +96,18 @@ def test_cifar100_python_version_is_read_with_the_safe_unpickler(tmp_path):
     (root / "train").write_bytes(pickle.dumps(os.system))
     with pytest.raises(DataFormatError, match="posix|system"):
         datasets.load_cifar100(root, "train")
+
+
+def test_cifar100_download_checks_the_published_md5(tmp_path):
+    from mdarts_rs.data import ARCHIVES_100, download_cifar100
+
+    assert ARCHIVES_100["binary"][1] == "03b5dce01913d631647c71ecec9e9cb8"
+    assert ARCHIVES_100["python"][1] == "eb9058c3a382ffc7106e4002c42a8d85"
+    (tmp_path / "cifar-100-binary.tar.gz").write_bytes(b"not the archive")  # found in the cache: no download
+    with pytest.raises(DataFormatError, match="cifar-100-binary.tar.gz: MD5 .* does not match the published 03b5dce0"):
+        download_cifar100(tmp_path)
+    with pytest.raises(DataFormatError, match="version"):
+        download_cifar100(tmp_path, version="matlab")
 
 
 def test_cifar100_real_archive_if_present():
@@ -305,7 +318,7 @@ def test_cache_refuses_to_fill_the_disk(tmp_path, monkeypatch):
     import shutil
 
     root = _color_folder(tmp_path / "data")
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10**6, 10**6))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10**9, used=10**9 - 10**6, free=10**6))
     with pytest.raises(OSError, match="the image cache needs .* MB .* only 1 MB are free"):
         load_folder(root, image_size=8)
 

@@ -124,3 +124,28 @@ def test_arrays_and_cifar100_reach_the_search_and_train(tmp_path):
         main, ["search", "--dataset", "folder", "--data", str(tmp_path), "--image-size", "30", "--out", str(tmp_path)]
     )
     assert r.exit_code == 2 and "image_size 30 gives 30×30 features" in r.output
+
+
+def test_cifar100_search_with_coarse_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 64
+    rec = np.concatenate(
+        [rng.integers(0, 20, (n, 1)), rng.integers(0, 100, (n, 1)), rng.integers(0, 256, (n, 3072))], axis=1
+    ).astype(np.uint8)
+    (tmp_path / "c100").mkdir()
+    (tmp_path / "c100" / "train.bin").write_bytes(rec.tobytes())
+    _ok(
+        CliRunner().invoke(
+            main,
+            ["search", "--dataset", "cifar100", "--label", "coarse", "--data", str(tmp_path / "c100")]
+            + ["--out", str(tmp_path / "s"), "--epochs", "1", "--init-channels", "4", "--layers", "5"]
+            + ["--batch-size", "8", "--workers", "1", "--gap-images", "8", "--no-plots", "--quiet"],
+        )
+    )
+    d = json.loads((tmp_path / "s" / "config.json").read_text())["data_description"]
+    assert (d["kind"], d["label"], d["num_classes"], d["class_names"][0]) == (
+        "cifar100",
+        "coarse",
+        20,
+        "aquatic_mammals",
+    )

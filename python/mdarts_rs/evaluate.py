@@ -86,7 +86,7 @@ class CifarData:
         rank, ws = world()
         if cfg.batch_size % ws:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {ws} processes")
-        common = dict(
+        common: dict[str, Any] = dict(
             workers=cfg.workers,
             device=device,
             pin_memory=device.type == "cuda",
@@ -102,7 +102,7 @@ class CifarData:
             cutout=scaled_cutout(cfg.cutout, train.image_size),
             seed=cfg.seed + rank,
             **common,
-        )  # type: ignore[arg-type]
+        )
         test_idx = np.arange(rank, len(test.labels), ws)  # each rank tests its share; metrics are summed
         self.test = CifarLoader(
             test.images,
@@ -113,7 +113,7 @@ class CifarData:
             drop_last=False,
             augment=False,
             **common,
-        )  # type: ignore[arg-type]
+        )
 
 
 # ---- the training loop ----------------------------------------------------------------------------------
@@ -415,7 +415,7 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
             assert cfg.data is not None, f"{cfg.dataset} training needs --data"
             train_set, test_set, test_indices = train_test_data(cfg, quiet=cfg.quiet or rank != 0)
         else:
-            train_set, test_set = (d if isinstance(d, Dataset) else as_dataset(*d, cfg.dataset) for d in data)
+            train_set, test_set = (d if isinstance(d, Dataset) else as_dataset(d[0], d[1], cfg.dataset) for d in data)
         class_names = list(train_set.class_names)
         fingerprint = data_fingerprint(train_set.images, train_set.labels)
         d = CifarData(cfg, train_set, test_set, device)
