@@ -150,11 +150,11 @@ mod tests {
         write_png(&p, 4, 4, |x, y| [(x * 10) as u8, (y * 10) as u8, 7]);
         let mut out = vec![1u8; 48];
         let done = AtomicUsize::new(0);
-        let failed = decode_into(&[p.clone()], 4, 1, &mut out, &done);
+        let failed = decode_into(std::slice::from_ref(&p), 4, 1, &mut out, &done);
         assert!(failed.is_empty());
         assert_eq!(&out[..4], &[0, 10, 20, 30]);
         assert_eq!(&out[16..20], &[0, 0, 0, 0]);
-        assert_eq!(out[32..].iter().copied().collect::<Vec<_>>(), vec![7; 16]);
+        assert_eq!(out[32..].to_vec(), vec![7; 16]);
         assert_eq!(done.load(Ordering::Relaxed), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
