@@ -314,6 +314,29 @@ def test_cache_is_reused_rebuilt_on_change_and_refuses_damage(tmp_path, capsys):
     assert header["class_names"] == ["blue", "green", "red"] and len(header["mean"]) == 3
 
 
+def test_concurrent_processes_build_the_cache_once(tmp_path):
+    # As under torchrun: every rank loads the folder; one builds the cache while the others wait, then reuse it.
+    import subprocess
+    import sys
+
+    root = _color_folder(tmp_path / "data", per_class=20)
+    code = (
+        "import sys; from mdarts_rs.folder import load_folder; "
+        f"d = load_folder({str(root)!r}, image_size=16, quiet=False); print(d.info['cache_key'], int(d.images.sum()))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert len({out for out, _ in outs}) == 1  # the same key and pixels everywhere
+    assert sum("decoding 60 images" in err for _, err in outs) == 1, outs
+
+
 def test_cache_refuses_to_fill_the_disk(tmp_path, monkeypatch):
     import shutil
 
