@@ -91,3 +91,39 @@ proptest! {
         prop_assert_eq!(a, run(workers));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any shape: every output byte is a source byte of its channel, padding (0) or the cutout value, and
+    /// float output is finite and the same pixels, normalised.
+    #[test]
+    fn any_shape_keeps_values_and_layout(
+        channels in 1usize..5,
+        side in 1usize..40,
+        seed in any::<u64>(),
+        frac in (0.0f64..=1.0, 0.0f64..=1.0),
+        flip in any::<bool>(),
+    ) {
+        let shape = ImageShape { channels, side };
+        let a = Augment { crop_padding: (frac.0 * side as f64) as usize, flip, cutout: (frac.1 * side as f64) as usize };
+        prop_assert!(a.check_for(side).is_ok());
+        let src: Vec<u8> = (0..shape.bytes()).map(|i| (i * 37 % 251) as u8 | 1).collect(); // never 0
+        let mean: Vec<f32> = (0..channels).map(|c| 0.2 + 0.1 * c as f32).collect();
+        let std: Vec<f32> = (0..channels).map(|c| 0.25 + 0.05 * c as f32).collect();
+        let norm = Norm::new(&mean, &std).unwrap();
+        let d = Draw::for_side(&a, side, seed, 3, 1, 4);
+        let mut u = vec![7u8; shape.bytes()];
+        augment_image(&src, shape, &d, &a, Layout::Nchw, &norm, &mut u);
+        for c in 0..channels {
+            let plane = &src[c * side * side..(c + 1) * side * side];
+            let cut = (mean[c] * 255.0).round() as u8;
+            for &v in &u[c * side * side..(c + 1) * side * side] {
+                prop_assert!(v == 0 || v == cut || plane.contains(&v));
+            }
+        }
+        let mut f = vec![f32::NAN; shape.bytes()];
+        augment_image(&src, shape, &d, &a, Layout::Nhwc, &norm, &mut f);
+        prop_assert!(f.iter().all(|v| v.is_finite()));
+    }
+}
