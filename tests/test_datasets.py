@@ -87,8 +87,12 @@ def test_cifar100_python_version_is_read_with_the_safe_unpickler(tmp_path):
     root.mkdir()
     d = {b"data": x.reshape(12, -1), b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist()}
     (root / "train").write_bytes(pickle.dumps(d))
+    coarse_names = [f"super{i}".encode() for i in range(20)]
+    (root / "meta").write_bytes(pickle.dumps({b"coarse_label_names": coarse_names, b"fine_label_names": []}))
     got = datasets.load_cifar100(tmp_path, "train", "coarse")
     assert np.array_equal(got.images, x) and np.array_equal(got.labels, coarse)
+    assert got.class_names == [f"super{i}" for i in range(20)]  # from meta
+    assert datasets.load_cifar100(tmp_path, "train").class_names[-1] == "worm"  # meta's empty list: the published
     d[b"fine_labels"][5] = 100
     (root / "train").write_bytes(pickle.dumps(d))
     with pytest.raises(DataFormatError, match=r"train: record 5: b'fine_labels' 100 is not a CIFAR-100 class"):

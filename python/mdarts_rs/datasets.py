@@ -308,18 +308,22 @@ def _cifar100_python(root: Path, split: str, label: str) -> tuple[np.ndarray, np
     return data.reshape(-1, 3, 32, 32), out[b"fine_labels" if label == "fine" else b"coarse_labels"]
 
 
-def _cifar100_names(root: Path, label: str) -> list[str]:
-    """The class names of the archive in ``root`` where it has them (binary: *_label_names.txt), else the
+def _cifar100_names(root: Path, label: str, py_root: Path | None) -> list[str]:
+    """The class names the archive in ``root`` holds (binary: ``*_label_names.txt``; python: ``meta``), else the
     published ones."""
-    txt = root / f"{label}_label_names.txt"
-    if not txt.is_file():
-        txt = root / "cifar-100-binary" / f"{label}_label_names.txt"
     names = CIFAR100_FINE_CLASSES if label == "fine" else CIFAR100_COARSE_CLASSES
-    if txt.is_file():
-        got = [ln.strip() for ln in txt.read_text(errors="replace").splitlines() if ln.strip()]
-        if len(got) == len(names):
-            return got
-    return list(names)
+    got: list[str] = []
+    if py_root is not None and (py_root / "meta").is_file():
+        meta = safe_pickle.load(py_root / "meta", "CIFAR-100's meta file")
+        raw = meta.get(f"{label}_label_names".encode()) if isinstance(meta, dict) else None
+        if isinstance(raw, list) and all(isinstance(n, (bytes, str)) for n in raw):
+            got = [n.decode(errors="replace") if isinstance(n, bytes) else n for n in raw]
+    else:
+        for txt in (root / f"{label}_label_names.txt", root / "cifar-100-binary" / f"{label}_label_names.txt"):
+            if txt.is_file():
+                got = [ln.strip() for ln in txt.read_text(errors="replace").splitlines() if ln.strip()]
+                break
+    return got if len(got) == len(names) else list(names)
 
 
 def load_cifar100(root: str | os.PathLike[str], split: str = "train", label: str = "fine") -> Dataset:
@@ -337,7 +341,7 @@ def load_cifar100(root: str | os.PathLike[str], split: str = "train", label: str
         x, y = _cifar100_python(py_root, split, label)
     else:
         x, y = load_cifar100_bin(root, split, label)
-    names = _cifar100_names(root, label)
+    names = _cifar100_names(root, label, py_root)
     return Dataset(x, y, names, CIFAR100_MEAN, CIFAR100_STD, "cifar100", str(root), {"label": label})
 
 
