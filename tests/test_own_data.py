@@ -87,6 +87,8 @@ def test_folder_search_train_and_test_learn_separable_classes(tmp_path):
     result = json.loads(_ok(state_test).strip().splitlines()[-1])
     assert result["test_images"] == 12  # 10% of 120 held out, from the seed, saved in the checkpoint
     assert result["top1_err"] < 0.3, result  # chance is 2/3
+    d = json.loads((tmp_path / "train" / "config.json").read_text())["data_description"]
+    assert (d["kind"], d["image_size"], d["holdout"]["test_images"]) == ("folder", 16, 12)
     last = json.loads((tmp_path / "train" / "metrics.jsonl").read_text().splitlines()[-1])
     assert abs(last["top1_err"] - result["top1_err"]) < 1e-9
 

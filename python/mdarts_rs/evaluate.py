@@ -523,7 +523,8 @@ def train(cfg: TrainConfig, data: tuple | None = None) -> list[dict[str, Any]]:
                 )
             trainer.run.clear()
         if trainer.run is not None:
-            trainer.run.write_json("config.json", cfg.to_json())
+            described = {"data_description": trainer.data_description} if trainer.data_description else {}
+            trainer.run.write_json("config.json", {**cfg.to_json(), **described})
         history = trainer.run_epochs()
         if trainer.run is not None:
             from mdarts_rs.plots import plot_learning_curves
