@@ -108,8 +108,14 @@ pub fn decode_into<P: AsRef<Path> + Sync>(
         let mut resizer = Resizer::new();
         loop {
             let Some((i, dst)) = jobs.lock().unwrap_or_else(|e| e.into_inner()).next() else { break };
-            match decode_rgb(paths[i].as_ref()) {
-                Ok(img) => dst.copy_from_slice(&resize_crop(img, size, &mut resizer)),
+            let path = paths[i].as_ref();
+            // A decoder bug on a crafted file must not take the process down: it becomes that file's error.
+            let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decode_rgb(path).map(|img| resize_crop(img, size, &mut resizer))
+            }))
+            .unwrap_or_else(|_| Err(format_error(path, "the image decoder crashed on it (a damaged or unusual file)")));
+            match made {
+                Ok(pixels) => dst.copy_from_slice(&pixels),
                 Err(e) => {
                     dst.fill(0);
                     failed.lock().unwrap_or_else(|e| e.into_inner()).push((i, e));
