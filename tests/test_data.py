@@ -224,7 +224,7 @@ def test_loader_rejects_bad_arguments():
         md.data.BatchLoader(x, bad, batch_size=2)
     with pytest.raises(md.DataFormatError, match="batch_size must be positive"):
         md.data.BatchLoader(x, y, batch_size=0)
-    with pytest.raises(md.DataFormatError, match=r"shape \(N, 3, 32, 32\)"):
+    with pytest.raises(md.DataFormatError, match=r"shape \(N, C, S, S\) \(square images\), got \[2, 32, 32, 3\]"):
         md.data.BatchLoader(np.zeros((2, 32, 32, 3), np.uint8), y[:2], batch_size=1)
 
 

@@ -110,3 +110,38 @@ def test_drop_path_zeroes_whole_samples_and_keeps_the_mean():
 def test_eval_network_rejects_unknown_dataset():
     with pytest.raises(ValueError, match="dataset must be"):
         eval_network(md.Genotype.from_darts(DARTS_V2), "mnist")
+
+
+@pytest.mark.parametrize(("size", "convs", "side"), [(28, 0, 28), (32, 0, 32), (64, 1, 32), (96, 2, 24), (224, 3, 28)])
+def test_network_stem_brings_inputs_to_cifar_scale(size, convs, side):
+    from mdarts_rs.primitives import stem_plan
+    from mdarts_rs.supernet import SuperNet
+
+    assert stem_plan(size) == (convs, side)
+    g = md.load_genotype("darts_v2")
+    net = eval_network(g, "folder", C=4, layers=5, num_classes=3, in_channels=2, image_size=size).train()
+    strided = [m for m in net.stem.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == convs and net.stem[0].in_channels == 2
+    logits, aux = net(torch.zeros(2, 2, size, size))
+    assert logits.shape == aux.shape == (2, 3)
+    assert SuperNet(4, 3, 5, in_channels=2, image_size=size)(torch.zeros(2, 2, size, size)).shape == (2, 3)
+
+
+def test_network_refuses_sizes_the_reductions_cannot_halve():
+    with pytest.raises(ValueError, match=r"image_size 30 gives 30×30 features .* use e.g. 24, 28, 32"):
+        eval_network(md.load_genotype("darts_v2"), "folder", num_classes=3, image_size=30)
+    with pytest.raises(ValueError, match="needs num_classes"):
+        eval_network(md.load_genotype("darts_v2"), "arrays")
+
+
+def test_cli_info_shows_the_stem_of_each_size():
+    from click.testing import CliRunner
+
+    from mdarts_rs.cli import main
+
+    r = CliRunner().invoke(main, ["info", "darts_v2", "--image-size", "64", "--image-size", "224", "--classes", "5"])
+    assert r.exit_code == 0, r.output
+    assert "stem: 1 stride-2 3x3 conv (64 -> 32)" in r.output and "stem: 3 stride-2 3x3 convs (224 -> 28)" in r.output
+    assert "3x224x224, 5 classes" in r.output
+    r = CliRunner().invoke(main, ["info", "darts_v2", "--image-size", "30"])
+    assert r.exit_code == 2 and "multiple of 4" in r.output

@@ -1,6 +1,7 @@
 """Type stubs of the Rust extension ``mdarts_rs._core`` (checked by mypy.stubtest in the tests)."""
 
 import os
+from collections.abc import Sequence
 from typing import Final, final
 
 import numpy as np
@@ -20,6 +21,9 @@ MAX_WORKERS: Final[int]  # BatchLoader worker threads
 MAX_PREFETCH: Final[int]  # BatchLoader batches queued per worker
 MAX_CROP_PADDING: Final[int]  # crop_padding of augment_images and BatchLoader
 MAX_CUTOUT: Final[int]  # cutout square side of augment_images and BatchLoader
+# (crop_padding and cutout are limited by the image side in general; these are the limits at 32 pixels)
+MAX_SIDE: Final[int]  # image side of augment_images and BatchLoader
+MAX_IMAGE_CHANNELS: Final[int]  # image channels of augment_images and BatchLoader
 
 class MdartsError(ValueError): ...
 class SearchSpaceError(MdartsError): ...
@@ -134,6 +138,12 @@ CIFAR10_STD: Final[list[float]]
 def load_cifar10_bin(
     root: str | os.PathLike[str], split: str = "train"
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
+def load_cifar100_bin(
+    root: str | os.PathLike[str], split: str = "train", label: str = "fine"
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
+def decode_images(
+    paths: Sequence[str | os.PathLike[str]], out: npt.NDArray[np.uint8], workers: int = 2
+) -> list[tuple[int, str]]: ...
 def search_split(
     n: int, portion: float = 1.0, seed: int = 0
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
@@ -147,6 +157,8 @@ def augment_images(
     cutout: int = 0,
     normalize: bool = True,
     channels_last: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> npt.NDArray[np.float32] | npt.NDArray[np.uint8]: ...
 
 @final
@@ -168,6 +180,9 @@ class BatchLoader:
         seed: int = 0,
         workers: int = 2,
         prefetch: int = 2,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        num_classes: int = 10,
     ) -> BatchLoader: ...
     def __len__(self) -> int: ...
     @property
@@ -201,6 +216,8 @@ __all__ = [
     "MAX_PREFETCH",
     "MAX_CROP_PADDING",
     "MAX_CUTOUT",
+    "MAX_SIDE",
+    "MAX_IMAGE_CHANNELS",
     "AlphaLayout",
     "CellGenotype",
     "Genotype",
@@ -221,6 +238,8 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "load_cifar10_bin",
+    "load_cifar100_bin",
+    "decode_images",
     "search_split",
     "augment_images",
     "BatchLoader",

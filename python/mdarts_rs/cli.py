@@ -137,14 +137,59 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return out
 
 
+#: The data options of search, sweep, train and test.
+_DATASET_CHOICES = ["cifar10", "cifar100", "arrays", "folder"]
+_DATA_HELP = (
+    "The data: a CIFAR-10 or CIFAR-100 folder (binary or python version), a .npz file (--dataset arrays) or an "
+    "image folder with one sub-folder per class (--dataset folder). CIFAR default: $MDARTS_DATA, else the "
+    "download cache."
+)
+
+
+def _data_options(train: bool = False) -> list[Callable[..., Any]]:
+    """--dataset, --label, --image-size, --skip-bad-images, with the defaults of their config fields."""
+    kinds = _DATASET_CHOICES + (["imagenet"] if train else [])
+    cfg = TrainConfig if train else SearchConfig
+    return [
+        click.option(
+            "--dataset",
+            type=click.Choice(kinds),
+            default=_default(cfg, "dataset"),
+            show_default=True,
+            help="cifar10, cifar100, arrays (.npz: images, labels, optional class_names) or folder (one "
+            "sub-folder per class; with train/ and val/ the search reads train/ only)"
+            + ("; imagenet: an ImageFolder through torchvision with the ImageNet recipe." if train else "."),
+        ),
+        click.option(
+            "--label",
+            type=click.Choice(["fine", "coarse"]),
+            default=_default(cfg, "label"),
+            show_default=True,
+            help="CIFAR-100's labels: 100 fine classes or 20 coarse superclasses.",
+        ),
+        click.option(
+            "--image-size",
+            type=click.IntRange(4, _core.MAX_SIDE),
+            default=_default(cfg, "image_size"),
+            help="--dataset folder: the side images are resized (shorter side) and centre-cropped to. Default 32.",
+        ),
+        click.option(
+            "--skip-bad-images",
+            is_flag=True,
+            default=_default(cfg, "skip_bad_images"),
+            help="--dataset folder: leave out files that cannot be decoded, with a warning listing them, instead "
+            "of stopping at the first.",
+        ),
+    ]
+
+
 _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+    click.option("--data", type=click.Path(path_type=Path), help=_DATA_HELP),
+    *_data_options(),
     click.option(
-        "--data",
-        type=click.Path(path_type=Path),
-        help="CIFAR-10 folder (binary or python version). Default: $MDARTS_DATA, else the download cache.",
-    ),
-    click.option(
-        "--download", is_flag=True, help="Download CIFAR-10 (checked against its MD5) when no data folder is found."
+        "--download",
+        is_flag=True,
+        help="Download CIFAR-10 or CIFAR-100 (checked against its MD5) when no data folder is found.",
     ),
     click.option(
         "--out", metavar="DIR", callback=_run_folder, default=str(_sd("out")), show_default=True, help="Run folder."
@@ -222,34 +267,67 @@ _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 ]
 
 
+def _options(options: list[Callable[..., Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return apply
+
+
 def search_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(_SEARCH_OPTIONS):
         f = opt(f)
     return f
 
 
-def _resolve_data(data: Path | None, download: bool) -> Path:
-    from mdarts_rs.data import default_cache_dir, download_cifar10
+def _resolve_data(data: Path | None, download: bool, dataset: str = "cifar10") -> Path:
+    from mdarts_rs.data import default_cache_dir, download_cifar10, download_cifar100
 
     if data is not None:
         return data
+    if dataset in ("arrays", "folder", "imagenet"):
+        what = {"arrays": "a .npz file", "folder": "an image folder", "imagenet": "an ImageFolder"}[dataset]
+        raise click.UsageError(f"--dataset {dataset} needs --data ({what})")
     if os.environ.get("MDARTS_DATA"):
         return Path(os.environ["MDARTS_DATA"])
-    cached = default_cache_dir() / "cifar-10-batches-bin"
+    cifar100 = dataset == "cifar100"
+    cached = default_cache_dir() / ("cifar-100-binary" if cifar100 else "cifar-10-batches-bin")
     if cached.is_dir():
         return cached
     if download:
-        return download_cifar10()
+        return download_cifar100() if cifar100 else download_cifar10()
+    name = "CIFAR-100" if cifar100 else "CIFAR-10"
     raise click.UsageError(
-        "no CIFAR-10 folder: pass --data DIR (binary or python version), set MDARTS_DATA, or add --download"
+        f"no {name} folder: pass --data DIR (binary or python version), set MDARTS_DATA, or add --download"
     )
+
+
+def _load_train_data(cfg: Any, quiet: bool = True) -> Any:
+    """The training split of ``cfg``'s dataset (a ``datasets.Dataset``), errors as click exceptions."""
+    from mdarts_rs.datasets import load_dataset
+
+    try:
+        return load_dataset(
+            cfg.dataset,
+            cfg.data,
+            "train",
+            label=cfg.label,
+            image_size=cfg.image_size,
+            skip_bad_images=cfg.skip_bad_images,
+            workers=cfg.workers,
+            quiet=quiet,
+        )
+    except (OSError, _core.MdartsError) as e:
+        raise click.ClickException((e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)) from None
 
 
 def _configs(ctx: click.Context, opts: dict[str, Any]) -> SearchConfig:
     """A SearchConfig from the options, preset values filling whatever was not given explicitly."""
     opts = dict(opts)
     preset = opts.pop("preset")
-    data = _resolve_data(opts.pop("data"), opts.pop("download"))
+    data = _resolve_data(opts.pop("data"), opts.pop("download"), opts["dataset"])
     opts.pop("seeds", None)
     for key, value in PRESETS.get(preset or "", {}).items():
         if ctx.get_parameter_source(key) in (click.core.ParameterSource.DEFAULT, None):
@@ -268,7 +346,6 @@ def _run_searches(
     ``subfolders``, else in ``--out`` itself (one variant); returns the results and, with ``subfolders``, a line
     per variant that failed (the others still run). With ``--resume``, a variant whose run finished is kept as it
     is, one that stopped is continued and one without a checkpoint is started afresh."""
-    from mdarts_rs.data import load_cifar10
     from mdarts_rs.device import resolve_device
     from mdarts_rs.run import RunFolderBusy, run_search
     from mdarts_rs.search import SearchDiverged, SearchInterrupted
@@ -277,10 +354,7 @@ def _run_searches(
         resolve_device(base.device)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--device") from None
-    try:
-        images, labels = load_cifar10(base.data, "train")  # type: ignore[arg-type]
-    except (OSError, _core.MdartsError) as e:
-        raise click.ClickException(str(e)) from None
+    dataset = _load_train_data(base, quiet=base.quiet)
     results, failed = [], []
     for name, overrides in variants:
         out = base.out / name if subfolders else base.out
@@ -294,7 +368,7 @@ def _run_searches(
                     continue
                 if subfolders and not (out / "checkpoint.pt").exists():  # never started, or stopped before a checkpoint
                     cfg = dataclasses.replace(cfg, resume=False, overwrite=True)
-            result = run_search(cfg, images, labels)
+            result = run_search(cfg, dataset)
         except SearchInterrupted as e:
             click.echo(f"interrupted: {e}", err=True)
             sys.exit(130)
@@ -401,7 +475,7 @@ def _write_summary(out: Path, rows: list[dict[str, Any]]) -> Path:
 @search_options
 @click.pass_context
 def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> None:
-    """Search a cell per level with the entropy heuristic on CIFAR-10."""
+    """Search a cell per level with the entropy heuristic (on CIFAR-10 by default; --dataset for others)."""
     seeds = opts.get("seeds") or [opts["seed"]]
     modes = ["shared", "multilevel"] if alpha_mode == "both" else [alpha_mode]
     base = _configs(ctx, {**opts, "alpha_mode": modes[0], "gamma": gamma})
@@ -489,10 +563,20 @@ def plot(runs: tuple[Path, ...], out: Path) -> None:
     show_default=True,
     help="Input side for the ImageNet MACs.",
 )
-def info(genotype: str, imagenet_size: int) -> None:
+@click.option(
+    "--image-size",
+    "image_sizes",
+    type=click.IntRange(4, _core.MAX_SIDE),
+    multiple=True,
+    help="Also show the CIFAR network on inputs of this side (repeatable), with the stem that size gets.",
+)
+@click.option("--channels", type=click.IntRange(1, _core.MAX_IMAGE_CHANNELS), default=3, show_default=True)
+@click.option("--classes", type=click.IntRange(2, 100_000), default=10, show_default=True)
+def info(genotype: str, imagenet_size: int, image_sizes: tuple[int, ...], channels: int, classes: int) -> None:
     """Parameters and multiply-accumulates of GENOTYPE's evaluation networks (a genotype file or text)."""
     from mdarts_rs.genotype import load_genotype
     from mdarts_rs.network import count_macs, count_params, eval_network
+    from mdarts_rs.primitives import describe_stem
 
     try:
         g = load_genotype(genotype)
@@ -506,6 +590,14 @@ def info(genotype: str, imagenet_size: int) -> None:
     ):
         net = eval_network(g, dataset)
         click.echo(f"{name:<34}{count_params(net):>12,}{count_macs(net, (3, size, size)):>16,}")
+    for size in image_sizes:
+        try:
+            net = eval_network(g, "folder", num_classes=classes, in_channels=channels, image_size=size)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--image-size") from None
+        name = f"{channels}x{size}x{size}, {classes} classes"
+        click.echo(f"{name:<34}{count_params(net):>12,}{count_macs(net, (channels, size, size)):>16,}")
+        click.echo(f"  stem: {describe_stem(size)}")
     click.echo("\nparams: network weights without the auxiliary head; MACs: convolutions and linear layers, batch 1.")
 
 
@@ -514,17 +606,19 @@ def info(genotype: str, imagenet_size: int) -> None:
     "--genotype", required=True, help="genotype.json of a search, a DARTS-style text file, or the text itself."
 )
 @click.option(
-    "--data", type=click.Path(path_type=Path), help="CIFAR-10 folder, or for ImageNet a folder with train/ and val/."
+    "--data", type=click.Path(path_type=Path), help=_DATA_HELP + " For imagenet: a folder with train/ and val/."
 )
 @click.option(
     "--out", metavar="DIR", callback=_run_folder, default=str(_default(TrainConfig, "out")), show_default=True
 )
+@_options(_data_options(train=True))
 @click.option(
-    "--dataset",
-    type=click.Choice(["cifar10", "imagenet"]),
-    default="cifar10",
+    "--holdout",
+    type=FiniteFloat(0, 1, min_open=True, max_open=True),
+    default=_default(TrainConfig, "holdout"),
     show_default=True,
-    help="Also picks the recipe's defaults.",
+    help="Data without a test set (a folder without train/ and val/, arrays without test_images): the part of "
+    "its images held out as the test set, drawn from --seed and saved in the checkpoint.",
 )
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option(
@@ -557,15 +651,16 @@ def info(genotype: str, imagenet_size: int) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace the run files already in --out.")
 @click.option("--quiet", is_flag=True)
 def train(**opts: Any) -> None:
-    """Train an evaluation network from scratch (DARTS' CIFAR-10 recipe, or the ImageNet recipe)."""
+    """Train an evaluation network from scratch (DARTS' CIFAR-10 recipe for CIFAR-10, CIFAR-100 and your own
+    data; or the ImageNet recipe)."""
     from mdarts_rs.config import RECIPES, TrainConfig
     from mdarts_rs.evaluate import train as run_train
 
     seeds = opts.pop("seeds") or [opts["seed"]]
     given = {k: v for k, v in opts.items() if v is not None}
     base = {**RECIPES[opts["dataset"]], **given}
-    if opts["dataset"] == "cifar10" and "data" not in given:
-        base["data"] = _resolve_data(None, False)
+    if opts["dataset"] != "imagenet" and "data" not in given:
+        base["data"] = _resolve_data(None, False, opts["dataset"])
     for seed in seeds:
         out = base["out"] / f"seed{seed}" if len(seeds) > 1 else base["out"]
         try:
@@ -585,16 +680,36 @@ def train(**opts: Any) -> None:
 
 @main.command()
 @_trained_checkpoint
-@click.option("--data", type=click.Path(path_type=Path), help="CIFAR-10 folder.")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="The data the network was trained on (default: the path its checkpoint recorded).",
+)
+@click.option(
+    "--dataset",
+    type=click.Choice(_DATASET_CHOICES),
+    help="The kind of data (default: the checkpoint's; given, it must be the checkpoint's).",
+)
 @click.option("--device", default="auto", show_default=True)
-def test(checkpoint: Path, data: Path | None, device: str) -> None:
-    """Top-1 and top-5 error of a trained network on the CIFAR-10 test set."""
+def test(checkpoint: Path, data: Path | None, dataset: str | None, device: str) -> None:
+    """Top-1 and top-5 error of a trained network on its dataset's test set (CIFAR-10/100's test files, an
+    arrays file's test arrays, a folder's val/, or the images its training held out)."""
+    from mdarts_rs.device import resolve_device
     from mdarts_rs.evaluate import evaluate_checkpoint
+    from mdarts_rs.run import read_checkpoint
 
     try:
-        r = evaluate_checkpoint(checkpoint, _resolve_data(data, False), device)
-    except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        resolve_device(device)  # a bad device name first, before any file is read
+        state = read_checkpoint(checkpoint, "train")
+        trained_on = state["config"].get("dataset", "cifar10")
+        if dataset is not None and dataset != trained_on:
+            raise ValueError(f"{checkpoint}: the network was trained on {trained_on}, not {dataset}")
+        recorded = (state.get("dataset") or {}).get("path")
+        if data is None and recorded is not None:
+            data = Path(recorded)
+        r = evaluate_checkpoint(checkpoint, _resolve_data(data, False, trained_on), device)
+    except (OSError, ValueError) as e:
+        raise click.ClickException((e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)) from None
     click.echo(json.dumps(r))
 
 

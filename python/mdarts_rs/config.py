@@ -53,6 +53,34 @@ def _json(cfg: Any) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+def _data_problems(cfg: Any) -> list[str]:
+    """The dataset settings' problems: an unknown kind or label kind, an image size the networks cannot take."""
+    from mdarts_rs.datasets import DATASETS
+
+    out = []
+    kinds = DATASETS + (("imagenet",) if isinstance(cfg, TrainConfig) else ())
+    if cfg.dataset not in kinds:
+        out.append(f"dataset must be one of {', '.join(kinds)}, got {cfg.dataset!r}")
+    if cfg.label not in ("fine", "coarse"):
+        out.append(f"label must be 'fine' or 'coarse', got {cfg.label!r}")
+    elif cfg.label == "coarse" and cfg.dataset != "cifar100":
+        out.append("label 'coarse' (CIFAR-100's 20 superclasses) needs dataset 'cifar100'")
+    if cfg.image_size is not None:
+        from mdarts_rs._core import MAX_SIDE
+        from mdarts_rs.primitives import stem_plan
+
+        if cfg.dataset != "folder":
+            out.append(f"image_size is for --dataset folder (the images of {cfg.dataset} keep their size)")
+        elif not 4 <= cfg.image_size <= MAX_SIDE:
+            out.append(f"image_size must be 4 to {MAX_SIDE} (MAX_SIDE), got {cfg.image_size}")
+        else:
+            try:
+                stem_plan(cfg.image_size)
+            except ValueError as e:
+                out.append(str(e))
+    return out
+
+
 def resume_conflicts(saved: dict[str, Any], current: dict[str, Any], may_change: set[str]) -> None:
     """Raise ValueError naming every setting, outside ``may_change``, in which a checkpoint's configuration
     differs from the one resuming it."""
@@ -68,6 +96,10 @@ class SearchConfig:
     the multi-level layout and γ = 1 (Li, Chen, Sun 2021)."""
 
     data: Path | None = None
+    dataset: str = "cifar10"
+    label: str = "fine"
+    image_size: int | None = None
+    skip_bad_images: bool = False
     out: Path = Path("runs/search")
     alpha_mode: str = "multilevel"
     gamma: float = 1.0
@@ -124,6 +156,7 @@ class SearchConfig:
         problems += _too_large(self)
         if not 0 < self.portion <= 1:
             problems.append(f"portion must be in (0, 1], got {self.portion}")
+        problems += _data_problems(self)
         if not problems:
             from mdarts_rs._core import AlphaLayout, SearchSpaceError
 
@@ -176,6 +209,7 @@ REMOVED_SEARCH_SETTINGS = frozenset({"channels_last", "compile"})
 def _from_json(cls: type, d: dict[str, Any], removed_settings: frozenset[str]) -> Any:
     """A config from its saved JSON; ValueError naming the settings an earlier version wrote that this one
     removed, or fields this version does not know."""
+    d = {k: v for k, v in d.items() if k != "data_description"}  # config.json's record of the data, not a setting
     removed = sorted(set(d) & removed_settings)
     if removed:
         raise ValueError(
@@ -203,6 +237,10 @@ class TrainConfig:
     data: Path | None = None
     out: Path = Path("runs/train")
     dataset: str = "cifar10"
+    label: str = "fine"
+    image_size: int | None = None
+    skip_bad_images: bool = False
+    holdout: float = 0.1
     epochs: int = 600
     batch_size: int = 96
     lr: float = 0.025
@@ -233,8 +271,9 @@ class TrainConfig:
         self.out = Path(self.out)
         self.data = Path(self.data) if self.data is not None else None
         problems = _not_finite(self)
-        if self.dataset not in ("cifar10", "imagenet"):
-            problems.append(f"dataset must be 'cifar10' or 'imagenet', got {self.dataset!r}")
+        problems += _data_problems(self)
+        if not 0 < self.holdout < 1:
+            problems.append(f"holdout must be in (0, 1), got {self.holdout}")
         if self.lr_schedule not in ("cosine", "linear"):
             problems.append(f"lr_schedule must be 'cosine' or 'linear', got {self.lr_schedule!r}")
         problems += _not_positive(self, ("epochs", "batch_size", "init_channels", "layers"))
@@ -258,9 +297,13 @@ class TrainConfig:
 REMOVED_TRAIN_SETTINGS = frozenset({"channels_last"})
 
 
-#: DARTS' CIFAR-10 recipe and the P-DARTS/PC-DARTS ImageNet recipe (mobile setting).
+#: DARTS' CIFAR-10 recipe (also for CIFAR-100 and the user's data) and the P-DARTS/PC-DARTS ImageNet recipe
+#: (mobile setting).
 RECIPES: dict[str, dict[str, Any]] = {
     "cifar10": {},
+    "cifar100": {},
+    "arrays": {},
+    "folder": {},
     "imagenet": {
         "epochs": 250,
         "batch_size": 1024,

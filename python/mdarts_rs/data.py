@@ -32,8 +32,10 @@ __all__ = [
     "BatchLoader",
     "CifarLoader",
     "augment_images",
+    "crop_padding_for",
     "default_cache_dir",
     "download_cifar10",
+    "download_cifar100",
     "load_cifar10",
     "search_split",
 ]
@@ -51,7 +53,25 @@ ARCHIVES = {
         "cifar-10-batches-py",
     ),
 }
+#: CIFAR-100's official archives and their published MD5 checksums.
+ARCHIVES_100 = {
+    "binary": (
+        "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+        "03b5dce01913d631647c71ecec9e9cb8",
+        "cifar-100-binary",
+    ),
+    "python": (
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        "cifar-100-python",
+    ),
+}
 _PY_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def crop_padding_for(side: int) -> int:
+    """DARTS' 4 pixels of crop padding at 32 pixels, scaled with the image side (8 at 64, 28 at 224)."""
+    return max(1, round(4 * side / 32))
 
 
 def default_cache_dir() -> Path:
@@ -173,7 +193,19 @@ def download_cifar10(cache_dir: str | os.PathLike[str] | None = None, version: s
     """
     if version not in ARCHIVES:
         raise DataFormatError(f"version must be one of {sorted(ARCHIVES)}, got {version!r}")
-    url, md5, folder = ARCHIVES[version]
+    return _download(*ARCHIVES[version], cache_dir)
+
+
+def download_cifar100(cache_dir: str | os.PathLike[str] | None = None, version: str = "binary") -> Path:
+    """Download and unpack the official CIFAR-100 archive (binary or python version) into ``cache_dir``,
+    checked against its published MD5; returns the data folder. An archive already in the cache is checked
+    and reused."""
+    if version not in ARCHIVES_100:
+        raise DataFormatError(f"version must be one of {sorted(ARCHIVES_100)}, got {version!r}")
+    return _download(*ARCHIVES_100[version], cache_dir)
+
+
+def _download(url: str, md5: str, folder: str, cache_dir: str | os.PathLike[str] | None) -> Path:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / folder
     if target.is_dir() and any(target.iterdir()):
@@ -208,13 +240,16 @@ def download_cifar10(cache_dir: str | os.PathLike[str] | None = None, version: s
 
 
 class CifarLoader:
-    """Augmented CIFAR-10 batches as torch tensors, made in Rust worker threads.
+    """Augmented batches of square images (N, C, S, S) as torch tensors, made in Rust worker threads;
+    CIFAR-10 by default (its mean and std, 4 pixels of crop padding).
 
     Each epoch reshuffles (seeded by ``(seed, epoch)``) and augments every image with randomness keyed by
     ``(seed, epoch, batch, position)``, so a run is reproducible whatever the number of workers. Batches
     reach torch through ``torch.from_numpy`` on arrays Rust owns, without a copy. With ``normalize=False``
     the batches stay uint8 until they reach ``device``, where they are normalised (less to move to a GPU).
     ``pin_memory`` copies each batch into page-locked memory for an asynchronous host-to-device copy.
+    ``mean``/``std`` (pixel / 255, one per channel) default to CIFAR-10's; ``crop_padding`` defaults to 4
+    pixels at 32 and scales with the image side; ``num_classes`` checks every label.
     """
 
     def __init__(
@@ -235,9 +270,17 @@ class CifarLoader:
         prefetch: int = 2,
         device: str | torch.device = "cpu",
         pin_memory: bool = False,
+        mean: tuple[float, ...] | list[float] | None = None,
+        std: tuple[float, ...] | list[float] | None = None,
+        num_classes: int = 10,
+        crop_padding: int | None = None,
     ) -> None:
         if workers is None:
             workers = min(4, os.cpu_count() or 1)
+        if crop_padding is None:
+            crop_padding = crop_padding_for(images.shape[-1])
+        if mean is None and std is None:
+            mean, std = CIFAR10_MEAN, CIFAR10_STD
         self._loader = BatchLoader(
             np.ascontiguousarray(images, dtype=np.uint8),
             np.ascontiguousarray(labels, dtype=np.int64),
@@ -245,7 +288,7 @@ class CifarLoader:
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
-            crop_padding=4 if augment else 0,
+            crop_padding=crop_padding if augment else 0,
             flip=augment,
             cutout=cutout,
             normalize=normalize,
@@ -253,15 +296,19 @@ class CifarLoader:
             seed=seed,
             workers=workers,
             prefetch=prefetch,
+            mean=list(mean),  # type: ignore[arg-type]
+            std=list(std),  # type: ignore[arg-type]
+            num_classes=num_classes,
         )
         self.normalize = normalize
         self.channels_last = channels_last
         self.device = torch.device(device)
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.epoch = 0
-        mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
-        self._mean, self._std = mean.to(self.device), std.to(self.device)
+        c = images.shape[1]
+        mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, c, 1, 1)  # type: ignore[arg-type]
+        std_t = torch.tensor(list(std), dtype=torch.float32).view(1, c, 1, 1)  # type: ignore[arg-type]
+        self._mean, self._std = mean_t.to(self.device), std_t.to(self.device)
 
     def __len__(self) -> int:
         return len(self._loader)

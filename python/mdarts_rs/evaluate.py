@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mdarts_rs.config import TrainConfig, resume_conflicts
+from mdarts_rs.datasets import Dataset, as_dataset, channel_stats, description_conflicts, has_test_set, load_dataset
 from mdarts_rs.device import resolve_device
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.network import NetworkCIFAR, NetworkImageNet, eval_network
@@ -70,36 +71,49 @@ def shard_indices(n: int, seed: int, rank: int, world_size: int) -> np.ndarray:
     return np.sort(perm[rank::world_size])
 
 
-class CifarData:
-    """CIFAR-10 training shard (augmented, cutout) and test set (unaugmented) for this rank."""
+def scaled_cutout(cutout: int, image_size: int) -> int:
+    """``--cutout`` is given for 32-pixel images (DARTS' 16); other sides scale it (32 at 64), at most the side."""
+    return min(image_size, round(cutout * image_size / 32))
 
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        images: np.ndarray,
-        labels: np.ndarray,
-        test: tuple[np.ndarray, np.ndarray],
-        device: torch.device,
-    ):
+
+class CifarData:
+    """The training shard (augmented, cutout) and test set (unaugmented) of a dataset for this rank,
+    normalised with the training images' mean and std."""
+
+    def __init__(self, cfg: TrainConfig, train: Dataset, test: Dataset, device: torch.device):
         from mdarts_rs.data import CifarLoader
 
         rank, ws = world()
         if cfg.batch_size % ws:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {ws} processes")
-        common = dict(workers=cfg.workers, device=device, pin_memory=device.type == "cuda")
+        common: dict[str, Any] = dict(
+            workers=cfg.workers,
+            device=device,
+            pin_memory=device.type == "cuda",
+            mean=train.mean,
+            std=train.std,
+            num_classes=train.num_classes,
+        )
         self.train = CifarLoader(
-            images,
-            labels,
-            shard_indices(len(labels), cfg.seed, rank, ws),
+            train.images,
+            train.labels,
+            shard_indices(len(train.labels), cfg.seed, rank, ws),
             batch_size=cfg.batch_size // ws,
-            cutout=cfg.cutout,
+            cutout=scaled_cutout(cfg.cutout, train.image_size),
             seed=cfg.seed + rank,
             **common,
-        )  # type: ignore[arg-type]
-        test_idx = np.arange(rank, len(test[1]), ws)  # each rank tests its share; metrics are summed
+        )
+        test_idx = np.arange(rank, len(test.labels), ws)  # each rank tests its share; metrics are summed
         self.test = CifarLoader(
-            test[0], test[1], test_idx, batch_size=256, shuffle=False, drop_last=False, augment=False, **common
-        )  # type: ignore[arg-type]
+            test.images,
+            test.labels,
+            test_idx,
+            batch_size=256,
+            shuffle=False,
+            drop_last=False,
+            augment=False,
+            **common,
+        )
 
 
 # ---- the training loop ----------------------------------------------------------------------------------
@@ -153,8 +167,13 @@ class Trainer:
         genotype_json: str = "",
         data_fingerprint: str | None = None,
         class_names: list[str] | None = None,
+        data_description: dict[str, Any] | None = None,
+        test_indices: list[int] | None = None,
     ):
         self.cfg, self.device, self.run, self.genotype_json = cfg, device, run, genotype_json
+        #: the training data's description (``Dataset.describe()``) and, for data without a test set, the
+        #: indices of the images held out as the test set (``datasets.holdout_split``)
+        self.data_description, self.test_indices = data_description, test_indices
         #: what the training reads (CIFAR-10: the images' count and hash), checked on resume
         self.data_fingerprint = data_fingerprint
         self.class_names = class_names
@@ -183,6 +202,8 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "data": self.data_fingerprint,
             "class_names": self.class_names,
+            "dataset": self.data_description,
+            "test_indices": self.test_indices,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -190,6 +211,10 @@ class Trainer:
         resume_conflicts(
             saved, self.cfg.to_json(), {"resume", "overwrite", "quiet", "device", "workers", "out", "data"}
         )
+        if self.data_description is not None:
+            changed = description_conflicts(state.get("dataset"), self.data_description)
+            if changed:
+                raise ValueError(f"cannot resume with a different dataset ({', '.join(changed)})")
         if state.get("data") != self.data_fingerprint:
             raise ValueError(
                 f"cannot resume with other data: the run trained on {state.get('data')}, this data is "
@@ -345,47 +370,139 @@ def _imagenet_batches(cfg: TrainConfig, device: torch.device):
     return _Batches(train), _Batches(test), list(train_set.classes)
 
 
+def train_test_data(cfg: TrainConfig, quiet: bool = True) -> tuple[Dataset, Dataset, list[int] | None]:
+    """The training and test sets of ``cfg``'s dataset, the test set normalised as the training set. Data
+    without its own test set (an image folder without train/ and val/, an arrays file without test_images)
+    holds out ``cfg.holdout`` of its images, drawn from ``cfg.seed``; their indices come third (else None)."""
+    opts = dict(label=cfg.label, image_size=cfg.image_size, skip_bad_images=cfg.skip_bad_images, workers=cfg.workers)
+    train = load_dataset(cfg.dataset, cfg.data, "train", quiet=quiet, **opts)  # type: ignore[arg-type]
+    if has_test_set(cfg.dataset, cfg.data):  # type: ignore[arg-type]
+        test = load_dataset(cfg.dataset, cfg.data, "test", quiet=quiet, **opts)  # type: ignore[arg-type]
+        if (test.channels, test.image_size) != (train.channels, train.image_size):
+            raise ValueError(
+                f"{cfg.data}: the test images are {test.channels}×{test.image_size}², the training images "
+                f"{train.channels}×{train.image_size}²"
+            )
+        if test.class_names != train.class_names:
+            raise ValueError(
+                f"{cfg.data}: the test set's classes {test.class_names[:5]} differ from the training set's "
+                f"{train.class_names[:5]}"
+            )
+        test.mean, test.std = train.mean, train.std
+        return train, test, None
+    from mdarts_rs.datasets import holdout_split
+
+    tr, te = holdout_split(len(train), cfg.seed, cfg.holdout)
+    test = train.subset(te)
+    train = train.subset(tr)
+    train.mean, train.std = channel_stats(train.images)
+    test.mean, test.std = train.mean, train.std
+    train.info["holdout"] = test.info["holdout"] = {"fraction": cfg.holdout, "seed": cfg.seed, "test_images": len(te)}
+    return train, test, [int(i) for i in te]
+
+
 def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
-    """A Trainer for ``cfg``; ``data`` = ((train images, labels), (test images, labels)) for CIFAR-10,
-    else read from ``cfg.data``."""
+    """A Trainer for ``cfg``; ``data`` = (train, test) Datasets, or ((train images, labels), (test images,
+    labels)) for CIFAR-10, else read from ``cfg.data``."""
     device = init_distributed(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     genotype = load_genotype(cfg.genotype)
     rank, _ = world()
     run = RunFolder(cfg.out) if rank == 0 else None
-    if cfg.dataset == "cifar10":
-        from mdarts_rs.trained import CIFAR10_CLASSES
-
-        class_names = list(CIFAR10_CLASSES)
+    test_indices = None
+    if cfg.dataset != "imagenet":
         if data is None:
-            from mdarts_rs.data import load_cifar10
-
-            assert cfg.data is not None, "CIFAR-10 training needs --data"
-            data = (load_cifar10(cfg.data, "train"), load_cifar10(cfg.data, "test"))
-        (xtr, ytr), test = data
-        fingerprint = data_fingerprint(xtr, ytr)
-        d = CifarData(cfg, xtr, ytr, test, device)
+            assert cfg.data is not None, f"{cfg.dataset} training needs --data"
+            train_set, test_set, test_indices = train_test_data(cfg, quiet=cfg.quiet or rank != 0)
+        else:
+            train_set, test_set = (d if isinstance(d, Dataset) else as_dataset(d[0], d[1], cfg.dataset) for d in data)
+        class_names = list(train_set.class_names)
+        fingerprint = data_fingerprint(train_set.images, train_set.labels)
+        d = CifarData(cfg, train_set, test_set, device)
         train_batches, test_batches = d.train, d.test
+        description: dict[str, Any] | None = train_set.describe()
+        in_channels, image_size = train_set.channels, train_set.image_size
     else:
         train_batches, test_batches, class_names = _imagenet_batches(cfg, device)  # the folders in train/
         fingerprint = None  # an ImageFolder is not fingerprinted
-    model = eval_network(genotype, cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary, 0.0, len(class_names))
-    return Trainer(cfg, model, train_batches, test_batches, device, run, genotype.to_json(), fingerprint, class_names)
+        description, in_channels, image_size = None, 3, 224
+    model = eval_network(
+        genotype,
+        cfg.dataset,
+        cfg.init_channels,
+        cfg.layers,
+        cfg.auxiliary,
+        0.0,
+        len(class_names),
+        in_channels,
+        image_size,
+    )
+    return Trainer(
+        cfg,
+        model,
+        train_batches,
+        test_batches,
+        device,
+        run,
+        genotype.to_json(),
+        fingerprint,
+        class_names,
+        description,
+        test_indices,
+    )
 
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike[str], data: Path, device: str = "auto", bf16: bool = False
 ) -> dict[str, float]:
-    """Top-1/top-5 test error of a trained network's checkpoint on the CIFAR-10 test set in ``data``."""
-    from mdarts_rs.data import CifarLoader, load_cifar10
+    """Top-1/top-5 test error of a trained network's checkpoint on the test set of its dataset in ``data``
+    (CIFAR-10/100's test files, an arrays file's test arrays or a folder's val/; for data without a test set,
+    the images its training held out, as saved in the checkpoint). The images must have the classes, size
+    and channels the network was trained on."""
+    from mdarts_rs.data import CifarLoader
+    from mdarts_rs.run import read_checkpoint
     from mdarts_rs.trained import load_trained
 
     dev = resolve_device(device)
     trained = load_trained(checkpoint, dev)
-    if trained.dataset != "cifar10":
-        raise ValueError(f"{checkpoint}: testing supports the CIFAR-10 networks; this one is {trained.dataset}")
-    x, y = load_cifar10(data, "test")
-    batches = CifarLoader(x, y, batch_size=256, shuffle=False, drop_last=False, augment=False, device=dev)
+    if trained.dataset == "imagenet":
+        raise ValueError(f"{checkpoint}: testing supports the CIFAR-scale networks; this one is {trained.dataset}")
+    state = read_checkpoint(checkpoint, "train")
+    desc = state.get("dataset") or {}
+    opts = dict(label=desc.get("label", "fine"), image_size=desc.get("image_size"))
+    if trained.dataset in ("cifar10", "cifar100", "arrays") and not has_test_set(trained.dataset, data):
+        raise ValueError(
+            f"{data}: holds no test set (test_images and test_labels) and the network was trained on all of it"
+        )
+    if state.get("test_indices") is not None:
+        full = load_dataset(trained.dataset, data, "train", **opts)  # type: ignore[arg-type]
+        idx = np.asarray(state["test_indices"], dtype=np.int64)
+        if len(idx) and idx.max() >= len(full):
+            raise ValueError(f"{data}: has {len(full)} images, fewer than the held-out test images of {checkpoint}")
+        test = full.subset(idx)
+    else:
+        test = load_dataset(trained.dataset, data, "test", **opts)  # type: ignore[arg-type]
+    if test.class_names != trained.class_names or (test.channels, test.image_size) != (
+        trained.in_channels,
+        trained.image_size,
+    ):
+        raise ValueError(
+            f"{data}: its test images ({len(test.class_names)} classes, {test.channels} channels, "
+            f"{test.image_size} pixels) are not those {checkpoint} was trained on ({len(trained.class_names)} "
+            f"classes, {trained.in_channels} channels, {trained.image_size} pixels)"
+        )
+    batches = CifarLoader(
+        test.images,
+        test.labels,
+        batch_size=256,
+        shuffle=False,
+        drop_last=False,
+        augment=False,
+        device=dev,
+        mean=trained.mean,
+        std=trained.std,
+        num_classes=len(trained.class_names),
+    )
     return evaluate_network(trained.model, iter(batches), dev, bf16)
 
 
@@ -406,7 +523,8 @@ def train(cfg: TrainConfig, data: tuple | None = None) -> list[dict[str, Any]]:
                 )
             trainer.run.clear()
         if trainer.run is not None:
-            trainer.run.write_json("config.json", cfg.to_json())
+            described = {"data_description": trainer.data_description} if trainer.data_description else {}
+            trainer.run.write_json("config.json", {**cfg.to_json(), **described})
         history = trainer.run_epochs()
         if trainer.run is not None:
             from mdarts_rs.plots import plot_learning_curves

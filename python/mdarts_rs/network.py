@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mdarts_rs._core import AlphaLayout, CellGenotype, Genotype, MultiLevelGenotype
-from mdarts_rs.primitives import OPS, FactorizedReduce, ReLUConvBN, count_params
+from mdarts_rs.primitives import OPS, FactorizedReduce, ReLUConvBN, count_params, make_stem, stem_plan
 
 __all__ = ["EvalCell", "NetworkCIFAR", "NetworkImageNet", "count_macs", "count_params", "drop_path", "eval_network"]
 
@@ -64,13 +64,19 @@ class EvalCell(nn.Module):
 
 
 class AuxiliaryHeadCIFAR(nn.Module):
-    """Auxiliary classifier on the 8×8 features after the second reduction."""
+    """Auxiliary classifier on the 8×8 features after the second reduction (other sides, from inputs that are
+    not 32 pixels after the stem, are average-pooled to the same 2×2; the weights are the same)."""
 
-    def __init__(self, c: int, num_classes: int):
+    def __init__(self, c: int, num_classes: int, feature_size: int = 8):
         super().__init__()
+        pool = (
+            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)  # 8×8 -> 2×2
+            if feature_size == 8
+            else nn.AdaptiveAvgPool2d(2)
+        )
         self.features = nn.Sequential(
             nn.ReLU(),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8×8 -> 2×2
+            pool,
             nn.Conv2d(c, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
@@ -126,6 +132,7 @@ class _Network(nn.Module):
         num_classes: int,
         auxiliary: bool,
         aux_cls,
+        aux_kwargs: dict | None = None,
     ) -> int:
         self.layout, cells = _cells_of(genotype, layers)
         self.layers = layers
@@ -141,7 +148,7 @@ class _Network(nn.Module):
             c_pp, c_p = c_p, cell.multiplier * c
             if i == self.aux_index:
                 c_aux = c_p
-        self.auxiliary_head = aux_cls(c_aux, num_classes) if auxiliary else None
+        self.auxiliary_head = aux_cls(c_aux, num_classes, **(aux_kwargs or {})) if auxiliary else None
         self.classifier = nn.Linear(c_p, num_classes)
         return c_p
 
@@ -155,7 +162,10 @@ class _Network(nn.Module):
 
 
 class NetworkCIFAR(_Network):
-    """DARTS' CIFAR evaluation network. ``forward`` returns (logits, auxiliary logits or None)."""
+    """DARTS' CIFAR evaluation network. ``forward`` returns (logits, auxiliary logits or None).
+
+    ``in_channels`` and ``image_size`` describe the inputs: up to 32 pixels the stem is DARTS' 3×3 convolution,
+    larger inputs are brought to CIFAR scale by stride-2 convolutions first (``primitives.make_stem``)."""
 
     def __init__(
         self,
@@ -165,11 +175,26 @@ class NetworkCIFAR(_Network):
         layers: int = 20,
         auxiliary: bool = True,
         stem_multiplier: int = 3,
+        in_channels: int = 3,
+        image_size: int = 32,
     ):
         super().__init__()
         c_stem = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
-        self._build_cells(genotype, layers, c_stem, c_stem, C, False, num_classes, auxiliary, AuxiliaryHeadCIFAR)
+        _, side = stem_plan(image_size)
+        self.in_channels, self.image_size = in_channels, image_size
+        self.stem = make_stem(in_channels, c_stem, image_size)
+        self._build_cells(
+            genotype,
+            layers,
+            c_stem,
+            c_stem,
+            C,
+            False,
+            num_classes,
+            auxiliary,
+            AuxiliaryHeadCIFAR,
+            {"feature_size": side // 4},
+        )
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -216,17 +241,30 @@ def eval_network(
     auxiliary: bool = True,
     drop_path: float = 0.0,
     num_classes: int | None = None,
+    in_channels: int = 3,
+    image_size: int | None = None,
 ) -> NetworkCIFAR | NetworkImageNet:
-    """The evaluation network of ``genotype``: CIFAR-10 (default 20 cells, C = 36) or ImageNet (14 cells,
-    C = 48). ``drop_path`` sets the initial drop-path probability (training raises it linearly)."""
-    if dataset in ("cifar10", "cifar100"):
+    """The evaluation network of ``genotype``: the CIFAR network (default 20 cells, C = 36) for CIFAR-10,
+    CIFAR-100 and the user's data ("arrays", "folder": ``in_channels`` channels of ``image_size`` pixels, 32 by
+    default), or the ImageNet network (14 cells, C = 48). ``drop_path`` sets the initial drop-path probability
+    (training raises it linearly)."""
+    if dataset in ("cifar10", "cifar100", "arrays", "folder"):
+        default_classes = {"cifar10": 10, "cifar100": 100}.get(dataset)
+        if num_classes is None and default_classes is None:
+            raise ValueError(f"a {dataset} network needs num_classes")
         net: NetworkCIFAR | NetworkImageNet = NetworkCIFAR(
-            genotype, C or 36, num_classes or (10 if dataset == "cifar10" else 100), layers or 20, auxiliary
+            genotype,
+            C or 36,
+            num_classes or default_classes or 0,
+            layers or 20,
+            auxiliary,
+            in_channels=in_channels,
+            image_size=image_size or 32,
         )
     elif dataset == "imagenet":
         net = NetworkImageNet(genotype, C or 48, num_classes or 1000, layers or 14, auxiliary)
     else:
-        raise ValueError(f"dataset must be 'cifar10', 'cifar100' or 'imagenet', got {dataset!r}")
+        raise ValueError(f"dataset must be 'cifar10', 'cifar100', 'arrays', 'folder' or 'imagenet', got {dataset!r}")
     net.drop_path_prob = drop_path
     return net
 

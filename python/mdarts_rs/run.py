@@ -22,6 +22,7 @@ from mdarts_rs.search import Searcher
 
 if TYPE_CHECKING:
     from mdarts_rs.config import SearchConfig
+    from mdarts_rs.datasets import Dataset
     from mdarts_rs.search import SearchResult
 
 #: The files a run writes into its folder; a folder holding any of them is a run's.
@@ -251,10 +252,11 @@ class SearchRecorder:
         return self.run.checkpoint_note()
 
 
-def run_search(cfg: SearchConfig, images: np.ndarray, labels: np.ndarray) -> SearchResult:
+def run_search(cfg: SearchConfig, images: Dataset | np.ndarray, labels: np.ndarray | None = None) -> SearchResult:
     """Run (or with ``cfg.resume`` continue) a search whose files go to the run folder ``cfg.out``: its
     ``config.json``, a checkpoint and the derived genotype after every epoch, ``metrics.jsonl``, the final
-    ``genotype.json`` and, with ``cfg.plots``, the plots. A folder that holds another run's files is refused
+    ``genotype.json`` and, with ``cfg.plots``, the plots. ``images`` is a ``Dataset`` or CIFAR-10's arrays (with
+    ``labels``); ``config.json`` records its description (kind, path, classes, image size, channels, cache key). A folder that holds another run's files is refused
     unless ``cfg.resume`` continues that run or ``cfg.overwrite`` replaces it; one process writes a folder at a
     time."""
     run = RunFolder(cfg.out)
@@ -270,7 +272,7 @@ def run_search(cfg: SearchConfig, images: np.ndarray, labels: np.ndarray) -> Sea
         searcher = Searcher(cfg, images, labels, SearchRecorder(run))
         if state is not None:
             searcher.load_state(state)
-        run.write_json("config.json", cfg.to_json())
+        run.write_json("config.json", {**cfg.to_json(), "data_description": searcher.data.describe()})
         result = searcher.run_epochs()
         run.write_genotype(result.genotype)
         if cfg.plots:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from mdarts_rs import _core
 from mdarts_rs.config import SearchConfig, resume_conflicts
 from mdarts_rs.data import CifarLoader, augment_images, search_split
+from mdarts_rs.datasets import Dataset, as_dataset, description_conflicts
 from mdarts_rs.device import resolve_device
 from mdarts_rs.supernet import SuperNet, Weights, kept_edges, one_hot_weights
 
@@ -186,20 +187,31 @@ class _Signals:
 
 
 class Searcher:
-    """One search run over in-memory CIFAR-10 training images."""
+    """One search run over in-memory training images: a ``Dataset`` (``mdarts_rs.datasets``), or CIFAR-10's
+    uint8 images (N, 3, 32, 32) and labels."""
 
-    def __init__(self, cfg: SearchConfig, images: np.ndarray, labels: np.ndarray, recorder: Recorder | None = None):
+    def __init__(
+        self,
+        cfg: SearchConfig,
+        images: Dataset | np.ndarray,
+        labels: np.ndarray | None = None,
+        recorder: Recorder | None = None,
+    ):
         self.cfg = cfg
         self.recorder = recorder
         self.device = resolve_device(cfg.device)
+        self.data = data = as_dataset(images, labels, cfg.dataset)
+        images, labels = data.images, data.labels
         self.model = SuperNet(
             cfg.init_channels,
-            10,
+            data.num_classes,
             cfg.layers,
             cfg.alpha_mode,
             seed=cfg.seed,
             fast=cfg.fast,
             partial_channels=cfg.partial_channels,
+            in_channels=data.channels,
+            image_size=data.image_size,
         ).to(self.device)
         if self.device.type == "cuda":
             # float32 semantics unless --tf32 (cuDNN's own default would run convolutions in TF32), and
@@ -212,7 +224,13 @@ class Searcher:
         self.data_fingerprint = data_fingerprint(images, labels)
         train_idx, val_idx = search_split(len(labels), cfg.portion, cfg.seed)
         common = dict(
-            batch_size=cfg.batch_size, workers=cfg.workers, device=self.device, pin_memory=self.device.type == "cuda"
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            device=self.device,
+            pin_memory=self.device.type == "cuda",
+            mean=data.mean,
+            std=data.std,
+            num_classes=data.num_classes,
         )
         self.train_loader = CifarLoader(images, labels, train_idx, seed=cfg.seed, **common)  # type: ignore[arg-type]
         self.val_loader = CifarLoader(images, labels, val_idx, seed=cfg.seed + 1, **common)  # type: ignore[arg-type]
@@ -222,7 +240,10 @@ class Searcher:
                 "raise --portion or lower --batch-size"
             )
         gap_idx = val_idx[: cfg.gap_images]
-        self.gap_x = torch.from_numpy(augment_images(images[gap_idx], crop_padding=0, flip=False)).to(self.device)
+        gap_images = augment_images(
+            np.ascontiguousarray(images[gap_idx]), crop_padding=0, flip=False, mean=data.mean, std=data.std
+        )
+        self.gap_x = torch.from_numpy(gap_images).to(self.device)
         self.gap_y = torch.from_numpy(labels[gap_idx]).to(self.device)
         self.w_opt = torch.optim.SGD(
             self.model.weight_parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -290,10 +311,14 @@ class Searcher:
             "a_opt": self.a_opt.state_dict(),
             "sched": self.sched.state_dict(),
             "data": self.data_fingerprint,
+            "dataset": self.data.describe(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         resume_conflicts(SearchConfig.from_json(state["config"]).to_json(), self.cfg.to_json(), RESUMABLE_CHANGES)
+        changed = description_conflicts(state.get("dataset"), self.data.describe())
+        if changed:
+            raise ValueError(f"cannot resume with a different dataset ({', '.join(changed)})")
         if state.get("data") != self.data_fingerprint:
             raise ValueError(
                 f"cannot resume with other data: the run searched {state.get('data')}, this data is "

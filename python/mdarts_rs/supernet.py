@@ -32,7 +32,7 @@ from mdarts_rs._core import (
     edge_index,
 )
 from mdarts_rs.fastcell import FastSearchCell
-from mdarts_rs.primitives import OPS, PartialChannels, search_preprocessing
+from mdarts_rs.primitives import OPS, PartialChannels, make_stem, search_preprocessing
 
 _NONE = PRIMITIVES.index("none")
 assert _NONE == 0, "MixedOp skips 'none' as the first primitive"
@@ -182,7 +182,9 @@ class SuperNet(nn.Module):
     ``seed`` seeds both the network weights and α (the same for either mode). ``fast`` batches the edges
     that read each node (``fastcell.FastSearchCell``): the same function and the same initial weights,
     with far fewer kernels. ``partial_channels`` K > 1: PC-DARTS' partial channel connections with edge
-    normalisation (see the module's text); K = 1 is DARTS' supernet.
+    normalisation (see the module's text); K = 1 is DARTS' supernet. ``in_channels`` and ``image_size``
+    describe the inputs (CIFAR's 3 and 32 by default); inputs larger than 32 pixels go through stride-2 stem
+    convolutions (``primitives.make_stem``).
     """
 
     def __init__(
@@ -197,6 +199,8 @@ class SuperNet(nn.Module):
         seed: int = 0,
         fast: bool = False,
         partial_channels: int = 1,
+        in_channels: int = 3,
+        image_size: int = 32,
     ):
         super().__init__()
         assert steps == STEPS and multiplier == STEPS, "the search space has 4 intermediate nodes, all concatenated"
@@ -206,10 +210,11 @@ class SuperNet(nn.Module):
         self.alpha_mode = alpha_mode
         self.C, self.num_classes, self.layers = C, num_classes, layers
         self.partial_channels = partial_channels
+        self.in_channels, self.image_size = in_channels, image_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             c_curr = stem_multiplier * C
-            self.stem = nn.Sequential(nn.Conv2d(3, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+            self.stem = make_stem(in_channels, c_curr, image_size)
             c_pp, c_p, c_curr = c_curr, c_curr, C
             self.cells = nn.ModuleList()
             reduction_prev = False

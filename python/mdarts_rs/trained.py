@@ -16,11 +16,10 @@ from torch import nn
 
 from mdarts_rs._core import CIFAR10_MEAN, CIFAR10_STD, Genotype, MultiLevelGenotype, parse_genotype
 from mdarts_rs.config import TrainConfig
+from mdarts_rs.datasets import CIFAR10_CLASSES  # re-exported: CIFAR-10's classes in label order
 from mdarts_rs.network import eval_network
 from mdarts_rs.run import read_checkpoint
 
-#: CIFAR-10's classes, in label order (the dataset's batches.meta).
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 #: The per-channel mean and std the ImageNet recipe normalises with (torchvision's ImageNet statistics).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: Export formats: ONNX (onnxruntime), torch.export's program (.pt2), TorchScript (torch.jit, deprecated by
@@ -34,16 +33,18 @@ class ExportError(RuntimeError):
 
 @dataclass
 class TrainedNetwork:
-    """An evaluation network in eval mode with its weights, and what its inputs need: RGB images of
-    ``image_size``², scaled to [0, 1], then normalised per channel with ``mean`` and ``std``."""
+    """An evaluation network in eval mode with its weights, and what its inputs need: images of
+    ``in_channels`` channels (RGB for 3) and ``image_size``², scaled to [0, 1], then normalised per channel
+    with ``mean`` and ``std``."""
 
     model: nn.Module
     genotype: Genotype | MultiLevelGenotype
     dataset: str
     image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     class_names: list[str] = field(default_factory=list)
+    in_channels: int = 3
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores of a normalised batch (N, 3, H, W)."""
@@ -53,7 +54,9 @@ class TrainedNetwork:
     def metadata(self) -> dict[str, Any]:
         """What an exported model's users need besides the model: the input and the classes."""
         return {
-            "input": "float32 (N, 3, H, W), RGB scaled to [0, 1], then (x - mean) / std per channel",
+            "input": f"float32 (N, {self.in_channels}, H, W), "
+            + ("RGB " if self.in_channels == 3 else "")
+            + "scaled to [0, 1], then (x - mean) / std per channel",
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
@@ -75,7 +78,25 @@ def load_trained(checkpoint: str | os.PathLike[str], device: str | torch.device 
     if "classifier.weight" not in weights:
         raise ValueError(f"{checkpoint}: the checkpoint's weights have no classifier")
     classes = int(weights["classifier.weight"].shape[0])
-    model = eval_network(genotype, cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary, 0.0, classes)
+    desc = state.get("dataset") if isinstance(state.get("dataset"), dict) else None
+    if desc is not None:  # written by a version that records the data: its size, channels and statistics
+        in_channels, image_size = int(desc["channels"]), int(desc["image_size"])
+        mean, std = tuple(desc["mean"]), tuple(desc["std"])
+    elif cfg.dataset == "imagenet":
+        in_channels, image_size, mean, std = 3, 224, IMAGENET_MEAN, IMAGENET_STD
+    else:
+        in_channels, image_size, mean, std = 3, 32, tuple(CIFAR10_MEAN), tuple(CIFAR10_STD)
+    model = eval_network(
+        genotype,
+        cfg.dataset,
+        cfg.init_channels,
+        cfg.layers,
+        cfg.auxiliary,
+        0.0,
+        classes,
+        in_channels,
+        None if cfg.dataset == "imagenet" else image_size,
+    )
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:  # missing, unexpected or mis-shaped weights
@@ -90,15 +111,15 @@ def load_trained(checkpoint: str | os.PathLike[str], device: str | torch.device 
             if cfg.dataset == "cifar10" and classes == 10
             else [f"class_{i}" for i in range(classes)]
         )
-    cifar = cfg.dataset == "cifar10"
     return TrainedNetwork(
         model=model.to(device).eval(),
         genotype=genotype,
         dataset=cfg.dataset,
-        image_size=32 if cifar else 224,
-        mean=tuple(CIFAR10_MEAN) if cifar else IMAGENET_MEAN,  # type: ignore[arg-type]
-        std=tuple(CIFAR10_STD) if cifar else IMAGENET_STD,  # type: ignore[arg-type]
+        image_size=image_size,
+        mean=mean,
+        std=std,
         class_names=names,
+        in_channels=in_channels,
     )
 
 
@@ -123,7 +144,7 @@ def export(trained: TrainedNetwork, fmt: str, out: str | os.PathLike[str], atol:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
     net = _Logits(trained.model).cpu().eval()
-    example = torch.randn(2, 3, trained.image_size, trained.image_size)
+    example = torch.randn(2, trained.in_channels, trained.image_size, trained.image_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -172,7 +193,9 @@ def verify_export(path: str | os.PathLike[str], fmt: str, trained: TrainedNetwor
     """Load ``path`` with its own runtime (onnxruntime, torch.export.load, torch.jit.load) and compare its outputs
     with the network's on random inputs (batch 3); the largest difference, or ExportError naming the file."""
     path = Path(path)
-    x = torch.randn(3, 3, trained.image_size, trained.image_size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(
+        3, trained.in_channels, trained.image_size, trained.image_size, generator=torch.Generator().manual_seed(0)
+    )
     expected = trained.logits(x.to(next(trained.model.parameters()).device)).cpu()
     try:
         if fmt == "pt2":
@@ -226,9 +249,14 @@ def predict(
 ) -> list[list[tuple[str, float]]]:
     """The ``top`` classes and their probabilities for each image file, resized and normalised as the network
     was trained."""
+    if trained.in_channels != 3:
+        raise ValueError(
+            f"this network takes {trained.in_channels}-channel images; predict reads RGB image files (use "
+            "trained.logits on your own normalised arrays)"
+        )
     arrays = [read_image(p, trained.image_size) for p in images]
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean, std = torch.tensor(trained.mean).view(1, 3, 1, 1), torch.tensor(trained.std).view(1, 3, 1, 1)
+    mean, std = torch.tensor(trained.mean).view(1, -1, 1, 1), torch.tensor(trained.std).view(1, -1, 1, 1)
     x = (x - mean) / std
     probs = torch.softmax(trained.logits(x.to(next(trained.model.parameters()).device)).float().cpu(), dim=1)
     k = min(top, probs.shape[1])

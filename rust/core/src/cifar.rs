@@ -1,8 +1,11 @@
-//! Reader of the official CIFAR-10 binary version, and the seeded train/validation split of the search.
+//! Readers of the official CIFAR-10 and CIFAR-100 binary versions, the in-memory image set every dataset
+//! becomes, and the seeded train/validation split of the search.
 //!
-//! A `.bin` file holds records of 3,073 bytes: a label byte (0-9), then 1,024 red, 1,024 green and 1,024
-//! blue bytes, each plane 32×32 row-major. The training set is `data_batch_1.bin` … `data_batch_5.bin`
-//! (10,000 records each), the test set `test_batch.bin`.
+//! A CIFAR-10 `.bin` file holds records of 3,073 bytes: a label byte (0-9), then 1,024 red, 1,024 green and
+//! 1,024 blue bytes, each plane 32×32 row-major. The training set is `data_batch_1.bin` … `data_batch_5.bin`
+//! (10,000 records each), the test set `test_batch.bin`. A CIFAR-100 record has 3,074 bytes: the coarse label
+//! (0-19), the fine label (0-99), then the same 3,072 pixels; `train.bin` holds 50,000 records, `test.bin`
+//! 10,000.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -45,16 +48,68 @@ pub fn check_image_count(what: &str, n: usize) -> Result<usize, DataError> {
     Ok(n)
 }
 
-/// Images `(N, 3, 32, 32)` as bytes and their labels.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Largest image side the loader and augmentation accept (a 512×512×3 image is 786 KB).
+pub const MAX_SIDE: usize = 512;
+/// Most channels of an image (multispectral data has a dozen or so).
+pub const MAX_CHANNELS: usize = 64;
+
+/// The shape `(C, side, side)` of the square images of a dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageShape {
+    /// Channels (3 for RGB, 1 for grayscale, more for multispectral data).
+    pub channels: usize,
+    /// Height and width in pixels.
+    pub side: usize,
+}
+
+impl ImageShape {
+    /// CIFAR's `(3, 32, 32)`.
+    pub const CIFAR: Self = Self { channels: CHANNELS, side: SIDE };
+
+    /// A shape within [`MAX_CHANNELS`] and [`MAX_SIDE`], or an error naming the bad dimension.
+    pub fn new(channels: usize, side: usize) -> Result<Self, DataError> {
+        if !(1..=MAX_CHANNELS).contains(&channels) {
+            return Err(DataError::Argument(format!(
+                "images have {channels} channels; 1 to {MAX_CHANNELS} (MAX_CHANNELS) are supported"
+            )));
+        }
+        if !(1..=MAX_SIDE).contains(&side) {
+            return Err(DataError::Argument(format!(
+                "images of {side}×{side} pixels; sides of 1 to {MAX_SIDE} (MAX_SIDE) are supported"
+            )));
+        }
+        Ok(Self { channels, side })
+    }
+
+    /// Bytes (values) of one image.
+    pub fn bytes(&self) -> usize {
+        self.channels * self.side * self.side
+    }
+}
+
+/// Square images `(N, C, side, side)` as bytes and their labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Images {
-    /// `N · 3072` bytes, image after image, planes R, G, B.
+    /// `N · C · side²` bytes, image after image, channel planes in order (R, G, B for colour images).
     pub pixels: Vec<u8>,
-    /// `N` labels in `0..10`.
-    pub labels: Vec<u8>,
+    /// `N` class labels.
+    pub labels: Vec<u32>,
+    /// The shape of every image.
+    pub shape: ImageShape,
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        Self { pixels: Vec::new(), labels: Vec::new(), shape: ImageShape::CIFAR }
+    }
 }
 
 impl Images {
+    /// CIFAR-shaped images `(N, 3, 32, 32)`.
+    pub fn cifar(pixels: Vec<u8>, labels: Vec<u32>) -> Self {
+        Self { pixels, labels, shape: ImageShape::CIFAR }
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -67,7 +122,8 @@ impl Images {
 
     /// The pixels of image `i`.
     pub fn image(&self, i: usize) -> &[u8] {
-        &self.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+        let b = self.shape.bytes();
+        &self.pixels[i * b..(i + 1) * b]
     }
 }
 
@@ -98,7 +154,7 @@ pub fn parse_bin(bytes: &[u8], path: &Path, out: &mut Images) -> Result<(), Data
         }
     }
     for rec in bytes.chunks_exact(RECORD_BYTES) {
-        out.labels.push(rec[0]);
+        out.labels.push(u32::from(rec[0]));
         out.pixels.extend_from_slice(&rec[1..]);
     }
     Ok(())
@@ -108,7 +164,7 @@ pub fn parse_bin(bytes: &[u8], path: &Path, out: &mut Images) -> Result<(), Data
 pub fn encode_bin(images: &Images) -> Vec<u8> {
     let mut out = Vec::with_capacity(images.len() * RECORD_BYTES);
     for i in 0..images.len() {
-        out.push(images.labels[i]);
+        out.push(u8::try_from(images.labels[i]).expect("a CIFAR-10 label fits a byte"));
         out.extend_from_slice(images.image(i));
     }
     out
@@ -177,6 +233,74 @@ pub fn load(root: &Path, split: Split) -> Result<Images, DataError> {
     Ok(out)
 }
 
+/// Which label of a CIFAR-100 record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Label100 {
+    /// The 100 fine classes (the second byte).
+    Fine,
+    /// The 20 superclasses (the first byte).
+    Coarse,
+}
+
+/// Bytes of one CIFAR-100 record: coarse label, fine label, image.
+pub const RECORD_BYTES_100: usize = 2 + IMAGE_BYTES;
+/// Records of CIFAR-100's `train.bin`.
+pub const TRAIN_RECORDS_100: usize = 50_000;
+/// CIFAR-100's training and test files.
+pub const FILES_100: [&str; 2] = ["train.bin", "test.bin"];
+
+/// Parse the bytes of one CIFAR-100 `.bin` file; `path` names it in errors. Accepts 1 to 50,000 whole
+/// records (prefixes of the official files included) and checks both labels of every record, whichever is
+/// kept.
+pub fn parse_bin100(bytes: &[u8], path: &Path, label: Label100, out: &mut Images) -> Result<(), DataError> {
+    let fmt = |message: String| DataError::Format { path: path.to_path_buf(), message };
+    if bytes.is_empty() {
+        return Err(fmt("empty file; a CIFAR-100 file holds records of 3074 bytes".into()));
+    }
+    if bytes.len() % RECORD_BYTES_100 != 0 {
+        let whole = bytes.len() / RECORD_BYTES_100;
+        return Err(fmt(format!(
+            "truncated: {} bytes is not a whole number of 3074-byte records (record {whole} has only {} bytes)",
+            bytes.len(),
+            bytes.len() % RECORD_BYTES_100
+        )));
+    }
+    let n = bytes.len() / RECORD_BYTES_100;
+    if n > TRAIN_RECORDS_100 {
+        return Err(fmt(format!("oversized: {n} records, a CIFAR-100 file holds at most {TRAIN_RECORDS_100}")));
+    }
+    for (i, rec) in bytes.chunks_exact(RECORD_BYTES_100).enumerate() {
+        if rec[0] >= 20 {
+            return Err(fmt(format!("record {i}: coarse label {} is not a CIFAR-100 superclass (0-19)", rec[0])));
+        }
+        if rec[1] >= 100 {
+            return Err(fmt(format!("record {i}: fine label {} is not a CIFAR-100 class (0-99)", rec[1])));
+        }
+    }
+    out.pixels.reserve(n * IMAGE_BYTES);
+    out.labels.reserve(n);
+    for rec in bytes.chunks_exact(RECORD_BYTES_100) {
+        out.labels.push(u32::from(if label == Label100::Fine { rec[1] } else { rec[0] }));
+        out.pixels.extend_from_slice(&rec[2..]);
+    }
+    Ok(())
+}
+
+/// Load a split of the CIFAR-100 binary version from `root` (the `cifar-100-binary` folder or its parent).
+pub fn load100(root: &Path, split: Split, label: Label100) -> Result<Images, DataError> {
+    let sub = root.join("cifar-100-binary");
+    let root = if !root.join(FILES_100[0]).exists() && !root.join(FILES_100[1]).exists() && sub.is_dir() {
+        sub
+    } else {
+        root.to_path_buf()
+    };
+    let hint = "download the CIFAR-100 binary version (cifar-100-binary.tar.gz) and point to its cifar-100-binary folder, or call mdarts_rs.data.download_cifar100()";
+    let file = root.join(if split == Split::Train { FILES_100[0] } else { FILES_100[1] });
+    let mut out = Images::default();
+    parse_bin100(&read(&file, hint)?, &file, label, &mut out)?;
+    Ok(out)
+}
+
 /// The search split of DARTS' protocol: a permutation of `0..n` drawn from `seed`, of which the first
 /// `floor(portion · n / 2)` indices are S_train (weights) and the next as many are S_val (α). With
 /// `portion = 1` the 50,000 training images give 25,000 + 25,000. `n` is at most [`MAX_IMAGES`].
@@ -226,6 +350,36 @@ mod tests {
         let e = parse_bin(&bytes[..4000], p, &mut Images::default()).unwrap_err().to_string();
         assert!(e.contains("truncated") && e.contains("record 1 has only 927 bytes"), "{e}");
         assert!(parse_bin(&[], p, &mut Images::default()).is_err());
+    }
+
+    #[test]
+    fn cifar100_records_give_either_label_and_name_bad_ones() {
+        let p = Path::new("train.bin");
+        let rec = |coarse: u8, fine: u8, fill: u8| {
+            let mut r = vec![coarse, fine];
+            r.extend(std::iter::repeat(fill).take(IMAGE_BYTES));
+            r
+        };
+        let mut bytes = rec(3, 71, 9);
+        bytes.extend(rec(19, 99, 2));
+        let mut fine = Images::default();
+        parse_bin100(&bytes, p, Label100::Fine, &mut fine).unwrap();
+        assert_eq!(fine.labels, vec![71, 99]);
+        assert_eq!(fine.image(1), &[2u8; IMAGE_BYTES][..]);
+        let mut coarse = Images::default();
+        parse_bin100(&bytes, p, Label100::Coarse, &mut coarse).unwrap();
+        assert_eq!((coarse.labels, coarse.pixels), (vec![3, 19], fine.pixels));
+        let mut bad = bytes.clone();
+        bad.extend(rec(20, 0, 0));
+        let e = parse_bin100(&bad, p, Label100::Fine, &mut Images::default()).unwrap_err().to_string();
+        assert_eq!(e, "train.bin: record 2: coarse label 20 is not a CIFAR-100 superclass (0-19)");
+        let mut bad = bytes.clone();
+        bad.extend(rec(0, 100, 0));
+        let e = parse_bin100(&bad, p, Label100::Coarse, &mut Images::default()).unwrap_err().to_string();
+        assert_eq!(e, "train.bin: record 2: fine label 100 is not a CIFAR-100 class (0-99)");
+        let e = parse_bin100(&bytes[..3074 + 10], p, Label100::Fine, &mut Images::default()).unwrap_err();
+        assert!(e.to_string().contains("record 1 has only 10 bytes"), "{e}");
+        assert!(parse_bin100(&[], p, Label100::Fine, &mut Images::default()).is_err());
     }
 
     #[test]

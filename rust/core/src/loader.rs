@@ -1,4 +1,4 @@
-//! A batched CIFAR-10 loader: a seeded shuffle per epoch, augmentation in worker threads, and a bounded
+//! A batched image loader (CIFAR or any square images): a seeded shuffle per epoch, augmentation in worker threads, and a bounded
 //! prefetch queue per worker.
 //!
 //! Batch `b` of an epoch is always made by worker `b % workers` and handed out in order, so the batches
@@ -10,8 +10,8 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::augment::{augment_batch, Augment, Layout};
-use crate::cifar::{check_image_count, Images, IMAGE_BYTES};
+use crate::augment::{augment_batch, Augment, Layout, Norm};
+use crate::cifar::{check_image_count, Images};
 use crate::error::DataError;
 use crate::rng::{mix, Rng};
 
@@ -60,8 +60,9 @@ pub struct LoaderConfig {
 
 impl LoaderConfig {
     /// Check every size against its limit ([`MAX_BATCH_SIZE`], [`MAX_WORKERS`], [`MAX_PREFETCH`], and
-    /// [`Augment::check`]), naming the offending setting as the Python API spells it.
-    pub fn check(&self) -> Result<(), DataError> {
+    /// [`Augment::check_for`] images of `side` pixels), naming the offending setting as the Python API
+    /// spells it.
+    pub fn check(&self, side: usize) -> Result<(), DataError> {
         let arg = |m: String| Err(DataError::Argument(m));
         if self.batch_size == 0 {
             return arg("batch_size must be positive".into());
@@ -87,7 +88,7 @@ impl LoaderConfig {
                 self.prefetch_per_worker
             ));
         }
-        self.augment.check()
+        self.augment.check_for(side)
     }
 }
 
@@ -103,7 +104,7 @@ pub enum Pixels {
 /// One batch: `len` images in the loader's layout and their labels.
 #[derive(Debug, PartialEq)]
 pub struct Batch {
-    /// `len · 3072` values.
+    /// `len · C · side²` values.
     pub pixels: Pixels,
     /// `len` labels.
     pub labels: Vec<i64>,
@@ -127,18 +128,31 @@ pub struct Loader {
     data: Arc<Images>,
     indices: Arc<Vec<usize>>,
     cfg: LoaderConfig,
+    norm: Norm,
 }
 
 impl Loader {
-    /// A loader over `indices` of `data`: at most [`crate::cifar::MAX_IMAGES`] indices, settings that pass
-    /// [`LoaderConfig::check`].
+    /// A loader over `indices` of 3-channel `data`, normalised with CIFAR-10's statistics.
     pub fn new(data: Arc<Images>, indices: Vec<usize>, cfg: LoaderConfig) -> Result<Self, DataError> {
-        cfg.check()?;
+        Self::with_norm(data, indices, cfg, Norm::cifar10())
+    }
+
+    /// A loader over `indices` of `data` normalised with `norm` (one entry per channel): at most
+    /// [`crate::cifar::MAX_IMAGES`] indices, settings that pass [`LoaderConfig::check`].
+    pub fn with_norm(data: Arc<Images>, indices: Vec<usize>, cfg: LoaderConfig, norm: Norm) -> Result<Self, DataError> {
+        cfg.check(data.shape.side)?;
+        if norm.channels() != data.shape.channels {
+            return Err(DataError::Argument(format!(
+                "mean and std have {} channels, the images {}",
+                norm.channels(),
+                data.shape.channels
+            )));
+        }
         check_image_count("len(indices)", indices.len())?;
         if let Some((k, &i)) = indices.iter().enumerate().find(|(_, &i)| i >= data.len()) {
             return Err(DataError::Argument(format!("indices[{k}] = {i} is out of range for {} images", data.len())));
         }
-        Ok(Self { data, indices: Arc::new(indices), cfg })
+        Ok(Self { data, indices: Arc::new(indices), cfg, norm })
     }
 
     /// Batches per epoch.
@@ -161,6 +175,11 @@ impl Loader {
         &self.cfg
     }
 
+    /// The shape of the images served.
+    pub fn shape(&self) -> crate::cifar::ImageShape {
+        self.data.shape
+    }
+
     /// The order of the dataset indices in `epoch`.
     pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
         let mut order = (*self.indices).clone();
@@ -176,18 +195,19 @@ impl Loader {
         // Saturating: `b` is public input here, and `b * bs` past the end must clamp, not wrap.
         let first = b.saturating_mul(bs).min(order.len());
         let idx = &order[first..first.saturating_add(bs).min(order.len())];
-        let labels = idx.iter().map(|&i| self.data.labels[i] as i64).collect();
-        let n = idx.len() * IMAGE_BYTES;
-        let c = &self.cfg;
+        let labels = idx.iter().map(|&i| i64::from(self.data.labels[i])).collect();
+        let shape = self.data.shape;
+        let n = idx.len() * shape.bytes();
+        let (c, norm, px) = (&self.cfg, &self.norm, &self.data.pixels);
         let pixels = match c.output {
             Output::F32 => {
                 let mut out = vec![0f32; n];
-                augment_batch(&self.data.pixels, idx, &c.augment, c.layout, c.seed, epoch, b as u64, &mut out);
+                augment_batch(px, shape, idx, &c.augment, c.layout, norm, c.seed, epoch, b as u64, &mut out);
                 Pixels::F32(out)
             }
             Output::U8 => {
                 let mut out = vec![0u8; n];
-                augment_batch(&self.data.pixels, idx, &c.augment, c.layout, c.seed, epoch, b as u64, &mut out);
+                augment_batch(px, shape, idx, &c.augment, c.layout, norm, c.seed, epoch, b as u64, &mut out);
                 Pixels::U8(out)
             }
         };
@@ -278,12 +298,35 @@ impl Drop for EpochIter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cifar::MAX_IMAGES;
+    use crate::cifar::{ImageShape, IMAGE_BYTES, MAX_IMAGES};
 
     fn dataset(n: usize) -> Arc<Images> {
         let pixels = (0..n * IMAGE_BYTES).map(|i| (i * 7 % 256) as u8).collect();
-        let labels = (0..n).map(|i| (i % 10) as u8).collect();
-        Arc::new(Images { pixels, labels })
+        let labels = (0..n).map(|i| (i % 10) as u32).collect();
+        Arc::new(Images::cifar(pixels, labels))
+    }
+
+    #[test]
+    fn other_shapes_are_served_with_their_own_normalisation() {
+        let shape = ImageShape { channels: 2, side: 8 };
+        let data = Arc::new(Images { pixels: vec![255; 5 * 128], labels: vec![0, 1, 2, 300, 4], shape });
+        let mut c = cfg(2);
+        c.augment = Augment { crop_padding: 0, flip: true, cutout: 0 };
+        let norm = Norm::new(&[0.0, 0.5], &[1.0, 0.5]).unwrap();
+        let l = Arc::new(Loader::with_norm(Arc::clone(&data), (0..5).collect(), c.clone(), norm.clone()).unwrap());
+        c.batch_size = 5;
+        let l5 = Arc::new(Loader::with_norm(Arc::clone(&data), (0..5).collect(), c.clone(), norm).unwrap());
+        assert_eq!(l.len(), 0);
+        let b = l5.epoch(0, 0).next().unwrap().unwrap();
+        let Pixels::F32(v) = b.pixels else { panic!("float batch") };
+        assert_eq!(v.len(), 5 * 128);
+        assert!(v[..64].iter().all(|&x| x == 1.0) && v[64..128].iter().all(|&x| x == 1.0));
+        assert!(b.labels.contains(&300));
+        let e = Loader::with_norm(data.clone(), vec![0], c.clone(), Norm::cifar10()).unwrap_err().to_string();
+        assert_eq!(e, "mean and std have 3 channels, the images 2");
+        c.augment.cutout = 9;
+        let e = Loader::new(data, vec![0], c).unwrap_err().to_string();
+        assert_eq!(e, "cutout = 9 is above the limit of 8 pixels (the image side)");
     }
 
     fn cfg(workers: usize) -> LoaderConfig {

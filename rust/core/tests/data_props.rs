@@ -3,15 +3,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use mdarts_core::augment::{augment_image, Augment, Draw, Layout};
-use mdarts_core::cifar::{encode_bin, parse_bin, Images, IMAGE_BYTES};
+use mdarts_core::augment::{augment_image, Augment, Draw, Layout, Norm};
+use mdarts_core::cifar::{encode_bin, parse_bin, ImageShape, Images, IMAGE_BYTES};
 use mdarts_core::loader::{Loader, LoaderConfig, Output};
 use proptest::prelude::*;
 
 fn images(max: usize) -> impl Strategy<Value = Images> {
     (1..max).prop_flat_map(|n| {
-        (prop::collection::vec(any::<u8>(), n * IMAGE_BYTES), prop::collection::vec(0u8..10, n))
-            .prop_map(|(pixels, labels)| Images { pixels, labels })
+        (prop::collection::vec(any::<u8>(), n * IMAGE_BYTES), prop::collection::vec(0u32..10, n))
+            .prop_map(|(pixels, labels)| Images::cifar(pixels, labels))
     })
 }
 
@@ -40,7 +40,7 @@ proptest! {
         let d = Draw::new(&a, seed, 0, 0, 0);
         prop_assert!(d.dy <= 2 * a.crop_padding && d.dx <= 2 * a.crop_padding);
         let mut out = vec![0u8; IMAGE_BYTES];
-        augment_image(src, &d, &a, Layout::Nchw, &mut out);
+        augment_image(src, ImageShape::CIFAR, &d, &a, Layout::Nchw, &Norm::cifar10(), &mut out);
         let p = a.crop_padding as isize;
         for c in 0..3 {
             for y in 0..32isize {
@@ -62,11 +62,11 @@ proptest! {
     fn augmentation_keeps_shape_and_range(x in images(2), a in aug(), seed in any::<u64>()) {
         let d = Draw::new(&a, seed, 1, 2, 3);
         let mut f = vec![f32::NAN; IMAGE_BYTES];
-        augment_image(x.image(0), &d, &a, Layout::Nhwc, &mut f);
+        augment_image(x.image(0), ImageShape::CIFAR, &d, &a, Layout::Nhwc, &Norm::cifar10(), &mut f);
         // Normalised values of bytes 0..=255 lie in [(0 - mean)/std, (1 - mean)/std].
         prop_assert!(f.iter().all(|v| v.is_finite() && *v >= -2.0 && *v <= 2.2));
         let mut nchw = vec![f32::NAN; IMAGE_BYTES];
-        augment_image(x.image(0), &d, &a, Layout::Nchw, &mut nchw);
+        augment_image(x.image(0), ImageShape::CIFAR, &d, &a, Layout::Nchw, &Norm::cifar10(), &mut nchw);
         for c in 0..3 {
             for p in 0..1024 {
                 prop_assert_eq!(nchw[c * 1024 + p].to_bits(), f[p * 3 + c].to_bits());
@@ -89,5 +89,41 @@ proptest! {
         let a = run(0);
         prop_assert_eq!(a.iter().map(|b| b.len()).sum::<usize>(), n);
         prop_assert_eq!(a, run(workers));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any shape: every output byte is a source byte of its channel, padding (0) or the cutout value, and
+    /// float output is finite and the same pixels, normalised.
+    #[test]
+    fn any_shape_keeps_values_and_layout(
+        channels in 1usize..5,
+        side in 1usize..40,
+        seed in any::<u64>(),
+        frac in (0.0f64..=1.0, 0.0f64..=1.0),
+        flip in any::<bool>(),
+    ) {
+        let shape = ImageShape { channels, side };
+        let a = Augment { crop_padding: (frac.0 * side as f64) as usize, flip, cutout: (frac.1 * side as f64) as usize };
+        prop_assert!(a.check_for(side).is_ok());
+        let src: Vec<u8> = (0..shape.bytes()).map(|i| (i * 37 % 251) as u8 | 1).collect(); // never 0
+        let mean: Vec<f32> = (0..channels).map(|c| 0.2 + 0.1 * c as f32).collect();
+        let std: Vec<f32> = (0..channels).map(|c| 0.25 + 0.05 * c as f32).collect();
+        let norm = Norm::new(&mean, &std).unwrap();
+        let d = Draw::for_side(&a, side, seed, 3, 1, 4);
+        let mut u = vec![7u8; shape.bytes()];
+        augment_image(&src, shape, &d, &a, Layout::Nchw, &norm, &mut u);
+        for c in 0..channels {
+            let plane = &src[c * side * side..(c + 1) * side * side];
+            let cut = (mean[c] * 255.0).round() as u8;
+            for &v in &u[c * side * side..(c + 1) * side * side] {
+                prop_assert!(v == 0 || v == cut || plane.contains(&v));
+            }
+        }
+        let mut f = vec![f32::NAN; shape.bytes()];
+        augment_image(&src, shape, &d, &a, Layout::Nhwc, &norm, &mut f);
+        prop_assert!(f.iter().all(|v| v.is_finite()));
     }
 }

@@ -7,6 +7,7 @@ mod cifar;
 mod derive;
 mod enumerate;
 mod error;
+mod folder;
 mod genotype;
 mod kernels;
 mod loader;
@@ -45,8 +46,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(enumerate::sample_genotype, m)?)?;
     cifar::register(m)?;
     m.add_function(wrap_pyfunction!(cifar::load_cifar10_bin, m)?)?;
+    m.add_function(wrap_pyfunction!(cifar::load_cifar100_bin, m)?)?;
     m.add_function(wrap_pyfunction!(cifar::search_split, m)?)?;
     m.add_function(wrap_pyfunction!(cifar::augment_images, m)?)?;
+    m.add_function(wrap_pyfunction!(folder::decode_images, m)?)?;
     m.add_class::<loader::BatchLoader>()?;
     m.add_class::<loader::EpochIterator>()?;
     m.add_function(wrap_pyfunction!(kernels::kernel_sources, m)?)?;

@@ -3,16 +3,18 @@
 use std::sync::{Arc, Mutex};
 
 use mdarts_core::augment::{Augment, Layout};
-use mdarts_core::cifar::{check_image_count, Images, IMAGE_BYTES};
+use mdarts_core::cifar::{check_image_count, Images};
 use mdarts_core::loader::{Batch, EpochIter, Loader, LoaderConfig, Output, Pixels};
 use numpy::ndarray::Array1;
 use numpy::{IntoPyArray, PyReadonlyArray1, PyReadonlyArray4};
 use pyo3::prelude::*;
 
-use crate::cifar::{check_images, shaped};
+use crate::cifar::{check_images, norm_of, shaped};
 use crate::error::{DataFormatError, IntoPy};
 
-/// Batches of augmented CIFAR images, made by Rust worker threads with the GIL released.
+/// Batches of augmented square images (N, C, S, S) (CIFAR's by default), made by Rust worker threads with
+/// the GIL released, normalised with `mean` and `std` (CIFAR-10's when neither is given for 3 channels).
+/// Every selected label must lie in `0..num_classes` (CIFAR-10's 10 by default).
 ///
 /// Copies the selected images once at construction, so the loader never reads memory Python may change.
 /// At most `MAX_IMAGES` selected images; `batch_size`, `workers`, `prefetch`, `crop_padding` and `cutout`
@@ -25,7 +27,7 @@ pub struct BatchLoader {
 #[pymethods]
 impl BatchLoader {
     #[new]
-    #[pyo3(signature = (images, labels, indices = None, *, batch_size, shuffle = true, drop_last = true, crop_padding = 4, flip = true, cutout = 0, normalize = true, channels_last = false, seed = 0, workers = 2, prefetch = 2))]
+    #[pyo3(signature = (images, labels, indices = None, *, batch_size, shuffle = true, drop_last = true, crop_padding = 4, flip = true, cutout = 0, normalize = true, channels_last = false, seed = 0, workers = 2, prefetch = 2, mean = None, std = None, num_classes = 10))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -43,8 +45,12 @@ impl BatchLoader {
         seed: u64,
         workers: usize,
         prefetch: usize,
+        mean: Option<Vec<f32>>,
+        std: Option<Vec<f32>>,
+        num_classes: u32,
     ) -> PyResult<Self> {
-        check_images(&images)?;
+        let shape = check_images(&images)?;
+        let norm = norm_of(shape, mean, std)?;
         let cfg = LoaderConfig {
             batch_size,
             shuffle,
@@ -57,7 +63,7 @@ impl BatchLoader {
             prefetch_per_worker: prefetch,
         };
         // Settings first, so that a bad one fails before the images are copied.
-        cfg.check().py()?;
+        cfg.check(shape.side).py()?;
         let (imgs, labs) = (images.as_array(), labels.as_array());
         let n = imgs.shape()[0];
         if labs.len() != n {
@@ -84,18 +90,21 @@ impl BatchLoader {
                 .collect::<PyResult<_>>()?,
         };
         let bytes = count
-            .checked_mul(IMAGE_BYTES)
+            .checked_mul(shape.bytes())
             .ok_or_else(|| DataFormatError::new_err(format!("{count} images overflow the address space")))?;
-        let mut data = Images { pixels: Vec::with_capacity(bytes), labels: Vec::with_capacity(count) };
+        let mut data = Images { pixels: Vec::with_capacity(bytes), labels: Vec::with_capacity(count), shape };
         for &i in &idx {
             let l = labs[i];
-            if !(0..10).contains(&l) {
-                return Err(DataFormatError::new_err(format!("labels[{i}] = {l} is not a CIFAR-10 class (0-9)")));
+            if !(0..i64::from(num_classes)).contains(&l) {
+                let top = i64::from(num_classes) - 1;
+                return Err(DataFormatError::new_err(format!(
+                    "labels[{i}] = {l} is not a class label (0-{top} for num_classes = {num_classes})"
+                )));
             }
-            data.labels.push(l as u8);
+            data.labels.push(l as u32);
             data.pixels.extend(imgs.index_axis(numpy::ndarray::Axis(0), i).iter().copied());
         }
-        let loader = py.allow_threads(|| Loader::new(Arc::new(data), (0..count).collect(), cfg)).py()?;
+        let loader = py.allow_threads(|| Loader::with_norm(Arc::new(data), (0..count).collect(), cfg, norm)).py()?;
         Ok(Self { inner: Arc::new(loader) })
     }
 
@@ -123,6 +132,7 @@ impl BatchLoader {
         EpochIterator {
             it: Mutex::new(Some(self.inner.epoch(epoch, start))),
             channels_last: cfg.layout == Layout::Nhwc,
+            shape: self.inner.shape(),
         }
     }
 }
@@ -133,6 +143,7 @@ pub struct EpochIterator {
     // A Mutex only to make the class Sync; `__next__` has `&mut self` and never locks.
     it: Mutex<Option<EpochIter>>,
     channels_last: bool,
+    shape: mdarts_core::cifar::ImageShape,
 }
 
 #[pymethods]
@@ -153,8 +164,8 @@ impl EpochIterator {
         let Batch { pixels, labels } = batch.py()?;
         let n = labels.len();
         let x = match pixels {
-            Pixels::F32(v) => shaped(py, v, n, self.channels_last),
-            Pixels::U8(v) => shaped(py, v, n, self.channels_last),
+            Pixels::F32(v) => shaped(py, v, n, self.shape, self.channels_last),
+            Pixels::U8(v) => shaped(py, v, n, self.shape, self.channels_last),
         };
         Ok(Some((x, Array1::from_vec(labels).into_pyarray(py).into_any())))
     }

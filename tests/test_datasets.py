@@ -1,0 +1,416 @@
+"""Datasets beyond CIFAR-10: CIFAR-100 (both versions, both label kinds), arrays (.npz) and image folders
+(decoding against Pillow, the cache, bad inputs), and the same batches as the CIFAR-10 reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+import mdarts_rs as md
+from mdarts_rs import datasets
+from mdarts_rs._core import DataFormatError, decode_images, load_cifar10_bin
+from mdarts_rs.data import CifarLoader
+from mdarts_rs.folder import SkippedImagesWarning, load_folder
+
+#: Largest per-pixel difference allowed between our decode + resize and Pillow's (libjpeg-turbo vs zune-jpeg
+#: IDCT and chroma upsampling, then two triangle-filter implementations): measured at most 3 on these
+#: images (mean under 0.5), so 4 leaves room for other decoder versions; the mean must stay under 1.
+PILLOW_MAX_DIFF, PILLOW_MEAN_DIFF = 4, 1.0
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    """Every test gets its own cache folder."""
+    monkeypatch.setenv("MDARTS_CACHE", str(tmp_path / "cache"))
+
+
+# ---- CIFAR-100 ------------------------------------------------------------------------------------------
+
+
+def _records(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 20, n, dtype=np.uint8),
+        rng.integers(0, 100, n, dtype=np.uint8),
+    )
+
+
+def _write_bin100(path: Path, x, coarse, fine) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = np.concatenate([coarse[:, None], fine[:, None], x.reshape(len(x), -1)], axis=1)
+    path.write_bytes(rec.tobytes())
+
+
+def test_cifar100_binary_records_give_fine_or_coarse_labels(tmp_path):
+    x, coarse, fine = _records(30)
+    root = tmp_path / "cifar-100-binary"
+    _write_bin100(root / "train.bin", x, coarse, fine)
+    _write_bin100(root / "test.bin", x[:7], coarse[:7], fine[:7])
+    d = datasets.load_cifar100(tmp_path, "train")  # the parent of cifar-100-binary works too
+    assert np.array_equal(d.images, x) and np.array_equal(d.labels, fine)
+    assert d.num_classes == 100 and d.class_names[:2] == ["apple", "aquarium_fish"]
+    assert (d.mean, d.std) == (datasets.CIFAR100_MEAN, datasets.CIFAR100_STD)
+    c = datasets.load_cifar100(root, "test", "coarse")
+    assert np.array_equal(c.labels, coarse[:7]) and c.num_classes == 20 and c.describe()["label"] == "coarse"
+
+
+@pytest.mark.parametrize(
+    ("byte", "value", "message"),
+    [
+        (0, 20, r"train.bin: record 4: coarse label 20 is not a CIFAR-100 superclass \(0-19\)"),
+        (1, 100, r"train.bin: record 4: fine label 100 is not a CIFAR-100 class \(0-99\)"),
+    ],
+)
+def test_cifar100_binary_errors_name_file_and_record(tmp_path, byte, value, message):
+    x, coarse, fine = _records(6)
+    (coarse if byte == 0 else fine)[4] = value
+    _write_bin100(tmp_path / "train.bin", x, coarse, fine)
+    for label in ("fine", "coarse"):  # both labels of every record are checked, whichever is kept
+        with pytest.raises(DataFormatError, match=message):
+            datasets.load_cifar100(tmp_path, "train", label)
+    (tmp_path / "train.bin").write_bytes(b"\0" * 3074 * 2 + b"\1\2")
+    with pytest.raises(DataFormatError, match="record 2 has only 2 bytes"):
+        datasets.load_cifar100(tmp_path, "train")
+
+
+def test_cifar100_python_version_is_read_with_the_safe_unpickler(tmp_path):
+    x, coarse, fine = _records(12, seed=3)
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    d = {b"data": x.reshape(12, -1), b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist()}
+    (root / "train").write_bytes(pickle.dumps(d))
+    coarse_names = [f"super{i}".encode() for i in range(20)]
+    (root / "meta").write_bytes(pickle.dumps({b"coarse_label_names": coarse_names, b"fine_label_names": []}))
+    got = datasets.load_cifar100(tmp_path, "train", "coarse")
+    assert np.array_equal(got.images, x) and np.array_equal(got.labels, coarse)
+    assert got.class_names == [f"super{i}" for i in range(20)]  # from meta
+    assert datasets.load_cifar100(tmp_path, "train").class_names[-1] == "worm"  # meta's empty list: the published
+    d[b"fine_labels"][5] = 100
+    (root / "train").write_bytes(pickle.dumps(d))
+    with pytest.raises(DataFormatError, match=r"train: record 5: b'fine_labels' 100 is not a CIFAR-100 class"):
+        datasets.load_cifar100(root, "train")
+    (root / "train").write_bytes(pickle.dumps(os.system))
+    with pytest.raises(DataFormatError, match="posix|system"):
+        datasets.load_cifar100(root, "train")
+
+
+def test_cifar100_download_checks_the_published_md5(tmp_path):
+    from mdarts_rs.data import ARCHIVES_100, download_cifar100
+
+    assert ARCHIVES_100["binary"][1] == "03b5dce01913d631647c71ecec9e9cb8"
+    assert ARCHIVES_100["python"][1] == "eb9058c3a382ffc7106e4002c42a8d85"
+    (tmp_path / "cifar-100-binary.tar.gz").write_bytes(b"not the archive")  # found in the cache: no download
+    with pytest.raises(DataFormatError, match="cifar-100-binary.tar.gz: MD5 .* does not match the published 03b5dce0"):
+        download_cifar100(tmp_path)
+    with pytest.raises(DataFormatError, match="version"):
+        download_cifar100(tmp_path, version="matlab")
+
+
+def test_cifar100_real_archive_if_present():
+    root = os.environ.get("MDARTS_CIFAR100") or str(
+        Path(__file__).resolve().parents[2] / "shared/data/cifar-100-binary"
+    )
+    if not (Path(root) / "train.bin").exists():
+        pytest.skip("real CIFAR-100 not found: set MDARTS_CIFAR100 or provide ../shared/data/cifar-100-binary")
+    d = datasets.load_cifar100(root, "train")
+    assert len(d) == 50_000 and set(np.unique(d.labels)) == set(range(100))
+    mean, _ = datasets.channel_stats(d.images[:10_000])
+    assert np.allclose(mean, datasets.CIFAR100_MEAN, atol=0.01)
+
+
+# ---- arrays ---------------------------------------------------------------------------------------------
+
+
+def test_arrays_npz_nchw_nhwc_and_grayscale(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 1, 28, 28), dtype=np.uint8)
+    y = np.arange(20) % 4
+    np.savez(tmp_path / "g.npz", images=x, labels=y, class_names=np.array(["a", "b", "c", "d"]))
+    d = datasets.load_dataset("arrays", tmp_path / "g.npz")
+    assert (d.channels, d.image_size, d.class_names) == (1, 28, ["a", "b", "c", "d"])
+    assert len(d.mean) == 1 and 0.4 < d.mean[0] < 0.6
+    np.savez(tmp_path / "c.npz", images=x.repeat(5, axis=1).transpose(0, 2, 3, 1), labels=y)
+    d5 = datasets.load_npz(tmp_path / "c.npz")
+    assert d5.images.shape == (20, 5, 28, 28) and d5.class_names == ["0", "1", "2", "3"]
+    assert np.array_equal(d5.images[:, 3], x[:, 0])
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "names", "message"),
+    [
+        (np.zeros((4, 3, 8, 8), np.float32), [0, 1, 0, 1], None, "'images' is dtype float32; expected uint8"),
+        (np.zeros((4, 8, 8), np.uint8), [0, 1, 0, 1], None, "add the channel axis"),
+        (np.zeros((4, 3, 8, 6), np.uint8), [0, 1, 0, 1], None, "expected square images"),
+        (np.zeros((4, 3, 8, 8), np.uint8), [0, 1, 0], None, "'labels' has 3 entries for 4 images"),
+        (np.zeros((4, 3, 8, 8), np.uint8), [0, 1, -1, 1], None, r"labels\[2\] = -1 is negative"),
+        (np.zeros((4, 3, 8, 8), np.uint8), [0.0, 1.0, 0.0, 1.0], None, "'labels' is float64"),
+        (np.zeros((4, 3, 8, 8), np.uint8), [0, 1, 2, 1], ["a", "b"], r"labels\[2\] = 2 has no class name"),
+        (np.zeros((4, 3, 8, 8), np.uint8), [0, 0, 0, 0], None, "one class only"),
+    ],
+)
+def test_arrays_are_checked_field_by_field(tmp_path, images, labels, names, message):
+    extra = {} if names is None else {"class_names": np.array(names)}
+    np.savez(tmp_path / "bad.npz", images=images, labels=np.array(labels), **extra)
+    with pytest.raises(DataFormatError, match=message) as e:
+        datasets.load_npz(tmp_path / "bad.npz")
+    assert "bad.npz" in str(e.value)
+
+
+def test_arrays_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        datasets.load_npz(tmp_path / "missing.npz")
+    np.savez(tmp_path / "x.npz", pixels=np.zeros(3))
+    with pytest.raises(DataFormatError, match=r"no 'images' array \(holds \['pixels'\]\)"):
+        datasets.load_npz(tmp_path / "x.npz")
+    (tmp_path / "t.npz").write_text("text")
+    with pytest.raises(DataFormatError, match="t.npz: not a readable .npz"):
+        datasets.load_npz(tmp_path / "t.npz")
+
+
+# ---- image folders: decoding -----------------------------------------------------------------------------
+
+
+def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth, photograph-like RGB image with some noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    a = np.stack([128 + 100 * np.sin(x / 17 + y / 29), 128 + 90 * np.cos(y / 13), 128 + 80 * np.sin((x + y) / 23)], -1)
+    return np.clip(a + rng.normal(0, 6, a.shape), 0, 255).astype(np.uint8)
+
+
+def _pillow(path: Path, size: int) -> np.ndarray:
+    """Pillow's version of our decoding: EXIF transpose, RGB, shorter side to ``size`` (bilinear), centre crop."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        w, h = im.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return np.asarray(im.crop((left, top, left + size, top + size))).transpose(2, 0, 1)
+
+
+def _decode(paths: list[Path], size: int) -> np.ndarray:
+    out = np.zeros((len(paths), 3, size, size), np.uint8)
+    assert decode_images(paths, out, 2) == []
+    return out
+
+
+def test_decoding_agrees_with_pillow(tmp_path):
+    a = _photo(120, 160)
+    files = {}
+
+    def save(name: str, img: Image.Image, **kw) -> None:
+        files[name] = tmp_path / name
+        img.save(files[name], **kw)
+
+    save("baseline.jpg", Image.fromarray(a), quality=95)
+    save("progressive.jpg", Image.fromarray(a), quality=95, progressive=True)
+    save("cmyk.jpg", Image.fromarray(a).convert("CMYK"), quality=95)
+    save("png_named.JPEG", Image.fromarray(a), format="PNG")  # the header decides, not the name
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90°: the decoded image must be 160 high
+    save("rotated.jpg", Image.fromarray(a), quality=95, exif=exif)
+    save("gray.jpg", Image.fromarray(a).convert("L"), quality=95)
+    save("palette.png", Image.fromarray(a).convert("P"))
+    save("rgba.png", Image.fromarray(np.dstack([a, np.full(a.shape[:2], 99, np.uint8)])))
+    save("wide.png", Image.fromarray(_photo(40, 200, seed=1)))
+    for size in (32, 64):
+        got = _decode(list(files.values()), size)
+        for k, (name, path) in enumerate(files.items()):
+            diff = np.abs(got[k].astype(int) - _pillow(path, size).astype(int))
+            assert diff.max() <= PILLOW_MAX_DIFF and diff.mean() < PILLOW_MEAN_DIFF, (name, size, diff.max())
+    # The rotation really is applied: without it the picture differs a lot.
+    with Image.open(files["baseline.jpg"]) as im:
+        im.rotate(-90, expand=True).save(tmp_path / "manual.png")
+    diff = np.abs(_decode([files["rotated.jpg"]], 32).astype(int) - _decode([tmp_path / "manual.png"], 32).astype(int))
+    assert diff.max() <= PILLOW_MAX_DIFF
+
+
+def test_sixteen_bit_images_are_scaled_to_eight_bits(tmp_path):
+    a = _photo(48, 48)[..., 0]
+    Image.fromarray(a.astype(np.uint16) * 257).save(tmp_path / "g16.png")  # v·257: exactly v in 8 bits
+    Image.fromarray(a).save(tmp_path / "g8.png")
+    got = _decode([tmp_path / "g16.png", tmp_path / "g8.png"], 48)
+    assert np.array_equal(got[0], got[1]) and np.array_equal(got[0][0], a)
+
+
+# ---- image folders: CIFAR-10 as PNG files ----------------------------------------------------------------
+
+
+def test_png_folder_of_cifar10_gives_the_binary_readers_pixels_and_batches(tmp_path, cifar_mini):
+    x, y = load_cifar10_bin(cifar_mini, "test")
+    x, y = x[:120], y[:120]
+    for i, (img, label) in enumerate(zip(x, y)):
+        d = tmp_path / "pngs" / datasets.CIFAR10_CLASSES[label]  # CIFAR-10's names sort in label order
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{i:05d}.png")
+    order = np.lexsort((np.arange(len(y)), y))  # by class, then by file name
+    folder = load_folder(tmp_path / "pngs", image_size=32)
+    assert np.array_equal(folder.images, x[order]) and np.array_equal(folder.labels, y[order])
+    assert folder.class_names == list(datasets.CIFAR10_CLASSES)
+    stats = dict(mean=md.data.CIFAR10_MEAN, std=md.data.CIFAR10_STD)
+    kw = dict(batch_size=16, cutout=16, seed=5, workers=2, normalize=False, **stats)
+    a = [b for b in CifarLoader(folder.images, folder.labels, **kw).batches(1)]
+    b = [b for b in CifarLoader(x[order], y[order], **kw).batches(1)]
+    assert len(a) == len(b) == 7
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert xa.dtype == xb.dtype and np.array_equal(xa.numpy(), xb.numpy()) and np.array_equal(ya, yb)
+
+
+# ---- image folders: the cache ------------------------------------------------------------------------------
+
+
+def _color_folder(root: Path, per_class: int = 4, size: tuple[int, int] = (20, 16), fmt: str = "png") -> Path:
+    colours = {"blue": (20, 30, 220), "green": (30, 200, 40), "red": (210, 20, 30)}
+    for name, c in colours.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            rng = np.random.default_rng(i)
+            a = np.clip(np.array(c) + rng.normal(0, 20, (*size[::-1], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(root / name / f"{i}.{fmt}")
+    return root
+
+
+def test_cache_is_reused_rebuilt_on_change_and_refuses_damage(tmp_path, capsys):
+    root = _color_folder(tmp_path / "data")
+    a = load_folder(root, image_size=8)
+    cache = Path(a.info["cache"])
+    header_mtime = (cache / "header.json").stat().st_mtime_ns
+    b = load_folder(root, image_size=8)
+    assert b.info["cache_key"] == a.info["cache_key"] and (cache / "header.json").stat().st_mtime_ns == header_mtime
+    assert np.array_equal(a.images, b.images) and isinstance(b.images, np.memmap)
+    assert load_folder(root, image_size=12).info["cache_key"] != a.info["cache_key"]  # resize settings
+    keys = {a.info["cache_key"]}
+    Image.new("RGB", (9, 9), (10, 220, 10)).save(root / "green" / "new.png")  # a file added
+    added = load_folder(root, image_size=8)
+    assert len(added) == 13 and added.info["cache_key"] not in keys
+    keys.add(added.info["cache_key"])
+    os.utime(root / "red" / "0.png", ns=(1, 1))  # a file touched
+    touched = load_folder(root, image_size=8)
+    assert touched.info["cache_key"] not in keys
+    keys.add(touched.info["cache_key"])
+    (root / "green" / "new.png").unlink()  # a file removed
+    removed = load_folder(root, image_size=8)
+    assert len(removed) == 12 and removed.info["cache_key"] not in keys
+    # Damage: a flipped pixel byte, then a truncated header; each is found, reported and rebuilt.
+    cache, expected = Path(removed.info["cache"]), np.array(removed.images)  # a copy: the file is damaged in place
+    raw = bytearray((cache / "images.u8").read_bytes())
+    raw[5] ^= 0xFF
+    (cache / "images.u8").write_bytes(bytes(raw))
+    capsys.readouterr()
+    again = load_folder(root, image_size=8)
+    assert "is damaged (its pixels do not match the hash" in capsys.readouterr().err
+    assert np.array_equal(again.images, expected)
+    (cache / "header.json").write_text((cache / "header.json").read_text()[:40])
+    again = load_folder(root, image_size=8)
+    assert "is damaged (JSONDecodeError" in capsys.readouterr().err
+    assert np.array_equal(again.images, expected)
+    header = json.loads((cache / "header.json").read_text())
+    assert header["class_names"] == ["blue", "green", "red"] and len(header["mean"]) == 3
+
+
+def test_concurrent_processes_build_the_cache_once(tmp_path):
+    # As under torchrun: every rank loads the folder; one builds the cache while the others wait, then reuse it.
+    import subprocess
+    import sys
+
+    root = _color_folder(tmp_path / "data", per_class=20)
+    code = (
+        "import sys; from mdarts_rs.folder import load_folder; "
+        f"d = load_folder({str(root)!r}, image_size=16, quiet=False); print(d.info['cache_key'], int(d.images.sum()))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert len({out for out, _ in outs}) == 1  # the same key and pixels everywhere
+    assert sum("decoding 60 images" in err for _, err in outs) == 1, outs
+
+
+def test_cache_refuses_to_fill_the_disk(tmp_path, monkeypatch):
+    import shutil
+
+    root = _color_folder(tmp_path / "data")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10**9, used=10**9 - 10**6, free=10**6))
+    with pytest.raises(OSError, match="the image cache needs .* MB .* only 1 MB are free"):
+        load_folder(root, image_size=8)
+
+
+def test_train_and_val_folders_are_separate_splits(tmp_path):
+    _color_folder(tmp_path / "d" / "train", per_class=3)
+    _color_folder(tmp_path / "d" / "val", per_class=2)
+    train = datasets.load_dataset("folder", tmp_path / "d", "train", image_size=8)
+    test = datasets.load_dataset("folder", tmp_path / "d", "test", image_size=8)
+    assert (len(train), len(test)) == (9, 6) and train.info["split_dirs"]
+    assert datasets.has_test_set("folder", tmp_path / "d") and not datasets.has_test_set("folder", tmp_path / "d/val")
+    with pytest.raises(DataFormatError, match="no train/ and val/ folders"):
+        load_folder(tmp_path / "d" / "train", "test")
+
+
+# ---- image folders: bad inputs ------------------------------------------------------------------------------
+
+
+def test_bad_images_are_errors_naming_the_file_or_skipped_with_a_warning(tmp_path):
+    root = _color_folder(tmp_path / "data", fmt="jpg")
+    good = (root / "red" / "1.jpg").read_bytes()
+    (root / "red" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "blue" / "notes.png").write_text("this is text, not a picture")
+    with pytest.raises(DataFormatError) as e:
+        load_folder(root, image_size=8)
+    message = str(e.value)
+    assert "2 of 14 files cannot be read" in message and "--skip-bad-images" in message
+    assert str(root / "red" / "truncated.jpg") in message and str(root / "blue" / "notes.png") in message
+    with pytest.warns(SkippedImagesWarning) as w:
+        d = load_folder(root, image_size=8, skip_bad_images=True)
+    assert len(d) == 12 and "truncated.jpg" in str(w[0].message) and "notes.png" in str(w[0].message)
+    with pytest.warns(SkippedImagesWarning, match="truncated.jpg"):  # the reused cache warns again
+        load_folder(root, image_size=8, skip_bad_images=True)
+    with pytest.raises(DataFormatError, match="built with --skip-bad-images"):
+        load_folder(root, image_size=8)
+
+
+def test_folder_layout_errors(tmp_path):
+    root = _color_folder(tmp_path / "data")
+    (root / "empty").mkdir()
+    with pytest.raises(DataFormatError, match=r"empty: an empty class folder"):
+        load_folder(root)
+    (root / "empty").rmdir()
+    one = tmp_path / "one"
+    (one / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(one / "cat" / "a.png")
+    with pytest.raises(DataFormatError, match=r"one class folder only \('cat'\)"):
+        load_folder(one)
+    with pytest.raises(DataFormatError, match="no class folders"):
+        load_folder(one / "cat")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_folder(tmp_path / "nowhere")
+
+
+def test_tiny_images_are_upscaled_and_odd_names_are_read(tmp_path):
+    root = _color_folder(tmp_path / "data")
+    Image.new("RGB", (1, 1), (7, 8, 9)).save(root / "red" / "dot.png")  # documented: resized up like any other
+    raw_name = os.fsencode(root / "blue") + b"/caf\xe9.png"  # Latin-1, not UTF-8: read by its bytes
+    Image.new("RGB", (5, 5), (1, 2, 250)).save(raw_name.decode("utf-8", "surrogateescape"))
+    d = load_folder(root, image_size=8)
+    assert len(d) == 14
+    dot = d.images[d.labels == 2][-1]  # b"dot.png" sorts after b"0.png" .. b"3.png"
+    assert (dot[:, 0, 0] == [7, 8, 9]).all() and (dot == dot[:, :1, :1]).all()
+    bad_class = os.fsencode(root) + b"/\xffclass"
+    os.mkdir(bad_class)
+    Image.new("RGB", (4, 4)).save(bad_class.decode("utf-8", "surrogateescape") + "/a.png")
+    with pytest.raises(DataFormatError, match=r"class folder named b'\\xffclass' is not valid UTF-8"):
+        load_folder(root, image_size=8)
