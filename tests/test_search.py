@@ -15,35 +15,15 @@ from click.testing import CliRunner
 
 import mdarts_rs as md
 from mdarts_rs.cli import main
-from mdarts_rs.config import SearchConfig
 from mdarts_rs.run import run_search
 from mdarts_rs.search import STEP_STATS, SearchDiverged, Searcher, SearchInterrupted, entropy_loss
 
-from tinycifar import tiny_images, write_bin
+from tinycifar import tiny_cfg, tiny_images, write_bin
 
 
 @pytest.fixture(scope="module")
 def tiny_data():
     return tiny_images()
-
-
-def tiny_cfg(tmp_path, **kw) -> SearchConfig:
-    base = dict(
-        out=tmp_path / "run",
-        epochs=2,
-        batch_size=4,
-        init_channels=4,
-        layers=5,
-        steps_per_epoch=3,
-        gap_images=8,
-        workers=1,
-        quiet=True,
-        plots=False,
-        device="cpu",
-        seed=0,
-    )
-    base.update(kw)
-    return SearchConfig(**base)
 
 
 def alphas(model):

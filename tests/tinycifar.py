@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mdarts_rs.config import SearchConfig
+
 
 def tiny_images(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` random uint8 images (n, 3, 32, 32) and int64 labels in 0..9."""
@@ -19,3 +21,24 @@ def write_bin(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     rec = np.concatenate([labels.astype(np.uint8)[:, None], images.reshape(len(labels), -1)], axis=1)
     (folder / "data_batch_1.bin").write_bytes(rec.tobytes())
     return folder
+
+
+def tiny_cfg(tmp_path: Path, **kw) -> SearchConfig:
+    """A search of a tiny supernet (5 cells, C = 4, batch 4, 3 steps per epoch, 2 epochs) on the CPU writing to
+    ``tmp_path / "run"``, quiet and without plots; ``kw`` overrides any field."""
+    base = dict(
+        out=tmp_path / "run",
+        epochs=2,
+        batch_size=4,
+        init_channels=4,
+        layers=5,
+        steps_per_epoch=3,
+        gap_images=8,
+        workers=1,
+        quiet=True,
+        plots=False,
+        device="cpu",
+        seed=0,
+    )
+    base.update(kw)
+    return SearchConfig(**base)

@@ -28,9 +28,10 @@ from mdarts_rs.config import TrainConfig, resume_conflicts
 from mdarts_rs.datasets import Dataset, as_dataset, channel_stats, description_conflicts, has_test_set, load_dataset
 from mdarts_rs.device import resolve_device
 from mdarts_rs.genotype import load_genotype
-from mdarts_rs.network import NetworkCIFAR, NetworkImageNet, eval_network
+from mdarts_rs.network import NetworkCIFAR, NetworkImageNet
 from mdarts_rs.run import RunFolder
 from mdarts_rs.search import data_fingerprint, first_names, non_finite_state
+from mdarts_rs.trained import trained_network
 
 # ---- distributed helpers -----------------------------------------------------------------------------
 
@@ -426,17 +427,7 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
         train_batches, test_batches, class_names = _imagenet_batches(cfg, device)  # the folders in train/
         fingerprint = None  # an ImageFolder is not fingerprinted
         description, in_channels, image_size = None, 3, 224
-    model = eval_network(
-        genotype,
-        cfg.dataset,
-        cfg.init_channels,
-        cfg.layers,
-        cfg.auxiliary,
-        0.0,
-        len(class_names),
-        in_channels,
-        image_size,
-    )
+    model = trained_network(cfg, genotype, len(class_names), in_channels, image_size)
     return Trainer(
         cfg,
         model,

@@ -66,6 +66,16 @@ class TrainedNetwork:
         }
 
 
+def trained_network(
+    cfg: TrainConfig, genotype: Genotype | MultiLevelGenotype, classes: int, in_channels: int, image_size: int
+) -> nn.Module:
+    """The evaluation network a training run of ``cfg`` trains (drop path from 0), for ``classes`` classes of
+    inputs with ``in_channels`` channels and ``image_size`` pixels (the ImageNet network has its own stem)."""
+    return eval_network(
+        genotype, cfg.dataset, cfg.init_channels, cfg.layers, cfg.auxiliary, 0.0, classes, in_channels, image_size
+    )
+
+
 def load_trained(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> TrainedNetwork:
     """The network a ``mdarts-rs train`` run saved in ``checkpoint``, in eval mode, from the checkpoint alone.
     ValueError naming the file for a search checkpoint (not a trained network) or one that does not fit."""
@@ -86,17 +96,7 @@ def load_trained(checkpoint: str | os.PathLike[str], device: str | torch.device 
         in_channels, image_size, mean, std = 3, 224, IMAGENET_MEAN, IMAGENET_STD
     else:
         in_channels, image_size, mean, std = 3, 32, tuple(CIFAR10_MEAN), tuple(CIFAR10_STD)
-    model = eval_network(
-        genotype,
-        cfg.dataset,
-        cfg.init_channels,
-        cfg.layers,
-        cfg.auxiliary,
-        0.0,
-        classes,
-        in_channels,
-        None if cfg.dataset == "imagenet" else image_size,
-    )
+    model = trained_network(cfg, genotype, classes, in_channels, image_size)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:  # missing, unexpected or mis-shaped weights
