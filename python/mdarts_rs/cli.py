@@ -201,7 +201,18 @@ _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     ),
     _opt("entropy_reduction", click.Choice(["sum", "mean"]), help="Sum (eq. 6) or mean of the edge entropies."),
     _opt("epochs", click.IntRange(min=1)),
-    _opt("batch_size", click.IntRange(min=1, max=_core.MAX_BATCH_SIZE)),
+    _opt(
+        "batch_size",
+        click.IntRange(min=1, max=_core.MAX_BATCH_SIZE),
+        help="Global batch (split over torchrun processes).",
+    ),
+    _opt(
+        "micro_batches",
+        click.IntRange(min=1),
+        help="K: each α and weight step splits its batch (each process's share of it under torchrun) into K "
+        "chunks and sums their gradients before updating once: less memory, the same batch (batch-norm "
+        "statistics per chunk).",
+    ),
     _opt("init_channels", click.IntRange(min=1, max=MAX_CHANNELS), help="C of the supernet."),
     _opt("layers", click.IntRange(min=3, max=_core.MAX_LAYERS), help="Cells of the supernet."),
     _opt(
@@ -347,14 +358,23 @@ def _run_searches(
     per variant that failed (the others still run). With ``--resume``, a variant whose run finished is kept as it
     is, one that stopped is continued and one without a checkpoint is started afresh."""
     from mdarts_rs.device import resolve_device
+    from mdarts_rs.distributed import init_distributed, launched_world_size, world
     from mdarts_rs.run import RunFolderBusy, run_search
-    from mdarts_rs.search import SearchDiverged, SearchInterrupted
+    from mdarts_rs.search import RanksDisagree, SearchDiverged, SearchInterrupted
 
     try:
-        resolve_device(base.device)
+        device = resolve_device(base.device)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--device") from None
-    dataset = _load_train_data(base, quiet=base.quiet)
+    if launched_world_size() > 1:
+        if base.cuda_graph:
+            raise click.UsageError("--cuda-graph is not supported under torchrun yet: drop it, or run one process")
+        device = init_distributed(device)
+        base = dataclasses.replace(base, device=str(device))
+    rank, _ = world()
+    if rank > 0:
+        base = dataclasses.replace(base, quiet=True)  # rank 0 shows the progress of the search they share
+    dataset = _load_train_data(base, quiet=base.quiet or rank > 0)
     results, failed = [], []
     for name, overrides in variants:
         out = base.out / name if subfolders else base.out
@@ -372,14 +392,20 @@ def _run_searches(
         except SearchInterrupted as e:
             click.echo(f"interrupted: {e}", err=True)
             sys.exit(130)
-        except (SearchDiverged, RunFolderBusy, OSError, ValueError) as e:  # OSError: a full disk, an unwritable folder
+        except (
+            SearchDiverged,
+            RanksDisagree,
+            RunFolderBusy,
+            OSError,
+            ValueError,
+        ) as e:  # OSError: a full disk, an unwritable folder
             message = (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)
             if not subfolders:
                 raise click.ClickException(message) from None
             click.echo(f"{out}: failed: {message}", err=True)
             failed.append(f"{name}: {message}")
             continue
-        if not cfg.quiet:
+        if not cfg.quiet and rank == 0:
             click.echo(f"{out}: {result.genotype!r}")
         results.append((name, cfg, result))
     return results, failed
