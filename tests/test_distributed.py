@@ -1,5 +1,6 @@
 """Micro-batches and searches over several processes under torchrun (gloo on the CPU): one search over 2 ranks is
-one process's search with ``--micro-batches 2``; SIGTERM on one rank stops both resumably."""
+one process's search with ``--micro-batches 2``; SIGTERM on one rank stops both resumably; a sweep spreads its
+runs over the ranks."""
 
 from __future__ import annotations
 
@@ -222,3 +223,25 @@ def test_sigterm_on_one_rank_stops_both_and_resumes(tmp_path, tiny_data, one_thr
     assert alphas
     for name, a in alphas.items():
         torch.testing.assert_close(resumed[name], a, rtol=0, atol=1e-6)
+
+
+# ---- a sweep over 2 processes ------------------------------------------------------------------------------
+
+
+@needs_torchrun
+def test_sweep_over_two_processes(tmp_path, tiny_data, one_thread):
+    """4 runs over 2 ranks, one made to fail (its folder holds another run's file): the other 3 derive what they
+    derive run one by one, and rank 0's summary lists them and the failure."""
+    data = write_bin(tmp_path / "cifar", *tiny_data)
+    out = tmp_path / "sweep"
+    (out / "gamma_2").mkdir(parents=True)
+    (out / "gamma_2" / "metrics.jsonl").write_text("{}\n")  # another run's file: refused without --overwrite
+    gammas = ["0", "0.5", "1", "2"]
+    args = ["-m", "mdarts_rs.cli", "sweep", "--gamma", ",".join(gammas), "--data", str(data), "--out", str(out)]
+    code, log = _finish(_torchrun([*args, "--epochs", "1", *TINY_CLI]))
+    assert code != 0 and "1 of 4 runs" in log and "gamma_2: " in log and "holds another run" in log, log[-4000:]
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["run"] for r in rows] == ["gamma_0", "gamma_0.5", "gamma_1"]
+    for g in (0.0, 0.5, 1.0):
+        ref = run_search(worker_cfg(tmp_path / f"one_{g:g}", epochs=1, gamma=g), *tiny_data)
+        assert md.load_genotype(out / f"gamma_{g:g}" / "genotype.json") == ref.genotype
