@@ -13,7 +13,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 
 from mdarts_rs.config import SearchConfig  # noqa: E402
-from mdarts_rs.search import Searcher  # noqa: E402
+from mdarts_rs.search import RanksDisagree, Searcher  # noqa: E402
 
 from tinycifar import tiny_images  # noqa: E402
 
@@ -87,6 +87,16 @@ def main(out: Path) -> None:
     s = Searcher(worker_cfg(out / "run"), images, labels, EpochFiles(out, rank, ref))
     ref.append(s)
     s.run_epochs()
+    # A rank whose weights drifted: the epoch's checksum stops every rank with RanksDisagree.
+    if rank == 1:
+        with torch.no_grad():
+            s.model.weight_parameters()[0].view(-1)[0] += 1e-6
+    try:
+        s._check_ranks_agree()
+        caught = "none"
+    except RanksDisagree as e:
+        caught = str(e)
+    (out / f"disagree_rank{rank}.txt").write_text(caught)
     dist.destroy_process_group()
 
 

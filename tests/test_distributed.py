@@ -140,7 +140,7 @@ def test_micro_batches_refusals(tmp_path, tiny_data):
 def test_two_processes_are_two_micro_batches(tmp_path, tiny_data, one_thread):
     """2 ranks at batch 8 hold, after 3 float64 steps, the α and weights of one process with 2 micro-batches
     (1e-10); after every epoch of a float32 search both ranks hold the same α and weights (exactly) and derive
-    the one-process search's genotype."""
+    the one-process search's genotype; a weight moved on one rank fails the checksum on both."""
     code, out = _finish(_torchrun([str(TESTS / "distworker.py"), str(tmp_path)]))
     assert code == 0, out[-4000:]
 
@@ -163,6 +163,8 @@ def test_two_processes_are_two_micro_batches(tmp_path, tiny_data, one_thread):
                 assert torch.equal(x, y), key
         assert r0["genotype"] == r1["genotype"] == result.history[epoch]["genotype"]
         assert r0["record"]["train_loss"] == pytest.approx(result.history[epoch]["train_loss"], rel=1e-5)
+    for rank in (0, 1):  # rank 1's weights moved by 1e-6: both ranks stop
+        assert "ranks hold different α or weights" in (tmp_path / f"disagree_rank{rank}.txt").read_text()
 
 
 def _worker_pids(launcher: int) -> dict[int, int]:
