@@ -218,6 +218,8 @@ def test_sigterm_on_one_rank_stops_both_and_resumes(tmp_path, tiny_data, one_thr
         "genotypes",
         "metrics.jsonl",
     ]
+    code, log = _finish(_torchrun([*args, "--resume"]))  # finished: rank 0 tells rank 1, nothing runs
+    assert code == 0 and log.count("finished earlier, kept") == 1, log[-4000:]
     ref = run_search(worker_cfg(tmp_path / "one", epochs=3, micro_batches=2), *tiny_data)
     assert md.load_genotype(out / "genotype.json") == ref.genotype
     resumed = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
@@ -247,3 +249,17 @@ def test_sweep_over_two_processes(tmp_path, tiny_data, one_thread):
     for g in (0.0, 0.5, 1.0):
         ref = run_search(worker_cfg(tmp_path / f"one_{g:g}", epochs=1, gamma=g), *tiny_data)
         assert md.load_genotype(out / f"gamma_{g:g}" / "genotype.json") == ref.genotype
+
+
+def test_cli_refuses_cuda_graph_under_torchrun(tmp_path, tiny_data, monkeypatch):
+    """A search started by torchrun (WORLD_SIZE > 1) with --cuda-graph is refused before joining the group."""
+    from click.testing import CliRunner
+
+    from mdarts_rs.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    data = write_bin(tmp_path / "cifar", *tiny_data)
+    r = CliRunner().invoke(
+        main, ["search", "--data", str(data), "--out", str(tmp_path / "x"), "--cuda-graph", *TINY_CLI]
+    )
+    assert r.exit_code == 2 and "--cuda-graph is not supported under torchrun" in r.output, r.output

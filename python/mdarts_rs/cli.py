@@ -357,10 +357,11 @@ def _run_searches(
     ``subfolders``, else in ``--out`` itself (one variant); returns the results and, with ``subfolders``, a line
     per variant that failed (the others still run). With ``--resume``, a variant whose run finished is kept as it
     is, one that stopped is continued and one without a checkpoint is started afresh."""
+    import types
     from datetime import timedelta
 
     from mdarts_rs.device import resolve_device
-    from mdarts_rs.distributed import init_distributed, launched_world_size, world
+    from mdarts_rs.distributed import broadcast_object, init_distributed, launched_world_size, world
     from mdarts_rs.run import RunFolderBusy, run_search
     from mdarts_rs.search import RanksDisagree, SearchDiverged, SearchInterrupted
 
@@ -386,9 +387,14 @@ def _run_searches(
         cfg = dataclasses.replace(base, out=out, **overrides)
         try:
             if cfg.resume:
-                finished = _finished_run(cfg)
+                finished = _finished_run(cfg) if rank == 0 or subfolders else None
+                if size > 1 and not subfolders:  # rank 0's folder decides for all: the others may not see it
+                    done = broadcast_object(finished is not None)
+                    if done and finished is None:
+                        finished = types.SimpleNamespace(genotype=None, history=[], model=None)
                 if finished is not None:
-                    click.echo(f"{out}: finished earlier, kept", err=True)
+                    if rank == 0 or subfolders:
+                        click.echo(f"{out}: finished earlier, kept", err=True)
                     results.append((name, cfg, finished))
                     continue
                 if subfolders and not (out / "checkpoint.pt").exists():  # never started, or stopped before a checkpoint
