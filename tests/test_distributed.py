@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -43,17 +42,11 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(args: list[str], **kw) -> subprocess.Popen:
     """2 processes of ``args`` under torchrun on this machine, one thread each (2 cores)."""
     package_root = str(Path(md.__file__).parents[1])  # the workers import the mdarts_rs this test imports
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([package_root, str(TESTS)])}
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
+    cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", *args]  # standalone: a free port of its own
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
