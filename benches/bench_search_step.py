@@ -177,3 +177,37 @@ def test_search_step_variant_memory_summary():
         for name, peak in peaks.items():
             if base:
                 print(f"{group}: {name} peak memory x{peak / base:.2f} of the first-order step's")
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_search_step_micro_batches(benchmark, k):
+    """Step time and peak memory of ``--micro-batches K`` (the batch split into K chunks whose gradients are
+    summed) at the same batch, batched supernet (C = 16, 8 cells); batch 16 on a CPU, 64 on a GPU."""
+    batch = 64 if CUDA else 16
+    if CUDA:
+        mark = gpu_memory_mark()
+    s = searcher(batch, fast=True, device=DEVICE, micro_batches=k)
+    (xt, yt), (xv, yv) = next(iter(s.train_loader)), next(iter(s.val_loader))
+    out = s.train_step(xt, yt, xv, yv)
+    assert np.isfinite(out["a_loss"]) and np.isfinite(out["train_loss"])
+
+    def step():
+        s.train_step(xt, yt, xv, yv)
+        if CUDA:
+            torch.cuda.synchronize()
+
+    peak = gpu_memory_used(mark)[0] if CUDA else cpu_peak_bytes(step)
+    benchmark.pedantic(step, rounds=5 if CUDA else 3, iterations=1, warmup_rounds=1)
+    if not benchmark.enabled:
+        return
+    benchmark.extra_info["peak_mem_MiB"] = round(peak / 2**20, 1)
+    group = f"search step micro-batches, batched supernet, batch {batch} ({DEVICE})"
+    name = "baseline_micro_batches_1" if k == 1 else f"micro_batches_{k}"
+    record(group, name, benchmark, 1)
+    _MICRO_PEAKS[k] = peak
+    base = _MICRO_PEAKS.get(1)
+    ratio = f" (x{peak / base:.2f} of one batch's)" if base else ""
+    print(f"\nmicro_batches {k}: {benchmark.stats.stats.mean * 1e3:.0f} ms/step, peak {peak / 2**20:.1f} MiB{ratio}")
+
+
+_MICRO_PEAKS: dict[int, int] = {}

@@ -201,7 +201,18 @@ _SEARCH_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     ),
     _opt("entropy_reduction", click.Choice(["sum", "mean"]), help="Sum (eq. 6) or mean of the edge entropies."),
     _opt("epochs", click.IntRange(min=1)),
-    _opt("batch_size", click.IntRange(min=1, max=_core.MAX_BATCH_SIZE)),
+    _opt(
+        "batch_size",
+        click.IntRange(min=1, max=_core.MAX_BATCH_SIZE),
+        help="Global batch (split over torchrun processes).",
+    ),
+    _opt(
+        "micro_batches",
+        click.IntRange(min=1),
+        help="K: each α and weight step splits its batch (each process's share of it under torchrun) into K "
+        "chunks and sums their gradients before updating once: less memory, the same batch (batch-norm "
+        "statistics per chunk).",
+    ),
     _opt("init_channels", click.IntRange(min=1, max=MAX_CHANNELS), help="C of the supernet."),
     _opt("layers", click.IntRange(min=3, max=_core.MAX_LAYERS), help="Cells of the supernet."),
     _opt(
@@ -346,43 +357,101 @@ def _run_searches(
     ``subfolders``, else in ``--out`` itself (one variant); returns the results and, with ``subfolders``, a line
     per variant that failed (the others still run). With ``--resume``, a variant whose run finished is kept as it
     is, one that stopped is continued and one without a checkpoint is started afresh."""
+    import types
+    from datetime import timedelta
+
     from mdarts_rs.device import resolve_device
+    from mdarts_rs.distributed import broadcast_object, init_distributed, launched_world_size, world
     from mdarts_rs.run import RunFolderBusy, run_search
-    from mdarts_rs.search import SearchDiverged, SearchInterrupted
+    from mdarts_rs.search import RanksDisagree, SearchDiverged, SearchInterrupted
 
     try:
-        resolve_device(base.device)
+        device = resolve_device(base.device)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--device") from None
-    dataset = _load_train_data(base, quiet=base.quiet)
+    if launched_world_size() > 1:
+        if base.cuda_graph and not subfolders:
+            raise click.UsageError("--cuda-graph is not supported under torchrun yet: drop it, or run one process")
+        # A sweep's ranks wait for the slowest one's runs at the end: no timeout short of a month.
+        device = init_distributed(device, timeout=timedelta(days=30) if subfolders else None)
+        base = dataclasses.replace(base, device=str(device))
+    rank, size = world()
+    if rank > 0 and not subfolders:
+        base = dataclasses.replace(base, quiet=True)  # rank 0 shows the progress of the search they share
+    dataset = _load_train_data(base, quiet=base.quiet or rank > 0)
     results, failed = [], []
-    for name, overrides in variants:
+    for i, (name, overrides) in enumerate(variants):
+        if subfolders and i % size != rank:  # a sweep under torchrun: run i on rank i mod N
+            continue
         out = base.out / name if subfolders else base.out
         cfg = dataclasses.replace(base, out=out, **overrides)
         try:
             if cfg.resume:
-                finished = _finished_run(cfg)
+                finished = _finished_run(cfg) if rank == 0 or subfolders else None
+                if size > 1 and not subfolders:  # rank 0's folder decides for all: the others may not see it
+                    done = broadcast_object(finished is not None)
+                    if done and finished is None:
+                        finished = types.SimpleNamespace(genotype=None, history=[], model=None)
                 if finished is not None:
-                    click.echo(f"{out}: finished earlier, kept", err=True)
+                    if rank == 0 or subfolders:
+                        click.echo(f"{out}: finished earlier, kept", err=True)
                     results.append((name, cfg, finished))
                     continue
                 if subfolders and not (out / "checkpoint.pt").exists():  # never started, or stopped before a checkpoint
                     cfg = dataclasses.replace(cfg, resume=False, overwrite=True)
-            result = run_search(cfg, dataset)
+            # a sweep's run is this process's own: no collectives with the other ranks
+            result = run_search(cfg, dataset, world=(0, 1) if subfolders else None)
         except SearchInterrupted as e:
             click.echo(f"interrupted: {e}", err=True)
             sys.exit(130)
-        except (SearchDiverged, RunFolderBusy, OSError, ValueError) as e:  # OSError: a full disk, an unwritable folder
+        except (SearchDiverged, RunFolderBusy, OSError, ValueError, RuntimeError) as e:
+            # OSError: a full disk, an unwritable folder; RuntimeError (out of memory, say): only a sweep's run
+            if isinstance(e, RuntimeError) and not isinstance(e, (SearchDiverged, RanksDisagree)) and not subfolders:
+                raise
             message = (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)
             if not subfolders:
                 raise click.ClickException(message) from None
             click.echo(f"{out}: failed: {message}", err=True)
             failed.append(f"{name}: {message}")
             continue
-        if not cfg.quiet:
+        if not cfg.quiet and (rank == 0 or subfolders):
             click.echo(f"{out}: {result.genotype!r}")
         results.append((name, cfg, result))
+    if subfolders and size > 1:
+        results, failed = _gather_sweep(base, variants, results, failed)
     return results, failed
+
+
+def _gather_sweep(
+    base: SearchConfig,
+    variants: list[tuple[str, dict[str, Any]]],
+    results: list[tuple[str, SearchConfig, Any]],
+    failed: list[str],
+) -> tuple[list[tuple[str, SearchConfig, Any]], list[str]]:
+    """Every rank's finished runs (their histories, sent to every rank: no shared filesystem needed) and failures,
+    in the variants' order, once all ranks are done; ranks other than 0 return none, so that rank 0 alone writes
+    the summary and reports the failures."""
+    import types
+
+    from mdarts_rs.distributed import gather_objects, world
+
+    mine = ([(name, result.history) for name, _, result in results], failed)
+    gathered = gather_objects(mine)
+    if world()[0] != 0:
+        return [], []
+    histories = {name: history for done, _ in gathered for name, history in done}
+    order = {name: i for i, (name, _) in enumerate(variants)}
+    all_failed = sorted((line for _, lines in gathered for line in lines), key=lambda ln: order[ln.split(":")[0]])
+    all_results = [
+        (
+            name,
+            dataclasses.replace(base, out=base.out / name, **overrides),
+            types.SimpleNamespace(genotype=None, history=histories[name], model=None),
+        )
+        for name, overrides in variants
+        if name in histories
+    ]
+    return all_results, all_failed
 
 
 def _finish(results: list[tuple[str, SearchConfig, Any]], failed: list[str], out: Path) -> None:

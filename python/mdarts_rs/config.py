@@ -106,6 +106,7 @@ class SearchConfig:
     entropy_reduction: str = "sum"
     epochs: int = 50
     batch_size: int = 64
+    micro_batches: int = 1
     init_channels: int = 16
     layers: int = 8
     portion: float = 1.0
@@ -152,8 +153,13 @@ class SearchConfig:
             problems.append(f"entropy_reduction must be 'sum' or 'mean', got {self.entropy_reduction!r}")
         if not self.gamma >= 0:
             problems.append(f"gamma must be >= 0, got {self.gamma}")
-        problems += _not_positive(self, ("epochs", "batch_size", "init_channels", "layers"))
+        problems += _not_positive(self, ("epochs", "batch_size", "micro_batches", "init_channels", "layers"))
         problems += _too_large(self)
+        if self.micro_batches > self.batch_size:
+            problems.append(
+                f"micro_batches = {self.micro_batches} must not exceed batch_size = {self.batch_size} (every "
+                "micro-batch needs an image)"
+            )
         if not 0 < self.portion <= 1:
             problems.append(f"portion must be in (0, 1], got {self.portion}")
         problems += _data_problems(self)
@@ -185,6 +191,15 @@ class SearchConfig:
             out.append(f"arch_start_epoch must be in [0, epochs = {self.epochs}], got {self.arch_start_epoch}")
         if self.max_skip is not None and not 0 <= self.max_skip <= 8:
             out.append(f"max_skip must be in [0, 8] (a cell keeps 8 edges), got {self.max_skip}")
+        if self.micro_batches > 1 and self.order == 2:
+            out.append(
+                "micro_batches > 1 with order 2 is not supported: the unrolled step needs the whole batch's weight "
+                "gradient before its α gradient; use order 1 or micro_batches 1"
+            )
+        if self.micro_batches > 1 and self.cuda_graph:
+            out.append(
+                "cuda_graph with micro_batches > 1 is not supported (the step is captured whole): drop one of them"
+            )
         if self.cuda_graph and self.order == 2:
             out.append("cuda_graph with order 2 is not supported yet (no GPU run has verified it): drop one of them")
         if self.cuda_graph and self.arch_start_epoch > 0:
@@ -209,7 +224,8 @@ REMOVED_SEARCH_SETTINGS = frozenset({"channels_last", "compile"})
 def _from_json(cls: type, d: dict[str, Any], removed_settings: frozenset[str]) -> Any:
     """A config from its saved JSON; ValueError naming the settings an earlier version wrote that this one
     removed, or fields this version does not know."""
-    d = {k: v for k, v in d.items() if k != "data_description"}  # config.json's record of the data, not a setting
+    # config.json's records of the data and of the processes that ran the search, not settings
+    d = {k: v for k, v in d.items() if k not in ("data_description", "world_size")}
     removed = sorted(set(d) & removed_settings)
     if removed:
         raise ValueError(

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
@@ -27,41 +26,12 @@ from tqdm import tqdm
 from mdarts_rs.config import TrainConfig, resume_conflicts
 from mdarts_rs.datasets import Dataset, as_dataset, channel_stats, description_conflicts, has_test_set, load_dataset
 from mdarts_rs.device import resolve_device
+from mdarts_rs.distributed import all_reduce_sum, init_distributed, world
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.network import NetworkCIFAR, NetworkImageNet
 from mdarts_rs.run import RunFolder
 from mdarts_rs.search import data_fingerprint, first_names, non_finite_state
 from mdarts_rs.trained import trained_network
-
-# ---- distributed helpers -----------------------------------------------------------------------------
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: torch.device) -> torch.device:
-    """Join the torchrun process group when WORLD_SIZE > 1; returns this rank's device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return device
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    if world()[1] == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
 
 # ---- data ----------------------------------------------------------------------------------------------
 

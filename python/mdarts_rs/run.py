@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from mdarts_rs._core import Genotype, MultiLevelGenotype
+from mdarts_rs.distributed import broadcast_object
+from mdarts_rs.distributed import world as _world
 from mdarts_rs.search import Searcher
 
 if TYPE_CHECKING:
@@ -252,31 +254,84 @@ class SearchRecorder:
         return self.run.checkpoint_note()
 
 
-def run_search(cfg: SearchConfig, images: Dataset | np.ndarray, labels: np.ndarray | None = None) -> SearchResult:
+class OtherRankRecorder:
+    """The recorder of a rank other than 0 in a search over several ranks: rank 0 writes the run folder."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        pass
+
+    def end_epoch(
+        self, record: dict[str, Any], genotype: Genotype | MultiLevelGenotype, history: list[dict[str, Any]]
+    ) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"rank 0 keeps the last good checkpoint in {self.out}"
+
+
+def _prepare_run_folder(cfg: SearchConfig, run: RunFolder) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None for a new run), after refusing a folder that holds another run's
+    files unless ``cfg.overwrite`` clears it."""
+    state = run.load_checkpoint() if cfg.resume else None
+    if state is None and run.run_files():
+        if not cfg.overwrite:
+            raise FileExistsError(
+                f"{run.path} holds another run ({', '.join(run.run_files())}): pass --resume to continue it, "
+                "--overwrite to replace it, or choose another --out"
+            )
+        run.clear()
+    return state
+
+
+def run_search(
+    cfg: SearchConfig,
+    images: Dataset | np.ndarray,
+    labels: np.ndarray | None = None,
+    world: tuple[int, int] | None = None,
+) -> SearchResult:
     """Run (or with ``cfg.resume`` continue) a search whose files go to the run folder ``cfg.out``: its
     ``config.json``, a checkpoint and the derived genotype after every epoch, ``metrics.jsonl``, the final
     ``genotype.json`` and, with ``cfg.plots``, the plots. ``images`` is a ``Dataset`` or CIFAR-10's arrays (with
-    ``labels``); ``config.json`` records its description (kind, path, classes, image size, channels, cache key). A folder that holds another run's files is refused
-    unless ``cfg.resume`` continues that run or ``cfg.overwrite`` replaces it; one process writes a folder at a
-    time."""
-    run = RunFolder(cfg.out)
-    with run.writer():
-        state = run.load_checkpoint() if cfg.resume else None
-        if state is None and run.run_files():
-            if not cfg.overwrite:
-                raise FileExistsError(
-                    f"{run.path} holds another run ({', '.join(run.run_files())}): pass --resume to continue it, "
-                    "--overwrite to replace it, or choose another --out"
-                )
-            run.clear()
-        searcher = Searcher(cfg, images, labels, SearchRecorder(run))
+    ``labels``); ``config.json`` records its description (kind, path, classes, image size, channels, cache key)
+    and the number of processes. A folder that holds another run's files is refused unless ``cfg.resume``
+    continues that run or ``cfg.overwrite`` replaces it; one process writes a folder at a time.
+
+    Under torchrun (``world``: (rank, world size), by default the process group's) the ranks run the search
+    together: rank 0 alone touches the run folder, reads the checkpoint and sends it to the others (no shared
+    filesystem needed); its refusals reach every rank."""
+    rank, size = world if world is not None else _world()
+    run = RunFolder(cfg.out) if rank == 0 else None
+    with ExitStack() as stack:
+        prepared: tuple[str, Any] = ("ok", None)
+        if run is not None:
+            try:
+                stack.enter_context(run.writer())
+                prepared = ("ok", _prepare_run_folder(cfg, run))
+            except Exception as e:  # sent to the other ranks, which would otherwise wait for rank 0
+                if size == 1:
+                    raise
+                prepared = ("error", e)
+        if size > 1:
+            prepared = broadcast_object(prepared)
+        if prepared[0] == "error":
+            raise prepared[1]
+        state = prepared[1]
+        recorder = SearchRecorder(run) if run is not None else OtherRankRecorder(cfg.out)
+        searcher = Searcher(cfg, images, labels, recorder, world=(rank, size))
         if state is not None:
             searcher.load_state(state)
-        run.write_json("config.json", {**cfg.to_json(), "data_description": searcher.data.describe()})
+        if run is not None:
+            run.write_json(
+                "config.json", {**cfg.to_json(), "data_description": searcher.data.describe(), "world_size": size}
+            )
         result = searcher.run_epochs()
-        run.write_genotype(result.genotype)
-        if cfg.plots:
-            from mdarts_rs import plots
+        if run is not None:
+            run.write_genotype(result.genotype)
+            if cfg.plots:
+                from mdarts_rs import plots
 
-            plots.plot_search_run(run, result)
+                plots.plot_search_run(run, result)
     return result

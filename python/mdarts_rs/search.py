@@ -35,6 +35,8 @@ from mdarts_rs.config import SearchConfig, resume_conflicts
 from mdarts_rs.data import CifarLoader, augment_images, search_split
 from mdarts_rs.datasets import Dataset, as_dataset, description_conflicts
 from mdarts_rs.device import resolve_device
+from mdarts_rs.distributed import all_reduce_tensors_, any_rank, barrier, ranks_disagree
+from mdarts_rs.distributed import world as _world
 from mdarts_rs.supernet import SuperNet, Weights, kept_edges, one_hot_weights
 
 #: Config fields that may differ when resuming a run.
@@ -61,7 +63,11 @@ class SearchDiverged(RuntimeError):
 
 
 class SearchInterrupted(RuntimeError):
-    """SIGINT or SIGTERM arrived; the run was saved and can be resumed."""
+    """SIGINT or SIGTERM arrived (on any rank); the run was saved and can be resumed."""
+
+
+class RanksDisagree(RuntimeError):
+    """The ranks of one search hold different α or weights (a checksum compared after every epoch)."""
 
 
 @dataclass
@@ -188,7 +194,12 @@ class _Signals:
 
 class Searcher:
     """One search run over in-memory training images: a ``Dataset`` (``mdarts_rs.datasets``), or CIFAR-10's
-    uint8 images (N, 3, 32, 32) and labels."""
+    uint8 images (N, 3, 32, 32) and labels.
+
+    Under torchrun the ranks run one search together: every rank reads the same global batches, takes its
+    share of each (``_chunks``) and the gradients are summed over ranks before both optimizers, so N ranks
+    compute what one process computes with ``micro_batches = N``. ``world`` (rank, world size) defaults to the
+    process group's; (0, 1) runs a search of its own in a process of a group (a sweep spread over ranks)."""
 
     def __init__(
         self,
@@ -196,9 +207,26 @@ class Searcher:
         images: Dataset | np.ndarray,
         labels: np.ndarray | None = None,
         recorder: Recorder | None = None,
+        world: tuple[int, int] | None = None,
     ):
         self.cfg = cfg
         self.recorder = recorder
+        self.rank, self.world_size = world if world is not None else _world()
+        #: the global batch is split into this many chunks; rank r computes chunks r·K .. r·K + K − 1
+        self.chunks = self.world_size * cfg.micro_batches
+        if self.world_size > 1:
+            if cfg.order == 2:
+                raise ValueError(
+                    "order 2 is not supported over several processes (the unrolled step needs the whole batch's "
+                    "weight gradient first): use order 1, or one process"
+                )
+            if cfg.cuda_graph:
+                raise ValueError("--cuda-graph is not supported under torchrun yet: drop it, or run one process")
+            if cfg.batch_size < self.chunks:
+                raise ValueError(
+                    f"batch_size = {cfg.batch_size} is smaller than {self.world_size} processes × {cfg.micro_batches} "
+                    "micro-batches: every chunk needs an image"
+                )
         self.device = resolve_device(cfg.device)
         self.data = data = as_dataset(images, labels, cfg.dataset)
         images, labels = data.images, data.labels
@@ -312,6 +340,7 @@ class Searcher:
             "sched": self.sched.state_dict(),
             "data": self.data_fingerprint,
             "dataset": self.data.describe(),
+            "world_size": self.world_size,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -323,6 +352,12 @@ class Searcher:
             raise ValueError(
                 f"cannot resume with other data: the run searched {state.get('data')}, this data is "
                 f"{self.data_fingerprint} (another CIFAR-10 copy or subset)"
+            )
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise ValueError(
+                f"cannot resume a search of {saved_world} processes with {self.world_size}: each process computes "
+                "its own chunks' batch-norm statistics; resume it with the same torchrun --nproc_per_node × --nnodes"
             )
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
@@ -362,6 +397,19 @@ class Searcher:
                 f"{self._kept()}; lower the learning rates or the weight decay"
             )
 
+    def _check_ranks_agree(self) -> None:
+        """RanksDisagree unless every rank holds the same α and weights (a float64 checksum per tensor: its sum
+        and its sum of squares, compared over ranks); batch-norm statistics are per rank and not compared."""
+        if self.world_size == 1:
+            return
+        tensors = [*self.model.arch_parameters(), *self.model.weight_parameters()]
+        sums = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors]).reshape(-1)
+        if ranks_disagree(sums):
+            raise RanksDisagree(
+                f"epoch {self.epoch}: the {self.world_size} ranks hold different α or weights (a rank computed "
+                f"another step, or one's hardware misbehaves); {self._kept()}"
+            )
+
     # ---- one step -------------------------------------------------------------------------------------
 
     def _step_stats(
@@ -371,6 +419,8 @@ class Searcher:
         weight update on (xt, yt), without host synchronisation.
 
         Returns the step's ``STEP_STATS``, 0-dim tensors on the device."""
+        if self.chunks > 1:
+            return self._chunked_step_stats(xt, yt, xv, yv)
         cfg, model = self.cfg, self.model
         if self.epoch < cfg.arch_start_epoch:
             a_loss, loss_v, ent, logits_v = self._arch_loss_only(xv, yv)
@@ -401,6 +451,76 @@ class Searcher:
             "val_correct": (logits_v.argmax(1) == yv).sum().to(loss.dtype),
             "train_correct": (logits.argmax(1) == yt).sum().to(loss.dtype),
         }
+
+    def _chunks(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """This process's chunks of a global batch, each with its share of the batch: the batch split into
+        world size × micro_batches near-equal parts (sizes differ by one at most), rank r taking K consecutive
+        ones."""
+        k = self.cfg.micro_batches
+        xs, ys = torch.tensor_split(x, self.chunks), torch.tensor_split(y, self.chunks)
+        assert len(ys[-1]) > 0, f"a batch of {len(y)} images cannot be split into {self.chunks} chunks"
+        return [(xs[i], ys[i], len(ys[i]) / len(y)) for i in range(self.rank * k, (self.rank + 1) * k)]
+
+    def _chunked_step_stats(
+        self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``_step_stats`` with the batches split into chunks (``--micro-batches``, torchrun ranks): each chunk's
+        gradients, weighted by its share of the batch, are summed (over ranks too) before each update, which
+        makes them the whole batch's mean-loss gradients; batch norm takes each chunk's own statistics. The
+        statistics are the same weighted sums (losses: batch means) and summed counts, alike on every rank."""
+        cfg, model = self.cfg, self.model
+        alphas = model.arch_parameters()
+        moving = self.epoch >= cfg.arch_start_epoch
+        a_grads = [torch.zeros_like(a) for a in alphas]
+        val = []  # per chunk: (a_loss, L_val, L_entropy) weighted, correct count
+        for x, y, share in self._chunks(xv, yv):
+            if moving:
+                a_loss, loss_v, ent, logits_v = self._arch_loss(x, y)
+                for acc, g in zip(a_grads, torch.autograd.grad(a_loss * share, alphas)):
+                    acc.add_(g)
+            else:
+                a_loss, loss_v, ent, logits_v = self._arch_loss_only(x, y)
+            correct = (logits_v.argmax(1) == y).sum().to(loss_v.dtype)
+            val.append(torch.stack([a_loss.detach() * share, loss_v.detach() * share, ent.detach() * share, correct]))
+        if moving:
+            self._sum_over_ranks(a_grads)
+            for a, g in zip(alphas, a_grads):
+                a.grad = g
+            self.a_opt.step()
+        # Weight step with the updated α, held fixed: its softmax weights, without the entropies.
+        with torch.no_grad():
+            p, _ = model.softmax_entropy()
+            e = model.edge_weights()
+        self.w_opt.zero_grad(set_to_none=True)
+        train = []  # per chunk: L_train weighted, correct count
+        for x, y, share in self._chunks(xt, yt):
+            with self._autocast():
+                logits = model(x, p, edge_weights=e)
+            loss = cross_entropy(logits, y)
+            (loss * share).backward()
+            train.append(torch.stack([loss.detach() * share, (logits.argmax(1) == y).sum().to(loss.dtype)]))
+        params = model.weight_parameters()
+        # parameters without a gradient have none on every rank (the same network reads the same inputs)
+        self._sum_over_ranks([q.grad for q in params if q.grad is not None])
+        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        self.w_opt.step()
+        v, t = torch.stack(val).sum(0), torch.stack(train).sum(0)
+        stats = torch.cat([v.to(t.dtype), t])
+        self._sum_over_ranks([stats])
+        a_loss, val_loss, ent, val_correct, train_loss, train_correct = stats.unbind()
+        return {
+            "a_loss": a_loss,
+            "val_loss": val_loss,
+            "train_loss": train_loss,
+            "entropy_loss": ent,
+            "val_correct": val_correct,
+            "train_correct": train_correct,
+        }
+
+    def _sum_over_ranks(self, tensors: list[torch.Tensor]) -> None:
+        """Sum ``tensors`` over the ranks of this search in place (nothing in a search of one process)."""
+        if self.world_size > 1:
+            all_reduce_tensors_(tensors)
 
     def _arch_loss(
         self, xv: torch.Tensor, yv: torch.Tensor, params: dict[str, torch.Tensor] | None = None
@@ -616,6 +736,7 @@ class Searcher:
     def end_epoch(self, seconds: float) -> dict[str, Any]:
         self.flush_device_stats()
         self._check_state_finite()  # before anything of this epoch is written
+        self._check_ranks_agree()
         model = self.model
         with torch.no_grad():
             p, h = model.softmax_entropy()  # once for the genotype, the entropies and the supernet's accuracy
@@ -692,9 +813,13 @@ class Searcher:
                         self.step_in_epoch += 1
                         bar.update(1)
                         bar.set_postfix(loss=f"{out['train_loss']:.3f}", val=f"{out['val_loss']:.3f}", refresh=False)
+                    if self.world_size > 1 and any_rank(sig.caught is not None, self.device) and not sig.caught:
+                        sig.caught = "a signal on another rank"  # all ranks stop after the same step
                     if sig.caught:
                         bar.close()
                         self.save()
+                        if self.world_size > 1:
+                            barrier()  # no rank exits (which makes torchrun stop the others) before the checkpoint
                         where = f"epoch {self.epoch} after step {self.step_in_epoch}"
                         saved = (
                             f"{self.recorder.describe()}; continue with --resume"

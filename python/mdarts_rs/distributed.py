@@ -1,0 +1,105 @@
+"""torch.distributed glue for torchrun (NCCL on GPUs, gloo on CPUs): the process group, and the explicit
+collectives a search spread over ranks needs (its α step takes gradients with ``autograd.grad``, which
+DistributedDataParallel would not average)."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def launched_world_size() -> int:
+    """The number of processes torchrun started (``WORLD_SIZE``), 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(device: torch.device, timeout: timedelta | None = None) -> torch.device:
+    """Join the torchrun process group when WORLD_SIZE > 1; returns this rank's device. ``timeout`` bounds the
+    wait of a collective (torch's default where None)."""
+    if launched_world_size() <= 1 or dist.is_initialized():
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    return device
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """The sums over ranks of ``values`` (float64), the values themselves in one process."""
+    if world()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_tensors_(tensors: list[torch.Tensor]) -> None:
+    """Sum ``tensors`` over ranks in place, with one collective per dtype (through a flat buffer)."""
+    if world()[1] == 1 or not tensors:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat)
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any rank (one small all-reduce); ``flag`` itself in one process."""
+    if world()[1] == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing in one process)."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def ranks_disagree(values: torch.Tensor) -> bool:
+    """Whether a float64 vector differs between ranks (its maximum and minimum over ranks, one all-reduce)."""
+    if world()[1] == 1:
+        return False
+    both = torch.cat([values, -values])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    n = len(values)
+    return not torch.equal(both[:n], -both[n:])
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (pickled; no shared filesystem needed); ``obj`` in one process."""
+    if world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank; ``[obj]`` in one process."""
+    if world()[1] == 1:
+        return [obj]
+    out: list[Any] = [None] * world()[1]
+    dist.all_gather_object(out, obj)
+    return out
