@@ -97,6 +97,7 @@ def main(out: Path) -> None:
     except RanksDisagree as e:
         caught = str(e)
     (out / f"disagree_rank{rank}.txt").write_text(caught)
+    dist.barrier()  # no rank leaves while the other is still in a collective
     dist.destroy_process_group()
 
 

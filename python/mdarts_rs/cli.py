@@ -361,7 +361,13 @@ def _run_searches(
     from datetime import timedelta
 
     from mdarts_rs.device import resolve_device
-    from mdarts_rs.distributed import broadcast_object, init_distributed, launched_world_size, world
+    from mdarts_rs.distributed import (
+        broadcast_object,
+        init_distributed,
+        launched_world_size,
+        leave_distributed,
+        world,
+    )
     from mdarts_rs.run import RunFolderBusy, run_search
     from mdarts_rs.search import RanksDisagree, SearchDiverged, SearchInterrupted
 
@@ -419,6 +425,7 @@ def _run_searches(
         results.append((name, cfg, result))
     if subfolders and size > 1:
         results, failed = _gather_sweep(base, variants, results, failed)
+    leave_distributed()
     return results, failed
 
 

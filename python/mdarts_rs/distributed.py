@@ -37,6 +37,16 @@ def init_distributed(device: torch.device, timeout: timedelta | None = None) -> 
     return device
 
 
+def leave_distributed() -> None:
+    """Leave the process group together (nothing outside torchrun): a barrier, then ``destroy_process_group``.
+    A rank that exits while the group is alive, or while a peer is still in a collective with it, can abort
+    in gloo's threads ("terminate called without an active exception"), which torchrun reports as a failed
+    job."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """The sums over ranks of ``values`` (float64), the values themselves in one process."""
     if world()[1] == 1:
