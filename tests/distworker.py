@@ -15,29 +15,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mdarts_rs.config import SearchConfig  # noqa: E402
 from mdarts_rs.search import RanksDisagree, Searcher  # noqa: E402
 
-from tinycifar import tiny_images  # noqa: E402
+from tinycifar import tiny_cfg, tiny_images  # noqa: E402
 
 
 def worker_cfg(out: Path, **kw: Any) -> SearchConfig:
-    """The search both the ranks and the test's one process run (batch 8, tiny batched supernet)."""
-    base = dict(
-        out=out,
-        epochs=2,
-        batch_size=8,
-        init_channels=4,
-        layers=5,
-        steps_per_epoch=3,
-        gap_images=8,
-        workers=1,
-        quiet=True,
-        plots=False,
-        device="cpu",
-        seed=0,
-        arch_lr=0.01,
-        fast=True,  # the batched cell: the same search, twice as fast on the CPU
-    )
-    base.update(kw)
-    return SearchConfig(**base)
+    """The search both the ranks and the test's one process run: the tests' tiny search at batch 8 on the
+    batched cell (the same search, twice as fast on the CPU), writing to ``out``."""
+    return tiny_cfg(out.parent, **{"out": out, "batch_size": 8, "arch_lr": 0.01, "fast": True, **kw})
 
 
 def float64_steps(searcher: Searcher, steps: int = 3) -> None:
