@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mdarts_rs.search import entropy_loss
-from mdarts_rs.supernet import SuperNet
+from mdarts_rs.search.supernet import SuperNet
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

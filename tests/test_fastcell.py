@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from mdarts_rs import edge_index, fastcell
+from mdarts_rs import edge_index
 from mdarts_rs.config import SearchConfig
-from mdarts_rs.fastcell import FastSearchCell, readers
 from mdarts_rs.primitives import count_params
-from mdarts_rs.search import Searcher
-from mdarts_rs.supernet import SearchCell, SuperNet
+from mdarts_rs.search import Searcher, fastcell
+from mdarts_rs.search.fastcell import FastSearchCell, readers
+from mdarts_rs.search.supernet import SearchCell, SuperNet
 
 
 def test_fastcell_reader_bookkeeping():

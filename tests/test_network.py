@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import mdarts_rs as md
-from mdarts_rs.network import EvalCell, count_macs, count_params, drop_path, eval_network
+from mdarts_rs.evaluate.network import EvalCell, count_macs, count_params, drop_path, eval_network
 
 from published import ALL, DARTS_V2
 
@@ -114,8 +114,8 @@ def test_eval_network_rejects_unknown_dataset():
 
 @pytest.mark.parametrize(("size", "convs", "side"), [(28, 0, 28), (32, 0, 32), (64, 1, 32), (96, 2, 24), (224, 3, 28)])
 def test_network_stem_brings_inputs_to_cifar_scale(size, convs, side):
-    from mdarts_rs.primitives import stem_plan
-    from mdarts_rs.supernet import SuperNet
+    from mdarts_rs.geometry import stem_plan
+    from mdarts_rs.search.supernet import SuperNet
 
     assert stem_plan(size) == (convs, side)
     g = md.load_genotype("darts_v2")

@@ -199,7 +199,7 @@ def test_ops_fall_back_with_one_warning_when_build_fails(monkeypatch):
 
 
 def test_supernet_with_compiled_ops_matches_reference(ext, monkeypatch):
-    from mdarts_rs.supernet import SuperNet
+    from mdarts_rs.search.supernet import SuperNet
 
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     outs = {}

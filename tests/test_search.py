@@ -170,7 +170,7 @@ def test_gap_accuracy_leaves_running_statistics_even_for_nan_batches(fast):
     # the gap runs batch norms on batch statistics; a NaN batch (a diverged network's) must not reach the
     # running statistics, which a momentum of 0 would still turn into 1·running + 0·NaN
     from mdarts_rs.search import gap_accuracy
-    from mdarts_rs.supernet import SuperNet
+    from mdarts_rs.search.supernet import SuperNet
 
     model = SuperNet(C=4, layers=5, fast=fast).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}

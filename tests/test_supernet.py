@@ -6,7 +6,7 @@ import torch
 import mdarts_rs as md
 from mdarts_rs.ops import softmax_entropy_ref
 from mdarts_rs.primitives import count_params
-from mdarts_rs.supernet import SuperNet, one_hot_weights
+from mdarts_rs.search.supernet import SuperNet, one_hot_weights
 
 
 def tiny(mode="multilevel", seed=0, layers=5):
@@ -110,7 +110,7 @@ def test_supernet_rejects_too_few_layers():
 
 
 def test_package_exports_torch_parts_lazily():
-    from mdarts_rs.network import count_macs, eval_network
+    from mdarts_rs.evaluate.network import count_macs, eval_network
     from mdarts_rs.run import run_search
 
     assert md.SuperNet is SuperNet and md.count_params is count_params and md.run_search is run_search

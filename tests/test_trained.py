@@ -15,9 +15,17 @@ import mdarts_rs as md
 from mdarts_rs import evaluate
 from mdarts_rs.cli import main
 from mdarts_rs.config import TrainConfig
+from mdarts_rs.evaluate.network import count_params, eval_network
+from mdarts_rs.evaluate.trained import (
+    CIFAR10_CLASSES,
+    FORMATS,
+    ExportError,
+    export,
+    load_trained,
+    predict,
+    verify_export,
+)
 from mdarts_rs.genotypes import PUBLISHED
-from mdarts_rs.network import count_params, eval_network
-from mdarts_rs.trained import CIFAR10_CLASSES, FORMATS, ExportError, export, load_trained, predict, verify_export
 
 from published import ALL
 from tinycifar import tiny_images, write_bin

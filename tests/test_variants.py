@@ -19,7 +19,7 @@ from mdarts_rs.cli import main
 from mdarts_rs.primitives import channel_shuffle
 from mdarts_rs.run import run_search
 from mdarts_rs.search import Searcher, SearchInterrupted, batch_statistics, entropy_loss
-from mdarts_rs.supernet import SearchCell, SuperNet, node_edge_softmax
+from mdarts_rs.search.supernet import SearchCell, SuperNet, node_edge_softmax
 
 from tinycifar import tiny_cfg, tiny_images, write_bin
 

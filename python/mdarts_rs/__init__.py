@@ -39,13 +39,13 @@ from mdarts_rs.genotype import load_genotype, save_genotype
 
 def __getattr__(name: str):  # torch-backed parts load on first use, so `import mdarts_rs` stays light
     if name in ("SuperNet", "one_hot_weights"):
-        return getattr(importlib.import_module("mdarts_rs.supernet"), name)
+        return getattr(importlib.import_module("mdarts_rs.search.supernet"), name)
     if name == "count_params":
         return importlib.import_module("mdarts_rs.primitives").count_params
     if name in ("eval_network", "count_macs"):
-        return getattr(importlib.import_module("mdarts_rs.network"), name)
+        return getattr(importlib.import_module("mdarts_rs.evaluate.network"), name)
     if name == "load_trained":
-        return importlib.import_module("mdarts_rs.trained").load_trained
+        return importlib.import_module("mdarts_rs.evaluate.trained").load_trained
     if name == "run_search":
         return importlib.import_module("mdarts_rs.run").run_search
     if name == "SearchConfig":

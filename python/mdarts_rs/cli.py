@@ -650,9 +650,9 @@ def plot(runs: tuple[Path, ...], out: Path) -> None:
 @click.option("--classes", type=click.IntRange(2, 100_000), default=10, show_default=True)
 def info(genotype: str, imagenet_size: int, image_sizes: tuple[int, ...], channels: int, classes: int) -> None:
     """Parameters and multiply-accumulates of GENOTYPE's evaluation networks (a genotype file or text)."""
+    from mdarts_rs.evaluate.network import count_macs, count_params, eval_network
     from mdarts_rs.genotype import load_genotype
-    from mdarts_rs.network import count_macs, count_params, eval_network
-    from mdarts_rs.primitives import describe_stem
+    from mdarts_rs.geometry import describe_stem
 
     try:
         g = load_genotype(genotype)
@@ -796,7 +796,7 @@ def test(checkpoint: Path, data: Path | None, dataset: str | None, device: str) 
 def export(checkpoint: Path, fmt: str, out: Path) -> None:
     """Export a trained network (eval mode, no auxiliary head, any batch size), verified by loading it back with
     its own runtime; its input size, normalisation and class names go to OUT.json."""
-    from mdarts_rs.trained import ExportError, export, load_trained
+    from mdarts_rs.evaluate.trained import ExportError, export, load_trained
 
     try:
         diff = export(load_trained(checkpoint), fmt, out)
@@ -813,7 +813,7 @@ def export(checkpoint: Path, fmt: str, out: Path) -> None:
 def predict(checkpoint: Path, top: int, device: str, images: tuple[Path, ...]) -> None:
     """The most likely classes of each IMAGE (PNG, JPEG, ...; resized and normalised as the network was trained)."""
     from mdarts_rs.device import resolve_device
-    from mdarts_rs.trained import load_trained, predict
+    from mdarts_rs.evaluate.trained import load_trained, predict
 
     try:
         trained = load_trained(checkpoint, resolve_device(device))

@@ -1,196 +1,339 @@
-"""Run configurations, filled by the CLI (or by hand) and saved with every run as ``config.json``."""
+"""Run configurations, saved with every run as ``config.json``. Each setting is defined once, here: its type,
+range, choices, default and help; the command line's options are generated from these fields, and the one
+validation below refuses bad values and incompatible settings with the same message from the CLI and Python."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Upper limits of the settings that size allocations, checked before anything is built (the Rust core holds
-#: the others: MAX_LAYERS cells, MAX_IMAGES images, MAX_BATCH_SIZE, MAX_WORKERS loader threads).
+from mdarts_rs import _core
+from mdarts_rs.geometry import stem_plan
+
+#: Upper limit of the channels of a network, checked before anything is built (the Rust core holds the other
+#: limits: MAX_LAYERS cells, MAX_IMAGES images, MAX_BATCH_SIZE, MAX_WORKERS loader threads).
 MAX_CHANNELS = 1024  # init_channels: DARTS searches with 16, evaluates with 36 (CIFAR-10) and 48 (ImageNet)
+#: Seeds are 64-bit in the Rust core.
+MAX_SEED = 2**64 - 1
+#: The ``--dataset`` choices of search, sweep, train and test (``imagenet`` is train's torchvision recipe).
+DATASETS = ("cifar10", "cifar100", "arrays", "folder")
+#: The largest finite float32: settings that reach float32 tensors (learning rates, decays) must stay below it.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
-def _not_positive(cfg: Any, names: tuple[str, ...]) -> list[str]:
-    return [f"{n} must be positive, got {getattr(cfg, n)}" for n in names if getattr(cfg, n) < 1]
+class ConfigError(ValueError):
+    """Settings that cannot run (a value out of range, settings that exclude each other): refused before any file
+    is read or written, naming every problem."""
 
 
-def _too_large(cfg: Any) -> list[str]:
-    """Settings above their documented limits (``MAX_CHANNELS`` and the Rust core's ``MAX_*``)."""
-    from mdarts_rs import _core
+def setting(
+    default: Any,
+    help: str = "",
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    limit: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    option: bool = True,
+    required: bool = False,
+) -> Any:
+    """A config field with what the command line and the validation need to know about it: its help, its range
+    (``low``/``high``, open or closed; ``limit`` names the constant an upper bound comes from), its ``choices``;
+    ``option`` False for fields the CLI fills another way."""
+    meta = dict(
+        help=help,
+        low=low,
+        high=high,
+        low_open=low_open,
+        high_open=high_open,
+        limit=limit,
+        choices=choices,
+        option=option,
+        required=required,
+    )
+    return dataclasses.field(default=default, metadata=meta)
 
-    limits = {
-        "layers": ("MAX_LAYERS", _core.MAX_LAYERS),
-        "init_channels": ("MAX_CHANNELS", MAX_CHANNELS),
-        "batch_size": ("MAX_BATCH_SIZE", _core.MAX_BATCH_SIZE),
-        "workers": ("MAX_WORKERS", _core.MAX_WORKERS),
-        "gap_images": ("MAX_IMAGES", _core.MAX_IMAGES),
-    }
-    out = []
-    for name, (const, limit) in limits.items():
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > limit:
-            out.append(f"{name} = {value} is above the limit of {limit} ({const})")
-    return out
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    if len(choices) == 2:
+        return f"{choices[0]!r} or {choices[1]!r}"
+    return "one of " + ", ".join(choices)
 
 
-def _not_finite(cfg: Any) -> list[str]:
-    """Every float setting (pairs included) that is NaN or infinite: such a value would only show up later
-    as a non-finite loss, or not at all."""
-    out = []
+def _kind(f: dataclasses.Field) -> str:
+    """The value kind of a field from its annotation: int, float, bool, str, path, pair (two floats)."""
+    ann = str(f.type)
+    for kind, marker in (("pair", "tuple"), ("path", "Path"), ("bool", "bool"), ("float", "float"), ("int", "int")):
+        if marker in ann:
+            return kind
+    return "str"
+
+
+def optional(f: dataclasses.Field) -> bool:
+    """Whether a field may be None (``X | None``)."""
+    return "None" in str(f.type)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
+    """``value`` as the field's kind (ints and floats from any number type, paths from text), or a problem."""
+    kind = _kind(f)
+    if value is None:
+        return None, None if optional(f) else f"{f.name} must be set, got None"
+    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value), None
+    if kind == "float" and is_real:
+        return float(value), None
+    if kind == "bool" and isinstance(value, bool):
+        return value, None
+    if kind == "str" and isinstance(value, str):
+        return value, None
+    if kind == "path" and isinstance(value, (str, os.PathLike)):
+        if str(value) == "":
+            return value, f"{f.name} must name a {'run folder' if f.name == 'out' else 'path'}, got an empty path"
+        return Path(value), None
+    if kind == "pair" and isinstance(value, (tuple, list)) and len(value) == 2:
+        if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+            return (float(value[0]), float(value[1])), None
+    want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text", "path": "a path"}
+    return value, f"{f.name} must be {want.get(kind, 'two numbers')}, got {value!r} ({type(value).__name__})"
+
+
+def _range_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """The problem of a number outside its field's range, worded as the range is."""
+    m = f.metadata
+    values = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        return f"{f.name} must be a finite number, got {value}"
+    if any(isinstance(v, float) and abs(v) > FLOAT32_MAX for v in values):
+        return f"{f.name} = {value} is beyond float32's range (±{FLOAT32_MAX:.3g}), which the networks compute in"
+    low, high = m.get("low"), m.get("high")
+    lo, hi = (f"{b:g}" if isinstance(b, float) else str(b) for b in (low, high))
+    for v in values:
+        if high is not None and m.get("limit") and v > high:
+            return f"{f.name} = {v} is above the limit of {high} ({m['limit']})"
+        below = low is not None and (v <= low if m.get("low_open") else v < low)
+        above = high is not None and (v >= high if m.get("high_open") else v > high)
+        if not (below or above):
+            continue
+        if low == 1 and high is None and _kind(f) == "int":
+            return f"{f.name} must be positive, got {value}"
+        if high is None or m.get("limit"):
+            return f"{f.name} must be {'>' if m.get('low_open') else '>='} {lo}, got {value}"
+        if low is None:
+            return f"{f.name} must be {'<' if m.get('high_open') else '<='} {hi}, got {value}"
+        left, right = "(" if m.get("low_open") else "[", ")" if m.get("high_open") else "]"
+        return f"{f.name} must be in {left}{lo}, {hi}{right}, got {value}"
+    return None
+
+
+def field_problems(cfg: Any) -> list[str]:
+    """Every field's problems (type, range, choices), converting numbers and paths to the field's kind."""
+    problems = []
     for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        values = value if isinstance(value, tuple) else (value,)
-        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            out.append(f"{f.name} must be a finite number, got {value}")
-    return out
+        value, problem = _coerce(f, getattr(cfg, f.name))
+        if problem is None and value is not None:
+            object.__setattr__(cfg, f.name, value)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                problem = f"{f.name} must be {_one_of(choices)}, got {value!r}"
+            elif isinstance(value, (int, float, tuple)) and not isinstance(value, bool):
+                problem = _range_problem(f, value)
+        if problem:
+            problems.append(problem)
+    return problems
 
 
-def _json(cfg: Any) -> dict[str, Any]:
-    """A config as JSON-ready values (paths as text)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
-
-
-def _data_problems(cfg: Any) -> list[str]:
-    """The dataset settings' problems: an unknown kind or label kind, an image size the networks cannot take."""
-    from mdarts_rs.datasets import DATASETS
-
-    out = []
-    kinds = DATASETS + (("imagenet",) if isinstance(cfg, TrainConfig) else ())
-    if cfg.dataset not in kinds:
-        out.append(f"dataset must be one of {', '.join(kinds)}, got {cfg.dataset!r}")
-    if cfg.label not in ("fine", "coarse"):
-        out.append(f"label must be 'fine' or 'coarse', got {cfg.label!r}")
-    elif cfg.label == "coarse" and cfg.dataset != "cifar100":
-        out.append("label 'coarse' (CIFAR-100's 20 superclasses) needs dataset 'cifar100'")
-    if cfg.image_size is not None:
-        from mdarts_rs._core import MAX_SIDE
-        from mdarts_rs.primitives import stem_plan
-
-        if cfg.dataset != "folder":
-            out.append(f"image_size is for --dataset folder (the images of {cfg.dataset} keep their size)")
-        elif not 4 <= cfg.image_size <= MAX_SIDE:
-            out.append(f"image_size must be 4 to {MAX_SIDE} (MAX_SIDE), got {cfg.image_size}")
-        else:
-            try:
-                stem_plan(cfg.image_size)
-            except ValueError as e:
-                out.append(str(e))
-    return out
+def _validate(cfg: Any, rules: Callable[[Any], list[str]]) -> None:
+    """ConfigError naming every problem: the fields' own, then ``cfg``'s rules between fields (only where every
+    field is valid, so that they compare values of the right kind)."""
+    problems = field_problems(cfg)
+    if not problems:
+        problems += rules(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def resume_conflicts(saved: dict[str, Any], current: dict[str, Any], may_change: set[str]) -> None:
-    """Raise ValueError naming every setting, outside ``may_change``, in which a checkpoint's configuration
-    differs from the one resuming it."""
+    """ValueError naming every setting, outside ``may_change``, in which a checkpoint's configuration differs
+    from the one resuming it."""
     changed = sorted(k for k in saved if saved[k] != current.get(k) and k not in may_change)
     if changed:
         diffs = ", ".join(f"{k}: {saved[k]!r} -> {current.get(k)!r}" for k in changed)
         raise ValueError(f"cannot resume with a different configuration ({diffs})")
 
 
-@dataclass
-class SearchConfig:
-    """A search run. Defaults are DARTS' first-order CIFAR-10 search (Liu et al. 2019, section 3.1) with
-    the multi-level layout and γ = 1 (Li, Chen, Sun 2021)."""
+_DATA_HELP = (
+    "The data: a CIFAR-10 or CIFAR-100 folder (binary or python version), a .npz file (--dataset arrays) or an "
+    "image folder with one sub-folder per class (--dataset folder). CIFAR default: $MDARTS_DATA, else the "
+    "download cache."
+)
 
-    data: Path | None = None
-    dataset: str = "cifar10"
-    label: str = "fine"
-    image_size: int | None = None
-    skip_bad_images: bool = False
-    out: Path = Path("runs/search")
-    alpha_mode: str = "multilevel"
-    gamma: float = 1.0
-    entropy_reduction: str = "sum"
-    epochs: int = 50
-    batch_size: int = 64
-    micro_batches: int = 1
-    init_channels: int = 16
-    layers: int = 8
-    portion: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_lr: float = 3e-4
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    order: int = 1
-    partial_channels: int = 1
-    arch_start_epoch: int = 0
-    max_skip: int | None = None
-    workers: int | None = None
-    gap_images: int = 1024
-    steps_per_epoch: int | None = None
-    fast: bool = False
-    bf16: bool = False
-    tf32: bool = False
-    cuda_graph: bool = False
-    deterministic: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    plots: bool = True
+
+@dataclass
+class DataSettings:
+    """The data a run reads, alike for searches and trainings."""
+
+    data: Path | None = setting(None, _DATA_HELP)
+    dataset: str = setting(
+        "cifar10",
+        "cifar10, cifar100, arrays (.npz: images, labels, optional class_names) or folder (one sub-folder per "
+        "class; with train/ and val/ the search reads train/ only).",
+        choices=DATASETS,
+    )
+    label: str = setting(
+        "fine", "CIFAR-100's labels: 100 fine classes or 20 coarse superclasses.", choices=("fine", "coarse")
+    )
+    image_size: int | None = setting(
+        None,
+        "--dataset folder: the side images are resized (shorter side) and centre-cropped to. Default 32.",
+        low=4,
+        high=_core.MAX_SIDE,
+    )
+    skip_bad_images: bool = setting(
+        False,
+        "--dataset folder: leave out files that cannot be decoded, with a warning listing them, instead of "
+        "stopping at the first.",
+    )
+    workers: int | None = setting(
+        None, "Loader threads per loader. Default: min(4, CPUs).", low=0, high=_core.MAX_WORKERS, limit="MAX_WORKERS"
+    )
+
+    def _data_rules(self) -> list[str]:
+        """The data settings' problems: a label kind its dataset lacks, an image size the networks cannot take."""
+        out = []
+        if self.label == "coarse" and self.dataset != "cifar100":
+            out.append("label 'coarse' (CIFAR-100's 20 superclasses) needs dataset 'cifar100'")
+        if self.image_size is not None:
+            if self.dataset != "folder":
+                out.append(f"image_size is for --dataset folder (the images of {self.dataset} keep their size)")
+            else:
+                try:
+                    stem_plan(self.image_size)
+                except ValueError as e:
+                    out.append(str(e))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON-ready values (paths as text)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class SearchConfig(DataSettings):
+    """A search run. Defaults are DARTS' first-order CIFAR-10 search (Liu et al. 2019, section 3.1) with the
+    multi-level layout and γ = 1 (Li, Chen, Sun 2021), on the batched supernet."""
+
+    out: Path = setting(Path("runs/search"), "Run folder.")
+    alpha_mode: str = setting(
+        "multilevel", "multilevel: own α per level (the paper); shared: DARTS.", choices=("multilevel", "shared")
+    )
+    gamma: float = setting(1.0, "Weight of the entropy term; 0 gives plain multi-level.", low=0)
+    entropy_reduction: str = setting("sum", "Sum (eq. 6) or mean of the edge entropies.", choices=("sum", "mean"))
+    epochs: int = setting(50, low=1)
+    batch_size: int = setting(
+        64, "Global batch (split over torchrun processes).", low=1, high=_core.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE"
+    )
+    micro_batches: int = setting(
+        1,
+        "K: each α and weight step splits its batch (each process's share of it under torchrun) into K chunks and "
+        "sums their gradients before updating once: less memory, the same batch (batch-norm statistics per chunk).",
+        low=1,
+    )
+    init_channels: int = setting(16, "C of the supernet.", low=1, high=MAX_CHANNELS, limit="MAX_CHANNELS")
+    layers: int = setting(8, "Cells of the supernet.", low=3, high=_core.MAX_LAYERS, limit="MAX_LAYERS")
+    portion: float = setting(
+        1.0, "Fraction of the training images used, split in half into S_train and S_val.", low=0, low_open=True, high=1
+    )
+    seed: int = setting(0, low=0, high=MAX_SEED)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1, ...")
+    lr: float = setting(0.025, "Weight learning rate (cosine to --lr-min).", low=0)
+    lr_min: float = setting(0.001, low=0)
+    momentum: float = setting(0.9, low=0, high=1)
+    weight_decay: float = setting(3e-4, low=0)
+    grad_clip: float = setting(5.0, low=0, low_open=True)
+    arch_lr: float = setting(3e-4, "α learning rate (Adam).", low=0)
+    arch_betas: tuple[float, float] = setting(
+        (0.5, 0.999), "Adam's betas for α (DARTS: 0.5 0.999).", low=0, high=1, high_open=True
+    )
+    arch_weight_decay: float = setting(1e-3, low=0)
+    order: int = setting(
+        1, "α gradient: 1 first order, 2 DARTS' unrolled second order (Liu et al. 2019, eqs. 6-8).", low=1, high=2
+    )
+    partial_channels: int = setting(
+        1,
+        "K: each edge's ops see 1/K of the channels, with edge normalisation (PC-DARTS; 1: off).",
+        low=1,
+        high=MAX_CHANNELS,
+        limit="MAX_CHANNELS",
+    )
+    arch_start_epoch: int = setting(
+        0, "α warm-up: α stays fixed for this many epochs while the weights train (P-DARTS, PC-DARTS).", low=0
+    )
+    max_skip: int | None = setting(
+        None, "At most M skip_connect edges per derived normal cell (P-DARTS). Default: no cap.", low=0, high=8
+    )
+    gap_images: int = setting(
+        1024, "Fixed S_val images for the supernet/derived gap.", low=1, high=_core.MAX_IMAGES, limit="MAX_IMAGES"
+    )
+    steps_per_epoch: int | None = setting(None, "Cap the steps of each epoch (smoke runs).", low=1)
+    supernet: str = setting(
+        "batched",
+        "batched: the edges that read each node batched into few large kernels; plain: DARTS' network edge by edge, "
+        "the readable reference (the same function and the same search).",
+        choices=("batched", "plain"),
+    )
+    bf16: bool = setting(False, "bfloat16 autocast of the network (α and losses stay float32).")
+    tf32: bool = setting(False, "Allow TF32 matrix multiplies and convolutions on the GPU.")
+    cuda_graph: bool = setting(
+        False, "Replay each search step as one CUDA graph (falls back to eager steps where capture fails)."
+    )
+    deterministic: bool = setting(False, "cuDNN's deterministic algorithms on the GPU instead of its autotuner.")
+    resume: bool = setting(False, "Continue the run in --out from its checkpoint.")
+    overwrite: bool = setting(False, "Replace the run files already in --out (without it, such a folder is refused).")
+    quiet: bool = setting(False, "No progress bars or epoch lines.")
+    plots: bool = setting(True, "Write the PNG plots.")
 
     def __post_init__(self) -> None:
-        if str(self.out) == "":
-            raise ValueError("out must name a run folder, got an empty path")
-        self.out = Path(self.out)
-        if self.data is not None:
-            self.data = Path(self.data)
-        self.arch_betas = (float(self.arch_betas[0]), float(self.arch_betas[1]))
-        problems = _not_finite(self)
+        _validate(self, SearchConfig._rules)
+
+    def _rules(self) -> list[str]:
+        """The settings that exclude each other, and those only valid together."""
+        out = self._data_rules()
         if self.resume and self.overwrite:
-            problems.append("resume and overwrite exclude each other")
-        if self.alpha_mode not in ("multilevel", "shared"):
-            problems.append(f"alpha_mode must be 'multilevel' or 'shared', got {self.alpha_mode!r}")
-        if self.entropy_reduction not in ("sum", "mean"):
-            problems.append(f"entropy_reduction must be 'sum' or 'mean', got {self.entropy_reduction!r}")
-        if not self.gamma >= 0:
-            problems.append(f"gamma must be >= 0, got {self.gamma}")
-        problems += _not_positive(self, ("epochs", "batch_size", "micro_batches", "init_channels", "layers"))
-        problems += _too_large(self)
+            out.append("resume and overwrite exclude each other")
+        if self.lr_min > self.lr:
+            out.append(f"lr_min = {self.lr_min} must not exceed lr = {self.lr} (the cosine schedule falls to it)")
         if self.micro_batches > self.batch_size:
-            problems.append(
+            out.append(
                 f"micro_batches = {self.micro_batches} must not exceed batch_size = {self.batch_size} (every "
                 "micro-batch needs an image)"
             )
-        if not 0 < self.portion <= 1:
-            problems.append(f"portion must be in (0, 1], got {self.portion}")
-        problems += _data_problems(self)
-        if not problems:
-            from mdarts_rs._core import AlphaLayout, SearchSpaceError
-
-            try:
-                AlphaLayout(self.alpha_mode, self.layers)
-            except SearchSpaceError as e:
-                problems.append(str(e))
-        problems += self._variant_problems()
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            problems.append(f"steps_per_epoch must be positive, got {self.steps_per_epoch}")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    def _variant_problems(self) -> list[str]:
-        """The DARTS-family options: their ranges, and the combinations with --cuda-graph that no GPU run has
-        verified yet (refused rather than run unchecked)."""
-        out = []
-        if self.order not in (1, 2):
-            out.append(f"order must be 1 (first-order) or 2 (DARTS' unrolled second order), got {self.order}")
-        if self.partial_channels < 1 or self.init_channels % self.partial_channels:
+        if self.init_channels % self.partial_channels:
             out.append(
                 f"partial_channels = {self.partial_channels} must be positive and divide init_channels = "
                 f"{self.init_channels}"
             )
-        if not 0 <= self.arch_start_epoch <= self.epochs:
+        if self.arch_start_epoch > self.epochs:
             out.append(f"arch_start_epoch must be in [0, epochs = {self.epochs}], got {self.arch_start_epoch}")
-        if self.max_skip is not None and not 0 <= self.max_skip <= 8:
-            out.append(f"max_skip must be in [0, 8] (a cell keeps 8 edges), got {self.max_skip}")
+        try:
+            _core.AlphaLayout(self.alpha_mode, self.layers)
+        except _core.SearchSpaceError as e:
+            out.append(str(e))
+        return out + self._combination_rules()
+
+    def _combination_rules(self) -> list[str]:
+        """The DARTS-family options that do not combine, and the combinations with --cuda-graph that no GPU run
+        has verified yet (refused rather than run unchecked)."""
+        out = []
         if self.micro_batches > 1 and self.order == 2:
             out.append(
                 "micro_batches > 1 with order 2 is not supported: the unrolled step needs the whole batch's weight "
@@ -209,11 +352,30 @@ class SearchConfig:
             )
         return out
 
-    def to_json(self) -> dict[str, Any]:
-        return _json(self)
+    def check_world(self, world_size: int) -> None:
+        """ConfigError for settings one search cannot run with over ``world_size`` torchrun processes."""
+        if world_size <= 1:
+            return
+        problems = []
+        if self.order == 2:
+            problems.append(
+                "order 2 is not supported over several processes (the unrolled step needs the whole batch's "
+                "weight gradient first): use order 1, or one process"
+            )
+        if self.cuda_graph:
+            problems.append("--cuda-graph is not supported under torchrun yet: drop it, or run one process")
+        if self.batch_size < world_size * self.micro_batches:
+            problems.append(
+                f"batch_size = {self.batch_size} is smaller than {world_size} processes × {self.micro_batches} "
+                "micro-batches: every chunk needs an image"
+            )
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SearchConfig:
+        if "fast" in d:  # written before the batched supernet became the default: fast chose it
+            d = {**{k: v for k, v in d.items() if k != "fast"}, "supernet": "batched" if d["fast"] else "plain"}
         return _from_json(cls, d, REMOVED_SEARCH_SETTINGS)
 
 
@@ -246,63 +408,62 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class TrainConfig:
-    """A training run of an evaluation network."""
+class TrainConfig(DataSettings):
+    """A training run of an evaluation network (DARTS' CIFAR-10 recipe by default)."""
 
-    genotype: str = ""
-    data: Path | None = None
-    out: Path = Path("runs/train")
-    dataset: str = "cifar10"
-    label: str = "fine"
-    image_size: int | None = None
-    skip_bad_images: bool = False
-    holdout: float = 0.1
-    epochs: int = 600
-    batch_size: int = 96
-    lr: float = 0.025
-    lr_schedule: str = "cosine"
-    warmup_epochs: int = 0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    init_channels: int = 36
-    layers: int = 20
-    auxiliary: bool = True
-    auxiliary_weight: float = 0.4
-    cutout: int = 16
-    drop_path: float = 0.2
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None
-    bf16: bool = False
-    steps_per_epoch: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
+    genotype: str = setting(
+        "", "genotype.json of a search, a DARTS-style text file, or the text itself.", required=True
+    )
+    dataset: str = setting(
+        "cifar10",
+        "cifar10, cifar100, arrays (.npz: images, labels, optional class_names) or folder (one sub-folder per "
+        "class; with train/ and val/ the search reads train/ only); imagenet: an ImageFolder through torchvision "
+        "with the ImageNet recipe.",
+        choices=(*DATASETS, "imagenet"),
+    )
+    out: Path = setting(Path("runs/train"), "Run folder.")
+    holdout: float = setting(
+        0.1,
+        "Data without a test set (a folder without train/ and val/, arrays without test_images): the part of its "
+        "images held out as the test set, drawn from --seed and saved in the checkpoint.",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+    )
+    epochs: int = setting(600, low=1)
+    batch_size: int = setting(
+        96, "Global batch (split over torchrun processes).", low=1, high=_core.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE"
+    )
+    lr: float = setting(0.025, low=0, low_open=True)
+    lr_schedule: str = setting("cosine", choices=("cosine", "linear"))
+    warmup_epochs: int = setting(0, low=0)
+    momentum: float = setting(0.9, low=0, high=1)
+    weight_decay: float = setting(3e-4, low=0)
+    grad_clip: float = setting(5.0, low=0, low_open=True)
+    init_channels: int = setting(36, low=2, high=MAX_CHANNELS, limit="MAX_CHANNELS")
+    layers: int = setting(20, low=3, high=_core.MAX_LAYERS, limit="MAX_LAYERS")
+    auxiliary: bool = setting(True)
+    auxiliary_weight: float = setting(0.4, low=0)
+    cutout: int = setting(16, low=0, high=32)
+    drop_path: float = setting(0.2, low=0, high=1, high_open=True)
+    label_smoothing: float = setting(0.0, low=0, high=1, high_open=True)
+    seed: int = setting(0, low=0, high=MAX_SEED)
+    device: str = setting("auto")
+    bf16: bool = setting(False, "bfloat16 autocast.")
+    steps_per_epoch: int | None = setting(None, "Cap the steps of each epoch (smoke runs).", low=1)
+    resume: bool = setting(False)
+    overwrite: bool = setting(False, "Replace the run files already in --out.")
+    quiet: bool = setting(False)
 
     def __post_init__(self) -> None:
-        if str(self.out) == "":
-            raise ValueError("out must name a run folder, got an empty path")
-        self.out = Path(self.out)
-        self.data = Path(self.data) if self.data is not None else None
-        problems = _not_finite(self)
-        problems += _data_problems(self)
-        if not 0 < self.holdout < 1:
-            problems.append(f"holdout must be in (0, 1), got {self.holdout}")
-        if self.lr_schedule not in ("cosine", "linear"):
-            problems.append(f"lr_schedule must be 'cosine' or 'linear', got {self.lr_schedule!r}")
-        problems += _not_positive(self, ("epochs", "batch_size", "init_channels", "layers"))
-        problems += _too_large(self)
-        if not 0 <= self.drop_path < 1:
-            problems.append(f"drop_path must be in [0, 1), got {self.drop_path}")
-        if not 0 <= self.label_smoothing < 1:
-            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        _validate(self, TrainConfig._rules)
 
-    def to_json(self) -> dict[str, Any]:
-        return _json(self)
+    def _rules(self) -> list[str]:
+        out = self._data_rules()
+        if self.resume and self.overwrite:
+            out.append("resume and overwrite exclude each other")
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainConfig:

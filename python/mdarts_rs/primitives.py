@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdarts_rs._core import PRIMITIVES
+from mdarts_rs.geometry import CIFAR_SCALE, stem_plan
 
 
 class ReLUConvBN(nn.Sequential):
@@ -158,34 +159,6 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
-#: Largest input side handled at full resolution; larger inputs are halved by the stem until they fit.
-CIFAR_SCALE = 32
-
-
-def stem_plan(image_size: int) -> tuple[int, int]:
-    """(stride-2 convolutions of the stem, side of the features it gives) for square inputs of
-    ``image_size``: none up to 32 pixels (DARTS' CIFAR stem), else as many as bring the side to at most 32
-    (one at 64, two at 128, three at 224 -> 28, as PC-DARTS' ImageNet search network). ValueError where the
-    two reduction cells would meet an odd side (the features must be a multiple of 4 pixels)."""
-    if image_size < 4:
-        raise ValueError(f"image_size must be at least 4 pixels, got {image_size}")
-    k, side = _stem_side(image_size)
-    if side % 4:
-        good = [s for s in range(max(4, image_size - 8), image_size + 9) if _stem_side(s)[1] % 4 == 0]
-        raise ValueError(
-            f"image_size {image_size} gives {side}×{side} features after the stem, which the two reduction cells "
-            f"cannot halve twice (they need a multiple of 4); use e.g. {', '.join(map(str, good[:4]))}"
-        )
-    return k, side
-
-
-def _stem_side(image_size: int) -> tuple[int, int]:
-    k, side = 0, image_size
-    while side > CIFAR_SCALE:
-        side, k = (side + 1) // 2, k + 1  # a 3×3 convolution of stride 2 and padding 1 gives ceil(side / 2)
-    return k, side
-
-
 def make_stem(c_in: int, c_out: int, image_size: int = CIFAR_SCALE) -> nn.Sequential:
     """The stem: DARTS' 3×3 convolution and batch norm for inputs up to 32 pixels (exactly DARTS' module); for
     larger inputs, ``k`` stride-2 3×3 convolutions (``stem_plan``), each followed by batch norm and all but the
@@ -202,11 +175,3 @@ def make_stem(c_in: int, c_out: int, image_size: int = CIFAR_SCALE) -> nn.Sequen
             layers.append(nn.ReLU(inplace=True))
         c = c_next
     return nn.Sequential(*layers)
-
-
-def describe_stem(image_size: int) -> str:
-    """The stem ``make_stem`` builds for ``image_size``, in words (for ``mdarts-rs info`` and the README)."""
-    k, side = stem_plan(image_size)
-    if k == 0:
-        return f"3x3 conv ({image_size}x{image_size} kept)"
-    return f"{k} stride-2 3x3 conv{'s' if k > 1 else ''} ({image_size} -> {side})"

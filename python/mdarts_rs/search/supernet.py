@@ -31,8 +31,8 @@ from mdarts_rs._core import (
     derive_genotype,
     edge_index,
 )
-from mdarts_rs.fastcell import FastSearchCell
 from mdarts_rs.primitives import OPS, PartialChannels, make_stem, search_preprocessing
+from mdarts_rs.search.fastcell import FastSearchCell
 
 _NONE = PRIMITIVES.index("none")
 assert _NONE == 0, "MixedOp skips 'none' as the first primitive"

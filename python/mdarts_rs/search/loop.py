@@ -37,7 +37,7 @@ from mdarts_rs.datasets import Dataset, as_dataset, description_conflicts
 from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import all_reduce_tensors_, any_rank, barrier, ranks_disagree
 from mdarts_rs.distributed import world as _world
-from mdarts_rs.supernet import SuperNet, Weights, kept_edges, one_hot_weights
+from mdarts_rs.search.supernet import SuperNet, Weights, kept_edges, one_hot_weights
 
 #: Config fields that may differ when resuming a run.
 RESUMABLE_CHANGES = {

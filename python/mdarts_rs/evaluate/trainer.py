@@ -27,11 +27,11 @@ from mdarts_rs.config import TrainConfig, resume_conflicts
 from mdarts_rs.datasets import Dataset, as_dataset, channel_stats, description_conflicts, has_test_set, load_dataset
 from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import all_reduce_sum, init_distributed, world
+from mdarts_rs.evaluate.network import NetworkCIFAR, NetworkImageNet
+from mdarts_rs.evaluate.trained import trained_network
 from mdarts_rs.genotype import load_genotype
-from mdarts_rs.network import NetworkCIFAR, NetworkImageNet
 from mdarts_rs.run import RunFolder
 from mdarts_rs.search import data_fingerprint, first_names, non_finite_state
-from mdarts_rs.trained import trained_network
 
 # ---- data ----------------------------------------------------------------------------------------------
 
@@ -421,8 +421,8 @@ def evaluate_checkpoint(
     the images its training held out, as saved in the checkpoint). The images must have the classes, size
     and channels the network was trained on."""
     from mdarts_rs.data import CifarLoader
+    from mdarts_rs.evaluate.trained import load_trained
     from mdarts_rs.run import read_checkpoint
-    from mdarts_rs.trained import load_trained
 
     dev = resolve_device(device)
     trained = load_trained(checkpoint, dev)

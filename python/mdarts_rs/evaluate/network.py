@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from mdarts_rs._core import AlphaLayout, CellGenotype, Genotype, MultiLevelGenotype
-from mdarts_rs.primitives import OPS, FactorizedReduce, ReLUConvBN, count_params, make_stem, stem_plan
+from mdarts_rs.geometry import stem_plan
+from mdarts_rs.primitives import OPS, FactorizedReduce, ReLUConvBN, count_params, make_stem
 
 __all__ = ["EvalCell", "NetworkCIFAR", "NetworkImageNet", "count_macs", "count_params", "drop_path", "eval_network"]
 
