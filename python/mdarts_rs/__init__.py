@@ -47,7 +47,7 @@ def __getattr__(name: str):  # torch-backed parts load on first use, so `import 
     if name == "load_trained":
         return importlib.import_module("mdarts_rs.evaluate.trained").load_trained
     if name == "run_search":
-        return importlib.import_module("mdarts_rs.run").run_search
+        return importlib.import_module("mdarts_rs.search").run_search
     if name == "SearchConfig":
         return importlib.import_module("mdarts_rs.config").SearchConfig
     raise AttributeError(f"module 'mdarts_rs' has no attribute {name!r}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -14,11 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from mdarts_rs._core import PRIMITIVES, CellGenotype  # noqa: E402
-
-if TYPE_CHECKING:
-    from mdarts_rs.run import RunFolder
-    from mdarts_rs.search import SearchResult
+from mdarts_rs._core import PRIMITIVES, CellGenotype, Genotype, MultiLevelGenotype  # noqa: E402
+from mdarts_rs.run import RunFolder  # noqa: E402
 
 LEVELS = ("low", "mid", "high")
 
@@ -157,23 +154,25 @@ def plot_genotype(genotype: Any, path: str | os.PathLike[str]) -> None:
     plt.close(fig)
 
 
-def plot_search_run(run: RunFolder, result: SearchResult) -> list[Path]:
-    """All plots of a finished search into ``run/plots``."""
-    run.plots.mkdir(exist_ok=True)
-    mode = result.model.alpha_mode
-    paths = [run.plots / "skip_connect.png", run.plots / "alpha.png", run.plots / "genotype.png"]
-    plot_skip_connect({mode: (mode, result.history)}, paths[0])
+def plot_search_run(
+    folder: Path, history: Sequence[Mapping[str, Any]], model: Any, genotype: Genotype | MultiLevelGenotype
+) -> list[Path]:
+    """All plots of a finished search into ``folder/plots``: skip_connect over its epochs (``history``), the
+    supernet's (``model``'s) α as heat-maps, and the derived ``genotype``'s cells."""
+    out = folder / "plots"
+    out.mkdir(exist_ok=True)
+    mode = model.alpha_mode
+    paths = [out / "skip_connect.png", out / "alpha.png", out / "genotype.png"]
+    plot_skip_connect({mode: (mode, list(history))}, paths[0])
     with torch.no_grad():
-        p, _ = result.model.softmax_entropy()
+        p, _ = model.softmax_entropy()
     plot_alpha_heatmaps({k: v.cpu().numpy() for k, v in p.items()}, paths[1])
-    plot_genotype(result.genotype, paths[2])
+    plot_genotype(genotype, paths[2])
     return paths
 
 
 def plot_compare_runs(run_dirs: Sequence[str | os.PathLike[str]], path: str | os.PathLike[str]) -> None:
     """The paper's figure 3 for several finished runs (e.g. shared against multilevel, same seed)."""
-    from mdarts_rs.run import RunFolder
-
     runs = {}
     for d in run_dirs:
         r = RunFolder(d, create=False)

@@ -1,31 +1,27 @@
-"""A run folder: ``config.json``, ``metrics.jsonl``, genotypes and checkpoints, every file written
-atomically (a crash, a kill or a full disk never leaves a half-written file, and finished epochs are never
-lost), and one writer at a time."""
+"""Run folders and the rules every run (search or training) shares: ``config.json``, ``metrics.jsonl``, genotypes
+and checkpoints, every file written atomically (a crash, a kill or a full disk never leaves a half-written file,
+and finished epochs are never lost); one writer at a time; a folder holding another run refused unless resumed or
+overwritten; a resume only with the same settings and the same data."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from mdarts_rs._core import Genotype, MultiLevelGenotype
-from mdarts_rs.distributed import broadcast_object
-from mdarts_rs.distributed import world as _world
-from mdarts_rs.search import Searcher
-
-if TYPE_CHECKING:
-    from mdarts_rs.config import SearchConfig
-    from mdarts_rs.datasets import Dataset
-    from mdarts_rs.search import SearchResult
+from mdarts_rs.config import resume_conflicts
+from mdarts_rs.datasets import description_conflicts
 
 #: The files a run writes into its folder; a folder holding any of them is a run's.
 RUN_FILES = (
@@ -235,103 +231,49 @@ class RunFolder:
         return read_checkpoint(self.checkpoint, kind)
 
 
-class SearchRecorder:
-    """A search's checkpoints and epoch records in a run folder (the ``mdarts_rs.search.Recorder`` of the CLI)."""
-
-    def __init__(self, run: RunFolder):
-        self.run = run
-
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        self.run.save_checkpoint(state)
-
-    def end_epoch(
-        self, record: dict[str, Any], genotype: Genotype | MultiLevelGenotype, history: list[dict[str, Any]]
-    ) -> None:
-        self.run.write_genotype(genotype, record["epoch"])
-        self.run.write_metrics(history)
-
-    def describe(self) -> str:
-        return self.run.checkpoint_note()
+def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """A short text that changes with the images or labels a run reads (their count and a hash of both), so that a
+    resumed run is known to read the same data whatever its path."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(np.ascontiguousarray(images).data)
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
+    return f"{len(labels)} images, blake2b {h.hexdigest()}"
 
 
-class OtherRankRecorder:
-    """The recorder of a rank other than 0 in a search over several ranks: rank 0 writes the run folder."""
-
-    def __init__(self, out: Path):
-        self.out = out
-
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        pass
-
-    def end_epoch(
-        self, record: dict[str, Any], genotype: Genotype | MultiLevelGenotype, history: list[dict[str, Any]]
-    ) -> None:
-        pass
-
-    def describe(self) -> str:
-        return f"rank 0 keeps the last good checkpoint in {self.out}"
-
-
-def _prepare_run_folder(cfg: SearchConfig, run: RunFolder) -> dict[str, Any] | None:
-    """The checkpoint to resume from (None for a new run), after refusing a folder that holds another run's
-    files unless ``cfg.overwrite`` clears it."""
-    state = run.load_checkpoint() if cfg.resume else None
-    if state is None and run.run_files():
-        if not cfg.overwrite:
-            raise FileExistsError(
-                f"{run.path} holds another run ({', '.join(run.run_files())}): pass --resume to continue it, "
-                "--overwrite to replace it, or choose another --out"
-            )
-        run.clear()
-    return state
+@contextmanager
+def open_run(run: RunFolder, resume: bool, overwrite: bool, kind: str) -> Iterator[dict[str, Any] | None]:
+    """Hold ``run``'s write lock for a run of ``kind`` ("search" or "train") and give the checkpoint to continue
+    from (``resume``), or None for a new run; a folder that holds another run's files is refused unless
+    ``overwrite`` replaces it."""
+    with run.writer():
+        state = run.load_checkpoint(kind) if resume else None
+        if state is None and run.run_files():
+            if not overwrite:
+                raise FileExistsError(
+                    f"{run.path} holds another run ({', '.join(run.run_files())}): pass --resume to continue it, "
+                    "--overwrite to replace it, or choose another --out"
+                )
+            run.clear()
+        yield state
 
 
-def run_search(
-    cfg: SearchConfig,
-    images: Dataset | np.ndarray,
-    labels: np.ndarray | None = None,
-    world: tuple[int, int] | None = None,
-) -> SearchResult:
-    """Run (or with ``cfg.resume`` continue) a search whose files go to the run folder ``cfg.out``: its
-    ``config.json``, a checkpoint and the derived genotype after every epoch, ``metrics.jsonl``, the final
-    ``genotype.json`` and, with ``cfg.plots``, the plots. ``images`` is a ``Dataset`` or CIFAR-10's arrays (with
-    ``labels``); ``config.json`` records its description (kind, path, classes, image size, channels, cache key)
-    and the number of processes. A folder that holds another run's files is refused unless ``cfg.resume``
-    continues that run or ``cfg.overwrite`` replaces it; one process writes a folder at a time.
-
-    Under torchrun (``world``: (rank, world size), by default the process group's) the ranks run the search
-    together: rank 0 alone touches the run folder, reads the checkpoint and sends it to the others (no shared
-    filesystem needed); its refusals reach every rank."""
-    rank, size = world if world is not None else _world()
-    run = RunFolder(cfg.out) if rank == 0 else None
-    with ExitStack() as stack:
-        prepared: tuple[str, Any] = ("ok", None)
-        if run is not None:
-            try:
-                stack.enter_context(run.writer())
-                prepared = ("ok", _prepare_run_folder(cfg, run))
-            except Exception as e:  # sent to the other ranks, which would otherwise wait for rank 0
-                if size == 1:
-                    raise
-                prepared = ("error", e)
-        if size > 1:
-            prepared = broadcast_object(prepared)
-        if prepared[0] == "error":
-            raise prepared[1]
-        state = prepared[1]
-        recorder = SearchRecorder(run) if run is not None else OtherRankRecorder(cfg.out)
-        searcher = Searcher(cfg, images, labels, recorder, world=(rank, size))
-        if state is not None:
-            searcher.load_state(state)
-        if run is not None:
-            run.write_json(
-                "config.json", {**cfg.to_json(), "data_description": searcher.data.describe(), "world_size": size}
-            )
-        result = searcher.run_epochs()
-        if run is not None:
-            run.write_genotype(result.genotype)
-            if cfg.plots:
-                from mdarts_rs import plots
-
-                plots.plot_search_run(run, result)
-    return result
+def check_same_run(
+    state: dict[str, Any],
+    cfg: Any,
+    may_change: set[str],
+    description: dict[str, Any] | None,
+    fingerprint: str | None,
+    verb: str,
+) -> None:
+    """ValueError unless a checkpoint's run is the one ``cfg`` describes: the same settings but ``may_change``, the
+    same kind of data (``description``, where the data is described) and the same images (``fingerprint``). ``verb``
+    says what the run did with its data ("searched", "trained on")."""
+    resume_conflicts(type(cfg).from_json(state["config"]).to_json(), cfg.to_json(), may_change)
+    if description is not None:
+        changed = description_conflicts(state.get("dataset"), description)
+        if changed:
+            raise ValueError(f"cannot resume with a different dataset ({', '.join(changed)})")
+    if state.get("data") != fingerprint:
+        raise ValueError(
+            f"cannot resume with other data: the run {verb} {state.get('data')}, this data is {fingerprint}"
+        )

@@ -1,20 +1,11 @@
-"""The search: the supernet and its batched cell, the one search step, and the loop over epochs."""
+"""The search: the supernet and its batched cell (``supernet``, ``fastcell``), the one search step (``step``) and
+its CUDA-graph replay (``graph``), the loop over epochs (``loop``) with its diagnostics (``diagnostics``), and a
+search into a run folder (``runner``)."""
 
-from mdarts_rs.search.loop import (
-    STEP_STATS,
-    RanksDisagree,
-    SearchDiverged,
-    Searcher,
-    SearchInterrupted,
-    SearchResult,
-    batch_statistics,
-    cross_entropy,
-    data_fingerprint,
-    entropy_loss,
-    first_names,
-    gap_accuracy,
-    non_finite_state,
-)
+from mdarts_rs.search.diagnostics import gap_accuracy
+from mdarts_rs.search.loop import RanksDisagree, SearchDiverged, Searcher, SearchInterrupted, SearchResult
+from mdarts_rs.search.runner import run_search
+from mdarts_rs.search.step import STEP_STATS, StepParts, batch_statistics, cross_entropy, entropy_loss, search_step
 
 __all__ = [
     "STEP_STATS",
@@ -23,11 +14,11 @@ __all__ = [
     "SearchInterrupted",
     "SearchResult",
     "Searcher",
+    "StepParts",
     "batch_statistics",
     "cross_entropy",
-    "data_fingerprint",
     "entropy_loss",
-    "first_names",
     "gap_accuracy",
-    "non_finite_state",
+    "run_search",
+    "search_step",
 ]
