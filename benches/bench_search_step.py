@@ -1,5 +1,5 @@
 """One first-order search step (an α step and a weight step, as ``Searcher.train_step`` makes them): the plain
-supernet (DARTS' design: per-op modules) against the batched one (``--fast``), eagerly and, on a GPU, replayed as
+supernet (DARTS' design: per-op modules) against the batched one (the default), eagerly and, on a GPU, replayed as
 one CUDA graph (``--cuda-graph``), both α layouts, side by side in one run.
 
 Run: ``pytest benches/bench_search_step.py``. On a GPU: batch 64 and 256, C = 16, 8 cells, float32 (no TF32),
@@ -61,7 +61,7 @@ def test_search_step(benchmark, monkeypatch, path, mode, batch):
         for _ in range(4):  # 3 eager warm-up steps, then the capture and its first replay
             s.graph_step(xt, yt, xv, yv)
         s.flush_device_stats()  # raises if a statistic is not finite
-        assert s._graph is not None, "the step was not captured"
+        assert s.captured is not None and s.captured.graph is not None, "the step was not captured"
 
         def step():
             s.graph_step(xt, yt, xv, yv)
@@ -110,7 +110,7 @@ def test_search_epoch_feed(benchmark, cifar_train, feed):
     for _ in range(4):  # warm-up (and, on a GPU, the capture and its first replay)
         step(xt, yt, xv, yv)
     s.flush_device_stats()  # graph mode: raises if a statistic is not finite (train_step checks its own)
-    assert not CUDA or s._graph is not None, "the step was not captured"
+    assert not CUDA or s.captured is not None and s.captured.graph is not None, "the step was not captured"
 
     def run():
         if feed == "loader":

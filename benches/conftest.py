@@ -166,7 +166,7 @@ def searcher(
             rng.integers(0, 256, (4 * batch, 3, 32, 32), dtype=np.uint8),
             rng.integers(0, 10, 4 * batch).astype(np.int64),
         )
-    options = {"fast": fast, "cuda_graph": cuda_graph, "bf16": bf16, "tf32": tf32}
+    options = {"supernet": "batched" if fast else "plain", "cuda_graph": cuda_graph, "bf16": bf16, "tf32": tf32}
     config = SearchConfig(
         batch_size=batch, **({"workers": 1, "quiet": True, "plots": False, "gap_images": 8} | cfg | options)
     )

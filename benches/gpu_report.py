@@ -3,10 +3,10 @@
     python benches/gpu_report.py [--batch 64] [--mode multilevel] [--sections profile,numerics]
 
 - profile: wall ms per step, kernels per step, GPU kernel time per step and the top kernels of one step, for
-  the plain path (DARTS' design: per-op modules, plain-torch mixed sums), the batched path (``--fast``, eager)
+  the plain path (DARTS' design: per-op modules, plain-torch mixed sums), the batched path (the default, eager)
   and the batched path replayed as one CUDA graph (``--cuda-graph``).
 - search: a short search on real images (--data), batched path replayed as CUDA graphs, as ``mdarts-rs search
-  --fast --cuda-graph`` runs it: seconds per epoch and in all.
+  --cuda-graph`` runs it: seconds per epoch and in all.
 - numerics: the batched path's first α gradient under each numeric option (--tf32, --bf16) against float32
   (cosine, relative error), and the α tables after a short run from the same seed and batches (largest
   difference, genotype identical or not).
@@ -55,7 +55,7 @@ def stepper(s: Searcher, b):
         for _ in range(4):  # warm-up steps, capture, first replay
             s.graph_step(*b)
         s.flush_device_stats()
-        assert s._graph is not None, "the step was not captured"
+        assert s.captured is not None and s.captured.graph is not None, "the step was not captured"
         return lambda: s.graph_step(*b)
     return lambda: s.train_step(*b)
 
@@ -132,7 +132,7 @@ NUMERIC = {"float32": {}, "tf32": {"tf32": True}, "bf16": {"bf16": True}}
 def alpha_grad(s: Searcher, b) -> torch.Tensor:
     _, _, xv, yv = b
     p, h = s.model.softmax_entropy()
-    with s._autocast():
+    with s.parts.autocast():
         logits = s.model(xv, p)
     loss = F.cross_entropy(logits.float(), yv) + s.cfg.gamma * entropy_loss(h, s.cfg.entropy_reduction)
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, s.model.arch_parameters())]).double()
@@ -182,10 +182,10 @@ def section_numerics(args) -> None:
 
 
 def section_search(args) -> None:
-    """A whole search of ``--search-epochs`` epochs on real images (``--data``), as ``mdarts-rs search --fast
+    """A whole search of ``--search-epochs`` epochs on real images (``--data``), as ``mdarts-rs search
     --cuda-graph`` runs it (its run folder: --search-out, by default a temporary one): seconds per epoch and in all."""
     from mdarts_rs import data
-    from mdarts_rs.run import run_search
+    from mdarts_rs.search import run_search
 
     images, labels = data.load_cifar10(args.data)
     print(f"\n## search: {len(labels)} images ({args.data}), {args.search_epochs} epochs, batch {args.batch}")
@@ -195,7 +195,7 @@ def section_search(args) -> None:
             alpha_mode=args.mode,
             epochs=args.search_epochs,
             batch_size=args.batch,
-            fast=True,
+            supernet="batched",
             cuda_graph=CUDA,
             device=DEVICE,
             plots=False,

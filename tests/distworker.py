@@ -21,7 +21,7 @@ from tinycifar import tiny_cfg, tiny_images  # noqa: E402
 def worker_cfg(out: Path, **kw: Any) -> SearchConfig:
     """The search both the ranks and the test's one process run: the tests' tiny search at batch 8 on the
     batched cell (the same search, twice as fast on the CPU), writing to ``out``."""
-    return tiny_cfg(out.parent, **{"out": out, "batch_size": 8, "arch_lr": 0.01, "fast": True, **kw})
+    return tiny_cfg(out.parent, **{"out": out, "batch_size": 8, "arch_lr": 0.01, "supernet": "batched", **kw})
 
 
 def float64_steps(searcher: Searcher, steps: int = 3) -> None:

@@ -19,8 +19,7 @@ from torch import nn
 
 import mdarts_rs as md
 from mdarts_rs.config import SearchConfig
-from mdarts_rs.run import run_search
-from mdarts_rs.search import Searcher, cross_entropy, entropy_loss
+from mdarts_rs.search import Searcher, cross_entropy, entropy_loss, run_search
 
 from tinycifar import tiny_images, write_bin
 
@@ -57,7 +56,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
 
 TINY_CLI = (
     "--batch-size 8 --init-channels 4 --layers 5 --steps-per-epoch 3 --gap-images 8 --workers 1 --device cpu "
-    "--quiet --no-plots --arch-lr 0.01 --fast"
+    "--quiet --no-plots --arch-lr 0.01 --supernet batched"
 ).split()
 
 

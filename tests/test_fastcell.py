@@ -129,7 +129,7 @@ def _searchers(tmp_path, **kw) -> tuple[Searcher, Searcher]:
             quiet=True,
             plots=False,
             device="cpu",
-            fast=fast,
+            supernet="batched" if fast else "plain",
             **kw,
         )
         pair.append(Searcher(cfg, images, labels))

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from mdarts_rs import GenotypeError, load_genotype
 from mdarts_rs.cli import main
 from mdarts_rs.config import SearchConfig
-from mdarts_rs.run import RunFolder, RunFolderBusy, read_checkpoint, run_search
-from mdarts_rs.search import Searcher, SearchInterrupted
+from mdarts_rs.run import RunFolder, RunFolderBusy, read_checkpoint
+from mdarts_rs.search import Searcher, SearchInterrupted, run_search
 
 from tinycifar import tiny_images, write_bin
 

@@ -111,7 +111,7 @@ def test_supernet_rejects_too_few_layers():
 
 def test_package_exports_torch_parts_lazily():
     from mdarts_rs.evaluate.network import count_macs, eval_network
-    from mdarts_rs.run import run_search
+    from mdarts_rs.search import run_search
 
     assert md.SuperNet is SuperNet and md.count_params is count_params and md.run_search is run_search
     assert md.eval_network is eval_network and md.count_macs is count_macs

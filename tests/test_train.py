@@ -18,8 +18,9 @@ from click.testing import CliRunner
 import mdarts_rs as md
 from mdarts_rs import evaluate
 from mdarts_rs.cli import main
+from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import CifarLoader, load_cifar10
-from mdarts_rs.evaluate import TrainConfig, Trainer, shard_indices
+from mdarts_rs.evaluate import Trainer, shard_indices
 from mdarts_rs.evaluate.network import eval_network
 
 from published import DARTS_V2

@@ -96,7 +96,7 @@ def test_load_trained_gives_the_network_and_its_inputs(trained_run):
 
 def test_load_trained_refuses_a_search_checkpoint(tmp_path):
     from mdarts_rs.config import SearchConfig
-    from mdarts_rs.run import run_search
+    from mdarts_rs.search import run_search
 
     images, labels = tiny_images(48)
     cfg = SearchConfig(

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 import mdarts_rs as md
 from mdarts_rs.cli import main
 from mdarts_rs.primitives import channel_shuffle
-from mdarts_rs.run import run_search
-from mdarts_rs.search import Searcher, SearchInterrupted, batch_statistics, entropy_loss
+from mdarts_rs.search import Searcher, SearchInterrupted, batch_statistics, entropy_loss, run_search
+from mdarts_rs.search.step import arch_loss, unrolled_arch_gradients
 from mdarts_rs.search.supernet import SearchCell, SuperNet, node_edge_softmax
 
 from tinycifar import tiny_cfg, tiny_images, write_bin
@@ -69,7 +69,14 @@ def test_second_order_gradient_matches_double_backward(tmp_path, tiny_data, monk
     (measured 2e-9 to 4e-9)."""
     monkeypatch.setenv("MDARTS_OPS", "ref")
     cfg = tiny_cfg(
-        tmp_path, alpha_mode=alpha_mode, fast=fast, partial_channels=partial, order=2, gamma=0.5, lr=0.1, batch_size=8
+        tmp_path,
+        alpha_mode=alpha_mode,
+        supernet="batched" if fast else "plain",
+        partial_channels=partial,
+        order=2,
+        gamma=0.5,
+        lr=0.1,
+        batch_size=8,
     )
     s = Searcher(cfg, *tiny_data)
     s.model.double()
@@ -78,13 +85,13 @@ def test_second_order_gradient_matches_double_backward(tmp_path, tiny_data, monk
     yt, yv = (torch.randint(0, 10, (4,), generator=g) for _ in range(2))
     s.train_step(xt, yt, xv, yv)  # a second-order step, which leaves SGD momentum buffers
     assert all(torch.count_nonzero(st["momentum_buffer"]) > 0 for st in s.w_opt.state.values())
-    got, _ = s.unrolled_arch_gradients(xt, yt, xv, yv, fd_step=1e-6)
+    got, _ = unrolled_arch_gradients(s.parts, xt, yt, xv, yv, fd_step=1e-6)
     want = exact_unrolled_gradient(s, xt, yt, xv, yv)
     assert len(got) == len(s.model.arch_parameters()) == len(s.model.layout.tables) * (2 if partial > 1 else 1)
     for g, w in zip(got, want):
         assert float((g - w).norm()) <= 1e-6 * float(w.norm())
     # The second-order term matters: the first-order gradient is another vector.
-    first = torch.autograd.grad(s._arch_loss(xv, yv)[0], s.model.arch_parameters())
+    first = torch.autograd.grad(arch_loss(s.parts, xv, yv)[0], s.model.arch_parameters())
     assert max(float((f - w).norm() / w.norm()) for f, w in zip(first, want)) > 1e-3
 
 

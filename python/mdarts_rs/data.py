@@ -33,6 +33,8 @@ __all__ = [
     "CifarLoader",
     "augment_images",
     "crop_padding_for",
+    "DataLocationError",
+    "resolve_data",
     "default_cache_dir",
     "download_cifar10",
     "download_cifar100",
@@ -237,6 +239,32 @@ def _download(url: str, md5: str, folder: str, cache_dir: str | os.PathLike[str]
             tar.extractall(tmpdir)
         os.replace(Path(tmpdir) / folder, target)
     return target
+
+
+class DataLocationError(ValueError):
+    """No data where a run looks for it (no ``--data``, no ``$MDARTS_DATA``, nothing in the download cache)."""
+
+
+def resolve_data(data: Path | None, download: bool, dataset: str = "cifar10") -> Path:
+    """The data folder of a run: ``data`` where given; for CIFAR, else ``$MDARTS_DATA``, else the download cache,
+    else (``download``) the official archive, checked. DataLocationError where none can be found."""
+    if data is not None:
+        return data
+    if dataset in ("arrays", "folder", "imagenet"):
+        what = {"arrays": "a .npz file", "folder": "an image folder", "imagenet": "an ImageFolder"}[dataset]
+        raise DataLocationError(f"--dataset {dataset} needs --data ({what})")
+    if os.environ.get("MDARTS_DATA"):
+        return Path(os.environ["MDARTS_DATA"])
+    cifar100 = dataset == "cifar100"
+    cached = default_cache_dir() / ("cifar-100-binary" if cifar100 else "cifar-10-batches-bin")
+    if cached.is_dir():
+        return cached
+    if download:
+        return download_cifar100() if cifar100 else download_cifar10()
+    name = "CIFAR-100" if cifar100 else "CIFAR-10"
+    raise DataLocationError(
+        f"no {name} folder: pass --data DIR (binary or python version), set MDARTS_DATA, or add --download"
+    )
 
 
 class CifarLoader:

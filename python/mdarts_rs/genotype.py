@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from mdarts_rs._core import Genotype, GenotypeError, MultiLevelGenotype, parse_genotype
+from mdarts_rs.genotypes import PUBLISHED, published
 
 
 def load_genotype(source: str | os.PathLike[str]) -> Genotype | MultiLevelGenotype:
@@ -38,8 +39,6 @@ def load_genotype(source: str | os.PathLike[str]) -> Genotype | MultiLevelGenoty
             return parse_genotype(content)
         except GenotypeError as e:
             raise GenotypeError(f"{path}: {e}") from None
-    from mdarts_rs.genotypes import PUBLISHED, published
-
     known = published(text)
     if known is not None:
         return parse_genotype(known.text)

@@ -22,9 +22,13 @@ from pathlib import Path
 
 import torch
 
+from mdarts_rs._core import kernel_sources
+from mdarts_rs.data import default_cache_dir
+from mdarts_rs.ops import build
 from mdarts_rs.ops._ref import softmax_entropy_ref, weighted_sum_ref
 
 __all__ = [
+    "build_kernels",
     "extension_loaded",
     "load_extension",
     "softmax_entropy",
@@ -44,8 +48,6 @@ def _mode() -> str:
 
 
 def _build_dir(sources: list[tuple[str, str]], with_cuda: bool) -> Path:
-    from mdarts_rs.data import default_cache_dir
-
     h = hashlib.sha256()
     for name, text in sources:
         h.update(name.encode() + b"\0" + text.encode() + b"\0")
@@ -63,23 +65,19 @@ def load_extension(with_cuda: bool | None = None, verbose: bool = False) -> None
     """
     if _state["loaded"]:
         return
-    from torch.utils import cpp_extension
-
-    from mdarts_rs._core import kernel_sources
+    from torch.utils import cpp_extension  # heavy (it loads setuptools): only when building
 
     if with_cuda is None:
         with_cuda = torch.cuda.is_available()
     if with_cuda and cpp_extension.CUDA_HOME is None:
         # no system toolkit: the compiler wheels that `mdarts-rs build-kernels` installed, if it ran
-        from mdarts_rs.ops.build import cached_cuda_home, use_cuda_home
-
-        home = cached_cuda_home()
+        home = build.cached_cuda_home()
         if home is None:
             raise RuntimeError("CUDA_HOME is not set and no nvcc of torch's CUDA version was found")
-        use_cuda_home(home)
+        build.use_cuda_home(home)
     sources = kernel_sources()
-    build = _build_dir(sources, with_cuda)
-    src = build / "src"
+    folder = _build_dir(sources, with_cuda)
+    src = folder / "src"
     src.mkdir(exist_ok=True)
     paths = []
     for name, text in sources:
@@ -93,12 +91,22 @@ def load_extension(with_cuda: bool | None = None, verbose: bool = False) -> None
         sources=paths,
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3"],
-        build_directory=str(build),
+        build_directory=str(folder),
         is_python_module=False,
         verbose=verbose,
     )
     _register_python_parts()
     _state["loaded"], _state["cuda"] = True, with_cuda
+
+
+def build_kernels(arch: str | None = None, verbose: bool = False) -> Path:
+    """Find or install an nvcc of torch's CUDA version, then build and load the CPU and CUDA kernels (cached for
+    later runs). Returns the CUDA home used."""
+    version = build.torch_cuda_version()
+    home = build.system_cuda_home(version) or build.wheel_cuda_home(version, default_cache_dir())
+    build.use_cuda_home(home, arch)
+    load_extension(with_cuda=True, verbose=verbose)
+    return home
 
 
 def _build_failure(e: BaseException) -> str:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from mdarts_rs.data import default_cache_dir
+
 #: The pinned wheels that make a CUDA compiler (CUDA 13's layout: site-packages/nvidia/cu13).
 _WHEELS = ("nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-cccl", "nvidia-cuda-runtime")
 
@@ -70,8 +72,6 @@ def wheel_cuda_home(version: str, cache: Path) -> Path:
 
 def cached_cuda_home() -> Path | None:
     """The compiler wheels an earlier ``mdarts-rs build-kernels`` installed for torch's CUDA version, if any."""
-    from mdarts_rs.data import default_cache_dir
-
     try:
         version = torch_cuda_version()
     except RuntimeError:
@@ -82,7 +82,7 @@ def cached_cuda_home() -> Path | None:
 
 def use_cuda_home(home: Path, arch: str | None = None) -> None:
     """Point torch.utils.cpp_extension at ``home`` (this process and the compilers it starts)."""
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # heavy (it loads setuptools): only when building
 
     os.environ["CUDA_HOME"] = str(home)
     os.environ["PATH"] = f"{home / 'bin'}{os.pathsep}{os.environ['PATH']}"
@@ -90,16 +90,3 @@ def use_cuda_home(home: Path, arch: str | None = None) -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 2))
     cpp_extension.CUDA_HOME = str(home)  # read once at import
-
-
-def build_kernels(arch: str | None = None, verbose: bool = False) -> Path:
-    """Find or install an nvcc of torch's CUDA version, then build and load the CPU and CUDA kernels (cached for
-    later runs). Returns the CUDA home used."""
-    from mdarts_rs import ops
-    from mdarts_rs.data import default_cache_dir
-
-    version = torch_cuda_version()
-    home = system_cuda_home(version) or wheel_cuda_home(version, default_cache_dir())
-    use_cuda_home(home, arch)
-    ops.load_extension(with_cuda=True, verbose=verbose)
-    return home
