@@ -23,8 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mdarts_rs.data import CifarLoader
-from mdarts_rs.folder import load_folder, scan_folder
+from mdarts_rs.data import CifarLoader, load_folder, scan_folder
 
 from conftest import record
 

@@ -14,10 +14,9 @@ import pytest
 from PIL import Image, ImageOps
 
 import mdarts_rs as md
-from mdarts_rs import datasets
+from mdarts_rs import data
 from mdarts_rs._core import DataFormatError, decode_images, load_cifar10_bin
-from mdarts_rs.data import CifarLoader
-from mdarts_rs.folder import SkippedImagesWarning, load_folder
+from mdarts_rs.data import CifarLoader, SkippedImagesWarning, load_folder
 
 #: Largest per-pixel difference allowed between our decode + resize and Pillow's (libjpeg-turbo vs zune-jpeg
 #: IDCT and chroma upsampling, then two triangle-filter implementations): measured at most 3 on these
@@ -54,11 +53,11 @@ def test_cifar100_binary_records_give_fine_or_coarse_labels(tmp_path):
     root = tmp_path / "cifar-100-binary"
     _write_bin100(root / "train.bin", x, coarse, fine)
     _write_bin100(root / "test.bin", x[:7], coarse[:7], fine[:7])
-    d = datasets.load_cifar100(tmp_path, "train")  # the parent of cifar-100-binary works too
+    d = data.load_cifar100(tmp_path, "train")  # the parent of cifar-100-binary works too
     assert np.array_equal(d.images, x) and np.array_equal(d.labels, fine)
     assert d.num_classes == 100 and d.class_names[:2] == ["apple", "aquarium_fish"]
-    assert (d.mean, d.std) == (datasets.CIFAR100_MEAN, datasets.CIFAR100_STD)
-    c = datasets.load_cifar100(root, "test", "coarse")
+    assert (d.mean, d.std) == (data.CIFAR100_MEAN, data.CIFAR100_STD)
+    c = data.load_cifar100(root, "test", "coarse")
     assert np.array_equal(c.labels, coarse[:7]) and c.num_classes == 20 and c.describe()["label"] == "coarse"
 
 
@@ -75,10 +74,10 @@ def test_cifar100_binary_errors_name_file_and_record(tmp_path, byte, value, mess
     _write_bin100(tmp_path / "train.bin", x, coarse, fine)
     for label in ("fine", "coarse"):  # both labels of every record are checked, whichever is kept
         with pytest.raises(DataFormatError, match=message):
-            datasets.load_cifar100(tmp_path, "train", label)
+            data.load_cifar100(tmp_path, "train", label)
     (tmp_path / "train.bin").write_bytes(b"\0" * 3074 * 2 + b"\1\2")
     with pytest.raises(DataFormatError, match="record 2 has only 2 bytes"):
-        datasets.load_cifar100(tmp_path, "train")
+        data.load_cifar100(tmp_path, "train")
 
 
 def test_cifar100_python_version_is_read_with_the_safe_unpickler(tmp_path):
@@ -89,17 +88,17 @@ def test_cifar100_python_version_is_read_with_the_safe_unpickler(tmp_path):
     (root / "train").write_bytes(pickle.dumps(d))
     coarse_names = [f"super{i}".encode() for i in range(20)]
     (root / "meta").write_bytes(pickle.dumps({b"coarse_label_names": coarse_names, b"fine_label_names": []}))
-    got = datasets.load_cifar100(tmp_path, "train", "coarse")
+    got = data.load_cifar100(tmp_path, "train", "coarse")
     assert np.array_equal(got.images, x) and np.array_equal(got.labels, coarse)
     assert got.class_names == [f"super{i}" for i in range(20)]  # from meta
-    assert datasets.load_cifar100(tmp_path, "train").class_names[-1] == "worm"  # meta's empty list: the published
+    assert data.load_cifar100(tmp_path, "train").class_names[-1] == "worm"  # meta's empty list: the published
     d[b"fine_labels"][5] = 100
     (root / "train").write_bytes(pickle.dumps(d))
     with pytest.raises(DataFormatError, match=r"train: record 5: b'fine_labels' 100 is not a CIFAR-100 class"):
-        datasets.load_cifar100(root, "train")
+        data.load_cifar100(root, "train")
     (root / "train").write_bytes(pickle.dumps(os.system))
     with pytest.raises(DataFormatError, match="posix|system"):
-        datasets.load_cifar100(root, "train")
+        data.load_cifar100(root, "train")
 
 
 def test_cifar100_download_checks_the_published_md5(tmp_path):
@@ -120,10 +119,10 @@ def test_cifar100_real_archive_if_present():
     )
     if not (Path(root) / "train.bin").exists():
         pytest.skip("real CIFAR-100 not found: set MDARTS_CIFAR100 or provide ../shared/data/cifar-100-binary")
-    d = datasets.load_cifar100(root, "train")
+    d = data.load_cifar100(root, "train")
     assert len(d) == 50_000 and set(np.unique(d.labels)) == set(range(100))
-    mean, _ = datasets.channel_stats(d.images[:10_000])
-    assert np.allclose(mean, datasets.CIFAR100_MEAN, atol=0.01)
+    mean, _ = data.channel_stats(d.images[:10_000])
+    assert np.allclose(mean, data.CIFAR100_MEAN, atol=0.01)
 
 
 # ---- arrays ---------------------------------------------------------------------------------------------
@@ -134,11 +133,11 @@ def test_arrays_npz_nchw_nhwc_and_grayscale(tmp_path):
     x = rng.integers(0, 256, (20, 1, 28, 28), dtype=np.uint8)
     y = np.arange(20) % 4
     np.savez(tmp_path / "g.npz", images=x, labels=y, class_names=np.array(["a", "b", "c", "d"]))
-    d = datasets.load_dataset("arrays", tmp_path / "g.npz")
+    d = data.load_dataset("arrays", tmp_path / "g.npz")
     assert (d.channels, d.image_size, d.class_names) == (1, 28, ["a", "b", "c", "d"])
     assert len(d.mean) == 1 and 0.4 < d.mean[0] < 0.6
     np.savez(tmp_path / "c.npz", images=x.repeat(5, axis=1).transpose(0, 2, 3, 1), labels=y)
-    d5 = datasets.load_npz(tmp_path / "c.npz")
+    d5 = data.load_npz(tmp_path / "c.npz")
     assert d5.images.shape == (20, 5, 28, 28) and d5.class_names == ["0", "1", "2", "3"]
     assert np.array_equal(d5.images[:, 3], x[:, 0])
 
@@ -160,19 +159,19 @@ def test_arrays_are_checked_field_by_field(tmp_path, images, labels, names, mess
     extra = {} if names is None else {"class_names": np.array(names)}
     np.savez(tmp_path / "bad.npz", images=images, labels=np.array(labels), **extra)
     with pytest.raises(DataFormatError, match=message) as e:
-        datasets.load_npz(tmp_path / "bad.npz")
+        data.load_npz(tmp_path / "bad.npz")
     assert "bad.npz" in str(e.value)
 
 
 def test_arrays_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.npz"):
-        datasets.load_npz(tmp_path / "missing.npz")
+        data.load_npz(tmp_path / "missing.npz")
     np.savez(tmp_path / "x.npz", pixels=np.zeros(3))
     with pytest.raises(DataFormatError, match=r"no 'images' array \(holds \['pixels'\]\)"):
-        datasets.load_npz(tmp_path / "x.npz")
+        data.load_npz(tmp_path / "x.npz")
     (tmp_path / "t.npz").write_text("text")
     with pytest.raises(DataFormatError, match="t.npz: not a readable .npz"):
-        datasets.load_npz(tmp_path / "t.npz")
+        data.load_npz(tmp_path / "t.npz")
 
 
 # ---- image folders: decoding -----------------------------------------------------------------------------
@@ -250,13 +249,13 @@ def test_png_folder_of_cifar10_gives_the_binary_readers_pixels_and_batches(tmp_p
     x, y = load_cifar10_bin(cifar_mini, "test")
     x, y = x[:120], y[:120]
     for i, (img, label) in enumerate(zip(x, y)):
-        d = tmp_path / "pngs" / datasets.CIFAR10_CLASSES[label]  # CIFAR-10's names sort in label order
+        d = tmp_path / "pngs" / data.CIFAR10_CLASSES[label]  # CIFAR-10's names sort in label order
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{i:05d}.png")
     order = np.lexsort((np.arange(len(y)), y))  # by class, then by file name
     folder = load_folder(tmp_path / "pngs", image_size=32)
     assert np.array_equal(folder.images, x[order]) and np.array_equal(folder.labels, y[order])
-    assert folder.class_names == list(datasets.CIFAR10_CLASSES)
+    assert folder.class_names == list(data.CIFAR10_CLASSES)
     stats = dict(mean=md.data.CIFAR10_MEAN, std=md.data.CIFAR10_STD)
     kw = dict(batch_size=16, cutout=16, seed=5, workers=2, normalize=False, **stats)
     a = [b for b in CifarLoader(folder.images, folder.labels, **kw).batches(1)]
@@ -325,7 +324,7 @@ def test_concurrent_processes_build_the_cache_once(tmp_path):
 
     root = _color_folder(tmp_path / "data", per_class=20)
     code = (
-        "import sys; from mdarts_rs.folder import load_folder; "
+        "import sys; from mdarts_rs.data import load_folder; "
         f"d = load_folder({str(root)!r}, image_size=16, quiet=False); print(d.info['cache_key'], int(d.images.sum()))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -353,10 +352,10 @@ def test_cache_refuses_to_fill_the_disk(tmp_path, monkeypatch):
 def test_train_and_val_folders_are_separate_splits(tmp_path):
     _color_folder(tmp_path / "d" / "train", per_class=3)
     _color_folder(tmp_path / "d" / "val", per_class=2)
-    train = datasets.load_dataset("folder", tmp_path / "d", "train", image_size=8)
-    test = datasets.load_dataset("folder", tmp_path / "d", "test", image_size=8)
+    train = data.load_dataset("folder", tmp_path / "d", "train", image_size=8)
+    test = data.load_dataset("folder", tmp_path / "d", "test", image_size=8)
     assert (len(train), len(test)) == (9, 6) and train.info["split_dirs"]
-    assert datasets.has_test_set("folder", tmp_path / "d") and not datasets.has_test_set("folder", tmp_path / "d/val")
+    assert data.has_test_set("folder", tmp_path / "d") and not data.has_test_set("folder", tmp_path / "d/val")
     with pytest.raises(DataFormatError, match="no train/ and val/ folders"):
         load_folder(tmp_path / "d" / "train", "test")
 

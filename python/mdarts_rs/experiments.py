@@ -14,7 +14,7 @@ from typing import Any
 
 from mdarts_rs import _core, plots
 from mdarts_rs.config import ConfigError, SearchConfig
-from mdarts_rs.datasets import Dataset, load_dataset
+from mdarts_rs.data import Dataset, load_dataset
 from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import (
     broadcast_object,

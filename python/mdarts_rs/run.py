@@ -21,7 +21,7 @@ import torch
 
 from mdarts_rs._core import Genotype, MultiLevelGenotype
 from mdarts_rs.config import resume_conflicts
-from mdarts_rs.datasets import description_conflicts
+from mdarts_rs.data import description_conflicts
 
 #: The files a run writes into its folder; a folder holding any of them is a run's.
 RUN_FILES = (

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from mdarts_rs.config import TrainConfig
-from mdarts_rs.data import CifarLoader
-from mdarts_rs.datasets import Dataset, channel_stats, has_test_set, holdout_split, load_dataset
+from mdarts_rs.data import CifarLoader, Dataset, channel_stats, has_test_set, holdout_split, load_dataset
 from mdarts_rs.distributed import world
 
 

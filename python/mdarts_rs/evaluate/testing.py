@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdarts_rs.data import CifarLoader, resolve_data
-from mdarts_rs.datasets import has_test_set, load_dataset
+from mdarts_rs.data import CifarLoader, has_test_set, load_dataset, resolve_data
 from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import all_reduce_sum
 from mdarts_rs.evaluate.trained import load_trained

@@ -16,7 +16,7 @@ from torch import nn
 
 from mdarts_rs._core import CIFAR10_MEAN, CIFAR10_STD, Genotype, MultiLevelGenotype, parse_genotype
 from mdarts_rs.config import TrainConfig
-from mdarts_rs.datasets import CIFAR10_CLASSES  # re-exported: CIFAR-10's classes in label order
+from mdarts_rs.data import CIFAR10_CLASSES  # re-exported: CIFAR-10's classes in label order
 from mdarts_rs.evaluate.network import eval_network
 from mdarts_rs.run import read_checkpoint
 

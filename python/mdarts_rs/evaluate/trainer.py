@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mdarts_rs.config import TrainConfig
-from mdarts_rs.datasets import Dataset, as_dataset
+from mdarts_rs.data import Dataset, as_dataset
 from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import all_reduce_sum, init_distributed, world
 from mdarts_rs.evaluate.inputs import CifarData, imagenet_batches, train_test_data

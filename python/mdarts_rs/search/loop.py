@@ -21,8 +21,7 @@ from tqdm import tqdm
 
 from mdarts_rs import _core
 from mdarts_rs.config import SearchConfig
-from mdarts_rs.data import CifarLoader, augment_images, search_split
-from mdarts_rs.datasets import Dataset, as_dataset
+from mdarts_rs.data import CifarLoader, Dataset, as_dataset, augment_images, search_split
 from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import any_rank, barrier, ranks_disagree
 from mdarts_rs.distributed import world as _world

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from mdarts_rs import plots
 from mdarts_rs._core import Genotype, MultiLevelGenotype
 from mdarts_rs.config import SearchConfig
-from mdarts_rs.datasets import Dataset
+from mdarts_rs.data import Dataset
 from mdarts_rs.distributed import broadcast_object
 from mdarts_rs.distributed import world as _world
 from mdarts_rs.run import RunFolder, open_run

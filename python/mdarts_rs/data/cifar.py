@@ -1,5 +1,4 @@
-"""CIFAR-10 for search and training: reading (binary or python version), the search split, an opt-in
-checked download, and a loader that hands Rust-made batches to torch without copying them."""
+"""CIFAR-10 and CIFAR-100: the binary version (the Rust reader), the python version and checked downloads."""
 
 from __future__ import annotations
 
@@ -9,40 +8,62 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mdarts_rs import safe_pickle
 from mdarts_rs._core import (
     CIFAR10_MEAN,
     CIFAR10_STD,
-    BatchLoader,
     DataFormatError,
-    augment_images,
     load_cifar10_bin,
-    search_split,
+    load_cifar100_bin,
 )
+from mdarts_rs.data.cache import default_cache_dir
+from mdarts_rs.data.dataset import Dataset
 
 __all__ = [
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "BatchLoader",
-    "CifarLoader",
-    "augment_images",
-    "crop_padding_for",
-    "DataLocationError",
-    "resolve_data",
-    "default_cache_dir",
+    "ARCHIVES",
+    "ARCHIVES_100",
+    "CIFAR100_COARSE_CLASSES",
+    "CIFAR100_FINE_CLASSES",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "CIFAR10_CLASSES",
     "download_cifar10",
     "download_cifar100",
     "load_cifar10",
-    "search_split",
+    "load_cifar100",
+    "load_cifar10_dataset",
 ]
 
-#: The official archives and their published MD5 checksums.
+#: CIFAR-10's classes, in label order (the dataset's batches.meta).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+#: CIFAR-100's training-set channel means and standard deviations (pixel / 255), as published with the
+#: common CIFAR-100 training code (e.g. weiaicunzai/pytorch-cifar100) and computed again from train.bin.
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+#: CIFAR-100's fine classes in label order (the archive's fine_label_names).
+CIFAR100_FINE_CLASSES = tuple(
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
+    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
+    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
+    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
+    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
+    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
+    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm".split()
+)
+#: CIFAR-100's 20 superclasses in label order (the archive's coarse_label_names).
+CIFAR100_COARSE_CLASSES = tuple(
+    "aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices "
+    "household_furniture insects large_carnivores large_man-made_outdoor_things large_natural_outdoor_scenes "
+    "large_omnivores_and_herbivores medium_mammals non-insect_invertebrates people reptiles small_mammals trees "
+    "vehicles_1 vehicles_2".split()
+)
+assert len(CIFAR100_FINE_CLASSES) == 100 and len(CIFAR100_COARSE_CLASSES) == 20, "CIFAR-100 has 100/20 classes"
+
+#: CIFAR-10's official archives and their published MD5 checksums.
 ARCHIVES = {
     "binary": (
         "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
@@ -68,19 +89,10 @@ ARCHIVES_100 = {
         "cifar-100-python",
     ),
 }
+
+# ---- CIFAR-10 ---------------------------------------------------------------------------------------------
+
 _PY_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
-
-
-def crop_padding_for(side: int) -> int:
-    """DARTS' 4 pixels of crop padding at 32 pixels, scaled with the image side (8 at 64, 28 at 224)."""
-    return max(1, round(4 * side / 32))
-
-
-def default_cache_dir() -> Path:
-    """``$MDARTS_CACHE``, else ``~/.cache/mdarts_rs``."""
-    return Path(os.environ.get("MDARTS_CACHE", Path.home() / ".cache" / "mdarts_rs"))
-
-
 _PY_FILES = (*_PY_TRAIN, "test_batch", "batches.meta")
 _PY_HINT = (
     "download the CIFAR-10 python version (cifar-10-python.tar.gz) and point to its cifar-10-batches-py "
@@ -179,6 +191,97 @@ def load_cifar10(root: str | os.PathLike[str], split: str = "train") -> tuple[np
     return load_cifar10_bin(root, split)
 
 
+def load_cifar10_dataset(root: str | os.PathLike[str], split: str = "train") -> Dataset:
+    """CIFAR-10 (binary or python version) with its classes and published statistics."""
+    x, y = load_cifar10(root, split)
+    return Dataset(x, y, list(CIFAR10_CLASSES), tuple(CIFAR10_MEAN), tuple(CIFAR10_STD), "cifar10", str(root))
+
+
+# ---- CIFAR-100 --------------------------------------------------------------------------------------------
+
+
+def _cifar100_python_root(root: Path) -> Path | None:
+    for cand in (root, root / "cifar-100-python"):
+        if (cand / "train").is_file() or (cand / "test").is_file() or (cand / "meta").is_file():
+            return cand
+    return None
+
+
+def _cifar100_python(root: Path, split: str, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """One file of CIFAR-100's python version, checked: b'data' uint8 (N, 3072), both label lists in range."""
+    path = root / split
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: file not found (the CIFAR-100 python version holds train, test and meta; download "
+            "cifar-100-python.tar.gz or call mdarts_rs.data.download_cifar100(version='python'))"
+        )
+    d = safe_pickle.load(path, "a CIFAR-100 python file")
+    if not isinstance(d, dict) or b"data" not in d:
+        raise DataFormatError(f"{path}: not a CIFAR-100 python file (no b'data' field)")
+    data = d[b"data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataFormatError(f"{path}: field b'data' is {got}; expected uint8 pixels of shape (N, 3072)")
+    out = {}
+    for key, top, what in ((b"fine_labels", 100, "class (0-99)"), (b"coarse_labels", 20, "superclass (0-19)")):
+        raw = d.get(key)
+        if raw is None:
+            raise DataFormatError(f"{path}: not a CIFAR-100 python file (no {key!r} field)")
+        if isinstance(raw, np.ndarray) and raw.ndim == 1:
+            raw = raw.tolist()
+        if not isinstance(raw, (list, tuple)):
+            raise DataFormatError(f"{path}: field {key!r} is a {type(raw).__name__}; expected a list of integers")
+        for i, v in enumerate(raw):
+            if type(v) is not int:
+                raise DataFormatError(f"{path}: record {i}: {key!r} {v!r} is a {type(v).__name__}, not an integer")
+            if not 0 <= v < top:
+                raise DataFormatError(f"{path}: record {i}: {key!r} {v} is not a CIFAR-100 {what}")
+        if len(raw) != data.shape[0]:
+            raise DataFormatError(f"{path}: field b'data' has {data.shape[0]} records but {key!r} has {len(raw)}")
+        out[key] = np.asarray(raw, dtype=np.int64)
+    return data.reshape(-1, 3, 32, 32), out[b"fine_labels" if label == "fine" else b"coarse_labels"]
+
+
+def _cifar100_names(root: Path, label: str, py_root: Path | None) -> list[str]:
+    """The class names the archive in ``root`` holds (binary: ``*_label_names.txt``; python: ``meta``), else the
+    published ones."""
+    names = CIFAR100_FINE_CLASSES if label == "fine" else CIFAR100_COARSE_CLASSES
+    got: list[str] = []
+    if py_root is not None and (py_root / "meta").is_file():
+        meta = safe_pickle.load(py_root / "meta", "CIFAR-100's meta file")
+        raw = meta.get(f"{label}_label_names".encode()) if isinstance(meta, dict) else None
+        if isinstance(raw, list) and all(isinstance(n, (bytes, str)) for n in raw):
+            got = [n.decode(errors="replace") if isinstance(n, bytes) else n for n in raw]
+    else:
+        for txt in (root / f"{label}_label_names.txt", root / "cifar-100-binary" / f"{label}_label_names.txt"):
+            if txt.is_file():
+                got = [ln.strip() for ln in txt.read_text(errors="replace").splitlines() if ln.strip()]
+                break
+    return got if len(got) == len(names) else list(names)
+
+
+def load_cifar100(root: str | os.PathLike[str], split: str = "train", label: str = "fine") -> Dataset:
+    """CIFAR-100 from the binary version (``cifar-100-binary``: train.bin/test.bin, read in Rust) or the
+    python version (``cifar-100-python``: read with the restricted unpickler); ``label`` "fine" gives the 100
+    classes, "coarse" the 20 superclasses. Errors name the file and record."""
+    if split not in ("train", "test"):
+        raise DataFormatError(f"split must be 'train' or 'test', got {split!r}")
+    if label not in ("fine", "coarse"):
+        raise DataFormatError(f"label must be 'fine' or 'coarse', got {label!r}")
+    root = Path(root)
+    has_bin = any((d / f).is_file() for d in (root, root / "cifar-100-binary") for f in ("train.bin", "test.bin"))
+    py_root = None if has_bin else _cifar100_python_root(root)
+    if py_root is not None:
+        x, y = _cifar100_python(py_root, split, label)
+    else:
+        x, y = load_cifar100_bin(root, split, label)
+    names = _cifar100_names(root, label, py_root)
+    return Dataset(x, y, names, CIFAR100_MEAN, CIFAR100_STD, "cifar100", str(root), {"label": label})
+
+
+# ---- downloads --------------------------------------------------------------------------------------------
+
+
 def _md5(path: Path) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -239,135 +342,3 @@ def _download(url: str, md5: str, folder: str, cache_dir: str | os.PathLike[str]
             tar.extractall(tmpdir)
         os.replace(Path(tmpdir) / folder, target)
     return target
-
-
-class DataLocationError(ValueError):
-    """No data where a run looks for it (no ``--data``, no ``$MDARTS_DATA``, nothing in the download cache)."""
-
-
-def resolve_data(data: Path | None, download: bool, dataset: str = "cifar10") -> Path:
-    """The data folder of a run: ``data`` where given; for CIFAR, else ``$MDARTS_DATA``, else the download cache,
-    else (``download``) the official archive, checked. DataLocationError where none can be found."""
-    if data is not None:
-        return data
-    if dataset in ("arrays", "folder", "imagenet"):
-        what = {"arrays": "a .npz file", "folder": "an image folder", "imagenet": "an ImageFolder"}[dataset]
-        raise DataLocationError(f"--dataset {dataset} needs --data ({what})")
-    if os.environ.get("MDARTS_DATA"):
-        return Path(os.environ["MDARTS_DATA"])
-    cifar100 = dataset == "cifar100"
-    cached = default_cache_dir() / ("cifar-100-binary" if cifar100 else "cifar-10-batches-bin")
-    if cached.is_dir():
-        return cached
-    if download:
-        return download_cifar100() if cifar100 else download_cifar10()
-    name = "CIFAR-100" if cifar100 else "CIFAR-10"
-    raise DataLocationError(
-        f"no {name} folder: pass --data DIR (binary or python version), set MDARTS_DATA, or add --download"
-    )
-
-
-class CifarLoader:
-    """Augmented batches of square images (N, C, S, S) as torch tensors, made in Rust worker threads;
-    CIFAR-10 by default (its mean and std, 4 pixels of crop padding).
-
-    Each epoch reshuffles (seeded by ``(seed, epoch)``) and augments every image with randomness keyed by
-    ``(seed, epoch, batch, position)``, so a run is reproducible whatever the number of workers. Batches
-    reach torch through ``torch.from_numpy`` on arrays Rust owns, without a copy. With ``normalize=False``
-    the batches stay uint8 until they reach ``device``, where they are normalised (less to move to a GPU).
-    ``pin_memory`` copies each batch into page-locked memory for an asynchronous host-to-device copy.
-    ``mean``/``std`` (pixel / 255, one per channel) default to CIFAR-10's; ``crop_padding`` defaults to 4
-    pixels at 32 and scales with the image side; ``num_classes`` checks every label.
-    """
-
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        indices: np.ndarray | None = None,
-        *,
-        batch_size: int,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        augment: bool = True,
-        cutout: int = 0,
-        normalize: bool = True,
-        channels_last: bool = False,
-        seed: int = 0,
-        workers: int | None = None,
-        prefetch: int = 2,
-        device: str | torch.device = "cpu",
-        pin_memory: bool = False,
-        mean: tuple[float, ...] | list[float] | None = None,
-        std: tuple[float, ...] | list[float] | None = None,
-        num_classes: int = 10,
-        crop_padding: int | None = None,
-    ) -> None:
-        if workers is None:
-            workers = min(4, os.cpu_count() or 1)
-        if crop_padding is None:
-            crop_padding = crop_padding_for(images.shape[-1])
-        if mean is None and std is None:
-            mean, std = CIFAR10_MEAN, CIFAR10_STD
-        self._loader = BatchLoader(
-            np.ascontiguousarray(images, dtype=np.uint8),
-            np.ascontiguousarray(labels, dtype=np.int64),
-            None if indices is None else np.ascontiguousarray(indices, dtype=np.int64),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            crop_padding=crop_padding if augment else 0,
-            flip=augment,
-            cutout=cutout,
-            normalize=normalize,
-            channels_last=channels_last,
-            seed=seed,
-            workers=workers,
-            prefetch=prefetch,
-            mean=list(mean),  # type: ignore[arg-type]
-            std=list(std),  # type: ignore[arg-type]
-            num_classes=num_classes,
-        )
-        self.normalize = normalize
-        self.channels_last = channels_last
-        self.device = torch.device(device)
-        self.pin_memory = pin_memory and torch.cuda.is_available()
-        self.epoch = 0
-        c = images.shape[1]
-        mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, c, 1, 1)  # type: ignore[arg-type]
-        std_t = torch.tensor(list(std), dtype=torch.float32).view(1, c, 1, 1)  # type: ignore[arg-type]
-        self._mean, self._std = mean_t.to(self.device), std_t.to(self.device)
-
-    def __len__(self) -> int:
-        return len(self._loader)
-
-    @property
-    def num_images(self) -> int:
-        return self._loader.num_images
-
-    def set_epoch(self, epoch: int) -> None:
-        """Serve ``epoch`` next (for resuming a run)."""
-        self.epoch = epoch
-
-    def _to_torch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-        if self.channels_last:
-            xt = xt.permute(0, 3, 1, 2)  # (N, H, W, C) memory seen as (N, C, H, W), channels-last strides
-        if self.pin_memory:
-            xt, yt = xt.pin_memory(), yt.pin_memory()
-        if self.device.type != "cpu":
-            xt = xt.to(self.device, non_blocking=True)
-            yt = yt.to(self.device, non_blocking=True)
-        if not self.normalize and self.device.type != "cpu":
-            xt = (xt.float().div_(255.0) - self._mean) / self._std
-        return xt, yt
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of ``epoch`` from batch ``start`` on (to resume inside an epoch)."""
-        for x, y in self._loader.epoch(epoch, start):
-            yield self._to_torch(x, y)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
-        self.epoch += 1
-        return self.batches(epoch)

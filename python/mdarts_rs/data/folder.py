@@ -1,12 +1,4 @@
-"""Image-folder datasets (one sub-folder per class), decoded once by the Rust core into a cache of uint8 arrays
-that later runs memory-map.
-
-A cache lives in ``default_cache_dir()/folders/<key>/``: ``images.u8`` (the raw (N, 3, S, S) pixels) and
-``header.json`` (labels, class names, per-channel mean and std, the files skipped, the pixels' hash). The key
-hashes the folder's file list with each file's size and modification time, the image size and the resize
-settings, so a cache is reused while nothing changed and rebuilt when a file is added, removed or touched. A
-cache whose header or pixels do not match what was written is rebuilt, never read as data.
-"""
+"""Image folders (one sub-folder per class), decoded once by the Rust core into a cache that later runs map."""
 
 from __future__ import annotations
 
@@ -26,9 +18,24 @@ from typing import Any
 import numpy as np
 
 from mdarts_rs._core import MAX_IMAGES, MAX_SIDE, DataFormatError, decode_images
-from mdarts_rs.datasets import Dataset, channel_stats
+from mdarts_rs.data.cache import default_cache_dir
+from mdarts_rs.data.dataset import Dataset, channel_stats
 
-__all__ = ["CACHE_FORMAT", "RESIZE", "SkippedImagesWarning", "load_folder", "scan_folder"]
+__all__ = [
+    "CACHE_FORMAT",
+    "RESIZE",
+    "SkippedImagesWarning",
+    "cache_key",
+    "has_split_dirs",
+    "load_folder",
+    "scan_folder",
+]
+
+# A cache lives in ``default_cache_dir()/folders/<key>/``: ``images.u8`` (the raw (N, 3, S, S) pixels) and
+# ``header.json`` (labels, class names, per-channel mean and std, the files skipped, the pixels' hash). The key
+# hashes the folder's file list with each file's size and modification time, the image size and the resize
+# settings, so a cache is reused while nothing changed and rebuilt when a file is added, removed or touched. A
+# cache whose header or pixels do not match what was written is rebuilt, never read as data.
 
 #: Bumped whenever the decoding or the cache layout changes, so that older caches are rebuilt.
 CACHE_FORMAT = 1
@@ -246,6 +253,12 @@ def _build_cache(
     return header, np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(len(keep), 3, size, size))
 
 
+def has_split_dirs(path: str | os.PathLike[str]) -> bool:
+    """Whether the image folder is split into ``train/`` and ``val/`` (its "test" split is then ``val/``)."""
+    base = Path(path)
+    return (base / "train").is_dir() and (base / "val").is_dir()
+
+
 def load_folder(
     path: str | os.PathLike[str],
     split: str = "train",
@@ -260,17 +273,15 @@ def load_folder(
 
     With ``path/train`` and ``path/val``, split "train" reads ``train`` and "test" reads ``val``; otherwise
     "train" reads every class folder of ``path`` and "test" is refused (hold out a part with
-    ``datasets.holdout_split``). A file that cannot be decoded is a DataFormatError naming it, or with
+    ``holdout_split``). A file that cannot be decoded is a DataFormatError naming it, or with
     ``skip_bad_images`` is left out and listed in a ``SkippedImagesWarning``.
     """
-    from mdarts_rs.data import default_cache_dir
-
     if split not in ("train", "test"):
         raise DataFormatError(f"split must be 'train' or 'test', got {split!r}")
     if not 1 <= image_size <= MAX_SIDE:
         raise DataFormatError(f"image_size must be 1 to {MAX_SIDE}, got {image_size}")
     base = Path(path)
-    split_dirs = (base / "train").is_dir() and (base / "val").is_dir()
+    split_dirs = has_split_dirs(base)
     if split == "test" and not split_dirs:
         raise DataFormatError(f"{base}: no train/ and val/ folders, so no test set (training holds out a part)")
     root = base / ("train" if split == "train" else "val") if split_dirs else base
