@@ -22,7 +22,7 @@ from mdarts_rs.data.cifar import (
     load_cifar10_dataset,
     load_cifar100,
 )
-from mdarts_rs.data.dataset import Dataset, channel_stats, from_arrays, holdout_split
+from mdarts_rs.data.dataset import SPLITS, Dataset, channel_stats, check_split, from_arrays, holdout_split
 from mdarts_rs.data.folder import (
     CACHE_FORMAT,
     RESIZE,
@@ -58,6 +58,7 @@ __all__ = [
     "DATASETS",
     "RESIZE",
     "SAME_DATA_FIELDS",
+    "SPLITS",
     "BatchLoader",
     "CifarLoader",
     "DataFormatError",
@@ -68,6 +69,7 @@ __all__ = [
     "augment_images",
     "cache_key",
     "channel_stats",
+    "check_split",
     "crop_padding_for",
     "default_cache_dir",
     "description_conflicts",

@@ -8,7 +8,9 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +23,7 @@ from mdarts_rs._core import (
     load_cifar100_bin,
 )
 from mdarts_rs.data.cache import default_cache_dir
-from mdarts_rs.data.dataset import Dataset
+from mdarts_rs.data.dataset import Dataset, check_split
 
 __all__ = [
     "ARCHIVES",
@@ -90,6 +92,60 @@ ARCHIVES_100 = {
     ),
 }
 
+# ---- both: finding a version, checking a python-version file --------------------------------------------
+
+
+def _folder_with(root: Path, sub: str, names: Iterable[str]) -> Path | None:
+    """``root`` or else ``root/sub``, the first that holds a file of ``names``; None where neither does."""
+    for cand in (root, root / sub):
+        if any((cand / f).is_file() for f in names):
+            return cand
+    return None
+
+
+def _python_pixels(path: Path, data: Any, *, joint: bool = False) -> np.ndarray:
+    """A python-version file's b'data', checked as uint8 (N, 3072), as images (N, 3, 32, 32).
+
+    CIFAR-10's messages say whether the dtype or the shape is wrong; with ``joint`` (CIFAR-100's) one message
+    gives both."""
+    expected = "expected uint8 pixels of shape (N, 3072)"
+    is_array = isinstance(data, np.ndarray)
+    # No conversion: a float or int64 "pixel" array would be cast (and wrapped) silently into other images.
+    if is_array and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072:
+        return data.reshape(-1, 3, 32, 32)
+    if joint:
+        got = f"{data.dtype} {data.shape}" if is_array else type(data).__name__
+        raise DataFormatError(f"{path}: field b'data' is {got}; {expected}")
+    if not is_array or data.dtype != np.uint8:
+        kind = f"an array of dtype {data.dtype}" if is_array else f"a {type(data).__name__}"
+        raise DataFormatError(f"{path}: field b'data' is {kind}; {expected}")
+    raise DataFormatError(f"{path}: field b'data' has shape {data.shape}; expected (N, 3072)")
+
+
+def _python_labels(
+    path: Path, key: bytes, raw: Any, records: int, num_classes: int, what: str, *, by_key: bool = False
+) -> np.ndarray:
+    """The label list ``raw`` of field ``key`` (a list, a tuple or a 1-D array), checked as ``records``
+    integers in 0..num_classes-1 (``what`` names one, e.g. "CIFAR-10 class").
+
+    Messages call a value "label" and name ``key`` where it is not an integer; with ``by_key`` (CIFAR-100's
+    files hold two label lists) they call it by its field."""
+    if isinstance(raw, np.ndarray) and raw.ndim == 1:
+        raw = raw.tolist()  # Python numbers, checked below like the archives' list
+    if not isinstance(raw, (list, tuple)):
+        raise DataFormatError(f"{path}: field {key!r} is a {type(raw).__name__}; expected a list of integers")
+    name, where, unit = (repr(key), "", "") if by_key else ("label", f" in {key!r}", " labels")
+    for i, v in enumerate(raw):
+        # bool is an int subclass, and int(2.0) == 2: neither is a class label as written.
+        if type(v) is not int:
+            raise DataFormatError(f"{path}: record {i}: {name} {v!r}{where} is a {type(v).__name__}, not an integer")
+        if not 0 <= v < num_classes:
+            raise DataFormatError(f"{path}: record {i}: {name} {v} is not a {what} (0-{num_classes - 1})")
+    if len(raw) != records:
+        raise DataFormatError(f"{path}: field b'data' has {records} records but {key!r} has {len(raw)}{unit}")
+    return np.asarray(raw, dtype=np.int64)
+
+
 # ---- CIFAR-10 ---------------------------------------------------------------------------------------------
 
 _PY_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -98,15 +154,6 @@ _PY_HINT = (
     "download the CIFAR-10 python version (cifar-10-python.tar.gz) and point to its cifar-10-batches-py "
     "folder, or call mdarts_rs.data.download_cifar10(version='python')"
 )
-
-
-def _python_version_root(root: Path) -> Path | None:
-    # Any file of the python version marks its folder, so that a partial one (batches.meta alone, or a gap in
-    # the training batches) is reported as the python version it is, not as a missing binary version.
-    for cand in (root, root / "cifar-10-batches-py"):
-        if any((cand / f).is_file() for f in _PY_FILES):
-            return cand
-    return None
 
 
 def _python_train_files(root: Path) -> list[Path]:
@@ -135,30 +182,11 @@ def _python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataFormatError(f"{path}: not a CIFAR-10 python batch (holds a {type(d).__name__}, not a dict)")
     if b"data" not in d:
         raise DataFormatError(f"{path}: not a CIFAR-10 python batch (no b'data' field; has {sorted(map(repr, d))})")
-    data = d[b"data"]
-    # No conversion: a float or int64 "pixel" array would be cast (and wrapped) silently into other images.
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-        kind = f"an array of dtype {data.dtype}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
-        raise DataFormatError(f"{path}: field b'data' is {kind}; expected uint8 pixels of shape (N, 3072)")
-    if data.ndim != 2 or data.shape[1] != 3072:
-        raise DataFormatError(f"{path}: field b'data' has shape {data.shape}; expected (N, 3072)")
+    images = _python_pixels(path, d[b"data"])
     key = b"labels" if b"labels" in d else b"fine_labels"
     if key not in d:
         raise DataFormatError(f"{path}: not a CIFAR-10 python batch (no b'labels' field)")
-    raw = d[key]
-    if isinstance(raw, np.ndarray) and raw.ndim == 1:
-        raw = raw.tolist()  # Python numbers, checked below like the archives' list
-    if not isinstance(raw, (list, tuple)):
-        raise DataFormatError(f"{path}: field {key!r} is a {type(raw).__name__}; expected a list of integers")
-    for i, v in enumerate(raw):
-        # bool is an int subclass, and int(2.0) == 2: neither is a class label as written.
-        if type(v) is not int:
-            raise DataFormatError(f"{path}: record {i}: label {v!r} in {key!r} is a {type(v).__name__}, not an integer")
-        if not 0 <= v <= 9:
-            raise DataFormatError(f"{path}: record {i}: label {v} is not a CIFAR-10 class (0-9)")
-    if len(raw) != data.shape[0]:
-        raise DataFormatError(f"{path}: field b'data' has {data.shape[0]} records but {key!r} has {len(raw)} labels")
-    return data.reshape(-1, 3, 32, 32), np.asarray(raw, dtype=np.int64)
+    return images, _python_labels(path, key, d[key], len(images), 10, "CIFAR-10 class")
 
 
 def _load_python_version(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -178,14 +206,12 @@ def load_cifar10(root: str | os.PathLike[str], split: str = "train") -> tuple[np
     (``cifar-10-batches-py``), or a folder holding either. The binary version is read by the Rust reader,
     which checks every record; errors name the file and record.
     """
-    if split not in ("train", "test"):
-        raise DataFormatError(f"split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     root = Path(root)
-    has_bin = any(
-        (d / f).is_file() for d in (root, root / "cifar-10-batches-bin") for f in ("data_batch_1.bin", "test_batch.bin")
-    )
-    if not has_bin:
-        py_root = _python_version_root(root)
+    if _folder_with(root, "cifar-10-batches-bin", ("data_batch_1.bin", "test_batch.bin")) is None:
+        # Any file of the python version marks its folder, so that a partial one (batches.meta alone, or a gap
+        # in the training batches) is reported as the python version it is, not as a missing binary version.
+        py_root = _folder_with(root, "cifar-10-batches-py", _PY_FILES)
         if py_root is not None:
             return _load_python_version(py_root, split)
     return load_cifar10_bin(root, split)
@@ -200,13 +226,6 @@ def load_cifar10_dataset(root: str | os.PathLike[str], split: str = "train") -> 
 # ---- CIFAR-100 --------------------------------------------------------------------------------------------
 
 
-def _cifar100_python_root(root: Path) -> Path | None:
-    for cand in (root, root / "cifar-100-python"):
-        if (cand / "train").is_file() or (cand / "test").is_file() or (cand / "meta").is_file():
-            return cand
-    return None
-
-
 def _cifar100_python(root: Path, split: str, label: str) -> tuple[np.ndarray, np.ndarray]:
     """One file of CIFAR-100's python version, checked: b'data' uint8 (N, 3072), both label lists in range."""
     path = root / split
@@ -218,28 +237,14 @@ def _cifar100_python(root: Path, split: str, label: str) -> tuple[np.ndarray, np
     d = safe_pickle.load(path, "a CIFAR-100 python file")
     if not isinstance(d, dict) or b"data" not in d:
         raise DataFormatError(f"{path}: not a CIFAR-100 python file (no b'data' field)")
-    data = d[b"data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataFormatError(f"{path}: field b'data' is {got}; expected uint8 pixels of shape (N, 3072)")
+    images = _python_pixels(path, d[b"data"], joint=True)
     out = {}
-    for key, top, what in ((b"fine_labels", 100, "class (0-99)"), (b"coarse_labels", 20, "superclass (0-19)")):
+    for key, top, what in ((b"fine_labels", 100, "CIFAR-100 class"), (b"coarse_labels", 20, "CIFAR-100 superclass")):
         raw = d.get(key)
         if raw is None:
             raise DataFormatError(f"{path}: not a CIFAR-100 python file (no {key!r} field)")
-        if isinstance(raw, np.ndarray) and raw.ndim == 1:
-            raw = raw.tolist()
-        if not isinstance(raw, (list, tuple)):
-            raise DataFormatError(f"{path}: field {key!r} is a {type(raw).__name__}; expected a list of integers")
-        for i, v in enumerate(raw):
-            if type(v) is not int:
-                raise DataFormatError(f"{path}: record {i}: {key!r} {v!r} is a {type(v).__name__}, not an integer")
-            if not 0 <= v < top:
-                raise DataFormatError(f"{path}: record {i}: {key!r} {v} is not a CIFAR-100 {what}")
-        if len(raw) != data.shape[0]:
-            raise DataFormatError(f"{path}: field b'data' has {data.shape[0]} records but {key!r} has {len(raw)}")
-        out[key] = np.asarray(raw, dtype=np.int64)
-    return data.reshape(-1, 3, 32, 32), out[b"fine_labels" if label == "fine" else b"coarse_labels"]
+        out[key] = _python_labels(path, key, raw, len(images), top, what, by_key=True)
+    return images, out[b"fine_labels" if label == "fine" else b"coarse_labels"]
 
 
 def _cifar100_names(root: Path, label: str, py_root: Path | None) -> list[str]:
@@ -253,10 +258,10 @@ def _cifar100_names(root: Path, label: str, py_root: Path | None) -> list[str]:
         if isinstance(raw, list) and all(isinstance(n, (bytes, str)) for n in raw):
             got = [n.decode(errors="replace") if isinstance(n, bytes) else n for n in raw]
     else:
-        for txt in (root / f"{label}_label_names.txt", root / "cifar-100-binary" / f"{label}_label_names.txt"):
-            if txt.is_file():
-                got = [ln.strip() for ln in txt.read_text(errors="replace").splitlines() if ln.strip()]
-                break
+        txt = f"{label}_label_names.txt"
+        folder = _folder_with(root, "cifar-100-binary", (txt,))
+        if folder is not None:
+            got = [ln.strip() for ln in (folder / txt).read_text(errors="replace").splitlines() if ln.strip()]
     return got if len(got) == len(names) else list(names)
 
 
@@ -264,13 +269,12 @@ def load_cifar100(root: str | os.PathLike[str], split: str = "train", label: str
     """CIFAR-100 from the binary version (``cifar-100-binary``: train.bin/test.bin, read in Rust) or the
     python version (``cifar-100-python``: read with the restricted unpickler); ``label`` "fine" gives the 100
     classes, "coarse" the 20 superclasses. Errors name the file and record."""
-    if split not in ("train", "test"):
-        raise DataFormatError(f"split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     if label not in ("fine", "coarse"):
         raise DataFormatError(f"label must be 'fine' or 'coarse', got {label!r}")
     root = Path(root)
-    has_bin = any((d / f).is_file() for d in (root, root / "cifar-100-binary") for f in ("train.bin", "test.bin"))
-    py_root = None if has_bin else _cifar100_python_root(root)
+    has_bin = _folder_with(root, "cifar-100-binary", ("train.bin", "test.bin")) is not None
+    py_root = None if has_bin else _folder_with(root, "cifar-100-python", ("train", "test", "meta"))
     if py_root is not None:
         x, y = _cifar100_python(py_root, split, label)
     else:

@@ -10,7 +10,10 @@ import numpy as np
 
 from mdarts_rs._core import MAX_IMAGE_CHANNELS, MAX_SIDE, DataFormatError
 
-__all__ = ["Dataset", "channel_stats", "from_arrays", "holdout_split"]
+__all__ = ["SPLITS", "Dataset", "channel_stats", "check_split", "from_arrays", "holdout_split"]
+
+#: The splits every source reads: its training images and its test images.
+SPLITS = ("train", "test")
 
 
 @dataclass
@@ -78,6 +81,12 @@ class Dataset:
             self.path,
             dict(self.info),
         )
+
+
+def check_split(split: str) -> None:
+    """DataFormatError unless ``split`` is one of ``SPLITS``."""
+    if split not in SPLITS:
+        raise DataFormatError(f"split must be 'train' or 'test', got {split!r}")
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

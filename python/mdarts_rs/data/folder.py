@@ -19,7 +19,7 @@ import numpy as np
 
 from mdarts_rs._core import MAX_IMAGES, MAX_SIDE, DataFormatError, decode_images
 from mdarts_rs.data.cache import default_cache_dir
-from mdarts_rs.data.dataset import Dataset, channel_stats
+from mdarts_rs.data.dataset import Dataset, channel_stats, check_split
 
 __all__ = [
     "CACHE_FORMAT",
@@ -276,8 +276,7 @@ def load_folder(
     ``holdout_split``). A file that cannot be decoded is a DataFormatError naming it, or with
     ``skip_bad_images`` is left out and listed in a ``SkippedImagesWarning``.
     """
-    if split not in ("train", "test"):
-        raise DataFormatError(f"split must be 'train' or 'test', got {split!r}")
+    check_split(split)
     if not 1 <= image_size <= MAX_SIDE:
         raise DataFormatError(f"image_size must be 1 to {MAX_SIDE}, got {image_size}")
     base = Path(path)
