@@ -170,6 +170,62 @@ def _check_free_space(where: Path, needed: int) -> None:
         )
 
 
+def _decode(tmp: Path, root: Path, files: list[Path], size: int, workers: int, quiet: bool) -> list[tuple[int, str]]:
+    """Decode ``files`` into ``tmp/all.u8`` (N, 3, S, S), a chunk at a time; returns the index and message of
+    each file that could not be decoded."""
+    n = len(files)
+    raw = np.memmap(tmp / "all.u8", dtype=np.uint8, mode="w+", shape=(n, 3, size, size))
+    failed: list[tuple[int, str]] = []
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        failed += [(start + i, m) for i, m in decode_images(files[start:stop], raw[start:stop], workers)]
+        if not quiet and n > _CHUNK:
+            print(f"mdarts-rs: decoded {stop:,} of {n:,} images of {root}", file=sys.stderr)
+    raw.flush()
+    return failed
+
+
+def _kept(
+    root: Path, names: list[str], labels: list[int], failed: list[tuple[int, str]], skip_bad_images: bool
+) -> np.ndarray:
+    """The indices of the files the cache keeps: those that decoded, where ``skip_bad_images`` allows leaving
+    the others out (a DataFormatError listing them otherwise), as long as every class keeps an image."""
+    n = len(labels)
+    bad = sorted(i for i, _ in failed)
+    if failed and not skip_bad_images:
+        lines = "\n".join(m for _, m in failed[:20]) + (
+            f"\n... and {len(failed) - 20} more" if len(failed) > 20 else ""
+        )
+        raise DataFormatError(
+            f"{root}: {len(failed)} of {n} files cannot be read as images (pass --skip-bad-images to leave "
+            f"them out, with a warning listing them):\n{lines}"
+        )
+    keep = np.setdiff1d(np.arange(n), np.asarray(bad, dtype=np.int64))
+    left = {labels[i] for i in keep}
+    empty = [names[c] for c in range(len(names)) if c not in left]
+    if empty:
+        raise DataFormatError(f"{root}: no readable image left in class folder(s) {empty}")
+    if len(keep) == 0:
+        raise DataFormatError(f"{root}: no readable image")
+    return keep
+
+
+def _keep_images(tmp: Path, keep: np.ndarray, n: int, size: int) -> np.ndarray:
+    """``tmp/images.u8``, the images of ``tmp/all.u8`` at ``keep`` (the file itself, renamed, where all are
+    kept), memory-mapped."""
+    if len(keep) == n:
+        os.replace(tmp / "all.u8", tmp / "images.u8")
+        return np.memmap(tmp / "images.u8", dtype=np.uint8, mode="r", shape=(n, 3, size, size))
+    raw = np.memmap(tmp / "all.u8", dtype=np.uint8, mode="r", shape=(n, 3, size, size))
+    images = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(len(keep), 3, size, size))
+    for i in range(0, len(keep), _CHUNK):
+        images[i : i + _CHUNK] = raw[keep[i : i + _CHUNK]]
+    images.flush()
+    del raw
+    (tmp / "all.u8").unlink()
+    return images
+
+
 def _build_cache(
     folder: Path,
     key: str,
@@ -185,47 +241,14 @@ def _build_cache(
     """Decode ``files`` into a new cache in ``folder`` (written beside it, then renamed into place); returns
     its header and its pixels, memory-mapped."""
     n = len(files)
-    per_image = 3 * size * size
-    _check_free_space(folder.parent, n * per_image)
+    _check_free_space(folder.parent, n * 3 * size * size)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        raw = np.memmap(tmp / "all.u8", dtype=np.uint8, mode="w+", shape=(n, 3, size, size))
-        failed: list[tuple[int, str]] = []
-        for start in range(0, n, _CHUNK):
-            stop = min(n, start + _CHUNK)
-            failed += [(start + i, m) for i, m in decode_images(files[start:stop], raw[start:stop], workers)]
-            if not quiet and n > _CHUNK:
-                print(f"mdarts-rs: decoded {stop:,} of {n:,} images of {root}", file=sys.stderr)
-        raw.flush()
-        bad = sorted(i for i, _ in failed)
-        if failed and not skip_bad_images:
-            lines = "\n".join(m for _, m in failed[:20]) + (
-                f"\n... and {len(failed) - 20} more" if len(failed) > 20 else ""
-            )
-            raise DataFormatError(
-                f"{root}: {len(failed)} of {n} files cannot be read as images (pass --skip-bad-images to leave "
-                f"them out, with a warning listing them):\n{lines}"
-            )
-        keep = np.setdiff1d(np.arange(n), np.asarray(bad, dtype=np.int64))
-        left = {labels[i] for i in keep}
-        empty = [names[c] for c in range(len(names)) if c not in left]
-        if empty:
-            raise DataFormatError(f"{root}: no readable image left in class folder(s) {empty}")
-        if len(keep) == 0:
-            raise DataFormatError(f"{root}: no readable image")
-        if bad:
-            images = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(len(keep), 3, size, size))
-            for i in range(0, len(keep), _CHUNK):
-                images[i : i + _CHUNK] = raw[keep[i : i + _CHUNK]]
-            images.flush()
-            del raw
-            (tmp / "all.u8").unlink()
-        else:
-            del raw
-            os.replace(tmp / "all.u8", tmp / "images.u8")
-            images = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="r", shape=(n, 3, size, size))
+        failed = _decode(tmp, root, files, size, workers, quiet)
+        keep = _kept(root, names, labels, failed, skip_bad_images)
+        images = _keep_images(tmp, keep, n, size)
         mean, std = channel_stats(images)
         header = {
             "format": CACHE_FORMAT,
