@@ -1,8 +1,6 @@
-"""CIFAR-10 reading, the search split, augmentation and the zero-copy loader."""
+"""The search split, augmentation and the zero-copy loader (``mdarts_rs.data.loader`` over the Rust BatchLoader)."""
 
 from __future__ import annotations
-
-import pickle
 
 import numpy as np
 import pytest
@@ -16,97 +14,6 @@ from mdarts_rs import data
 
 MEAN = np.array(data.CIFAR10_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
 STD = np.array(data.CIFAR10_STD, dtype=np.float32).reshape(1, 3, 1, 1)
-
-
-def records(labels, seed=0) -> bytes:
-    rng = np.random.default_rng(seed)
-    out = bytearray()
-    for label in labels:
-        out.append(label)
-        out += rng.integers(0, 256, 3072, dtype=np.uint8).tobytes()
-    return bytes(out)
-
-
-@pytest.fixture()
-def fake_bin(tmp_path):
-    """A tiny binary-version folder: 3 training files of 4, 4, 2 records and a test file of 3."""
-    root = tmp_path / "cifar-10-batches-bin"
-    root.mkdir()
-    for i, labels in enumerate([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]], start=1):
-        (root / f"data_batch_{i}.bin").write_bytes(records(labels, seed=i))
-    (root / "test_batch.bin").write_bytes(records([3, 3, 1], seed=9))
-    return root
-
-
-def test_data_reads_generated_binary_files(fake_bin):
-    x, y = data.load_cifar10(fake_bin)
-    assert x.shape == (10, 3, 32, 32) and x.dtype == np.uint8
-    assert y.dtype == np.int64 and y.tolist() == list(range(10))
-    raw = (fake_bin / "data_batch_2.bin").read_bytes()
-    assert x[4].tobytes() == raw[1:3073]  # R, G, B planes, row-major
-    xt, yt = data.load_cifar10(fake_bin.parent, "test")  # the parent folder works too
-    assert yt.tolist() == [3, 3, 1] and xt.shape[0] == 3
-
-
-@pytest.mark.parametrize(
-    ("mutate", "error", "message"),
-    [
-        (
-            lambda r: (r / "data_batch_2.bin").write_bytes(records([1, 2]) + b"x" * 100),
-            md.DataFormatError,
-            r"data_batch_2.bin: truncated.*record 2 has only 100 bytes",
-        ),
-        (
-            lambda r: (r / "data_batch_1.bin").write_bytes(records([1, 12, 3])),
-            md.DataFormatError,
-            r"data_batch_1.bin: record 1: label 12 is not a CIFAR-10 class",
-        ),
-        (lambda r: (r / "data_batch_3.bin").write_bytes(b""), md.DataFormatError, r"data_batch_3.bin: empty file"),
-        (lambda r: (r / "data_batch_1.bin").unlink(), FileNotFoundError, r"data_batch_1.bin: file not found"),
-        (
-            lambda r: (r / "data_batch_2.bin").unlink(),
-            md.DataFormatError,
-            r"data_batch_3.bin: data_batch_2.bin is missing",
-        ),
-    ],
-)
-def test_data_bad_files_get_clear_errors(fake_bin, mutate, error, message):
-    mutate(fake_bin)
-    with pytest.raises(error, match=message):
-        data.load_cifar10(fake_bin)
-
-
-def test_data_oversized_file(fake_bin):
-    (fake_bin / "test_batch.bin").write_bytes(bytes(3073 * 10_001))
-    with pytest.raises(md.DataFormatError, match=r"test_batch.bin: oversized: 10001 records"):
-        data.load_cifar10(fake_bin, "test")
-
-
-def test_data_wrong_folder_and_split(tmp_path):
-    with pytest.raises(FileNotFoundError, match="download the CIFAR-10 binary version"):
-        data.load_cifar10(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError):
-        data.load_cifar10(tmp_path)
-    with pytest.raises(md.DataFormatError, match="split must be"):
-        data.load_cifar10(tmp_path, "val")
-
-
-def test_data_python_version(tmp_path):
-    root = tmp_path / "cifar-10-batches-py"
-    root.mkdir()
-    rng = np.random.default_rng(1)
-    arr = rng.integers(0, 256, (5, 3072), dtype=np.uint8)
-    with open(root / "data_batch_1", "wb") as f:
-        pickle.dump({b"data": arr, b"labels": [0, 1, 2, 3, 9]}, f)
-    x, y = data.load_cifar10(tmp_path)
-    assert np.array_equal(x.reshape(5, -1), arr) and y.tolist() == [0, 1, 2, 3, 9]
-    with open(root / "test_batch", "wb") as f:
-        pickle.dump({b"data": arr, b"labels": [0, 1, 2, 3, 10]}, f)
-    with pytest.raises(md.DataFormatError, match=r"test_batch: record 4: label 10"):
-        data.load_cifar10(root, "test")
-    (root / "data_batch_1").write_bytes(b"not a pickle")
-    with pytest.raises(md.DataFormatError, match="data_batch_1: not a CIFAR-10 python batch"):
-        data.load_cifar10(root)
 
 
 def test_data_search_split_halves_and_is_seeded():
@@ -226,41 +133,3 @@ def test_loader_rejects_bad_arguments():
         md.data.BatchLoader(x, y, batch_size=0)
     with pytest.raises(md.DataFormatError, match=r"shape \(N, C, S, S\) \(square images\), got \[2, 32, 32, 3\]"):
         md.data.BatchLoader(np.zeros((2, 32, 32, 3), np.uint8), y[:2], batch_size=1)
-
-
-def test_download_refuses_bad_version(tmp_path):
-    with pytest.raises(md.DataFormatError, match="version"):
-        data.download_cifar10(tmp_path, version="matlab")
-
-
-def test_download_reuses_unpacked_cache(tmp_path, fake_bin):
-    assert data.download_cifar10(fake_bin.parent) == fake_bin
-
-
-def test_download_checks_md5(tmp_path):
-    (tmp_path / "cifar-10-binary.tar.gz").write_bytes(b"not the archive")
-    with pytest.raises(md.DataFormatError, match="does not match the published c32a1d4ab5d03f1284b67883e8d87530"):
-        data.download_cifar10(tmp_path)
-
-
-@pytest.mark.data
-def test_data_real_mini_subset(cifar_mini):
-    x, y = data.load_cifar10(cifar_mini)
-    assert x.shape == (10_000, 3, 32, 32)
-    assert np.bincount(y).tolist() == [1005, 974, 1032, 1016, 999, 937, 1030, 1001, 1025, 981]
-    # Published pixels of train image 9999 (cur_s_000170.png): the record starts 62, 61, 60, ends 130, 130, 131.
-    assert x[9999].reshape(-1)[:3].tolist() == [62, 61, 60]
-    assert x[9999].reshape(-1)[-3:].tolist() == [130, 130, 131]
-    xt, yt = data.load_cifar10(cifar_mini, "test")
-    assert np.bincount(yt).tolist() == [196, 198, 195, 199, 198, 185, 216, 193, 217, 203]
-
-
-@pytest.mark.data
-def test_data_real_full_statistics(cifar_full):
-    x, y = data.load_cifar10(cifar_full)
-    assert x.shape == (50_000, 3, 32, 32)
-    assert np.bincount(y).tolist() == [5000] * 10
-    f = x.reshape(50_000, 3, -1).astype(np.float64) / 255
-    np.testing.assert_allclose(f.mean(axis=(0, 2)), [0.4914, 0.4822, 0.4465], atol=6e-5)
-    np.testing.assert_allclose(f.std(axis=(0, 2)), [0.2470, 0.2435, 0.2616], atol=6e-5)
-    assert data.load_cifar10(cifar_full, "test")[0].shape[0] == 10_000

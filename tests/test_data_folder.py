@@ -1,11 +1,10 @@
-"""Datasets beyond CIFAR-10: CIFAR-100 (both versions, both label kinds), arrays (.npz) and image folders
-(decoding against Pillow, the cache, bad inputs), and the same batches as the CIFAR-10 reader."""
+"""Image folders (``mdarts_rs.data.folder``): decoding against Pillow, CIFAR-10 as PNG files, the cache and bad
+inputs."""
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,151 +29,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MDARTS_CACHE", str(tmp_path / "cache"))
 
 
-# ---- CIFAR-100 ------------------------------------------------------------------------------------------
-
-
-def _records(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return (
-        rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
-        rng.integers(0, 20, n, dtype=np.uint8),
-        rng.integers(0, 100, n, dtype=np.uint8),
-    )
-
-
-def _write_bin100(path: Path, x, coarse, fine) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rec = np.concatenate([coarse[:, None], fine[:, None], x.reshape(len(x), -1)], axis=1)
-    path.write_bytes(rec.tobytes())
-
-
-def test_cifar100_binary_records_give_fine_or_coarse_labels(tmp_path):
-    x, coarse, fine = _records(30)
-    root = tmp_path / "cifar-100-binary"
-    _write_bin100(root / "train.bin", x, coarse, fine)
-    _write_bin100(root / "test.bin", x[:7], coarse[:7], fine[:7])
-    d = data.load_cifar100(tmp_path, "train")  # the parent of cifar-100-binary works too
-    assert np.array_equal(d.images, x) and np.array_equal(d.labels, fine)
-    assert d.num_classes == 100 and d.class_names[:2] == ["apple", "aquarium_fish"]
-    assert (d.mean, d.std) == (data.CIFAR100_MEAN, data.CIFAR100_STD)
-    c = data.load_cifar100(root, "test", "coarse")
-    assert np.array_equal(c.labels, coarse[:7]) and c.num_classes == 20 and c.describe()["label"] == "coarse"
-
-
-@pytest.mark.parametrize(
-    ("byte", "value", "message"),
-    [
-        (0, 20, r"train.bin: record 4: coarse label 20 is not a CIFAR-100 superclass \(0-19\)"),
-        (1, 100, r"train.bin: record 4: fine label 100 is not a CIFAR-100 class \(0-99\)"),
-    ],
-)
-def test_cifar100_binary_errors_name_file_and_record(tmp_path, byte, value, message):
-    x, coarse, fine = _records(6)
-    (coarse if byte == 0 else fine)[4] = value
-    _write_bin100(tmp_path / "train.bin", x, coarse, fine)
-    for label in ("fine", "coarse"):  # both labels of every record are checked, whichever is kept
-        with pytest.raises(DataFormatError, match=message):
-            data.load_cifar100(tmp_path, "train", label)
-    (tmp_path / "train.bin").write_bytes(b"\0" * 3074 * 2 + b"\1\2")
-    with pytest.raises(DataFormatError, match="record 2 has only 2 bytes"):
-        data.load_cifar100(tmp_path, "train")
-
-
-def test_cifar100_python_version_is_read_with_the_safe_unpickler(tmp_path):
-    x, coarse, fine = _records(12, seed=3)
-    root = tmp_path / "cifar-100-python"
-    root.mkdir()
-    d = {b"data": x.reshape(12, -1), b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist()}
-    (root / "train").write_bytes(pickle.dumps(d))
-    coarse_names = [f"super{i}".encode() for i in range(20)]
-    (root / "meta").write_bytes(pickle.dumps({b"coarse_label_names": coarse_names, b"fine_label_names": []}))
-    got = data.load_cifar100(tmp_path, "train", "coarse")
-    assert np.array_equal(got.images, x) and np.array_equal(got.labels, coarse)
-    assert got.class_names == [f"super{i}" for i in range(20)]  # from meta
-    assert data.load_cifar100(tmp_path, "train").class_names[-1] == "worm"  # meta's empty list: the published
-    d[b"fine_labels"][5] = 100
-    (root / "train").write_bytes(pickle.dumps(d))
-    with pytest.raises(DataFormatError, match=r"train: record 5: b'fine_labels' 100 is not a CIFAR-100 class"):
-        data.load_cifar100(root, "train")
-    (root / "train").write_bytes(pickle.dumps(os.system))
-    with pytest.raises(DataFormatError, match="posix|system"):
-        data.load_cifar100(root, "train")
-
-
-def test_cifar100_download_checks_the_published_md5(tmp_path):
-    from mdarts_rs.data import ARCHIVES_100, download_cifar100
-
-    assert ARCHIVES_100["binary"][1] == "03b5dce01913d631647c71ecec9e9cb8"
-    assert ARCHIVES_100["python"][1] == "eb9058c3a382ffc7106e4002c42a8d85"
-    (tmp_path / "cifar-100-binary.tar.gz").write_bytes(b"not the archive")  # found in the cache: no download
-    with pytest.raises(DataFormatError, match="cifar-100-binary.tar.gz: MD5 .* does not match the published 03b5dce0"):
-        download_cifar100(tmp_path)
-    with pytest.raises(DataFormatError, match="version"):
-        download_cifar100(tmp_path, version="matlab")
-
-
-def test_cifar100_real_archive_if_present():
-    root = os.environ.get("MDARTS_CIFAR100") or str(
-        Path(__file__).resolve().parents[2] / "shared/data/cifar-100-binary"
-    )
-    if not (Path(root) / "train.bin").exists():
-        pytest.skip("real CIFAR-100 not found: set MDARTS_CIFAR100 or provide ../shared/data/cifar-100-binary")
-    d = data.load_cifar100(root, "train")
-    assert len(d) == 50_000 and set(np.unique(d.labels)) == set(range(100))
-    mean, _ = data.channel_stats(d.images[:10_000])
-    assert np.allclose(mean, data.CIFAR100_MEAN, atol=0.01)
-
-
-# ---- arrays ---------------------------------------------------------------------------------------------
-
-
-def test_arrays_npz_nchw_nhwc_and_grayscale(tmp_path):
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (20, 1, 28, 28), dtype=np.uint8)
-    y = np.arange(20) % 4
-    np.savez(tmp_path / "g.npz", images=x, labels=y, class_names=np.array(["a", "b", "c", "d"]))
-    d = data.load_dataset("arrays", tmp_path / "g.npz")
-    assert (d.channels, d.image_size, d.class_names) == (1, 28, ["a", "b", "c", "d"])
-    assert len(d.mean) == 1 and 0.4 < d.mean[0] < 0.6
-    np.savez(tmp_path / "c.npz", images=x.repeat(5, axis=1).transpose(0, 2, 3, 1), labels=y)
-    d5 = data.load_npz(tmp_path / "c.npz")
-    assert d5.images.shape == (20, 5, 28, 28) and d5.class_names == ["0", "1", "2", "3"]
-    assert np.array_equal(d5.images[:, 3], x[:, 0])
-
-
-@pytest.mark.parametrize(
-    ("images", "labels", "names", "message"),
-    [
-        (np.zeros((4, 3, 8, 8), np.float32), [0, 1, 0, 1], None, "'images' is dtype float32; expected uint8"),
-        (np.zeros((4, 8, 8), np.uint8), [0, 1, 0, 1], None, "add the channel axis"),
-        (np.zeros((4, 3, 8, 6), np.uint8), [0, 1, 0, 1], None, "expected square images"),
-        (np.zeros((4, 3, 8, 8), np.uint8), [0, 1, 0], None, "'labels' has 3 entries for 4 images"),
-        (np.zeros((4, 3, 8, 8), np.uint8), [0, 1, -1, 1], None, r"labels\[2\] = -1 is negative"),
-        (np.zeros((4, 3, 8, 8), np.uint8), [0.0, 1.0, 0.0, 1.0], None, "'labels' is float64"),
-        (np.zeros((4, 3, 8, 8), np.uint8), [0, 1, 2, 1], ["a", "b"], r"labels\[2\] = 2 has no class name"),
-        (np.zeros((4, 3, 8, 8), np.uint8), [0, 0, 0, 0], None, "one class only"),
-    ],
-)
-def test_arrays_are_checked_field_by_field(tmp_path, images, labels, names, message):
-    extra = {} if names is None else {"class_names": np.array(names)}
-    np.savez(tmp_path / "bad.npz", images=images, labels=np.array(labels), **extra)
-    with pytest.raises(DataFormatError, match=message) as e:
-        data.load_npz(tmp_path / "bad.npz")
-    assert "bad.npz" in str(e.value)
-
-
-def test_arrays_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.npz"):
-        data.load_npz(tmp_path / "missing.npz")
-    np.savez(tmp_path / "x.npz", pixels=np.zeros(3))
-    with pytest.raises(DataFormatError, match=r"no 'images' array \(holds \['pixels'\]\)"):
-        data.load_npz(tmp_path / "x.npz")
-    (tmp_path / "t.npz").write_text("text")
-    with pytest.raises(DataFormatError, match="t.npz: not a readable .npz"):
-        data.load_npz(tmp_path / "t.npz")
-
-
-# ---- image folders: decoding -----------------------------------------------------------------------------
+# ---- decoding ---------------------------------------------------------------------------------------------
 
 
 def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -242,7 +97,7 @@ def test_sixteen_bit_images_are_scaled_to_eight_bits(tmp_path):
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[0][0], a)
 
 
-# ---- image folders: CIFAR-10 as PNG files ----------------------------------------------------------------
+# ---- CIFAR-10 as PNG files --------------------------------------------------------------------------------
 
 
 def test_png_folder_of_cifar10_gives_the_binary_readers_pixels_and_batches(tmp_path, cifar_mini):
@@ -265,7 +120,7 @@ def test_png_folder_of_cifar10_gives_the_binary_readers_pixels_and_batches(tmp_p
         assert xa.dtype == xb.dtype and np.array_equal(xa.numpy(), xb.numpy()) and np.array_equal(ya, yb)
 
 
-# ---- image folders: the cache ------------------------------------------------------------------------------
+# ---- the cache ---------------------------------------------------------------------------------------------
 
 
 def _color_folder(root: Path, per_class: int = 4, size: tuple[int, int] = (20, 16), fmt: str = "png") -> Path:
@@ -360,7 +215,7 @@ def test_train_and_val_folders_are_separate_splits(tmp_path):
         load_folder(tmp_path / "d" / "train", "test")
 
 
-# ---- image folders: bad inputs ------------------------------------------------------------------------------
+# ---- bad inputs --------------------------------------------------------------------------------------------
 
 
 def test_bad_images_are_errors_naming_the_file_or_skipped_with_a_warning(tmp_path):
