@@ -5,7 +5,20 @@
 
 from __future__ import annotations
 
-from mdarts_rs._core import CIFAR10_MEAN, CIFAR10_STD, BatchLoader, DataFormatError, augment_images, search_split
+from mdarts_rs._core import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    MAX_IMAGE_CHANNELS,
+    MAX_IMAGES,
+    MAX_SIDE,
+    BatchLoader,
+    DataFormatError,
+    augment_images,
+    decode_images,
+    load_cifar10_bin,
+    load_cifar100_bin,
+    search_split,
+)
 from mdarts_rs.data.arrays import load_npz, npz_has_test_set
 from mdarts_rs.data.cache import default_cache_dir
 from mdarts_rs.data.cifar import (
@@ -56,6 +69,9 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "DATASETS",
+    "MAX_IMAGE_CHANNELS",
+    "MAX_IMAGES",
+    "MAX_SIDE",
     "RESIZE",
     "SAME_DATA_FIELDS",
     "SPLITS",
@@ -71,6 +87,7 @@ __all__ = [
     "channel_stats",
     "check_split",
     "crop_padding_for",
+    "decode_images",
     "default_cache_dir",
     "description_conflicts",
     "download_cifar10",
@@ -80,7 +97,9 @@ __all__ = [
     "has_test_set",
     "holdout_split",
     "load_cifar10",
+    "load_cifar10_bin",
     "load_cifar100",
+    "load_cifar100_bin",
     "load_cifar10_dataset",
     "load_dataset",
     "load_folder",
