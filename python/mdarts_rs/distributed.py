@@ -47,9 +47,10 @@ def leave_distributed() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """The sums over ranks of ``values`` (float64), the values themselves in one process."""
-    if world()[1] == 1:
+def all_reduce_sum(values: list[float], device: torch.device, world_size: int | None = None) -> list[float]:
+    """The sums over ranks of ``values`` (float64), the values themselves in one process (``world_size`` 1: a run
+    of its own in a process of a group)."""
+    if (world()[1] if world_size is None else world_size) == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)

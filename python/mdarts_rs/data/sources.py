@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mdarts_rs._core import CIFAR10_MEAN, CIFAR10_STD, DataFormatError
+from mdarts_rs.config import DATASETS
 from mdarts_rs.data.arrays import load_npz, npz_has_test_set
 from mdarts_rs.data.cache import default_cache_dir
 from mdarts_rs.data.cifar import (
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 #: The ``--dataset`` choices of search, sweep, train and test (``imagenet`` is train's torchvision recipe).
-DATASETS = ("cifar10", "cifar100", "arrays", "folder")
 #: The fields of a description that a resumed run must share with the one it continues (the path and a
 #: folder's cache key may change: the images' hash, checked separately, says whether the data did).
 SAME_DATA_FIELDS = ("kind", "class_names", "image_size", "channels", "label")

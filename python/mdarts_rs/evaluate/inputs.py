@@ -11,7 +11,6 @@ import torch
 
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import CifarLoader, Dataset, channel_stats, has_test_set, holdout_split, load_dataset
-from mdarts_rs.distributed import world
 
 
 def shard_indices(n: int, seed: int, rank: int, world_size: int) -> np.ndarray:
@@ -26,11 +25,13 @@ def scaled_cutout(cutout: int, image_size: int) -> int:
 
 
 class CifarData:
-    """The training shard (augmented, cutout) and test set (unaugmented) of a dataset for this rank,
-    normalised with the training images' mean and std."""
+    """The training shard (augmented, cutout) and test set (unaugmented) of a dataset for this rank of
+    ``world`` (rank, world size), normalised with the training images' mean and std."""
 
-    def __init__(self, cfg: TrainConfig, train: Dataset, test: Dataset, device: torch.device):
-        rank, ws = world()
+    def __init__(
+        self, cfg: TrainConfig, train: Dataset, test: Dataset, device: torch.device, world: tuple[int, int] = (0, 1)
+    ):
+        rank, ws = world
         if cfg.batch_size % ws:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {ws} processes")
         common: dict[str, Any] = dict(
@@ -63,7 +64,7 @@ class CifarData:
         )
 
 
-def imagenet_batches(cfg: TrainConfig, device: torch.device):
+def imagenet_batches(cfg: TrainConfig, device: torch.device, world: tuple[int, int] = (0, 1)):
     """ImageFolder train/val loaders with the ImageNet recipe's transforms (needs torchvision)."""
     try:  # torchvision: an optional dependency, only for the ImageNet recipe
         from torchvision import datasets, transforms
@@ -86,7 +87,7 @@ def imagenet_batches(cfg: TrainConfig, device: torch.device):
             raise FileNotFoundError(f"{cfg.data / sub}: ImageNet needs train/ and val/ ImageFolder directories")
     train_set = datasets.ImageFolder(str(cfg.data / "train"), train_tf)
     test_set = datasets.ImageFolder(str(cfg.data / "val"), test_tf)
-    rank, ws = world()
+    rank, ws = world
     sampler = torch.utils.data.DistributedSampler(train_set, ws, rank, seed=cfg.seed) if ws > 1 else None
     workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
     train = torch.utils.data.DataLoader(
@@ -127,10 +128,11 @@ def imagenet_batches(cfg: TrainConfig, device: torch.device):
 def train_test_data(cfg: TrainConfig, quiet: bool = True) -> tuple[Dataset, Dataset, list[int] | None]:
     """The training and test sets of ``cfg``'s dataset, the test set normalised as the training set. Data
     without its own test set (an image folder without train/ and val/, an arrays file without test_images)
-    holds out ``cfg.holdout`` of its images, drawn from ``cfg.seed``; their indices come third (else None)."""
+    holds out ``cfg.holdout`` of its images, drawn from ``cfg.seed``; their indices come third (else None). With
+    ``cfg.test_on`` "holdout" every dataset does so, and its test set is not read (a validation split)."""
     opts = dict(label=cfg.label, image_size=cfg.image_size, skip_bad_images=cfg.skip_bad_images, workers=cfg.workers)
     train = load_dataset(cfg.dataset, cfg.data, "train", quiet=quiet, **opts)  # type: ignore[arg-type]
-    if has_test_set(cfg.dataset, cfg.data):  # type: ignore[arg-type]
+    if cfg.test_on == "test" and has_test_set(cfg.dataset, cfg.data):  # type: ignore[arg-type]
         test = load_dataset(cfg.dataset, cfg.data, "test", quiet=quiet, **opts)  # type: ignore[arg-type]
         if (test.channels, test.image_size) != (train.channels, train.image_size):
             raise ValueError(
@@ -147,7 +149,8 @@ def train_test_data(cfg: TrainConfig, quiet: bool = True) -> tuple[Dataset, Data
     tr, te = holdout_split(len(train), cfg.seed, cfg.holdout)
     test = train.subset(te)
     train = train.subset(tr)
-    train.mean, train.std = channel_stats(train.images)
+    if train.kind not in ("cifar10", "cifar100"):  # their published statistics stand; others' are the images'
+        train.mean, train.std = channel_stats(train.images)
     test.mean, test.std = train.mean, train.std
     train.info["holdout"] = test.info["holdout"] = {"fraction": cfg.holdout, "seed": cfg.seed, "test_images": len(te)}
     return train, test, [int(i) for i in te]

@@ -24,9 +24,14 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_network(
-    model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device, bf16: bool = False
+    model: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    bf16: bool = False,
+    world_size: int | None = None,
 ) -> dict[str, float]:
-    """Top-1/top-5 error and loss over all batches (summed over ranks)."""
+    """Top-1/top-5 error and loss over all batches, summed over the ``world_size`` ranks of one training (by
+    default the process group's)."""
     model.eval()
     sums = [0.0, 0.0, 0.0, 0.0]  # loss·n, top-1 correct, top-5 correct, n
     for x, y in batches:
@@ -37,7 +42,7 @@ def evaluate_network(
         sums[1] += float(accuracy(logits, y, 1))
         sums[2] += float(accuracy(logits, y, min(5, logits.shape[1])))
         sums[3] += len(y)
-    loss, c1, c5, n = all_reduce_sum(sums, device)
+    loss, c1, c5, n = all_reduce_sum(sums, device, world_size)
     n = max(n, 1.0)
     return {"test_loss": loss / n, "top1_err": 1 - c1 / n, "top5_err": 1 - c5 / n, "test_images": int(n)}
 

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import Dataset, as_dataset
 from mdarts_rs.device import resolve_device
-from mdarts_rs.distributed import all_reduce_sum, init_distributed, world
+from mdarts_rs.distributed import all_reduce_sum, init_distributed
+from mdarts_rs.distributed import world as _world
 from mdarts_rs.evaluate.inputs import CifarData, imagenet_batches, train_test_data
 from mdarts_rs.evaluate.network import NetworkCIFAR, NetworkImageNet
 from mdarts_rs.evaluate.testing import accuracy, evaluate_network
@@ -61,10 +62,13 @@ class Trainer:
         class_names: list[str] | None = None,
         data_description: dict[str, Any] | None = None,
         test_indices: list[int] | None = None,
+        world: tuple[int, int] = (0, 1),
     ):
         self.cfg, self.device, self.run, self.genotype_json = cfg, device, run, genotype_json
+        #: this process's place among the ranks of this training (DistributedDataParallel where several)
+        self.rank, self.world_size = world
         #: the training data's description (``Dataset.describe()``) and, for data without a test set, the
-        #: indices of the images held out as the test set (``datasets.holdout_split``)
+        #: indices of the images held out as the test set (``data.holdout_split``)
         self.data_description, self.test_indices = data_description, test_indices
         #: what the training reads (CIFAR-10: the images' count and hash), checked on resume
         self.data_fingerprint = data_fingerprint
@@ -72,7 +76,7 @@ class Trainer:
         self.train_batches, self.test_batches = train_batches, test_batches
         self.model = model.to(device)
         self.net = self.model
-        if world()[1] > 1:
+        if self.world_size > 1:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
@@ -119,7 +123,7 @@ class Trainer:
         if cfg.steps_per_epoch is not None:
             steps = min(steps, cfg.steps_per_epoch)
         sums = [0.0, 0.0, 0.0]  # loss·n, correct, n
-        rank, _ = world()
+        rank = self.rank
         bar = tqdm(
             total=steps,
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
@@ -155,7 +159,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{stats[0] / len(y):.3f}", refresh=False)
         bar.close()
-        loss_sum, correct, n = all_reduce_sum(sums, self.device)
+        loss_sum, correct, n = all_reduce_sum(sums, self.device, self.world_size)
         return {
             "train_loss": loss_sum / max(n, 1),
             "train_acc": correct / max(n, 1),
@@ -163,11 +167,11 @@ class Trainer:
         }
 
     def run_epochs(self) -> list[dict[str, Any]]:
-        rank, _ = world()
+        rank = self.rank
         while self.epoch < self.cfg.epochs:
             t0 = time.time()
             rec: dict[str, Any] = {"epoch": self.epoch, **self.train_epoch()}
-            rec.update(evaluate_network(self.net, iter(self.test_batches), self.device, self.cfg.bf16))
+            rec.update(evaluate_network(self.net, iter(self.test_batches), self.device, self.cfg.bf16, self.world_size))
             rec["seconds"] = time.time() - t0
             bad = non_finite_state(self.model, {"optimizer": self.opt})
             if bad or not all(math.isfinite(rec[k]) for k in ("train_loss", "test_loss")):
@@ -191,13 +195,18 @@ class Trainer:
         return self.history
 
 
-def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
+def build_trainer(cfg: TrainConfig, data: tuple | None = None, world: tuple[int, int] | None = None) -> Trainer:
     """A Trainer for ``cfg``; ``data`` = (train, test) Datasets, or ((train images, labels), (test images,
-    labels)) for CIFAR-10, else read from ``cfg.data``."""
-    device = init_distributed(resolve_device(cfg.device))
+    labels)) for CIFAR-10, else read from ``cfg.data``. ``world`` (rank, world size) defaults to torchrun's
+    process group (joined here); (0, 1) trains alone in a process of a group (a protocol's runs spread over
+    ranks)."""
+    device = resolve_device(cfg.device)
+    if world is None:
+        device = init_distributed(device)
+        world = _world()
+    rank = world[0]
     torch.manual_seed(cfg.seed)
     genotype = load_genotype(cfg.genotype)
-    rank, _ = world()
     run = RunFolder(cfg.out) if rank == 0 else None
     test_indices = None
     if cfg.dataset != "imagenet":
@@ -208,12 +217,12 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
             train_set, test_set = (d if isinstance(d, Dataset) else as_dataset(d[0], d[1], cfg.dataset) for d in data)
         class_names = list(train_set.class_names)
         fingerprint = data_fingerprint(train_set.images, train_set.labels)
-        d = CifarData(cfg, train_set, test_set, device)
+        d = CifarData(cfg, train_set, test_set, device, world)
         train_batches, test_batches = d.train, d.test
         description: dict[str, Any] | None = train_set.describe()
         in_channels, image_size = train_set.channels, train_set.image_size
     else:
-        train_batches, test_batches, class_names = imagenet_batches(cfg, device)  # the folders in train/
+        train_batches, test_batches, class_names = imagenet_batches(cfg, device, world)  # the folders in train/
         fingerprint = None  # an ImageFolder is not fingerprinted
         description, in_channels, image_size = None, 3, 224
     model = trained_network(cfg, genotype, len(class_names), in_channels, image_size)
@@ -229,14 +238,15 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None) -> Trainer:
         class_names,
         description,
         test_indices,
+        world,
     )
 
 
-def train(cfg: TrainConfig, data: tuple | None = None) -> list[dict[str, Any]]:
+def train(cfg: TrainConfig, data: tuple | None = None, world: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Train (or with ``cfg.resume`` continue) an evaluation network; returns the per-epoch metrics. The process
     that writes the run folder (rank 0 under torchrun) holds its write lock; a folder that holds another run's
     files is refused unless ``cfg.resume`` continues it or ``cfg.overwrite`` replaces it."""
-    trainer = build_trainer(cfg, data)
+    trainer = build_trainer(cfg, data, world)
     run = trainer.run
     with open_run(run, cfg.resume, cfg.overwrite, "train") if run is not None else contextlib.nullcontext() as state:
         if cfg.resume and run is None:  # ranks other than 0 read rank 0's folder: a shared filesystem
