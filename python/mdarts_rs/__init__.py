@@ -48,8 +48,10 @@ def __getattr__(name: str):  # torch-backed parts load on first use, so `import 
         return importlib.import_module("mdarts_rs.evaluate.trained").load_trained
     if name == "run_search":
         return importlib.import_module("mdarts_rs.search").run_search
-    if name == "SearchConfig":
-        return importlib.import_module("mdarts_rs.config").SearchConfig
+    if name in ("SearchConfig", "TrainConfig", "ProtocolConfig"):
+        return getattr(importlib.import_module("mdarts_rs.config"), name)
+    if name in ("run_protocol", "rebuild_report"):
+        return getattr(importlib.import_module("mdarts_rs.protocol"), name)
     raise AttributeError(f"module 'mdarts_rs' has no attribute {name!r}")
 
 
@@ -65,9 +67,11 @@ __all__ = [
     "GenotypeError",
     "MdartsError",
     "MultiLevelGenotype",
+    "ProtocolConfig",
     "SearchConfig",
     "SearchSpaceError",
     "SuperNet",
+    "TrainConfig",
     "__version__",
     "count_macs",
     "count_params",
@@ -86,6 +90,8 @@ __all__ = [
     "sample_genotype",
     "one_hot_weights",
     "save_genotype",
+    "rebuild_report",
+    "run_protocol",
     "run_search",
     "search_space_size",
     "unrank_cell",

@@ -15,7 +15,18 @@ from typing import Any
 import click
 
 from mdarts_rs import _core, experiments
-from mdarts_rs.config import DATASETS, MAX_SEED, PRESETS, RECIPES, ConfigError, SearchConfig, TrainConfig, optional
+from mdarts_rs.config import (
+    DATASETS,
+    MAX_SEED,
+    PRESETS,
+    PROTOCOL_OWNS,
+    RECIPES,
+    ConfigError,
+    ProtocolConfig,
+    SearchConfig,
+    TrainConfig,
+    optional,
+)
 from mdarts_rs.data import DataLocationError, resolve_data
 from mdarts_rs.evaluate import test_checkpoint, train_seeds
 from mdarts_rs.evaluate.network import count_macs, count_params, eval_network
@@ -24,6 +35,7 @@ from mdarts_rs.genotype import load_genotype
 from mdarts_rs.geometry import describe_stem
 from mdarts_rs.ops import build_kernels
 from mdarts_rs.plots import plot_compare_runs
+from mdarts_rs.protocol import rebuild_report, run_protocol
 from mdarts_rs.search import SearchInterrupted
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -55,33 +67,45 @@ def _click_type(f: dataclasses.Field) -> Any:
     return str  # text and paths: the config checks and converts them
 
 
-def _field_option(f: dataclasses.Field) -> Decorator:
-    """The option of a config field: named after it, with its default, help, type and range."""
-    name, m = "--" + f.name.replace("_", "-"), f.metadata
-    if "bool" in str(f.type):
-        decls = [f"{name}/--no-{f.name.replace('_', '-')}"] if f.default else [name]
-        return click.option(*decls, f.name, is_flag=True, default=f.default, help=m["help"])
-    default = str(f.default) if isinstance(f.default, Path) else f.default
+def _field_option(f: dataclasses.Field, prefix: str = "", preset_default: bool = False) -> Decorator:
+    """The option of a config field: named after it (after ``prefix``), with its default, help, type and range.
+    ``preset_default``: no default of its own (None: the protocol's preset decides)."""
+    m = f.metadata
+    dashed = prefix + (m.get("cli") or f.name.replace("_", "-"))
+    dest = prefix.replace("-", "_") + f.name
+    kind = str(f.type)
+    if "bool" in kind:
+        decls = [f"--{dashed}/--{prefix}no-{dashed[len(prefix) :]}"] if f.default or preset_default else [f"--{dashed}"]
+        default = None if preset_default else f.default
+        return click.option(*decls, dest, is_flag=True, default=default, help=m["help"] or None)
+    default = None if preset_default else (str(f.default) if isinstance(f.default, Path) else f.default)
+    many = kind.startswith("tuple[") and kind.endswith(", ...]")
     return click.option(
-        name,
-        f.name,
-        type=_click_type(f),
-        nargs=2 if "tuple" in str(f.type) else 1,
-        default=default,
+        f"--{dashed}",
+        dest,
+        type=str if many else _click_type(f),
+        callback=_list(_ELEMENT[kind], "values", m["choices"]) if many else None,
+        nargs=2 if "tuple" in kind and not many else 1,
+        default=",".join(map(str, default)) if many and default is not None else default,
         required=m["required"],
-        show_default=not optional(f) and not m["required"],
+        show_default=not optional(f) and not m["required"] and not preset_default,
         metavar="DIR" if f.name == "out" else None,
         help=m["help"] or None,
     )
 
 
-def config_options(cls: type, skip: tuple[str, ...] = ()) -> Decorator:
-    """Every option of ``cls``'s fields but ``skip``, in field order."""
+#: How the command line reads one element of a list setting.
+_ELEMENT: dict[str, Callable[[str], Any]] = {"tuple[int, ...]": int, "tuple[float, ...]": float, "tuple[str, ...]": str}
+
+
+def config_options(cls: type, skip: tuple[str, ...] | frozenset[str] = (), prefix: str = "") -> Decorator:
+    """Every option of ``cls``'s fields but ``skip``, in field order; with ``prefix``, named ``--<prefix><field>``
+    and without defaults of their own (the protocol's preset decides)."""
 
     def apply(command: Callable[..., Any]) -> Callable[..., Any]:
         for f in reversed(dataclasses.fields(cls)):
             if f.metadata.get("option", True) and f.name not in skip:
-                command = _field_option(f)(command)
+                command = _field_option(f, prefix, preset_default=bool(prefix))(command)
         return command
 
     return apply
@@ -97,20 +121,24 @@ def _with_defaults(ctx: click.Context, opts: dict[str, Any], defaults: dict[str,
     return {**opts, **{k: v for k, v in defaults.items() if not _given(ctx, k)}}
 
 
-def _list(convert: Callable[[str], Any], what: str) -> Callable[[click.Context, click.Parameter, str | None], Any]:
-    """A callback parsing a comma-separated list of ``what``."""
+def _list(
+    convert: Callable[[str], Any], what: str, choices: tuple[str, ...] | None = None
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback parsing a comma-separated list of ``what`` (finite numbers; seeds from 0 to MAX_SEED)."""
 
-    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[Any] | None:
-        if value is None:
-            return None
+    def parse(ctx: click.Context, param: click.Parameter, value: Any) -> list[Any] | None:
+        if value is None or isinstance(value, (list, tuple)):
+            return None if value is None else list(value)
         try:
-            out = [convert(v) for v in value.split(",") if v.strip()]
+            out = [convert(v.strip()) for v in value.split(",") if v.strip()]
         except ValueError:
             raise click.BadParameter(f"expected comma-separated {what}, got {value!r}") from None
         if convert is float and not all(math.isfinite(v) for v in out):
             raise click.BadParameter(f"expected finite numbers, got {value!r}")
         if convert is int and (not out or min(out) < 0 or max(out) > MAX_SEED):
             raise click.BadParameter(f"expected integers from 0 to {MAX_SEED}")
+        if choices and any(v not in choices for v in out):
+            raise click.BadParameter(f"expected comma-separated values of {', '.join(choices)}, got {value!r}")
         return out
 
     return parse
@@ -399,6 +427,44 @@ def predict_command(checkpoint: Path, top: int, device: str, images: tuple[Path,
         click.echo(f"{path}:")
         for name, p in classes:
             click.echo(f"  {p:7.2%}  {name}")
+
+
+def _prefixed(opts: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The options given for the runs of a protocol (``--search-*``, ``--train-*``), as settings."""
+    out = {}
+    for key in [k for k in opts if k.startswith(prefix)]:
+        value = opts.pop(key)
+        if value is not None:
+            out[key[len(prefix) :]] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+@main.command("protocol")
+@config_options(ProtocolConfig)
+@config_options(SearchConfig, skip=PROTOCOL_OWNS, prefix="search-")
+@config_options(TrainConfig, skip=PROTOCOL_OWNS, prefix="train-")
+def protocol_command(**opts: Any) -> None:
+    """The paper's experiments as one resumable job: searches for every γ, α mode and seed; the selection of each
+    (γ, α mode)'s cell by a short training scored on a validation split; final trainings tested on the test set;
+    report.md and report.json in --out. --search-* and --train-* set the runs' settings over the preset's."""
+    search, train = _prefixed(opts, "search_"), _prefixed(opts, "train_")
+    with _messages():
+        data = None if opts["data"] is None else Path(opts["data"])
+        opts["data"] = resolve_data(data, False, opts["dataset"])
+        result = run_protocol(ProtocolConfig(**opts, search=search, train=train), say=lambda t: click.echo(t, err=True))
+    click.echo(f"report: {Path(opts['out']) / 'report.md'}")
+    for row in result["table1"]:
+        if row["mean"] is not None:
+            click.echo(f"  {row['row']}: {row['mean']:.2f} ± {row['std']:.2f} % test error over {row['runs']} runs")
+
+
+@main.command("report")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report_command(folder: Path) -> None:
+    """Rebuild a protocol's report.md and report.json from its run folders alone."""
+    with _messages(usage=()):
+        rebuild_report(folder)
+    click.echo(str(folder / "report.md"))
 
 
 if __name__ == "__main__":  # pragma: no cover

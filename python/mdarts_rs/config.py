@@ -44,10 +44,13 @@ def setting(
     choices: tuple[str, ...] | None = None,
     option: bool = True,
     required: bool = False,
+    factory: Callable[[], Any] | None = None,
+    cli: str | None = None,
 ) -> Any:
     """A config field with what the command line and the validation need to know about it: its help, its range
     (``low``/``high``, open or closed; ``limit`` names the constant an upper bound comes from), its ``choices``;
-    ``option`` False for fields the CLI fills another way."""
+    ``option`` False for fields the CLI fills another way; ``factory`` makes a mutable default; ``cli`` names the
+    option where it is not the field's name."""
     meta = dict(
         help=help,
         low=low,
@@ -58,7 +61,10 @@ def setting(
         choices=choices,
         option=option,
         required=required,
+        cli=cli,
     )
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -69,8 +75,13 @@ def _one_of(choices: tuple[str, ...]) -> str:
 
 
 def _kind(f: dataclasses.Field) -> str:
-    """The value kind of a field from its annotation: int, float, bool, str, path, pair (two floats)."""
+    """The value kind of a field from its annotation: int, float, bool, str, path, pair (two floats), or a list of
+    ints, floats or texts (``tuple[int, ...]``: "ints", "floats", "strs")."""
     ann = str(f.type)
+    if ann.startswith("dict["):
+        return "dict"
+    if ann.startswith("tuple[") and ann.endswith(", ...]"):
+        return ann[len("tuple[") : -len(", ...]")] + "s"
     for kind, marker in (("pair", "tuple"), ("path", "Path"), ("bool", "bool"), ("float", "float"), ("int", "int")):
         if marker in ann:
             return kind
@@ -82,29 +93,42 @@ def optional(f: dataclasses.Field) -> bool:
     return "None" in str(f.type)
 
 
+def _as_kind(kind: str, value: Any) -> tuple[bool, Any]:
+    """(whether ``value`` is of ``kind``, the value converted: ints and floats from any number type)."""
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind == "int" and integral:
+        return True, int(value)
+    if kind == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return True, float(value)
+    ok = {"bool": bool, "str": str, "dict": dict}.get(kind)
+    return (ok is not None and isinstance(value, ok)), value
+
+
+_WANT = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text", "path": "a path"}
+_WANT["dict"] = "a mapping of settings"
+
+
 def _coerce(f: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
     """``value`` as the field's kind (ints and floats from any number type, paths from text), or a problem."""
     kind = _kind(f)
     if value is None:
         return None, None if optional(f) else f"{f.name} must be set, got None"
-    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if kind == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value), None
-    if kind == "float" and is_real:
-        return float(value), None
-    if kind == "bool" and isinstance(value, bool):
-        return value, None
-    if kind == "str" and isinstance(value, str):
-        return value, None
     if kind == "path" and isinstance(value, (str, os.PathLike)):
         if str(value) == "":
             return value, f"{f.name} must name a {'run folder' if f.name == 'out' else 'path'}, got an empty path"
         return Path(value), None
-    if kind == "pair" and isinstance(value, (tuple, list)) and len(value) == 2:
-        if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
-            return (float(value[0]), float(value[1])), None
-    want = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text", "path": "a path"}
-    return value, f"{f.name} must be {want.get(kind, 'two numbers')}, got {value!r} ({type(value).__name__})"
+    if kind in ("pair", "ints", "floats", "strs"):
+        element = "float" if kind == "pair" else kind[:-1]
+        if isinstance(value, (tuple, list)) and (len(value) == 2 if kind == "pair" else len(value) > 0):
+            converted = [_as_kind(element, v) for v in value]
+            if all(ok for ok, _ in converted):
+                return tuple(v for _, v in converted), None
+        want = "two numbers" if kind == "pair" else f"a non-empty list of {_WANT[element].split(' ', 1)[1]}s"
+        return value, f"{f.name} must be {want}, got {value!r}"
+    ok, converted = _as_kind(kind, value)
+    if ok:
+        return (dict(converted) if kind == "dict" else converted), None
+    return value, f"{f.name} must be {_WANT[kind]}, got {value!r} ({type(value).__name__})"
 
 
 def _range_problem(f: dataclasses.Field, value: Any) -> str | None:
@@ -143,7 +167,7 @@ def field_problems(cfg: Any) -> list[str]:
         if problem is None and value is not None:
             object.__setattr__(cfg, f.name, value)
             choices = f.metadata.get("choices")
-            if choices and value not in choices:
+            if choices and any(v not in choices for v in (value if isinstance(value, tuple) else (value,))):
                 problem = f"{f.name} must be {_one_of(choices)}, got {value!r}"
             elif isinstance(value, (int, float, tuple)) and not isinstance(value, bool):
                 problem = _range_problem(f, value)
@@ -431,6 +455,12 @@ class TrainConfig(DataSettings):
         low_open=True,
         high_open=True,
     )
+    test_on: str = setting(
+        "test",
+        "test: score every epoch on the data's test set; holdout: on --holdout of the training images, held out "
+        "(the test set is then never read: selection of a cell by validation accuracy).",
+        choices=("test", "holdout"),
+    )
     epochs: int = setting(600, low=1)
     batch_size: int = setting(
         96, "Global batch (split over torchrun processes).", low=1, high=_core.MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE"
@@ -495,3 +525,128 @@ RECIPES: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.1,
     },
 }
+
+
+#: The protocol's presets: the search and training recipes of every run, and the selection's epochs.
+#: tiny: seconds per run on a CPU (for tests); proxy: the CIFAR-10 subset, short runs; paper: the published
+#: protocol (DARTS' search and evaluation, Liu et al. 2019, sections 3.1-3.2, with the paper's γ sweep).
+PROTOCOL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "search": {
+            "epochs": 1,
+            "batch_size": 4,
+            "init_channels": 4,
+            "layers": 5,
+            "steps_per_epoch": 2,
+            "gap_images": 8,
+            "plots": False,
+        },
+        "train": {
+            "epochs": 1,
+            "batch_size": 8,
+            "init_channels": 4,
+            "layers": 5,
+            "steps_per_epoch": 2,
+            "auxiliary": False,
+            "drop_path": 0.0,
+        },
+        "select_epochs": 1,
+    },
+    "proxy": {
+        "search": {"epochs": 10},
+        "train": {"epochs": 100, "init_channels": 16, "layers": 8},
+        "select_epochs": 20,
+    },
+    "paper": {"search": {}, "train": {}, "select_epochs": 100},
+}
+
+
+@dataclass
+class ProtocolConfig(DataSettings):
+    """A whole protocol: searches for every (γ, α mode, seed), a selection of each (γ, α mode)'s cell by a short
+    training scored on a held-out validation split (``final`` "best", DARTS' protocol), final trainings of the
+    selected cells (or, ``final`` "all", of every search's cell: the paper's table 1) tested on the test set,
+    and a report. ``search``/``train`` override the preset's search and training settings."""
+
+    out: Path = setting(Path("runs/protocol"), "Protocol folder: every run's folder, the report and the settings.")
+    preset: str = setting(
+        "paper",
+        "The runs' recipes: tiny (seconds per run on a CPU), proxy (short runs for the CIFAR-10 subset), paper "
+        "(the published protocol).",
+        choices=tuple(PROTOCOL_PRESETS),
+    )
+    gammas: tuple[float, ...] = setting((0.0, 0.1, 1.0, 5.0, 10.0), "γ values, comma-separated.", low=0, cli="gamma")
+    alpha_modes: tuple[str, ...] = setting(
+        ("multilevel",),
+        "α modes, comma-separated: multilevel (the paper), shared (DARTS).",
+        choices=("multilevel", "shared"),
+        cli="alpha-mode",
+    )
+    seeds: tuple[int, ...] = setting(
+        (0, 1, 2, 3), "Search seeds, comma-separated (the paper repeats 4).", low=0, high=MAX_SEED
+    )
+    final: str = setting(
+        "best",
+        "best: the cell selected by validation accuracy trained with each final seed (DARTS' table); all: every "
+        "search's cell trained and tested, the mean over searches (the paper's table 1; no selection).",
+        choices=("best", "all"),
+    )
+    select_epochs: int | None = setting(None, "Epochs of each selection training. Default: the preset's.", low=1)
+    select_on: str = setting(
+        "val",
+        "val: select on a validation split held out of the training images; test: on the test set, as the paper "
+        "and DARTS' own code do (the report says so).",
+        choices=("val", "test"),
+    )
+    holdout: float = setting(
+        0.1,
+        "The validation split's share of the training images (5,000 of CIFAR-10's 50,000).",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+    )
+    final_seeds: tuple[int, ...] = setting(
+        (0, 1, 2), "Seeds of the final trainings, comma-separated.", low=0, high=MAX_SEED
+    )
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1, ...")
+    resume: bool = setting(False, "Continue the protocol in --out: finished runs are kept, stopped ones continued.")
+    quiet: bool = setting(False, "No progress bars or epoch lines.")
+    search: dict[str, Any] = setting(None, "Search settings over the preset's.", option=False, factory=dict)
+    train: dict[str, Any] = setting(None, "Training settings over the preset's.", option=False, factory=dict)
+
+    def __post_init__(self) -> None:
+        _validate(self, ProtocolConfig._rules)
+
+    def _rules(self) -> list[str]:
+        out = self._data_rules()
+        for name, cls in (("search", SearchConfig), ("train", TrainConfig)):
+            unknown = sorted(set(getattr(self, name)) - {f.name for f in dataclasses.fields(cls)})
+            if unknown:
+                out.append(f"{name} settings {unknown} are not {cls.__name__} fields")
+            taken = sorted(set(getattr(self, name)) & PROTOCOL_OWNS)
+            if taken:
+                out.append(f"{name} settings {taken} are the protocol's own: set them as protocol settings")
+        return out
+
+    def search_settings(self) -> dict[str, Any]:
+        """The preset's search settings with this protocol's over them."""
+        return {**PROTOCOL_PRESETS[self.preset]["search"], **self.search}
+
+    def train_settings(self) -> dict[str, Any]:
+        """The preset's training settings with this protocol's over them."""
+        return {**PROTOCOL_PRESETS[self.preset]["train"], **self.train}
+
+    def selection_epochs(self) -> int:
+        return self.select_epochs or PROTOCOL_PRESETS[self.preset]["select_epochs"]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ProtocolConfig:
+        return _from_json(cls, d, frozenset())
+
+
+#: The settings of a protocol's runs that the protocol itself decides (run folders, seeds, what each run varies).
+PROTOCOL_OWNS = frozenset(
+    {"data", "dataset", "label", "image_size", "skip_bad_images", "out", "seed", "gamma", "alpha_mode", "genotype"}
+    | {"resume", "overwrite", "device", "quiet", "test_on", "holdout"}
+)

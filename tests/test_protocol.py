@@ -1,0 +1,250 @@
+"""The whole protocol (search × seeds → selection → final trainings → report) with --preset tiny on the CIFAR-10
+subset: its report holds the run folders' own numbers, selection never reads the test set, a killed protocol
+resumes without redoing finished runs, a failed search is reported while the rest goes on, and torchrun's ranks
+give the report one process gives."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mdarts_rs.cli import main
+from mdarts_rs.config import ConfigError, ProtocolConfig
+from mdarts_rs.data import load_cifar10
+from mdarts_rs.evaluate import inputs
+from mdarts_rs.protocol import run_protocol
+from mdarts_rs.run import RunFolder
+
+#: The protocol of the suite: 2 γ × 2 seeds, 2 final seeds, every run a few steps of a tiny network.
+ARGS = ["--preset", "tiny", "--gamma", "0,1", "--seeds", "0,1", "--final-seeds", "0,1", "--device", "cpu"]
+
+
+def _cli(out: Path, data: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mdarts_rs.cli", "protocol", "--data", str(data), "--out", str(out), *ARGS, *extra]
+
+
+def _env() -> dict[str, str]:
+    # one thread per process: the same arithmetic in one process and under torchrun
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, cifar_mini) -> Path:
+    """The suite's protocol run by the command line in one process."""
+    out = tmp_path_factory.mktemp("protocol") / "one"
+    r = subprocess.run(_cli(out, cifar_mini, "--quiet"), env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out
+
+
+def _last(folder: Path) -> dict:
+    return json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+@pytest.mark.data
+def test_protocol_report_holds_the_run_folders_numbers(one_process):
+    report = json.loads((one_process / "report.json").read_text())
+    assert not report["failures"]
+    for row in report["table1"]:
+        assert row["runs"] == 2, row
+        picked = [s for s in report["searches"] if s["picked"] and s["alpha_mode"] == row["alpha_mode"]]
+        picked = [s for s in picked if s["gamma"] == row["gamma"]]
+        assert len(picked) == 1 and picked[0]["search"] == row["selected"]
+        # the picked search has the lowest selection error of its row, read from its selection run's metrics
+        mine = [s for s in report["searches"] if (s["alpha_mode"], s["gamma"]) == (row["alpha_mode"], row["gamma"])]
+        for s in mine:
+            assert s["selection_error"] == pytest.approx(100 * _last(one_process / "select" / s["search"])["top1_err"])
+        assert picked[0]["selection_error"] == min(s["selection_error"] for s in mine)
+        errors = [100 * _last(one_process / "final" / row["row"] / f"seed{k}")["top1_err"] for k in (0, 1)]
+        assert list(row["test_errors"].values()) == pytest.approx(errors)
+        assert row["mean"] == pytest.approx(np.mean(errors), abs=1e-4)
+        assert row["std"] == pytest.approx(np.std(errors, ddof=1), abs=1e-4)
+        seconds = sum(
+            json.loads(line)["seconds"]
+            for s in mine
+            for line in (one_process / "search" / s["search"] / "metrics.jsonl").read_text().splitlines()
+        )
+        assert row["search_hours"] == pytest.approx(seconds / 3600, abs=1e-4) and row["hours_of"] == "CPU"
+        assert row["params"] > 0 and row["macs"] > row["params"]
+    assert [r["paper"] for r in report["table1"]] == [3.14, 3.00]  # the paper's table 1 at γ = 0 and 1
+    text = (one_process / "report.md").read_text()
+    assert "Table 1" in text and "no stage before the final one reads the test set" in text
+    assert "mdarts-rs protocol --data" in text and (one_process / "figures" / "skip_connect.png").stat().st_size > 0
+    # the final runs' test sets are the test files: 2,000 images of the subset
+    assert _last(one_process / "final" / "multilevel_gamma0" / "seed0")["test_images"] == 2000
+
+
+@pytest.mark.data
+def test_protocol_report_rebuilds_from_the_folders(one_process, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(one_process, copy)
+    (copy / "report.json").unlink()
+    r = CliRunner().invoke(main, ["report", str(copy)])
+    assert r.exit_code == 0, r.output
+    rebuilt, original = (json.loads((d / "report.json").read_text()) for d in (copy, one_process))
+    assert rebuilt["table1"] == original["table1"] and rebuilt["searches"] == original["searches"]
+
+
+@pytest.mark.data
+def test_protocol_refuses_other_settings_on_resume(one_process, cifar_mini):
+    with pytest.raises(
+        ValueError, match=r"cannot resume with a different configuration \(.*gammas: \(0.0, 1.0\) -> \(0.0, 5.0\)"
+    ):
+        run_protocol(ProtocolConfig(data=cifar_mini, out=one_process, preset="tiny", gammas=(0.0, 5.0), resume=True))
+    with pytest.raises(FileExistsError, match="holds a protocol: pass --resume"):
+        run_protocol(ProtocolConfig(data=cifar_mini, out=one_process, preset="tiny"))
+    with pytest.raises(ConfigError, match="search settings \\['gamma'\\] are the protocol's own"):
+        ProtocolConfig(search={"gamma": 2.0})
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("select_on", ["val", "test"])
+def test_protocol_selection_reads_no_test_image(tmp_path, cifar_mini, monkeypatch, select_on):
+    """Selection trains on the training images less a validation split and scores on it, never loading the test
+    set (which is disjoint from it); with --select-on test it scores on the test set and the report says so."""
+    reads: list[tuple[str, str]] = []
+    stage = {"now": ""}
+    load = inputs.load_dataset
+
+    def spy(kind, path, split="train", **kw):
+        reads.append((stage["now"], split))
+        return load(kind, path, split, **kw)
+
+    monkeypatch.setattr(inputs, "load_dataset", spy)
+
+    def say(text: str) -> None:
+        stage["now"] = text.split()[0]
+
+    out = tmp_path / "p"
+    run_protocol(
+        data=cifar_mini,
+        out=out,
+        preset="tiny",
+        gammas=(1.0,),
+        seeds=(0,),
+        final_seeds=(0,),
+        device="cpu",
+        select_on=select_on,
+        quiet=True,
+        say=say,
+    )
+    assert ("selection", "test" if select_on == "test" else "train") in reads
+    assert (("selection", "test") in reads) == (select_on == "test")
+    assert ("final", "test") in reads
+    ckpt = torch.load(out / "select" / "multilevel_gamma1_seed0" / "checkpoint.pt", weights_only=True)
+    text = (out / "report.md").read_text()
+    if select_on == "test":
+        assert ckpt["test_indices"] is None and "**selection used the test set**" in text
+        return
+    val = np.asarray(ckpt["test_indices"])
+    assert len(val) == 1000 and ckpt["dataset"]["images"] == 9000  # 10% of the subset's 10,000, held out
+    train_images, _ = load_cifar10(cifar_mini, "train")
+    test_images, _ = load_cifar10(cifar_mini, "test")
+    held_out = {hashlib.blake2b(img.tobytes()).digest() for img in train_images[val]}
+    assert not held_out & {hashlib.blake2b(img.tobytes()).digest() for img in test_images}
+
+
+def _files(folder: Path) -> dict[str, tuple[int, str]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.blake2b(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+@pytest.mark.data
+def test_protocol_killed_during_selection_resumes_without_redoing_runs(tmp_path, cifar_mini):
+    out = tmp_path / "p"
+    args = _cli(out, cifar_mini, "--quiet", "--gamma", "1", "--final-seeds", "0")
+    log = tmp_path / "first.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 300
+        first = out / "select" / "multilevel_gamma1_seed0"
+        while not (first / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (first / "checkpoint.pt").exists(), log.read_text()[-2000:]
+    assert not (out / "final").exists(), "killed after the selection stage: the test did not exercise a resume"
+    done = {f: v for f, v in _files(out).items() if f.startswith(("search/", "select/multilevel_gamma1_seed0/"))}
+    r = subprocess.run(args + ["--resume"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = _files(out)
+    assert {f: after[f] for f in done} == done  # finished runs' files untouched
+    assert "search " not in r.stderr and "selection multilevel_gamma1_seed0:" not in r.stderr  # no finished run again
+    report = json.loads((out / "report.json").read_text())
+    assert report["table1"][0]["runs"] == 1 and not report["failures"]
+
+
+@pytest.mark.data
+def test_protocol_reports_a_failed_search_and_goes_on(tmp_path, cifar_mini):
+    out = tmp_path / "p"
+    busy = RunFolder(out / "search" / "multilevel_gamma1_seed1")
+    with busy.writer():  # another process writes this search's folder
+        data = run_protocol(
+            data=cifar_mini,
+            out=out,
+            preset="tiny",
+            gammas=(1.0,),
+            seeds=(0, 1),
+            final="all",
+            final_seeds=(0,),
+            device="cpu",
+            quiet=True,
+            say=lambda t: None,
+        )
+    assert [f["run"] for f in data["failures"]] == ["search/multilevel_gamma1_seed1"]
+    assert "being written by another mdarts-rs process" in data["failures"][0]["error"]
+    row = data["table1"][0]
+    assert row["runs"] == 1 and list(row["test_errors"]) == ["multilevel_gamma1_seed0/seed0"]
+    assert "## Failures" in (out / "report.md").read_text()
+    again = run_protocol(
+        data=cifar_mini,
+        out=out,
+        preset="tiny",
+        gammas=(1.0,),
+        seeds=(0, 1),
+        final="all",
+        final_seeds=(0,),
+        device="cpu",
+        quiet=True,
+        resume=True,
+        say=lambda t: None,
+    )
+    assert not again["failures"] and again["table1"][0]["runs"] == 2  # the failed search ran again on resume
+
+
+@pytest.mark.data
+def test_protocol_under_torchrun_gives_the_one_process_report(one_process, tmp_path, cifar_mini):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    out = tmp_path / "two"
+    args = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mdarts_rs.cli",
+        *_cli(out, cifar_mini, "--quiet")[3:],
+    ]
+    r = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    two, one = (json.loads((d / "report.json").read_text()) for d in (out, one_process))
+    for key in ("table1", "searches"):
+        for a, b in zip(two[key], one[key]):
+            for volatile in ("search_hours", "search_seconds"):
+                a.pop(volatile, None), b.pop(volatile, None)
+            assert a == b
