@@ -25,7 +25,9 @@ from mdarts_rs.config import (
     ProtocolConfig,
     SearchConfig,
     TrainConfig,
+    dump_settings,
     optional,
+    read_settings,
 )
 from mdarts_rs.data import DataLocationError, resolve_data
 from mdarts_rs.evaluate import test_checkpoint, train_seeds
@@ -121,6 +123,44 @@ def _with_defaults(ctx: click.Context, opts: dict[str, Any], defaults: dict[str,
     return {**opts, **{k: v for k, v in defaults.items() if not _given(ctx, k)}}
 
 
+_config_file = (
+    click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Take the settings from this file (JSON, e.g. a run's config.json, or TOML); options given here "
+        "override it.",
+    ),
+    click.option(
+        "--print-config",
+        is_flag=True,
+        help="Print the settings this command would use (defaults, --config and options merged) in the file's "
+        "format (JSON without --config) and exit.",
+    ),
+)
+
+
+def _file_settings(opts: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The settings of ``--config`` (popped from ``opts``) as option values: a protocol's search and training
+    settings as ``search_<name>``/``train_<name>``."""
+    path = opts.pop("config_file")
+    if path is None:
+        return {}
+    settings = read_settings(path, cls)
+    for prefix in ("search", "train"):
+        if cls is ProtocolConfig and isinstance(settings.get(prefix), dict):
+            settings |= {f"{prefix}_{k}": v for k, v in settings.pop(prefix).items()}
+    return settings
+
+
+def _print_config(cfg: Any, opts: dict[str, Any], file: Path | None) -> bool:
+    """With ``--print-config``, print ``cfg`` in the format of ``file`` (JSON without one); whether it printed."""
+    if not opts.pop("print_config"):
+        return False
+    click.echo(dump_settings(cfg, "toml" if file is not None and file.suffix == ".toml" else "json"), nl=False)
+    return True
+
+
 def _list(
     convert: Callable[[str], Any], what: str, choices: tuple[str, ...] | None = None
 ) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -205,6 +245,7 @@ def _search_options(skip: tuple[str, ...]) -> Decorator:
             is_flag=True,
             help="Download CIFAR-10 or CIFAR-100 (checked against its MD5) when no data folder is found.",
         ),
+        *_config_file,
         config_options(SearchConfig, skip=skip),
         click.pass_context,
     )
@@ -221,13 +262,16 @@ def _options(*options: Decorator) -> Decorator:
     return apply
 
 
-def _search_config(ctx: click.Context, opts: dict[str, Any]) -> tuple[SearchConfig, list[int]]:
-    """The SearchConfig of search or sweep (the preset filling what was not given) and the seeds."""
-    seeds = opts.pop("seeds") or [opts["seed"]]
-    opts = _with_defaults(ctx, opts, PRESETS.get(opts.pop("preset") or "", {}))
-    data = opts.pop("data")
-    opts["data"] = resolve_data(None if data is None else Path(data), opts.pop("download"), opts["dataset"])
-    return SearchConfig(**opts), seeds
+def _search_settings(ctx: click.Context, opts: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """The settings of search or sweep (the --config file, then the preset, filling what was not given; the data
+    folder found unless only printing) and the seeds."""
+    preset = PRESETS.get(opts.pop("preset") or "", {})
+    settings = _with_defaults(ctx, opts, {**preset, **_file_settings(opts, SearchConfig)})
+    seeds = settings.pop("seeds") or [settings["seed"]]
+    data, download = settings.pop("data"), settings.pop("download")
+    if not settings.pop("print_config"):
+        data = resolve_data(None if data is None else Path(data), download, settings["dataset"])
+    return {**settings, "data": data}, seeds
 
 
 def _say(text: str, err: bool = False) -> None:
@@ -263,9 +307,13 @@ def _report(job: experiments.JobResult, out: Path, show_table: bool = False) -> 
 @_search_options(skip=("alpha_mode", "gamma"))
 def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> None:
     """Search a cell per level with the entropy heuristic (on CIFAR-10 by default; --dataset for others)."""
-    modes = ["shared", "multilevel"] if alpha_mode == "both" else [alpha_mode]
+    file = opts["config_file"]
     with _messages():
-        cfg, seeds = _search_config(ctx, {**opts, "alpha_mode": modes[0], "gamma": gamma})
+        settings, seeds = _search_settings(ctx, {**opts, "alpha_mode": alpha_mode, "gamma": gamma})
+        modes = ["shared", "multilevel"] if settings["alpha_mode"] == "both" else [settings["alpha_mode"]]
+        cfg = SearchConfig(**{**settings, "alpha_mode": modes[0]})
+        if _print_config(cfg, opts, file):
+            return
         job = experiments.search(cfg, modes, seeds, say=_say)
     _report(job, cfg.out)
 
@@ -284,8 +332,12 @@ def sweep(ctx: click.Context, gammas: list[float], **opts: Any) -> None:
     """The paper's table-1 sweep over γ: one search per value, then a summary table."""
     if not gammas or min(gammas) < 0:
         raise click.BadParameter("expected non-negative γ values", param_hint="--gamma")
+    file = opts["config_file"]
     with _messages():
-        cfg, seeds = _search_config(ctx, {**opts, "gamma": gammas[0]})
+        settings, seeds = _search_settings(ctx, opts)
+        cfg = SearchConfig(**{**settings, "gamma": gammas[0]})
+        if _print_config(cfg, opts, file):
+            return
         job = experiments.sweep(cfg, gammas, seeds, say=_say)
     _report(job, cfg.out, show_table=True)
 
@@ -358,6 +410,7 @@ def info(genotype: str, imagenet_size: int, image_sizes: tuple[int, ...], channe
 
 
 @main.command()
+@_options(*_config_file)
 @config_options(TrainConfig)
 @click.option(
     "--seeds", callback=_list(int, "integers"), help="Comma-separated seeds: one training each, in --out/seed<N>."
@@ -366,11 +419,18 @@ def info(genotype: str, imagenet_size: int, image_sizes: tuple[int, ...], channe
 def train(ctx: click.Context, seeds: list[int] | None, **opts: Any) -> None:
     """Train an evaluation network from scratch (DARTS' CIFAR-10 recipe for CIFAR-10, CIFAR-100 and your own
     data; or the ImageNet recipe)."""
+    file = opts["config_file"]
     with _messages():
-        opts = _with_defaults(ctx, opts, RECIPES[opts["dataset"]])
-        data = None if opts["data"] is None else Path(opts["data"])
-        opts["data"] = data if opts["dataset"] == "imagenet" else resolve_data(data, False, opts["dataset"])
-        train_seeds(TrainConfig(**opts), seeds or [opts["seed"]], say=click.echo)
+        from_file = _file_settings(opts, TrainConfig)
+        dataset = opts["dataset"] if _given(ctx, "dataset") else from_file.get("dataset", opts["dataset"])
+        settings = _with_defaults(ctx, opts, {**RECIPES.get(dataset, {}), **from_file})
+        data = None if settings["data"] is None else Path(settings["data"])
+        if settings["dataset"] != "imagenet" and not settings["print_config"]:
+            data = resolve_data(data, False, settings["dataset"])
+        cfg = TrainConfig(**{k: v for k, v in settings.items() if k != "print_config"} | {"data": data})
+        if _print_config(cfg, opts, file):
+            return
+        train_seeds(cfg, seeds or [cfg.seed], say=click.echo)
 
 
 #: The checkpoint of a trained network, for test, export and predict.
@@ -440,19 +500,27 @@ def _prefixed(opts: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 @main.command("protocol")
+@_options(*_config_file)
 @config_options(ProtocolConfig)
 @config_options(SearchConfig, skip=PROTOCOL_OWNS, prefix="search-")
 @config_options(TrainConfig, skip=PROTOCOL_OWNS, prefix="train-")
-def protocol_command(**opts: Any) -> None:
+@click.pass_context
+def protocol_command(ctx: click.Context, **opts: Any) -> None:
     """The paper's experiments as one resumable job: searches for every γ, α mode and seed; the selection of each
     (γ, α mode)'s cell by a short training scored on a validation split; final trainings tested on the test set;
     report.md and report.json in --out. --search-* and --train-* set the runs' settings over the preset's."""
-    search, train = _prefixed(opts, "search_"), _prefixed(opts, "train_")
+    file = opts["config_file"]
     with _messages():
-        data = None if opts["data"] is None else Path(opts["data"])
-        opts["data"] = resolve_data(data, False, opts["dataset"])
-        result = run_protocol(ProtocolConfig(**opts, search=search, train=train), say=lambda t: click.echo(t, err=True))
-    click.echo(f"report: {Path(opts['out']) / 'report.md'}")
+        settings = _with_defaults(ctx, opts, _file_settings(opts, ProtocolConfig))
+        search, train = _prefixed(settings, "search_"), _prefixed(settings, "train_")
+        data = None if settings["data"] is None else Path(settings["data"])
+        if not settings.pop("print_config"):
+            data = resolve_data(data, False, settings["dataset"])
+        cfg = ProtocolConfig(**{**settings, "data": data}, search=search, train=train)
+        if _print_config(cfg, opts, file):
+            return
+        result = run_protocol(cfg, say=lambda t: click.echo(t, err=True))
+    click.echo(f"report: {cfg.out / 'report.md'}")
     for row in result["table1"]:
         if row["mean"] is not None:
             click.echo(f"  {row['row']}: {row['mean']:.2f} ± {row['std']:.2f} % test error over {row['runs']} runs")

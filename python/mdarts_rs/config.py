@@ -5,9 +5,12 @@ validation below refuses bad values and incompatible settings with the same mess
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import math
 import numbers
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,11 @@ from typing import Any
 
 from mdarts_rs import _core
 from mdarts_rs.geometry import stem_plan
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 #: Upper limit of the channels of a network, checked before anything is built (the Rust core holds the other
 #: limits: MAX_LAYERS cells, MAX_IMAGES images, MAX_BATCH_SIZE, MAX_WORKERS loader threads).
@@ -246,6 +254,12 @@ class DataSettings:
                     out.append(str(e))
         return out
 
+    def _tensorboard_rules(self) -> list[str]:
+        """TensorBoard asked for where it is not installed (every kind of run has the setting)."""
+        if getattr(self, "tensorboard") and importlib.util.find_spec("tensorboard") is None:
+            return ["--tensorboard needs the tensorboard package: pip install 'mdarts-rs[tensorboard]'"]
+        return []
+
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON-ready values (paths as text)."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
@@ -321,6 +335,12 @@ class SearchConfig(DataSettings):
         False, "Replay each search step as one CUDA graph (falls back to eager steps where capture fails)."
     )
     deterministic: bool = setting(False, "cuDNN's deterministic algorithms on the GPU instead of its autotuner.")
+    tensorboard: bool = setting(
+        False, "Write TensorBoard event files into the run folder's tb/ (the tensorboard extra)."
+    )
+    log_every: int = setting(
+        50, "With --tensorboard: log the step's losses, learning rates and norms every N steps.", low=1
+    )
     resume: bool = setting(False, "Continue the run in --out from its checkpoint.")
     overwrite: bool = setting(False, "Replace the run files already in --out (without it, such a folder is refused).")
     quiet: bool = setting(False, "No progress bars or epoch lines.")
@@ -331,7 +351,7 @@ class SearchConfig(DataSettings):
 
     def _rules(self) -> list[str]:
         """The settings that exclude each other, and those only valid together."""
-        out = self._data_rules()
+        out = self._data_rules() + self._tensorboard_rules()
         if self.resume and self.overwrite:
             out.append("resume and overwrite exclude each other")
         if self.lr_min > self.lr:
@@ -482,6 +502,12 @@ class TrainConfig(DataSettings):
     device: str = setting("auto")
     bf16: bool = setting(False, "bfloat16 autocast.")
     steps_per_epoch: int | None = setting(None, "Cap the steps of each epoch (smoke runs).", low=1)
+    tensorboard: bool = setting(
+        False, "Write TensorBoard event files into the run folder's tb/ (the tensorboard extra)."
+    )
+    log_every: int = setting(
+        50, "With --tensorboard: log the step's losses, learning rates and norms every N steps.", low=1
+    )
     resume: bool = setting(False)
     overwrite: bool = setting(False, "Replace the run files already in --out.")
     quiet: bool = setting(False)
@@ -490,7 +516,7 @@ class TrainConfig(DataSettings):
         _validate(self, TrainConfig._rules)
 
     def _rules(self) -> list[str]:
-        out = self._data_rules()
+        out = self._data_rules() + self._tensorboard_rules()
         if self.resume and self.overwrite:
             out.append("resume and overwrite exclude each other")
         return out
@@ -610,6 +636,7 @@ class ProtocolConfig(DataSettings):
         (0, 1, 2), "Seeds of the final trainings, comma-separated.", low=0, high=MAX_SEED
     )
     device: str = setting("auto", "auto, cpu, cuda, cuda:1, ...")
+    tensorboard: bool = setting(False, "Every run writes TensorBoard event files into its folder's tb/.")
     resume: bool = setting(False, "Continue the protocol in --out: finished runs are kept, stopped ones continued.")
     quiet: bool = setting(False, "No progress bars or epoch lines.")
     search: dict[str, Any] = setting(None, "Search settings over the preset's.", option=False, factory=dict)
@@ -619,7 +646,7 @@ class ProtocolConfig(DataSettings):
         _validate(self, ProtocolConfig._rules)
 
     def _rules(self) -> list[str]:
-        out = self._data_rules()
+        out = self._data_rules() + self._tensorboard_rules()
         for name, cls in (("search", SearchConfig), ("train", TrainConfig)):
             unknown = sorted(set(getattr(self, name)) - {f.name for f in dataclasses.fields(cls)})
             if unknown:
@@ -648,5 +675,63 @@ class ProtocolConfig(DataSettings):
 #: The settings of a protocol's runs that the protocol itself decides (run folders, seeds, what each run varies).
 PROTOCOL_OWNS = frozenset(
     {"data", "dataset", "label", "image_size", "skip_bad_images", "out", "seed", "gamma", "alpha_mode", "genotype"}
-    | {"resume", "overwrite", "device", "quiet", "test_on", "holdout"}
+    | {"resume", "overwrite", "device", "quiet", "test_on", "holdout", "tensorboard"}
 )
+
+
+#: What a run's config.json records beside its settings (not settings: a config file may hold them, unread).
+RECORDS = ("data_description", "world_size")
+
+
+def read_settings(path: str | os.PathLike[str], cls: type) -> dict[str, Any]:
+    """The settings of a config file for a ``cls`` run: JSON (a run's ``config.json``, ``--print-config``'s output)
+    or TOML (``.toml``, for hand-written files). ConfigError naming the file, and every key that is not a setting
+    of ``cls``; the values are checked when the config is made from them."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file holds a mapping of settings, not a {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k not in RECORDS}
+    if cls is SearchConfig and "fast" in data:  # written before the batched supernet became the default
+        data["supernet"] = "batched" if data.pop("fast") else "plain"
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{path}: {', '.join(map(repr, unknown))} {'is not a setting' if len(unknown) == 1 else 'are not settings'} of {cls.__name__}"
+        )
+    return data
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string: JSON's escapes
+
+
+def dump_settings(cfg: Any, fmt: str = "json") -> str:
+    """``cfg``'s settings as a config file that ``read_settings`` reads back: JSON, or TOML (where a setting left
+    unset, None, is a comment: TOML has no null)."""
+    settings = cfg.to_json()
+    if fmt == "json":
+        return json.dumps(settings, indent=2) + "\n"
+    lines, tables = [], []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            tables += ["", f"[{key}]", *(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None)]
+        elif value is None:
+            lines.append(f"# {key}: unset (the default)")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines + tables) + "\n"
