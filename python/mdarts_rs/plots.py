@@ -60,8 +60,8 @@ def _edge_labels() -> list[str]:
     return labels
 
 
-def plot_alpha_heatmaps(tables: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """softmax(α) of every table as a (14 edges × 8 ops) heat-map."""
+def alpha_heatmaps(tables: Mapping[str, Any]) -> Any:
+    """A figure of softmax(α) of every table as a (14 edges × 8 ops) heat-map."""
     n = len(tables)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 5), squeeze=False)
     for ax, (name, p) in zip(axes[0], tables.items()):
@@ -71,6 +71,15 @@ def plot_alpha_heatmaps(tables: Mapping[str, Any], path: str | os.PathLike[str])
         ax.set_yticks(range(len(p)), _edge_labels(), fontsize=7)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
+    return fig
+
+
+def plot_alpha_heatmaps(tables: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """``alpha_heatmaps`` written to ``path``."""
+    _save(alpha_heatmaps(tables), path)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -138,8 +147,8 @@ def draw_cell(cell: CellGenotype, ax: Any, title: str = "") -> None:
     ax.axis("off")
 
 
-def plot_genotype(genotype: Any, path: str | os.PathLike[str]) -> None:
-    """Every cell of a genotype, one panel each."""
+def genotype_figure(genotype: Any) -> Any:
+    """A figure of every cell of a genotype, one panel each."""
     cells = genotype.cells
     cols = min(3, len(cells))
     rows = -(-len(cells) // cols)
@@ -150,8 +159,12 @@ def plot_genotype(genotype: Any, path: str | os.PathLike[str]) -> None:
     for ax in flat[len(cells) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_genotype(genotype: Any, path: str | os.PathLike[str]) -> None:
+    """``genotype_figure`` written to ``path``."""
+    _save(genotype_figure(genotype), path)
 
 
 def plot_search_run(

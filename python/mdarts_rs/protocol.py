@@ -38,7 +38,7 @@ from mdarts_rs.run import RunFolder, RunFolderBusy, atomic_write_text
 from mdarts_rs.search import RanksDisagree, SearchDiverged, SearchInterrupted, run_search
 
 #: Settings of a protocol that may differ when it is resumed.
-RESUMABLE = {"resume", "quiet", "device", "workers", "data"}
+RESUMABLE = {"resume", "quiet", "device", "workers", "data", "tensorboard"}
 #: The errors a run may end with while the protocol goes on with the others.
 RUN_ERRORS = (SearchDiverged, RanksDisagree, RunFolderBusy, OSError, ValueError, RuntimeError, FloatingPointError)
 
@@ -89,6 +89,7 @@ class Protocol:
             seed=seed,
             device=cfg.device,
             quiet=cfg.quiet,
+            tensorboard=cfg.tensorboard,
         )
 
     def train_config(self, genotype: Path, out: Path, seed: int, selection: bool) -> TrainConfig:
@@ -108,6 +109,7 @@ class Protocol:
             holdout=cfg.holdout,
             device=cfg.device,
             quiet=cfg.quiet,
+            tensorboard=cfg.tensorboard,
         )
 
     def _data(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from mdarts_rs.genotype import load_genotype
 from mdarts_rs.guards import first_names, non_finite_state
 from mdarts_rs.plots import plot_learning_curves
 from mdarts_rs.run import RunFolder, check_same_run, data_fingerprint, open_run
+from mdarts_rs.tensorboard import Board
 
 
 def lr_at(cfg: TrainConfig, epoch: float) -> float:
@@ -85,6 +86,8 @@ class Trainer:
         )
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
+        #: the run's TensorBoard event files (rank 0, --tensorboard), opened by ``train`` once the checkpoint is read
+        self.board: Board | None = None
 
     def state(self) -> dict[str, Any]:
         return {
@@ -104,7 +107,7 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint of the same training (settings but the run's place and device, data)."""
-        may_change = {"resume", "overwrite", "quiet", "device", "workers", "out", "data"}
+        may_change = {"resume", "overwrite", "quiet", "device", "workers", "out", "data", "tensorboard", "log_every"}
         check_same_run(state, self.cfg, may_change, self.data_description, self.data_fingerprint, "trained on")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
@@ -119,9 +122,7 @@ class Trainer:
         model.train()
         # Drop-path probability raised linearly over training (DARTS).
         model.drop_path_prob = cfg.drop_path * self.epoch / cfg.epochs
-        steps = len(self.train_batches)
-        if cfg.steps_per_epoch is not None:
-            steps = min(steps, cfg.steps_per_epoch)
+        steps = self.steps_per_epoch()
         sums = [0.0, 0.0, 0.0]  # loss·n, correct, n
         rank = self.rank
         bar = tqdm(
@@ -156,6 +157,9 @@ class Trainer:
             sums[0] += stats[0]
             sums[1] += stats[1]
             sums[2] += len(y)
+            done = self.epoch * steps + step + 1
+            if self.board is not None and done % cfg.log_every == 0:
+                self.board.scalars(done, {"step/train_loss": stats[0] / len(y), "lr": self.opt.param_groups[0]["lr"]})
             bar.update(1)
             bar.set_postfix(loss=f"{stats[0] / len(y):.3f}", refresh=False)
         bar.close()
@@ -165,6 +169,10 @@ class Trainer:
             "train_acc": correct / max(n, 1),
             "lr": self.opt.param_groups[0]["lr"],
         }
+
+    def steps_per_epoch(self) -> int:
+        steps = len(self.train_batches)
+        return steps if self.cfg.steps_per_epoch is None else min(steps, self.cfg.steps_per_epoch)
 
     def run_epochs(self) -> list[dict[str, Any]]:
         rank = self.rank
@@ -187,6 +195,9 @@ class Trainer:
                 if self.run is not None:
                     self.run.write_metrics(self.history)
                     self.run.save_checkpoint(self.state())
+                if self.board is not None:
+                    drop_path = self.cfg.drop_path * rec["epoch"] / self.cfg.epochs
+                    self.board.train_epoch(self.epoch * self.steps_per_epoch(), rec, drop_path)
                 if not self.cfg.quiet:
                     tqdm.write(
                         f"epoch {rec['epoch'] + 1}/{self.cfg.epochs}: train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}, "
@@ -256,7 +267,13 @@ def train(cfg: TrainConfig, data: tuple | None = None, world: tuple[int, int] | 
         if run is not None:
             described = {"data_description": trainer.data_description} if trainer.data_description else {}
             run.write_json("config.json", {**cfg.to_json(), **described})
-        history = trainer.run_epochs()
+            if cfg.tensorboard:  # what a stopped run logged after its checkpoint's step is dropped
+                trainer.board = Board(run.path, trainer.epoch * trainer.steps_per_epoch() + 1)
+        try:
+            history = trainer.run_epochs()
+        finally:
+            if trainer.board is not None:
+                trainer.board.close()
         if run is not None:
             plot_learning_curves(history, run.path / "learning_curves.png")
     return history

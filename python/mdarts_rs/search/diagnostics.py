@@ -31,7 +31,7 @@ def step_totals(stats: dict[str, float], n_t: int, n_v: int) -> list[float]:
 
 def device_totals(stats: torch.Tensor, n_t: int, n_v: int) -> torch.Tensor:
     """``step_totals`` of a step's statistics vector, computed on its device (no host synchronisation)."""
-    a_loss, val_loss, train_loss, entropy, val_correct, train_correct = stats.unbind()
+    a_loss, val_loss, train_loss, entropy, val_correct, train_correct = stats[:6].unbind()
     # new_full launches a fill kernel; a tensor made from a Python number would be copied from the host
     return torch.stack(
         [

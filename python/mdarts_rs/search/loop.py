@@ -34,7 +34,7 @@ from mdarts_rs.search.supernet import SuperNet
 
 #: Config fields that may differ when resuming a run (not the supernet: its weights differ in layout).
 RESUMABLE_CHANGES = {"resume", "overwrite", "quiet", "plots", "device", "workers", "out", "data", "cuda_graph"}
-RESUMABLE_CHANGES |= {"deterministic"}
+RESUMABLE_CHANGES |= {"deterministic", "tensorboard", "log_every"}
 
 
 class SearchDiverged(RuntimeError):
@@ -69,6 +69,19 @@ class Recorder(Protocol):
         self, record: dict[str, Any], genotype: _core.Genotype | _core.MultiLevelGenotype, history: list[dict[str, Any]]
     ) -> None:
         """An epoch has finished: its record, the genotype derived after it, and every record so far."""
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        """Every ``log_every`` steps: the step's losses, learning rates and gradient norms (TensorBoard)."""
+
+    def log_epoch(
+        self,
+        step: int,
+        record: dict[str, Any],
+        genotype: _core.Genotype | _core.MultiLevelGenotype,
+        alpha: dict[str, np.ndarray],
+        steps: int,
+    ) -> None:
+        """After each epoch: its record, genotype and softmax(α) per table (TensorBoard)."""
 
     def describe(self) -> str:
         """Where the last checkpoint is, for messages."""
@@ -346,7 +359,23 @@ class Searcher:
             # checked finite and flushed above; the gap's passes leave the state as it was
             self.recorder.end_epoch(rec, genotype, self.history)
             self.recorder.save_checkpoint(self.state())
+            with torch.no_grad():
+                alpha = {t: p.detach().cpu().numpy() for t, p in self.model.softmax_entropy()[0].items()}
+            self.recorder.log_epoch(self.epoch * self.steps, rec, genotype, alpha, self.steps)
         return rec
+
+    def global_step(self) -> int:
+        """Steps done since the search began (TensorBoard's step)."""
+        return self.epoch * self.steps + self.step_in_epoch
+
+    def _log_step(self, stats: dict[str, float]) -> None:
+        """Log a step's statistics every ``log_every`` steps."""
+        if self.recorder is None or self.global_step() % self.cfg.log_every:
+            return
+        values = {f"step/{k}": stats[k] for k in ("a_loss", "val_loss", "train_loss", "entropy_loss")}
+        values |= {"grad_norm/alpha": stats["alpha_grad_norm"], "grad_norm/weights": stats["weight_grad_norm"]}
+        values |= {"lr/weights": self.w_opt.param_groups[0]["lr"], "lr/alpha": self.a_opt.param_groups[0]["lr"]}
+        self.recorder.log_step(self.global_step(), values)
 
     def _run_steps(self, sig: _Signals) -> None:
         """The rest of this epoch's steps, with a progress bar; a signal (on any rank) saves and stops the run."""
@@ -370,16 +399,19 @@ class Searcher:
                 if self.step_in_epoch >= self.steps:
                     break
                 if self.captured is not None:
-                    self.graph_step(xt, yt, xv, yv)
+                    stats = self.graph_step(xt, yt, xv, yv)
                     self.step_in_epoch += 1
                     if self.step_in_epoch % 50 == 0:  # the only host synchronisations of graph mode
                         self.flush_device_stats()
                         bar.set_postfix(loss=f"{self.acc['train_loss'] / max(1, self.acc['n_train']):.3f}")
+                    if self.global_step() % self.cfg.log_every == 0:  # and, with --tensorboard, these
+                        self._log_step(dict(zip(STEP_STATS, stats.tolist())))
                 else:
                     out = self.train_step(xt, yt, xv, yv)
                     for k, v in zip(TOTALS, step_totals(out, len(yt), len(yv))):
                         self.acc[k] += v
                     self.step_in_epoch += 1
+                    self._log_step(out)
                     bar.set_postfix(loss=f"{out['train_loss']:.3f}", val=f"{out['val_loss']:.3f}", refresh=False)
                 bar.update(1)
                 if self.world_size > 1 and any_rank(sig.caught is not None, self.device) and not sig.caught:

@@ -3,6 +3,7 @@ each epoch there; under torchrun rank 0 alone touches the folder."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,13 +20,15 @@ from mdarts_rs.distributed import broadcast_object
 from mdarts_rs.distributed import world as _world
 from mdarts_rs.run import RunFolder, open_run
 from mdarts_rs.search.loop import Searcher, SearchResult
+from mdarts_rs.tensorboard import Board
 
 
 class SearchRecorder:
-    """A search's checkpoints and epoch records in a run folder."""
+    """A search's checkpoints and epoch records in a run folder, and its TensorBoard event files (``board``)."""
 
     def __init__(self, run: RunFolder):
         self.run = run
+        self.board: Board | None = None
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self.run.save_checkpoint(state)
@@ -35,6 +38,21 @@ class SearchRecorder:
     ) -> None:
         self.run.write_genotype(genotype, record["epoch"])
         self.run.write_metrics(history)
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        if self.board is not None:
+            self.board.scalars(step, values)
+
+    def log_epoch(
+        self,
+        step: int,
+        record: dict[str, Any],
+        genotype: Genotype | MultiLevelGenotype,
+        alpha: dict[str, np.ndarray],
+        steps: int,
+    ) -> None:
+        if self.board is not None:
+            self.board.search_epoch(step, record, genotype, alpha, steps)
 
     def describe(self) -> str:
         return self.run.checkpoint_note()
@@ -51,6 +69,19 @@ class OtherRankRecorder:
 
     def end_epoch(
         self, record: dict[str, Any], genotype: Genotype | MultiLevelGenotype, history: list[dict[str, Any]]
+    ) -> None:
+        pass
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def log_epoch(
+        self,
+        step: int,
+        record: dict[str, Any],
+        genotype: Genotype | MultiLevelGenotype,
+        alpha: dict[str, np.ndarray],
+        steps: int,
     ) -> None:
         pass
 
@@ -111,6 +142,8 @@ def run_search(
             run.write_json(
                 "config.json", {**cfg.to_json(), "data_description": searcher.data.describe(), "world_size": size}
             )
+            if cfg.tensorboard:  # what a stopped run logged after its checkpoint's step is dropped
+                recorder.board = stack.enter_context(contextlib.closing(Board(run.path, searcher.global_step() + 1)))
         result = searcher.run_epochs()
         if run is not None:
             run.write_genotype(result.genotype)

@@ -23,7 +23,16 @@ from mdarts_rs.distributed import all_reduce_tensors_
 from mdarts_rs.search.supernet import SuperNet, Weights
 
 #: What one search step reports, in the order of the vector ``search_step`` returns.
-STEP_STATS = ("a_loss", "val_loss", "train_loss", "entropy_loss", "val_correct", "train_correct")
+STEP_STATS = (
+    "a_loss",
+    "val_loss",
+    "train_loss",
+    "entropy_loss",
+    "val_correct",
+    "train_correct",
+    "alpha_grad_norm",
+    "weight_grad_norm",
+)
 
 
 @dataclass
@@ -175,7 +184,8 @@ def _alpha_update(
 ) -> torch.Tensor:
     """The α half of the step: each chunk's α gradient (first or second order) weighted by its share, summed over
     chunks and ranks, then Adam; without ``update_alpha`` (warm-up) the α loss is only evaluated. Returns this
-    process's (a_loss, L_val, L_entropy) weighted by share, and the correct count."""
+    process's (a_loss, L_val, L_entropy) weighted by share and the correct count, and the α gradient's norm (over
+    every table; 0 in the warm-up)."""
     alphas = parts.model.arch_parameters()
     a_grads = [torch.zeros_like(a) for a in alphas]
     rows = []
@@ -198,13 +208,14 @@ def _alpha_update(
         for a, g in zip(alphas, a_grads):
             a.grad = g
         parts.a_opt.step()
-    return torch.stack(rows).sum(0)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in a_grads]))
+    return torch.stack(rows).sum(0), norm
 
 
 def _weight_update(parts: StepParts, xt: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
     """The weight half of the step, with the updated α held fixed (its softmax weights, without the entropies):
     each chunk's gradient weighted by its share, summed over chunks and ranks, clipped, then SGD. Returns this
-    process's L_train weighted by share and the correct count."""
+    process's L_train weighted by share and the correct count, and the gradient's norm before clipping."""
     model = parts.model
     with torch.no_grad():
         p, _ = model.softmax_entropy()
@@ -220,9 +231,9 @@ def _weight_update(parts: StepParts, xt: torch.Tensor, yt: torch.Tensor) -> torc
     params = model.weight_parameters()
     # parameters without a gradient have none on every rank (the same network reads the same inputs)
     _sum_over_ranks(parts, [q.grad for q in params if q.grad is not None])
-    nn.utils.clip_grad_norm_(params, parts.cfg.grad_clip)
+    norm = nn.utils.clip_grad_norm_(params, parts.cfg.grad_clip)
     parts.w_opt.step()
-    return torch.stack(rows).sum(0)
+    return torch.stack(rows).sum(0), norm
 
 
 def search_step(
@@ -237,11 +248,12 @@ def search_step(
     update on (xt, yt). Without a host synchronisation, so that a CUDA graph can capture it.
 
     Returns the step's ``STEP_STATS`` as one vector on the device, alike on every rank: the losses are batch
-    means (each chunk's weighted by its share), the correct counts are summed."""
-    val = _alpha_update(parts, xt, yt, xv, yv, update_alpha)
-    train = _weight_update(parts, xt, yt)
+    means (each chunk's weighted by its share), the correct counts are summed, the gradient norms are those of
+    the whole batch's gradients (the weights' before clipping)."""
+    val, alpha_norm = _alpha_update(parts, xt, yt, xv, yv, update_alpha)
+    train, weight_norm = _weight_update(parts, xt, yt)
     # val: a_loss, L_val, L_entropy, val correct; train: L_train, train correct; in STEP_STATS' order (slices, no
     # index tensor to copy from the host)
     stats = torch.cat([val[:2], train[:1], val[2:], train[1:]])
-    _sum_over_ranks(parts, [stats])
-    return stats
+    _sum_over_ranks(parts, [stats])  # the norms are of gradients summed over ranks already
+    return torch.cat([stats, torch.stack([alpha_norm, weight_norm]).to(stats.dtype)])
