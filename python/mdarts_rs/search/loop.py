@@ -70,6 +70,8 @@ class Recorder(Protocol):
     ) -> None:
         """An epoch has finished: its record, the genotype derived after it, and every record so far."""
 
+    # Optional (a recorder without them logs nothing more):
+
     def log_step(self, step: int, values: dict[str, float]) -> None:
         """Every ``log_every`` steps: the step's losses, learning rates and gradient norms (TensorBoard)."""
 
@@ -359,9 +361,11 @@ class Searcher:
             # checked finite and flushed above; the gap's passes leave the state as it was
             self.recorder.end_epoch(rec, genotype, self.history)
             self.recorder.save_checkpoint(self.state())
-            with torch.no_grad():
-                alpha = {t: p.detach().cpu().numpy() for t, p in self.model.softmax_entropy()[0].items()}
-            self.recorder.log_epoch(self.epoch * self.steps, rec, genotype, alpha, self.steps)
+            log_epoch = getattr(self.recorder, "log_epoch", None)
+            if log_epoch is not None:
+                with torch.no_grad():
+                    alpha = {t: p.detach().cpu().numpy() for t, p in self.model.softmax_entropy()[0].items()}
+                log_epoch(self.epoch * self.steps, rec, genotype, alpha, self.steps)
         return rec
 
     def global_step(self) -> int:
@@ -370,12 +374,13 @@ class Searcher:
 
     def _log_step(self, stats: dict[str, float]) -> None:
         """Log a step's statistics every ``log_every`` steps."""
-        if self.recorder is None or self.global_step() % self.cfg.log_every:
+        log_step = getattr(self.recorder, "log_step", None)
+        if log_step is None or self.global_step() % self.cfg.log_every:
             return
         values = {f"step/{k}": stats[k] for k in ("a_loss", "val_loss", "train_loss", "entropy_loss")}
         values |= {"grad_norm/alpha": stats["alpha_grad_norm"], "grad_norm/weights": stats["weight_grad_norm"]}
         values |= {"lr/weights": self.w_opt.param_groups[0]["lr"], "lr/alpha": self.a_opt.param_groups[0]["lr"]}
-        self.recorder.log_step(self.global_step(), values)
+        log_step(self.global_step(), values)
 
     def _run_steps(self, sig: _Signals) -> None:
         """The rest of this epoch's steps, with a progress bar; a signal (on any rank) saves and stops the run."""
