@@ -9,7 +9,7 @@ import torch
 from mdarts_rs import edge_index
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.primitives import count_params
-from mdarts_rs.search import Searcher, fastcell
+from mdarts_rs.search import STEP_STATS, Searcher, fastcell
 from mdarts_rs.search.fastcell import FastSearchCell, readers
 from mdarts_rs.search.supernet import SearchCell, SuperNet
 
@@ -160,7 +160,7 @@ def test_fast_search_step_matches_in_float32(tmp_path):
     plain, fast = _searchers(tmp_path)
     (xt, yt), (xv, yv) = next(iter(plain.train_loader)), next(iter(plain.val_loader))
     a, b = (s.train_step(xt, yt, xv, yv) for s in (plain, fast))
-    for key in a:
+    for key in STEP_STATS[:6]:  # the losses and counts; the gradient norms are compared in float64 above
         assert a[key] == pytest.approx(b[key], rel=1e-5), key
     for x, y in zip(plain.model.arch_parameters(), fast.model.arch_parameters()):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
