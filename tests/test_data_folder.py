@@ -3,8 +3,12 @@ inputs."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import struct
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -216,6 +220,60 @@ def test_train_and_val_folders_are_separate_splits(tmp_path):
 
 
 # ---- bad inputs --------------------------------------------------------------------------------------------
+
+
+def _png_claiming(w: int, h: int) -> bytes:
+    """A tiny PNG whose header claims ``w``×``h`` pixels (its data holds almost none)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(10))) + chunk(b"IEND", b"")
+
+
+def _jpeg_cut_in_its_data() -> bytes:
+    """A JPEG cut at 70% of its length: the header whole, the lower part of the image missing (Pillow: "image
+    file is truncated"; decoders that go on fill it with grey)."""
+    buf = io.BytesIO()
+    Image.fromarray(_photo(64, 80)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()[: buf.tell() * 7 // 10]
+
+
+#: Files that must fail as themselves (named, and skipped by --skip-bad-images), never hang or abort.
+HOSTILE_FILES = {
+    "cut.jpg": (_jpeg_cut_in_its_data, r"truncated: the JPEG data ends at byte \d+ before its end-of-image marker"),
+    "strip.png": (lambda: _png_claiming(1, 20_000_000), r"1×20000000 pixels: .* 32×640000000, above the limit"),
+    "wide.png": (lambda: _png_claiming(2_000_000, 1), r"makes it 64000000×32, above the limit of 100000000 pixels"),
+    "bomb.png": (lambda: _png_claiming(100_000, 100_000), r"100000×100000 pixels is above the limit of 100000000"),
+    "fifo.png": (None, r"a FIFO \(named pipe\), not a regular file; only regular files are read"),
+}
+
+
+def _hostile(path: Path) -> Path:
+    make = HOSTILE_FILES[path.name][0]
+    if make is None:
+        os.mkfifo(path)
+    else:
+        path.write_bytes(make())
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
+def test_decode_images_refuses_hostile_files_naming_them(tmp_path, name):
+    path = _hostile(tmp_path / name)
+    out = np.full((1, 3, 32, 32), 7, np.uint8)
+    ((i, message),) = decode_images([path], out, 1)
+    assert i == 0 and message.startswith(f"{path}: ") and (out == 0).all(), message
+    assert re.search(HOSTILE_FILES[name][1], message), message
+
+
+def test_decode_images_refuses_a_read_only_out(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    out = np.zeros((1, 3, 4, 4), np.uint8)
+    out.flags.writeable = False
+    with pytest.raises(DataFormatError, match="out cannot be written .*not writeable"):
+        decode_images([tmp_path / "a.png"], out)
 
 
 def test_bad_images_are_errors_naming_the_file_or_skipped_with_a_warning(tmp_path):
