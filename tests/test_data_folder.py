@@ -7,8 +7,6 @@ import io
 import json
 import os
 import re
-import struct
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +18,8 @@ import mdarts_rs as md
 from mdarts_rs import data
 from mdarts_rs._core import DataFormatError, decode_images, load_cifar10_bin
 from mdarts_rs.data import CifarLoader, SkippedImagesWarning, load_folder
+
+from hostile import png_claiming
 
 #: Largest per-pixel difference allowed between our decode + resize and Pillow's (libjpeg-turbo vs zune-jpeg
 #: IDCT and chroma upsampling, then two triangle-filter implementations): measured at most 3 on these
@@ -356,16 +356,6 @@ def test_train_and_val_folders_are_separate_splits(tmp_path):
 # ---- bad inputs --------------------------------------------------------------------------------------------
 
 
-def _png_claiming(w: int, h: int) -> bytes:
-    """A tiny PNG whose header claims ``w``×``h`` pixels (its data holds almost none)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(10))) + chunk(b"IEND", b"")
-
-
 def _jpeg_cut_in_its_data() -> bytes:
     """A JPEG cut at 70% of its length: the header whole, the lower part of the image missing (Pillow: "image
     file is truncated"; decoders that go on fill it with grey)."""
@@ -377,9 +367,9 @@ def _jpeg_cut_in_its_data() -> bytes:
 #: Files that must fail as themselves (named, and skipped by --skip-bad-images), never hang or abort.
 HOSTILE_FILES = {
     "cut.jpg": (_jpeg_cut_in_its_data, r"truncated: the JPEG data ends at byte \d+ before its end-of-image marker"),
-    "strip.png": (lambda: _png_claiming(1, 20_000_000), r"1×20000000 pixels: .* 32×640000000, above the limit"),
-    "wide.png": (lambda: _png_claiming(2_000_000, 1), r"makes it 64000000×32, above the limit of 100000000 pixels"),
-    "bomb.png": (lambda: _png_claiming(100_000, 100_000), r"100000×100000 pixels is above the limit of 100000000"),
+    "strip.png": (lambda: png_claiming(1, 20_000_000), r"1×20000000 pixels: .* 32×640000000, above the limit"),
+    "wide.png": (lambda: png_claiming(2_000_000, 1), r"makes it 64000000×32, above the limit of 100000000 pixels"),
+    "bomb.png": (lambda: png_claiming(100_000, 100_000), r"100000×100000 pixels is above the limit of 100000000"),
     "fifo.png": (None, r"a FIFO \(named pipe\), not a regular file; only regular files are read"),
 }
 
