@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mdarts_rs._core import CIFAR10_MEAN, CIFAR10_STD, Genotype, MultiLevelGenotype, parse_genotype
+from mdarts_rs._core import CIFAR10_MEAN, CIFAR10_STD, Genotype, MultiLevelGenotype, decode_images, parse_genotype
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import CIFAR10_CLASSES  # re-exported: CIFAR-10's classes in label order
 from mdarts_rs.evaluate.network import eval_network
@@ -226,22 +226,26 @@ def verify_export(path: str | os.PathLike[str], fmt: str, trained: TrainedNetwor
     return diff
 
 
-def read_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
-    """An image file as RGB uint8 (size, size, 3): the shorter side resized to ``size`` (bilinear), then the
-    centre cropped. ValueError naming the file for one that cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+def read_images(paths: list[str | os.PathLike[str]], size: int) -> np.ndarray:
+    """Image files as RGB uint8 (N, 3, size, size), decoded exactly as an image folder's cache is (the Rust
+    decoder: EXIF orientation applied, 16-bit scaled to 8 bits, shorter side resized to ``size`` with the
+    bilinear convolution, centre crop), so that a network sees the pixels it was trained on. ValueError naming
+    each file that cannot be read (not an image, truncated, above MAX_PIXELS, not a regular file)."""
+    out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
+    failed = decode_images([Path(p) for p in paths], out, min(8, os.cpu_count() or 1))
+    if failed:
+        lines = []
+        for i, message in failed:
+            name = os.fspath(paths[i])
+            why = message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
+            lines.append(f"{name}: cannot read it as an image ({why})")
+        raise ValueError("\n".join(lines))
+    return out
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read it as an image ({type(e).__name__}: {e})") from None
+
+def read_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
+    """An image file as RGB uint8 (size, size, 3), decoded as ``read_images`` decodes."""
+    return read_images([path], size)[0].transpose(1, 2, 0)
 
 
 def predict(
@@ -254,8 +258,7 @@ def predict(
             f"this network takes {trained.in_channels}-channel images; predict reads RGB image files (use "
             "trained.logits on your own normalised arrays)"
         )
-    arrays = [read_image(p, trained.image_size) for p in images]
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(read_images(images, trained.image_size)).float().div_(255.0)
     mean, std = torch.tensor(trained.mean).view(1, -1, 1, 1), torch.tensor(trained.std).view(1, -1, 1, 1)
     x = (x - mean) / std
     probs = torch.softmax(trained.logits(x.to(next(trained.model.parameters()).device)).float().cpu(), dim=1)
