@@ -97,6 +97,60 @@ def test_load_trained_gives_the_network_and_its_inputs(trained_run):
     assert state["class_names"] == list(CIFAR10_CLASSES)
 
 
+def _nan_classifier(state: dict) -> None:
+    state["model"]["classifier.weight"][0, 0] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda s: s["dataset"].update(mean=[0.5]), r"its 'dataset.mean' is \[0.5\]; expected 3 finite numbers, one"),
+        (
+            lambda s: s["dataset"].update(std=[0.2, 0.0, 0.2]),
+            r"'dataset.std' is \[0.2, 0.0, 0.2\]; expected 3 finite numbers above 0",
+        ),
+        (lambda s: s["dataset"].update(mean=["a", 0, 0]), r"'dataset.mean' is \['a', 0, 0\]"),
+        (
+            lambda s: s["dataset"].update(channels="x"),
+            r"its 'dataset.channels' is 'x'; expected an integer from 1 to 64",
+        ),
+        (
+            lambda s: s["dataset"].update(image_size=10**9),
+            r"its 'dataset.image_size' is 1000000000; expected an integer",
+        ),
+        (_nan_classifier, r"weight 'classifier.weight' holds 1 NaN or infinite value\(s\); the checkpoint is damaged"),
+        (
+            lambda s: s["model"].update({"classifier.weight": s["model"]["classifier.weight"].long()}),
+            r"weight 'classifier.weight' is torch.int64 of shape \(10, \d+\); expected a 2-D floating-point tensor",
+        ),
+        (
+            lambda s: s["model"].update({"classifier.bias": [0.0] * 10}),
+            r"weight 'classifier.bias' is a list, not a tensor",
+        ),
+    ],
+)
+def test_load_trained_refuses_damaged_inputs_and_weights_naming_them(tmp_path, trained_run, damage, message):
+    state = torch.load(trained_run, weights_only=True)
+    damage(state)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=message) as e:
+        load_trained(tmp_path / "checkpoint.pt")
+    assert str(e.value).startswith(f"{tmp_path / 'checkpoint.pt'}: ")
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--checkpoint",
+            str(tmp_path / "checkpoint.pt"),
+            "--format",
+            "pt2",
+            "--out",
+            str(tmp_path / "x.pt2"),
+        ],
+    )
+    assert r.exit_code == 1 and "Traceback" not in r.output and "checkpoint.pt: " in r.output, r.output
+
+
 def test_load_trained_refuses_a_search_checkpoint(tmp_path):
     from mdarts_rs.config import SearchConfig
     from mdarts_rs.search import run_search
