@@ -94,7 +94,7 @@ pub fn jpeg_truncation(b: &[u8]) -> Option<String> {
 /// The image at `path` as RGB8, EXIF orientation applied, before resizing to `size` (whose result must stay
 /// within [`MAX_PIXELS`], like the image itself).
 pub fn decode_rgb(path: &Path, size: u32) -> Result<image::RgbImage, DataError> {
-    let (file, _) = open_regular(path, "it was listed but is gone")?;
+    let (file, _) = open_regular(path, "removed or renamed since it was listed?")?;
     let io = |source| DataError::Io { path: path.to_path_buf(), source };
     let reader = ImageReader::new(BufReader::new(file)).with_guessed_format().map_err(io)?;
     if reader.format() == Some(ImageFormat::Jpeg) {
