@@ -70,6 +70,11 @@ def test_data_reads_generated_binary_files(fake_bin):
         (lambda r: (r / "data_batch_3.bin").write_bytes(b""), md.DataFormatError, r"data_batch_3.bin: empty file"),
         (lambda r: (r / "data_batch_1.bin").unlink(), FileNotFoundError, r"data_batch_1.bin: file not found"),
         (
+            lambda r: ((r / "data_batch_3.bin").unlink(), os.mkfifo(r / "data_batch_3.bin")),
+            md.DataFormatError,
+            r"data_batch_3.bin: a FIFO \(named pipe\), not a regular file; only regular files are read",
+        ),
+        (
             lambda r: (r / "data_batch_2.bin").unlink(),
             md.DataFormatError,
             r"data_batch_3.bin: data_batch_2.bin is missing",

@@ -3,8 +3,10 @@ inputs."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,8 @@ import mdarts_rs as md
 from mdarts_rs import data
 from mdarts_rs._core import DataFormatError, decode_images, load_cifar10_bin
 from mdarts_rs.data import CifarLoader, SkippedImagesWarning, load_folder
+
+from hostile import png_claiming
 
 #: Largest per-pixel difference allowed between our decode + resize and Pillow's (libjpeg-turbo vs zune-jpeg
 #: IDCT and chroma upsampling, then two triangle-filter implementations): measured at most 3 on these
@@ -172,6 +176,140 @@ def test_cache_is_reused_rebuilt_on_change_and_refuses_damage(tmp_path, capsys):
     assert header["class_names"] == ["blue", "green", "red"] and len(header["mean"]) == 3
 
 
+def _repaint(path: Path, seed: int) -> None:
+    """Rewrite the BMP ``path`` with other pixels: the same size in bytes, its modification time put back."""
+    st = path.stat()
+    with Image.open(path) as im:
+        shape = (im.height, im.width, 3)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)).save(path, format="BMP")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_cache_key_belongs_to_one_folder_and_changes_with_any_rewrite(tmp_path):
+    import shutil
+
+    a_root = _color_folder(tmp_path / "a", fmt="bmp")
+    a = load_folder(a_root, image_size=8)
+    b_root = tmp_path / "b"
+    shutil.copytree(a_root, b_root)  # A's names, sizes and modification times ...
+    for i, f in enumerate(sorted(b_root.rglob("*.bmp"))):
+        _repaint(f, seed=100 + i)  # ... and other pixels
+    b = load_folder(b_root, image_size=8)
+    assert b.info["cache_key"] != a.info["cache_key"] and not np.array_equal(a.images, b.images)
+    assert np.array_equal(b.images, _decode(sorted(b_root.rglob("*.bmp")), 8))
+    _repaint(a_root / "red" / "0.bmp", seed=7)  # same size and modification time, other content
+    again = load_folder(a_root, image_size=8)
+    assert again.info["cache_key"] != a.info["cache_key"]
+    assert np.array_equal(again.images[8], _decode([a_root / "red" / "0.bmp"], 8)[0])
+    assert not np.array_equal(again.images[8], a.images[8])
+
+
+def _cache_dir_of(root: Path) -> Path:
+    return Path(load_folder(root, image_size=8).info["cache"])
+
+
+def _edit_header(change):
+    def edit(cache: Path) -> None:
+        header = json.loads((cache / "header.json").read_text())
+        header = change(header) or header
+        (cache / "header.json").write_text(json.dumps(header))
+
+    return edit
+
+
+def _replace_by_file(cache: Path) -> None:
+    import shutil
+
+    shutil.rmtree(cache)
+    cache.write_text("a file where the cache was")
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (_edit_header(lambda h: h["labels"].reverse()), "its header was changed after it was written"),
+        (_edit_header(lambda h: h.update(class_names=["x", "y", "z"])), "its header was changed after it was written"),
+        (_edit_header(lambda h: h.update(mean=[0.5, 0.5, 0.5])), "its header was changed after it was written"),
+        (_edit_header(lambda h: h.update(labels=[str(v) for v in h["labels"]])), "its header's 'labels' are not 12"),
+        (_edit_header(lambda h: h.update(mean=["0.5"] * 3)), "its header's 'mean' and 'std' are not 3 finite"),
+        (_edit_header(lambda h: h.update(std=[0.2, 0.2])), "its header's 'mean' and 'std' are not 3 finite"),
+        (_edit_header(lambda h: h.update(count="12")), "its header's 'count' is str, not int"),
+        (_edit_header(lambda h: [h]), "its header holds a list, not a JSON object"),
+        (lambda cache: (cache / "header.json").unlink(), "it has no header.json"),
+        (_replace_by_file, "it is a file, not a folder"),
+    ],
+)
+def test_an_edited_or_damaged_cache_is_rebuilt_never_used(tmp_path, capsys, damage, problem):
+    root = _color_folder(tmp_path / "data")
+    first = load_folder(root, image_size=8)
+    expected = (np.array(first.images), first.labels.copy(), first.class_names, first.mean)
+    damage(Path(first.info["cache"]))
+    capsys.readouterr()
+    again = load_folder(root, image_size=8)
+    assert f"the image cache {first.info['cache']} is damaged ({problem}" in capsys.readouterr().err
+    assert np.array_equal(again.images, expected[0]) and np.array_equal(again.labels, expected[1])
+    assert (again.class_names, again.mean) == expected[2:]
+
+
+def test_nested_folders_are_read_and_odd_entries_named(tmp_path):
+    root = _color_folder(tmp_path / "data")
+    deep = root / "red" / "sub" / "subsub"
+    deep.mkdir(parents=True)
+    Image.new("RGB", (6, 6), (250, 1, 2)).save(deep / "deep.png")
+    Image.new("RGB", (6, 6), (3, 250, 4)).save(root / "red" / "sub" / "mid.png")
+    (root / "red" / ".hidden").mkdir()
+    Image.new("RGB", (6, 6)).save(root / "red" / ".hidden" / "x.png")  # hidden folders are skipped, as hidden files
+    names, files, labels, _ = data.scan_folder(root)
+    red = [f.relative_to(root / "red").as_posix() for f, y in zip(files, labels) if y == 2]
+    assert red == ["0.png", "1.png", "2.png", "3.png", "sub/mid.png", "sub/subsub/deep.png"]
+    d = load_folder(root, image_size=4)
+    assert len(d) == 14 and (d.images[-1][:, 0, 0] == [250, 1, 2]).all() and d.labels[-1] == 2
+    (root / "blue" / "sub").mkdir()
+    (root / "blue" / "sub" / "loop").symlink_to(root / "blue")  # a folder that would hold itself
+    with pytest.raises(DataFormatError, match=r"blue/sub/loop: a symbolic link to a folder that holds it"):
+        load_folder(root, image_size=4)
+    (root / "blue" / "sub" / "loop").unlink()
+    os.mkfifo(root / "blue" / "sub" / "pipe.png")  # not read (it would block): named, as a bad file
+    (root / "green" / "self.png").symlink_to(root / "green" / "self.png")  # a link loop
+    (root / "green" / "gone.png").symlink_to(root / "green" / "nowhere.png")
+    with pytest.raises(DataFormatError) as e:
+        load_folder(root, image_size=4)
+    for line in (
+        f"{root}/blue/sub/pipe.png: a FIFO (named pipe), not a regular file",
+        f"{root}/green/self.png: Too many levels of symbolic links",
+        f"{root}/green/gone.png: a symbolic link to {root}/green/nowhere.png, which does not exist",
+    ):
+        assert line in str(e.value), str(e.value)
+    with pytest.warns(SkippedImagesWarning, match="pipe.png"):
+        assert len(load_folder(root, image_size=4, skip_bad_images=True)) == 14
+
+
+def test_cache_folder_problems_name_the_path_and_leave_no_unfinished_cache(tmp_path, monkeypatch):
+    root = _color_folder(tmp_path / "data")
+    (tmp_path / "cachefile").write_text("not a folder")
+    monkeypatch.setenv("MDARTS_CACHE", str(tmp_path / "cachefile"))
+    with pytest.raises(OSError, match=r"cachefile/folders: cannot create the image cache folder \(.*cachefile is a"):
+        load_folder(root, image_size=8)
+    caches = tmp_path / "cache" / "folders"
+    monkeypatch.setenv("MDARTS_CACHE", str(tmp_path / "cache"))
+    _hostile(root / "red" / "strip.png")
+    _, files, _, stats = data.scan_folder(root)
+    key = data.cache_key(root, files, stats, 8)
+    (caches / f"{key}.lock").mkdir(parents=True)  # the lock file cannot be opened
+    with pytest.raises(OSError) as e:
+        load_folder(root, image_size=8)
+    assert e.value.strerror.startswith(f"{caches / key}.lock: Is a directory (in the image cache {caches}")
+    (caches / f"{key}.lock").rmdir()
+    (caches / f"{key}.tmp-999999").mkdir()  # left by a process killed while building
+    with pytest.raises(DataFormatError, match="strip.png: 1×20000000 pixels"):
+        load_folder(root, image_size=8)
+    assert not list(caches.glob("*.tmp-*"))
+    with pytest.warns(SkippedImagesWarning, match="strip.png"):
+        assert len(load_folder(root, image_size=8, skip_bad_images=True)) == 12
+    assert not list(caches.glob("*.tmp-*"))
+
+
 def test_concurrent_processes_build_the_cache_once(tmp_path):
     # As under torchrun: every rank loads the folder; one builds the cache while the others wait, then reuse it.
     import subprocess
@@ -216,6 +354,50 @@ def test_train_and_val_folders_are_separate_splits(tmp_path):
 
 
 # ---- bad inputs --------------------------------------------------------------------------------------------
+
+
+def _jpeg_cut_in_its_data() -> bytes:
+    """A JPEG cut at 70% of its length: the header whole, the lower part of the image missing (Pillow: "image
+    file is truncated"; decoders that go on fill it with grey)."""
+    buf = io.BytesIO()
+    Image.fromarray(_photo(64, 80)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()[: buf.tell() * 7 // 10]
+
+
+#: Files that must fail as themselves (named, and skipped by --skip-bad-images), never hang or abort.
+HOSTILE_FILES = {
+    "cut.jpg": (_jpeg_cut_in_its_data, r"truncated: the JPEG data ends at byte \d+ before its end-of-image marker"),
+    "strip.png": (lambda: png_claiming(1, 20_000_000), r"1×20000000 pixels: .* 32×640000000, above the limit"),
+    "wide.png": (lambda: png_claiming(2_000_000, 1), r"makes it 64000000×32, above the limit of 100000000 pixels"),
+    "bomb.png": (lambda: png_claiming(100_000, 100_000), r"100000×100000 pixels is above the limit of 100000000"),
+    "fifo.png": (None, r"a FIFO \(named pipe\), not a regular file; only regular files are read"),
+}
+
+
+def _hostile(path: Path) -> Path:
+    make = HOSTILE_FILES[path.name][0]
+    if make is None:
+        os.mkfifo(path)
+    else:
+        path.write_bytes(make())
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
+def test_decode_images_refuses_hostile_files_naming_them(tmp_path, name):
+    path = _hostile(tmp_path / name)
+    out = np.full((1, 3, 32, 32), 7, np.uint8)
+    ((i, message),) = decode_images([path], out, 1)
+    assert i == 0 and message.startswith(f"{path}: ") and (out == 0).all(), message
+    assert re.search(HOSTILE_FILES[name][1], message), message
+
+
+def test_decode_images_refuses_a_read_only_out(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    out = np.zeros((1, 3, 4, 4), np.uint8)
+    out.flags.writeable = False
+    with pytest.raises(DataFormatError, match="out cannot be written .*not writeable"):
+        decode_images([tmp_path / "a.png"], out)
 
 
 def test_bad_images_are_errors_naming_the_file_or_skipped_with_a_warning(tmp_path):

@@ -104,6 +104,11 @@ def test_genotype_files(tmp_path):
     assert md.load_genotype(DARTS_V2) == md.Genotype.from_darts(DARTS_V2)
     with pytest.raises(FileNotFoundError, match="nope.json"):
         md.load_genotype(tmp_path / "nope.json")
+    for missing in (tmp_path / "search(1)" / "genotype.json", "run (2).json", "search(1)"):
+        with pytest.raises(FileNotFoundError, match=r"no such genotype file"):
+            md.load_genotype(missing)
+    with pytest.raises(md.GenotypeError, match="cannot parse genotype"):
+        md.load_genotype("Genotype(normal=(")  # text with a typo stays a parse error
     (tmp_path / "bad.json").write_text('{"alpha_mode": "x"}')
     with pytest.raises(md.GenotypeError, match="bad.json"):
         md.load_genotype(tmp_path / "bad.json")

@@ -200,3 +200,33 @@ def test_safe_pickle_reads_the_archives_numpy_1_names(fake_py):
         (fake_py / f"data_batch_{n}").unlink()
     x, y = data.load_cifar10(fake_py)
     assert np.array_equal(x.reshape(2, -1), d[b"data"]) and y.tolist() == [5, 6]
+
+
+class _Claims:
+    """Unpickles as numpy's array reconstruction of ``shape`` (numpy allocates it before the data come)."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __reduce__(self):
+        return np.ndarray.__reduce__(np.zeros(0, np.uint8))[0], (np.ndarray, self.shape, b"b")
+
+
+@pytest.mark.parametrize(
+    ("where", "make", "message"),
+    [
+        (
+            "data_batch_1",
+            lambda p: write(p, batch([0], data=_Claims((10**9, 3072)))),
+            r"data_batch_1: claims an array of shape \(1000000000, 3072\) of int8 \(3,072,000,000,000 bytes\), more",
+        ),
+        ("data_batch_1", lambda p: write(p, batch([0], data=_Claims((-1,)))), r"an array of shape \(-1,\); expected"),
+        ("data_batch_2", os.mkfifo, r"data_batch_2: a FIFO, not a regular file; expected a CIFAR-10 python batch"),
+        ("test_batch", os.mkfifo, r"test_batch: a FIFO, not a regular file"),
+    ],
+)
+def test_safe_pickle_refuses_huge_claims_and_fifos_before_reading(fake_py, where, make, message):
+    (fake_py / where).unlink()
+    make(fake_py / where)
+    with pytest.raises(md.DataFormatError, match=message):
+        data.load_cifar10(fake_py, "test" if where == "test_batch" else "train")

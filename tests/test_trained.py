@@ -23,10 +23,13 @@ from mdarts_rs.evaluate.trained import (
     export,
     load_trained,
     predict,
+    read_image,
+    read_images,
     verify_export,
 )
 from mdarts_rs.genotypes import PUBLISHED
 
+from hostile import png_claiming
 from published import ALL
 from tinycifar import tiny_images, write_bin
 
@@ -92,6 +95,60 @@ def test_load_trained_gives_the_network_and_its_inputs(trained_run):
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
     state = torch.load(trained_run, weights_only=True)
     assert state["class_names"] == list(CIFAR10_CLASSES)
+
+
+def _nan_classifier(state: dict) -> None:
+    state["model"]["classifier.weight"][0, 0] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda s: s["dataset"].update(mean=[0.5]), r"its 'dataset.mean' is \[0.5\]; expected 3 finite numbers, one"),
+        (
+            lambda s: s["dataset"].update(std=[0.2, 0.0, 0.2]),
+            r"'dataset.std' is \[0.2, 0.0, 0.2\]; expected 3 finite numbers above 0",
+        ),
+        (lambda s: s["dataset"].update(mean=["a", 0, 0]), r"'dataset.mean' is \['a', 0, 0\]"),
+        (
+            lambda s: s["dataset"].update(channels="x"),
+            r"its 'dataset.channels' is 'x'; expected an integer from 1 to 64",
+        ),
+        (
+            lambda s: s["dataset"].update(image_size=10**9),
+            r"its 'dataset.image_size' is 1000000000; expected an integer",
+        ),
+        (_nan_classifier, r"weight 'classifier.weight' holds 1 NaN or infinite value\(s\); the checkpoint is damaged"),
+        (
+            lambda s: s["model"].update({"classifier.weight": s["model"]["classifier.weight"].long()}),
+            r"weight 'classifier.weight' is torch.int64 of shape \(10, \d+\); expected a 2-D floating-point tensor",
+        ),
+        (
+            lambda s: s["model"].update({"classifier.bias": [0.0] * 10}),
+            r"weight 'classifier.bias' is a list, not a tensor",
+        ),
+    ],
+)
+def test_load_trained_refuses_damaged_inputs_and_weights_naming_them(tmp_path, trained_run, damage, message):
+    state = torch.load(trained_run, weights_only=True)
+    damage(state)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=message) as e:
+        load_trained(tmp_path / "checkpoint.pt")
+    assert str(e.value).startswith(f"{tmp_path / 'checkpoint.pt'}: ")
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--checkpoint",
+            str(tmp_path / "checkpoint.pt"),
+            "--format",
+            "pt2",
+            "--out",
+            str(tmp_path / "x.pt2"),
+        ],
+    )
+    assert r.exit_code == 1 and "Traceback" not in r.output and "checkpoint.pt: " in r.output, r.output
 
 
 def test_load_trained_refuses_a_search_checkpoint(tmp_path):
@@ -162,6 +219,35 @@ def test_cli_predict_names_a_file_that_is_not_an_image(tmp_path, trained_run):
     (tmp_path / "x.png").write_bytes(b"not an image")
     r = CliRunner().invoke(main, ["predict", "--checkpoint", str(trained_run), str(tmp_path / "x.png")])
     assert r.exit_code == 1 and "x.png: cannot read it as an image" in r.output
+
+
+def test_predict_reads_images_exactly_as_the_folder_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MDARTS_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90°: Pillow's plain open ignores it
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "b").mkdir()
+    Image.fromarray(photo).save(tmp_path / "d" / "a" / "rotated.jpg", quality=90, exif=exif)
+    Image.fromarray(rng.integers(0, 65536, (40, 36), dtype=np.uint16)).save(tmp_path / "d" / "b" / "g16.png")
+    folder = md.data.load_folder(tmp_path / "d", image_size=24)
+    files = [tmp_path / "d" / "a" / "rotated.jpg", tmp_path / "d" / "b" / "g16.png"]
+    assert np.array_equal(read_images(files, 24), folder.images)
+    assert np.array_equal(read_image(files[0], 24), folder.images[0].transpose(1, 2, 0))
+
+
+@pytest.mark.parametrize(
+    ("claims", "why"),
+    [
+        ((100_000, 100_000), "100000×100000 pixels is above the limit of 100000000 (MAX_PIXELS)"),
+        ((1, 2_000_000), "1×2000000 pixels: its shorter side resized to 32 makes it 32×64000000, above the limit"),
+    ],
+)
+def test_predict_refuses_images_too_large_naming_them(tmp_path, trained_run, claims, why):
+    (tmp_path / "big.png").write_bytes(png_claiming(*claims))
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", str(trained_run), str(tmp_path / "big.png")])
+    assert r.exit_code == 1 and f"{tmp_path / 'big.png'}: cannot read it as an image ({why}" in r.output, r.output
 
 
 def test_load_trained_of_an_image_folder_run_keeps_its_classes_and_input(tmp_path):

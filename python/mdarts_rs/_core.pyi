@@ -24,6 +24,7 @@ MAX_CUTOUT: Final[int]  # cutout square side of augment_images and BatchLoader
 # (crop_padding and cutout are limited by the image side in general; these are the limits at 32 pixels)
 MAX_SIDE: Final[int]  # image side of augment_images and BatchLoader
 MAX_IMAGE_CHANNELS: Final[int]  # image channels of augment_images and BatchLoader
+MAX_PIXELS: Final[int]  # pixels of an image file decode_images reads, as decoded and as resized
 
 class MdartsError(ValueError): ...
 class SearchSpaceError(MdartsError): ...
@@ -218,6 +219,7 @@ __all__ = [
     "MAX_CUTOUT",
     "MAX_SIDE",
     "MAX_IMAGE_CHANNELS",
+    "MAX_PIXELS",
     "AlphaLayout",
     "CellGenotype",
     "Genotype",

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from mdarts_rs._core import Genotype, GenotypeError, MultiLevelGenotype, parse_genotype
 from mdarts_rs.genotypes import PUBLISHED, published
+
+
+def _is_genotype_text(text: str) -> bool:
+    """Whether ``text`` reads as genotype text rather than a file name: JSON (``{...``), or DARTS text
+    (``[NAME =] Genotype(normal=[...], ...)``: a constructor call holding ``=`` or ``[``), so that a missing file
+    such as ``runs/search(1)/genotype.json`` is reported as missing, not as text that does not parse."""
+    t = text.strip()
+    return t.startswith("{") or (re.match(r"(\w+\s*=\s*)?\w+\s*\(", t) is not None and ("[" in t or "=" in t))
 
 
 def load_genotype(source: str | os.PathLike[str]) -> Genotype | MultiLevelGenotype:
@@ -42,7 +51,7 @@ def load_genotype(source: str | os.PathLike[str]) -> Genotype | MultiLevelGenoty
     known = published(text)
     if known is not None:
         return parse_genotype(known.text)
-    if "(" in text or "{" in text:
+    if _is_genotype_text(text):
         return parse_genotype(text)
     raise FileNotFoundError(f"{path}: no such genotype file, nor a published genotype ({', '.join(PUBLISHED)})")
 

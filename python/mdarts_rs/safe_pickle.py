@@ -8,8 +8,10 @@ Everything else is refused with :class:`~mdarts_rs.DataFormatError` naming the f
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,10 @@ _FROMBUFFER: Any = np.ndarray.__reduce_ex__(np.zeros(0, np.uint8), 5)[0]  # prot
 class _RestrictedUnpickler(pickle.Unpickler):
     """An unpickler whose globals are wrappers that check what numpy is asked to build."""
 
-    def __init__(self, file: Any, path: Path) -> None:
+    def __init__(self, file: Any, path: Path, size: int) -> None:
         # encoding="bytes" keeps the Python 2 strs of the official archives (keys, pixel buffers) as bytes.
         super().__init__(file, encoding="bytes")
-        self.path = path
+        self.path, self.size = path, size
         self.arrays: list[np.ndarray] = []
         self.dtypes: list[np.dtype] = []
         # The archives name numpy.ndarray only as _reconstruct's first argument. It is handed out as this
@@ -74,7 +76,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def _reconstruct(self, subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
         if subtype is not self._ndarray:
             raise DataFormatError(f"{self.path}: refuses to reconstruct {subtype!r}: only numpy.ndarray is allowed")
-        self._check_dtype(np.dtype(typecode))
+        dtype = self._check_dtype(np.dtype(typecode))
+        # numpy allocates this shape before the data arrive: one larger than the file is a lie, not an array.
+        dims = shape if isinstance(shape, tuple) else (shape,)
+        if not all(type(d) is int and d >= 0 for d in dims):
+            raise DataFormatError(f"{self.path}: an array of shape {shape!r}; expected non-negative integers")
+        if math.prod(dims) * dtype.itemsize > self.size:
+            raise DataFormatError(
+                f"{self.path}: claims an array of shape {shape!r} of {dtype} ({math.prod(dims) * dtype.itemsize:,} "
+                f"bytes), more than the file's {self.size:,} bytes"
+            )
         a = _RECONSTRUCT(np.ndarray, shape, typecode)
         self.arrays.append(a)  # its dtype and data come in the pickle's state, set after this call
         return a
@@ -115,12 +126,18 @@ def load(path: str | os.PathLike[str], what: str = "a pickle of plain data") -> 
     refused; a file that is not a readable pickle raises it as ``"<path>: not <what> (<reason>)"``.
     """
     path = Path(path)
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # opening a FIFO would block for ever
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a special file"
+        raise DataFormatError(f"{path}: {kind}, not a regular file; expected {what}")
     with open(path, "rb") as f:
-        unpickler = _RestrictedUnpickler(f, path)
+        unpickler = _RestrictedUnpickler(f, path, st.st_size)
         try:
             obj = unpickler.load()
         except DataFormatError:
             raise
+        except MemoryError:
+            raise DataFormatError(f"{path}: not {what} (it asks for more memory than there is)") from None
         except (
             pickle.UnpicklingError,
             EOFError,

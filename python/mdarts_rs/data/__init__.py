@@ -35,7 +35,16 @@ from mdarts_rs.data.cifar import (
     load_cifar10_dataset,
     load_cifar100,
 )
-from mdarts_rs.data.dataset import SPLITS, Dataset, channel_stats, check_split, from_arrays, holdout_split
+from mdarts_rs.data.dataset import (
+    MAX_CLASSES,
+    SPLITS,
+    Dataset,
+    channel_stats,
+    check_split,
+    class_labels,
+    from_arrays,
+    holdout_split,
+)
 from mdarts_rs.data.folder import (
     CACHE_FORMAT,
     RESIZE,
@@ -69,6 +78,7 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "DATASETS",
+    "MAX_CLASSES",
     "MAX_IMAGE_CHANNELS",
     "MAX_IMAGES",
     "MAX_SIDE",
@@ -86,6 +96,7 @@ __all__ = [
     "cache_key",
     "channel_stats",
     "check_split",
+    "class_labels",
     "crop_padding_for",
     "decode_images",
     "default_cache_dir",

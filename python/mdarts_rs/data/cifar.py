@@ -95,10 +95,16 @@ ARCHIVES_100 = {
 # ---- both: finding a version, checking a python-version file --------------------------------------------
 
 
+def _is_entry(path: Path) -> bool:
+    """Whether ``path`` is there and not a folder: a regular file, or a FIFO or device that the reader then refuses
+    naming it (rather than skipping it as missing)."""
+    return path.exists() and not path.is_dir()
+
+
 def _folder_with(root: Path, sub: str, names: Iterable[str]) -> Path | None:
     """``root`` or else ``root/sub``, the first that holds a file of ``names``; None where neither does."""
     for cand in (root, root / sub):
-        if any((cand / f).is_file() for f in names):
+        if any(_is_entry(cand / f) for f in names):
             return cand
     return None
 
@@ -158,10 +164,10 @@ _PY_HINT = (
 
 def _python_train_files(root: Path) -> list[Path]:
     """data_batch_1 onward up to the first missing one; like the binary reader, a gap is an error."""
-    present = [(root / n).is_file() for n in _PY_TRAIN]
+    present = [_is_entry(root / n) for n in _PY_TRAIN]
     count = next((i for i, p in enumerate(present) if not p), len(present))
     if count == 0:
-        found = ", ".join(f for f in _PY_FILES if (root / f).is_file())
+        found = ", ".join(f for f in _PY_FILES if _is_entry(root / f))
         raise FileNotFoundError(
             f"{root / _PY_TRAIN[0]}: file not found (found {found} of CIFAR-10's python version but no "
             f"data_batch_1..5; {_PY_HINT})"
@@ -192,7 +198,7 @@ def _python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _load_python_version(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The pickled "python version": dicts with b'data' (N, 3072) uint8 and b'labels'."""
     if split == "test":
-        if not (root / "test_batch").is_file():
+        if not _is_entry(root / "test_batch"):
             raise FileNotFoundError(f"{root / 'test_batch'}: file not found ({_PY_HINT})")
         return _python_batch(root / "test_batch")
     xs, ys = zip(*(_python_batch(p) for p in _python_train_files(root)))
@@ -229,7 +235,7 @@ def load_cifar10_dataset(root: str | os.PathLike[str], split: str = "train") -> 
 def _cifar100_python(root: Path, split: str, label: str) -> tuple[np.ndarray, np.ndarray]:
     """One file of CIFAR-100's python version, checked: b'data' uint8 (N, 3072), both label lists in range."""
     path = root / split
-    if not path.is_file():
+    if not _is_entry(path):
         raise FileNotFoundError(
             f"{path}: file not found (the CIFAR-100 python version holds train, test and meta; download "
             "cifar-100-python.tar.gz or call mdarts_rs.data.download_cifar100(version='python'))"

@@ -10,10 +10,22 @@ import numpy as np
 
 from mdarts_rs._core import MAX_IMAGE_CHANNELS, MAX_SIDE, DataFormatError
 
-__all__ = ["SPLITS", "Dataset", "channel_stats", "check_split", "from_arrays", "holdout_split"]
+__all__ = [
+    "MAX_CLASSES",
+    "SPLITS",
+    "Dataset",
+    "channel_stats",
+    "check_split",
+    "class_labels",
+    "from_arrays",
+    "holdout_split",
+]
 
 #: The splits every source reads: its training images and its test images.
 SPLITS = ("train", "test")
+#: Most classes of a dataset (ImageNet-21k has 21,841): each class is a row of the classifier, so a stray huge
+#: label must be refused, not make a network of a million outputs.
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -113,7 +125,9 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, .
 def _square_images(images: np.ndarray, what: str) -> np.ndarray:
     """``images`` as contiguous uint8 (N, C, S, S), from (N, C, S, S) or channels-last (N, S, S, C)."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        kind_of = f"dtype {images.dtype}" if isinstance(images, np.ndarray) else type(images).__name__
+        kind_of = (
+            f"dtype {images.dtype}" if isinstance(images, np.ndarray) else f"a {type(images).__name__}, not an array"
+        )
         raise DataFormatError(f"{what}: 'images' is {kind_of}; expected uint8 pixels (N, C, H, W) or (N, H, W, C)")
     if images.ndim == 3:
         raise DataFormatError(
@@ -137,10 +151,12 @@ def _square_images(images: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
-def _class_labels(
+def class_labels(
     labels: np.ndarray, n: int, class_names: Sequence[str] | None, what: str
 ) -> tuple[np.ndarray, list[str]]:
-    """``labels`` checked as ``n`` class indices from 0, and the class names (``"0"``, ``"1"``, ... by default)."""
+    """``labels`` checked as ``n`` integer class indices from 0, and the class names. Without ``class_names`` the
+    labels must be 0..K-1 with every class present (names ``"0"``, ``"1"``, ...): a stray large label is refused
+    rather than read as classes without images. At most ``MAX_CLASSES`` classes."""
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu" or labels.ndim != 1:
         raise DataFormatError(
@@ -151,13 +167,30 @@ def _class_labels(
     if labels.min() < 0:
         i = int(np.argmin(labels))
         raise DataFormatError(f"{what}: labels[{i}] = {labels[i]} is negative; labels are class indices from 0")
-    top = int(labels.max())
+    top, i = int(labels.max()), int(np.argmax(labels))
     if class_names is None:
-        names = [str(i) for i in range(top + 1)]
+        if top >= MAX_CLASSES:
+            raise DataFormatError(
+                f"{what}: labels[{i}] = {top} is above the limit of {MAX_CLASSES} classes (MAX_CLASSES); labels are "
+                "class indices from 0"
+            )
+        present = np.unique(labels)
+        if len(present) != top + 1:
+            missing = np.setdiff1d(np.arange(top + 1), present)
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            raise DataFormatError(
+                f"{what}: labels[{i}] = {top} makes {top + 1} classes, but {len(missing)} of them have no image "
+                f"(labels {shown}); without 'class_names' the labels must be 0..K-1 with every class present: "
+                "fix the labels, or give 'class_names' (one name per class)"
+            )
+        names = [str(c) for c in range(top + 1)]
     else:
         names = [str(c) for c in class_names]
+        if len(names) > MAX_CLASSES:
+            raise DataFormatError(
+                f"{what}: 'class_names' has {len(names)} entries, above the limit of {MAX_CLASSES} (MAX_CLASSES)"
+            )
         if top >= len(names):
-            i = int(np.argmax(labels))
             raise DataFormatError(
                 f"{what}: labels[{i}] = {top} has no class name ('class_names' has {len(names)} entries)"
             )
@@ -181,10 +214,10 @@ def from_arrays(
 ) -> Dataset:
     """A dataset of in-memory arrays, checked: ``images`` uint8 (N, C, S, S) or (N, S, S, C) (C at most
     ``MAX_IMAGE_CHANNELS``, taken as channels-last when the last axis is the small one), ``labels`` N
-    integers from 0 (ValueError naming ``what`` and the field otherwise). ``mean``/``std`` default to the
-    images' own."""
+    integers from 0, every class 0..K-1 present unless ``class_names`` names them (``class_labels``; ValueError
+    naming ``what`` and the field otherwise). ``mean``/``std`` default to the images' own."""
     images = _square_images(images, what)
-    labels, names = _class_labels(labels, images.shape[0], class_names, what)
+    labels, names = class_labels(labels, images.shape[0], class_names, what)
     if mean is None or std is None:
         mean, std = channel_stats(images)
     return Dataset(images, labels.astype(np.int64), names, tuple(mean), tuple(std), kind, path)

@@ -19,7 +19,7 @@ from mdarts_rs.data.cifar import (
     load_cifar10_dataset,
     load_cifar100,
 )
-from mdarts_rs.data.dataset import Dataset, from_arrays
+from mdarts_rs.data.dataset import Dataset, class_labels, from_arrays
 from mdarts_rs.data.folder import has_split_dirs, load_folder
 
 __all__ = [
@@ -63,11 +63,16 @@ def as_dataset(images: Dataset | np.ndarray, labels: np.ndarray | None, kind: st
     if labels is None:
         raise ValueError("labels are needed with an images array")
     if kind == "cifar10":
-        if images.shape[1:] != (3, 32, 32):
-            raise DataFormatError(f"CIFAR-10 images have shape (N, 3, 32, 32), got {images.shape}")
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != (3, 32, 32):
+            got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else f"a {type(images).__name__}"
+            raise DataFormatError(
+                f"CIFAR-10 images have shape (N, 3, 32, 32), got {got}: pass a numpy uint8 array of that shape "
+                "(or a Dataset)"
+            )
+        checked, _ = class_labels(labels, len(images), CIFAR10_CLASSES, "CIFAR-10 arrays")
         return Dataset(
             images,
-            np.asarray(labels, dtype=np.int64),
+            checked.astype(np.int64),
             list(CIFAR10_CLASSES),
             tuple(CIFAR10_MEAN),
             tuple(CIFAR10_STD),

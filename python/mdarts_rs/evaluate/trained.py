@@ -4,6 +4,7 @@ TorchScript) with a verified round trip, and classify images."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -14,7 +15,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from mdarts_rs._core import CIFAR10_MEAN, CIFAR10_STD, Genotype, MultiLevelGenotype, parse_genotype
+from mdarts_rs._core import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    MAX_IMAGE_CHANNELS,
+    MAX_SIDE,
+    Genotype,
+    MultiLevelGenotype,
+    decode_images,
+    parse_genotype,
+)
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import CIFAR10_CLASSES  # re-exported: CIFAR-10's classes in label order
 from mdarts_rs.evaluate.network import eval_network
@@ -76,22 +86,74 @@ def trained_network(
     )
 
 
+def _checked_weights(checkpoint: str | os.PathLike[str], weights: Any) -> int:
+    """The number of classes of the network whose ``weights`` a checkpoint holds, after checking them: tensors, the
+    floating ones all finite, a 2-D floating classifier. ValueError naming the file and the weight otherwise."""
+    if not isinstance(weights, dict):
+        raise ValueError(f"{checkpoint}: its 'model' entry is a {type(weights).__name__}, not the network's weights")
+    for name, w in weights.items():
+        if not isinstance(w, torch.Tensor):
+            raise ValueError(f"{checkpoint}: weight {name!r} is a {type(w).__name__}, not a tensor")
+        if w.is_floating_point() and not bool(torch.isfinite(w).all()):
+            bad = int((~torch.isfinite(w)).sum())
+            raise ValueError(
+                f"{checkpoint}: weight {name!r} holds {bad} NaN or infinite value(s); the checkpoint is damaged or its "
+                "training diverged"
+            )
+    w = weights.get("classifier.weight")
+    if w is None:
+        raise ValueError(f"{checkpoint}: the checkpoint's weights have no classifier")
+    if not w.is_floating_point() or w.ndim != 2 or w.shape[0] < 1:
+        raise ValueError(
+            f"{checkpoint}: weight 'classifier.weight' is {w.dtype} of shape {tuple(w.shape)}; expected a 2-D "
+            "floating-point tensor (classes, features)"
+        )
+    return int(w.shape[0])
+
+
+def _checked_inputs(
+    checkpoint: str | os.PathLike[str], desc: dict[str, Any]
+) -> tuple[int, int, tuple[float, ...], tuple[float, ...]]:
+    """The channels, image size, mean and std a checkpoint's data description ``desc`` records, each checked
+    (integers in range, one finite mean and one std above 0 per channel); ValueError naming the key otherwise."""
+
+    def integer(key: str, top: int) -> int:
+        v = desc.get(key)
+        if type(v) is not int or not 1 <= v <= top:
+            raise ValueError(f"{checkpoint}: its 'dataset.{key}' is {v!r}; expected an integer from 1 to {top}")
+        return v
+
+    channels, size = integer("channels", MAX_IMAGE_CHANNELS), integer("image_size", MAX_SIDE)
+    stats = []
+    for key in ("mean", "std"):
+        v = desc.get(key)
+        ok = isinstance(v, (list, tuple)) and len(v) == channels
+        ok = ok and all(type(x) in (int, float) and math.isfinite(x) and (key == "mean" or x > 0) for x in v)
+        if not ok:
+            above = " above 0" if key == "std" else ""
+            raise ValueError(
+                f"{checkpoint}: its 'dataset.{key}' is {v!r}; expected {channels} finite numbers{above}, one per "
+                "channel"
+            )
+        stats.append(tuple(float(x) for x in v))
+    return channels, size, stats[0], stats[1]
+
+
 def load_trained(checkpoint: str | os.PathLike[str], device: str | torch.device = "cpu") -> TrainedNetwork:
     """The network a ``mdarts-rs train`` run saved in ``checkpoint``, in eval mode, from the checkpoint alone.
-    ValueError naming the file for a search checkpoint (not a trained network) or one that does not fit."""
+    ValueError naming the file for a search checkpoint (not a trained network), one that does not fit, or one
+    whose weights or input description are damaged (non-finite weights, a mean or std per channel missing, a std
+    of 0), naming the entry."""
     state = read_checkpoint(checkpoint, "train")
     cfg = TrainConfig.from_json({**state["config"], "resume": False})
     if not isinstance(state.get("genotype"), str):
         raise ValueError(f"{checkpoint}: the checkpoint holds no genotype of its network")
     genotype = parse_genotype(state["genotype"])
     weights = state["model"]
-    if "classifier.weight" not in weights:
-        raise ValueError(f"{checkpoint}: the checkpoint's weights have no classifier")
-    classes = int(weights["classifier.weight"].shape[0])
+    classes = _checked_weights(checkpoint, weights)
     desc = state.get("dataset") if isinstance(state.get("dataset"), dict) else None
     if desc is not None:  # written by a version that records the data: its size, channels and statistics
-        in_channels, image_size = int(desc["channels"]), int(desc["image_size"])
-        mean, std = tuple(desc["mean"]), tuple(desc["std"])
+        in_channels, image_size, mean, std = _checked_inputs(checkpoint, desc)
     elif cfg.dataset == "imagenet":
         in_channels, image_size, mean, std = 3, 224, IMAGENET_MEAN, IMAGENET_STD
     else:
@@ -226,22 +288,26 @@ def verify_export(path: str | os.PathLike[str], fmt: str, trained: TrainedNetwor
     return diff
 
 
-def read_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
-    """An image file as RGB uint8 (size, size, 3): the shorter side resized to ``size`` (bilinear), then the
-    centre cropped. ValueError naming the file for one that cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+def read_images(paths: list[str | os.PathLike[str]], size: int) -> np.ndarray:
+    """Image files as RGB uint8 (N, 3, size, size), decoded exactly as an image folder's cache is (the Rust
+    decoder: EXIF orientation applied, 16-bit scaled to 8 bits, shorter side resized to ``size`` with the
+    bilinear convolution, centre crop), so that a network sees the pixels it was trained on. ValueError naming
+    each file that cannot be read (not an image, truncated, above MAX_PIXELS, not a regular file)."""
+    out = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
+    failed = decode_images([Path(p) for p in paths], out, min(8, os.cpu_count() or 1))
+    if failed:
+        lines = []
+        for i, message in failed:
+            name = os.fspath(paths[i])
+            why = message[len(name) + 2 :] if message.startswith(f"{name}: ") else message
+            lines.append(f"{name}: cannot read it as an image ({why})")
+        raise ValueError("\n".join(lines))
+    return out
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read it as an image ({type(e).__name__}: {e})") from None
+
+def read_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
+    """An image file as RGB uint8 (size, size, 3), decoded as ``read_images`` decodes."""
+    return read_images([path], size)[0].transpose(1, 2, 0)
 
 
 def predict(
@@ -254,8 +320,7 @@ def predict(
             f"this network takes {trained.in_channels}-channel images; predict reads RGB image files (use "
             "trained.logits on your own normalised arrays)"
         )
-    arrays = [read_image(p, trained.image_size) for p in images]
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(read_images(images, trained.image_size)).float().div_(255.0)
     mean, std = torch.tensor(trained.mean).view(1, -1, 1, 1), torch.tensor(trained.std).view(1, -1, 1, 1)
     x = (x - mean) / std
     probs = torch.softmax(trained.logits(x.to(next(trained.model.parameters()).device)).float().cpu(), dim=1)

@@ -7,7 +7,6 @@
 //! (0-19), the fine label (0-99), then the same 3,072 pixels; `train.bin` holds 50,000 records, `test.bin`
 //! 10,000.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::DataError;
@@ -171,13 +170,8 @@ pub fn encode_bin(images: &Images) -> Vec<u8> {
 }
 
 fn read(path: &Path, hint: &str) -> Result<Vec<u8>, DataError> {
-    fs::read(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            DataError::Missing { path: path.to_path_buf(), hint: hint.to_string() }
-        } else {
-            DataError::Io { path: path.to_path_buf(), source }
-        }
-    })
+    // Regular files only: a FIFO named `data_batch_1.bin` would block the read for ever.
+    crate::files::read_regular(path, hint)
 }
 
 /// The folder holding the `.bin` files: `root` itself, or its `cifar-10-batches-bin` subfolder (where the

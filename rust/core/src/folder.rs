@@ -6,51 +6,123 @@
 //! resized to `size` with a bilinear (triangle) convolution whose support widens with the downscaling factor,
 //! as Pillow's BILINEAR does (`fast_image_resize`, SIMD), and the centre `size`×`size` square is cropped (the
 //! larger half of an odd margin on the right and bottom).
+//!
+//! Only regular files are read. A JPEG whose data ends before its end-of-image marker is refused (decoders
+//! would fill the missing part with grey), and so is an image whose decoded or resized size would exceed
+//! [`MAX_PIXELS`], from its header, before any pixel is decoded.
 
-use std::io::BufReader;
+use std::io::{BufReader, Cursor};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use fast_image_resize::{images::Image as FirImage, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
 use crate::error::DataError;
+use crate::files::open_regular;
 
-/// Largest decoded image, in pixels (width × height), so that a tiny file claiming a huge size cannot
-/// exhaust memory: 100 megapixels (a 10,000 × 10,000 photograph).
+/// Largest image, in pixels (width × height), both as decoded and as resized (the shorter side to the image
+/// size, the longer side in proportion), so that a tiny file claiming a huge size or a long thin strip cannot
+/// exhaust memory: 100 megapixels (a 10,000 × 10,000 photograph; a 1 × 20,000,000 strip resized to 32 pixels
+/// would be 640,000,000 × 32).
 pub const MAX_PIXELS: u64 = 100_000_000;
 
 fn format_error(path: &Path, message: impl Into<String>) -> DataError {
     DataError::Format { path: path.to_path_buf(), message: message.into() }
 }
 
-/// The image at `path` as RGB8, EXIF orientation applied, before resizing.
-pub fn decode_rgb(path: &Path) -> Result<image::RgbImage, DataError> {
-    let file = std::fs::File::open(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            DataError::Missing { path: path.to_path_buf(), hint: "it was listed but is gone".into() }
-        } else {
-            DataError::Io { path: path.to_path_buf(), source }
+/// The size `(width, height)` of a `w`×`h` image whose shorter side is resized to `size`: the longer side keeps
+/// the aspect ratio, rounded, and is never shorter than `size`.
+pub fn resized_dims(w: u32, h: u32, size: u32) -> (u64, u64) {
+    let short = f64::from(w.min(h));
+    let side = |v: u32| ((f64::from(v) * f64::from(size) / short).round() as u64).max(u64::from(size));
+    (side(w), side(h))
+}
+
+/// `Ok` when a `w`×`h` image can be decoded and resized to `size` within [`MAX_PIXELS`]; the reason otherwise.
+pub fn check_dims(w: u32, h: u32, size: u32) -> Result<(), String> {
+    if w == 0 || h == 0 {
+        return Err(format!("an image of {w}×{h} pixels has nothing to resize"));
+    }
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(format!("{w}×{h} pixels is above the limit of {MAX_PIXELS} (MAX_PIXELS)"));
+    }
+    let (nw, nh) = resized_dims(w, h, size);
+    if nw.saturating_mul(nh) > MAX_PIXELS {
+        return Err(format!(
+            "{w}×{h} pixels: its shorter side resized to {size} makes it {nw}×{nh}, above the limit of {MAX_PIXELS} \
+             pixels (MAX_PIXELS); crop it closer to a square"
+        ));
+    }
+    Ok(())
+}
+
+/// Where a JPEG stream stops short: `None` when its markers lead from the start of image to an end-of-image
+/// marker (EOI), else the reason. Segments are skipped by their lengths (an EXIF thumbnail's own EOI is inside
+/// one); entropy-coded data is scanned for the next marker, past stuffed bytes (0xFF00) and restart markers.
+pub fn jpeg_truncation(b: &[u8]) -> Option<String> {
+    let cut = |at: usize, what: &str| Some(format!("truncated: the JPEG data ends at byte {at} {what}"));
+    let mut i = 2; // past the start-of-image marker, which identified the format
+    loop {
+        // The next marker: 0xFF (any number of fill bytes), then a byte that is not 0x00 (stuffing) nor RSTn.
+        let Some(p) = b[i.min(b.len())..].iter().position(|&x| x == 0xFF) else {
+            return cut(b.len(), "before its end-of-image marker (EOI)");
+        };
+        i += p;
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
         }
-    })?;
-    let reader = ImageReader::new(BufReader::new(file))
-        .with_guessed_format()
-        .map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let Some(&m) = b.get(i) else { return cut(b.len(), "before its end-of-image marker (EOI)") };
+        i += 1;
+        match m {
+            0xD9 => return None,
+            0x00 | 0x01 | 0xD0..=0xD8 => {}
+            _ => {
+                let Some(len) = b.get(i..i + 2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else {
+                    return cut(b.len(), "inside a segment's header");
+                };
+                if i + len > b.len() {
+                    return cut(b.len(), &format!("inside a segment of {len} bytes starting at byte {}", i - 2));
+                }
+                i += len;
+            }
+        }
+    }
+}
+
+/// The image at `path` as RGB8, EXIF orientation applied, before resizing to `size` (whose result must stay
+/// within [`MAX_PIXELS`], like the image itself).
+pub fn decode_rgb(path: &Path, size: u32) -> Result<image::RgbImage, DataError> {
+    let (file, _) = open_regular(path, "removed or renamed since it was listed?")?;
+    let io = |source| DataError::Io { path: path.to_path_buf(), source };
+    let reader = ImageReader::new(BufReader::new(file)).with_guessed_format().map_err(io)?;
+    if reader.format() == Some(ImageFormat::Jpeg) {
+        // The JPEG decoder reads the whole file into memory anyway: read it here, to check that it is whole.
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut reader.into_inner(), &mut bytes).map_err(io)?;
+        if let Some(why) = jpeg_truncation(&bytes) {
+            return Err(format_error(path, why));
+        }
+        return decode_from(path, ImageReader::with_format(Cursor::new(bytes), ImageFormat::Jpeg), size);
+    }
     if reader.format().is_none() {
         return Err(format_error(path, "not an image (no known image format in its first bytes)"));
     }
+    decode_from(path, reader, size)
+}
+
+fn decode_from<R: std::io::BufRead + std::io::Seek>(
+    path: &Path,
+    reader: ImageReader<R>,
+    size: u32,
+) -> Result<image::RgbImage, DataError> {
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_PIXELS * 8);
     let mut decoder = reader.into_decoder().map_err(|e| format_error(path, format!("cannot decode it: {e}")))?;
     decoder.set_limits(limits).map_err(|e| format_error(path, format!("cannot decode it: {e}")))?;
     let (w, h) = decoder.dimensions();
-    if w == 0 || h == 0 {
-        return Err(format_error(path, format!("an image of {w}×{h} pixels has nothing to resize")));
-    }
-    if u64::from(w) * u64::from(h) > MAX_PIXELS {
-        return Err(format_error(path, format!("{w}×{h} pixels is above the limit of {MAX_PIXELS} (MAX_PIXELS)")));
-    }
+    check_dims(w, h, size).map_err(|why| format_error(path, why))?;
     // A broken EXIF block is no reason to refuse the pixels: it reads as "no rotation".
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img =
@@ -63,10 +135,9 @@ pub fn decode_rgb(path: &Path) -> Result<image::RgbImage, DataError> {
 /// cropped, as planes R, G, B (`3·size²` bytes).
 pub fn resize_crop(img: image::RgbImage, size: u32, resizer: &mut Resizer) -> Vec<u8> {
     let (w, h) = img.dimensions();
-    let short = w.min(h) as f64;
-    // The longer side keeps the aspect ratio, rounded, and is never shorter than `size`.
-    let nw = ((w as f64 * size as f64 / short).round() as u32).max(size);
-    let nh = ((h as f64 * size as f64 / short).round() as u32).max(size);
+    let (nw, nh) = resized_dims(w, h, size);
+    let (nw, nh) =
+        (u32::try_from(nw).expect("checked by check_dims"), u32::try_from(nh).expect("checked by check_dims"));
     let resized = if (nw, nh) == (w, h) {
         img.into_raw()
     } else {
@@ -111,7 +182,7 @@ pub fn decode_into<P: AsRef<Path> + Sync>(
             let path = paths[i].as_ref();
             // A decoder bug on a crafted file must not take the process down: it becomes that file's error.
             let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                decode_rgb(path).map(|img| resize_crop(img, size, &mut resizer))
+                decode_rgb(path, size).map(|img| resize_crop(img, size, &mut resizer))
             }))
             .unwrap_or_else(|_| Err(format_error(path, "the image decoder crashed on it (a damaged or unusual file)")));
             match made {
@@ -163,6 +234,38 @@ mod tests {
         assert_eq!(out[32..].to_vec(), vec![7; 16]);
         assert_eq!(done.load(Ordering::Relaxed), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_jpeg_is_whole_only_up_to_its_end_of_image_marker() {
+        let img = image::RgbImage::from_fn(40, 24, |x, y| image::Rgb([(x * 6) as u8, (y * 9) as u8, 50]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).unwrap();
+        assert_eq!(jpeg_truncation(&jpeg), None);
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"bytes after the end are ignored");
+        assert_eq!(jpeg_truncation(&trailing), None);
+        // Cut in the image data (the header intact), in a segment, and just before the EOI marker.
+        let sos = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        for cut in [jpeg.len() / 2 + sos / 2, jpeg.len() - 2, sos + 5, 20, 3] {
+            let why = jpeg_truncation(&jpeg[..cut]).unwrap_or_else(|| panic!("cut at {cut} accepted"));
+            assert!(why.starts_with(&format!("truncated: the JPEG data ends at byte {cut} ")), "{why}");
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked_before_decoding_and_after_resizing() {
+        assert_eq!(resized_dims(160, 120, 32), (43, 32));
+        assert_eq!(resized_dims(1, 1, 32), (32, 32));
+        assert!(check_dims(10_000, 10_000, 512).is_ok());
+        assert!(check_dims(300, 1, 512).is_ok()); // 153,600 × 512 pixels once resized
+        assert!(check_dims(400, 1, 512).is_err()); // 204,800 × 512
+        let e = check_dims(100_000, 100_000, 32).unwrap_err();
+        assert_eq!(e, "100000×100000 pixels is above the limit of 100000000 (MAX_PIXELS)");
+        let e = check_dims(1, 20_000_000, 32).unwrap_err();
+        assert!(e.starts_with("1×20000000 pixels: its shorter side resized to 32 makes it 32×640000000"), "{e}");
+        assert!(check_dims(0, 5, 32).unwrap_err().contains("nothing to resize"));
+        assert!(check_dims(1, u32::MAX, 512).is_err());
     }
 
     #[test]

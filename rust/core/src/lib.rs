@@ -10,6 +10,7 @@ pub mod cifar;
 pub mod derive;
 pub mod enumerate;
 pub mod error;
+pub mod files;
 pub mod folder;
 pub mod genotype;
 mod genotype_text;

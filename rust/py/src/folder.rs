@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 
 use mdarts_core::folder::decode_into;
-use numpy::PyReadwriteArray4;
+use numpy::{PyArray4, PyArrayMethods};
 use pyo3::prelude::*;
 
 use crate::error::DataFormatError;
@@ -13,15 +13,20 @@ use crate::error::DataFormatError;
 /// memory-mapped cache file, say), with `workers` threads and the GIL released. Each file's format is read
 /// from its header; every colour type becomes RGB, the EXIF orientation is applied, the shorter side is
 /// resized to `size` (triangle/bilinear filter) and the centre square is cropped. Returns the files that
-/// failed as `(index, message)` pairs, the message naming the file; their images are zeros.
+/// failed as `(index, message)` pairs, the message naming the file; their images are zeros. Only regular
+/// files are read; a truncated JPEG and an image above `MAX_PIXELS` (as decoded or as resized) are failures.
 #[pyfunction]
 #[pyo3(signature = (paths, out, workers = 2))]
 pub fn decode_images(
     py: Python<'_>,
     paths: Vec<PathBuf>,
-    mut out: PyReadwriteArray4<'_, u8>,
+    out: Bound<'_, PyArray4<u8>>,
     workers: usize,
 ) -> PyResult<Vec<(usize, String)>> {
+    // Checked, not assumed: borrowing a read-only array for writing would panic.
+    let mut out = out.try_readwrite().map_err(|e| {
+        DataFormatError::new_err(format!("out cannot be written ({e}); pass a writable uint8 array, e.g. np.zeros"))
+    })?;
     let shape = out.as_array().shape().to_vec();
     if shape[0] != paths.len() || shape[1] != 3 || shape[2] != shape[3] || shape[2] == 0 {
         return Err(DataFormatError::new_err(format!(

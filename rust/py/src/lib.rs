@@ -27,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_PREFETCH", mdarts_core::loader::MAX_PREFETCH)?;
     m.add("MAX_CROP_PADDING", mdarts_core::augment::MAX_CROP_PADDING)?;
     m.add("MAX_CUTOUT", mdarts_core::augment::MAX_CUTOUT)?;
+    m.add("MAX_PIXELS", mdarts_core::folder::MAX_PIXELS)?;
     m.add_class::<space::AlphaLayout>()?;
     m.add_class::<genotype::CellGenotype>()?;
     m.add_class::<genotype::Genotype>()?;
