@@ -18,8 +18,9 @@ from mdarts_rs import GenotypeError, load_genotype
 from mdarts_rs.cli import main
 from mdarts_rs.config import SearchConfig
 from mdarts_rs.run import RunFolder, RunFolderBusy, read_checkpoint
-from mdarts_rs.search import Searcher, SearchInterrupted, run_search
+from mdarts_rs.search import SearchDiverged, Searcher, SearchInterrupted, run_search
 
+from clicheck import invoke, said
 from tinycifar import tiny_images, write_bin
 
 TINY = "--epochs 1 --batch-size 4 --init-channels 4 --layers 5 --steps-per-epoch 2 --gap-images 8 --workers 1 --device cpu --quiet --no-plots".split()
@@ -289,3 +290,72 @@ def test_sweep_runs_every_variant_and_fails_at_the_end_naming_the_failed_ones(tm
     assert "1 of 3 runs" in r.output and "gamma_1: " in r.output and "being written by another" in r.output
     assert (out / "gamma_0" / "genotype.json").exists() and (out / "gamma_5" / "genotype.json").exists()
     assert [row["gamma"] for row in json.loads((out / "summary.json").read_text())] == [0.0, 5.0]
+
+
+# ---- --overwrite loses nothing before the new run's first checkpoint, and only a run's own files -----------------
+
+TRAIN = "--epochs 1 --batch-size 8 --init-channels 4 --layers 5 --steps-per-epoch 2 --workers 1 --device cpu --quiet --genotype darts_v2".split()
+
+
+@pytest.fixture
+def train_data(data_dir):
+    """The tiny CIFAR-10 folder with a test set (its training images again)."""
+    (data_dir / "test_batch.bin").write_bytes((data_dir / "data_batch_1.bin").read_bytes())
+    return data_dir
+
+
+def _files(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` (but the lock, which holds the last writer's PID) and its content."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize(
+    "command, refused, message",
+    [
+        ("search", ["--batch-size", "65536"], "S_train has 32 images, fewer than one batch of 65536"),
+        ("train", ["--genotype", "nowhere.json"], "nowhere.json: no such genotype file"),
+    ],
+)
+def test_overwrite_refused_later_loses_nothing_and_replaces_only_a_runs_files(
+    tmp_path, train_data, command, refused, message
+):
+    out = tmp_path / "run"
+    base = [command, "--data", train_data, "--out", out, *(TINY if command == "search" else TRAIN)]
+    said(invoke(*base, "--epochs", "2"), 0)  # a finished run of 2 epochs
+    (out / "plots").mkdir(exist_ok=True)
+    (out / "plots" / "my_figure.png").write_bytes(b"mine")
+    (out / "notes.txt").write_text("mine")
+    before = _files(out)
+    said(invoke(*base, "--overwrite", *refused), 1, message)
+    assert _files(out) == before  # every file as it was: the refusal came before anything was removed
+
+    out_text = said(invoke(*base, "--overwrite"), 0, f"{out}: --overwrite removed the earlier run's files (")
+    after = _files(out)
+    assert after["plots/my_figure.png"] == b"mine" and after["notes.txt"] == b"mine"
+    assert len(json.loads("[" + after["metrics.jsonl"].decode().strip().replace("\n", ",") + "]")) == 1
+    assert json.loads(after["config.json"])["overwrite"] is True
+    if command == "search":  # the genotype of the earlier run's second epoch is gone, the new first one written
+        assert "genotypes/epoch_001.json" not in after and "genotypes/epoch_000.json" in after
+        assert "genotypes/epoch_000.json, genotypes/epoch_001.json" in out_text
+    removed = out_text.split("removed the earlier run's files (")[1].split(")")[0]
+    assert "my_figure" not in removed and "notes" not in removed and "checkpoint.pt" in removed
+
+
+def test_a_run_stopped_before_its_first_checkpoint_keeps_the_run_it_would_replace(tmp_path, tiny_data):
+    cfg = tiny_cfg(tmp_path / "run")
+    run_search(cfg, *tiny_data)
+    before = _files(cfg.out)
+
+    def diverge(self, *args):
+        raise SearchDiverged("epoch 0 step 0: the weight loss is nan; " + self._kept())
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Searcher, "train_step", diverge)
+        with pytest.raises(
+            SearchDiverged, match="this run wrote no checkpoint; the earlier run in .* is kept as it was"
+        ):
+            run_search(dataclasses.replace(cfg, overwrite=True, seed=1), *tiny_data)
+    assert _files(cfg.out) == before
+
+
+# ---- a busy folder, damaged checkpoints, the largest seed and networks too large: messages ------------------------

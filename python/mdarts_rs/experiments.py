@@ -25,7 +25,7 @@ from mdarts_rs.distributed import (
     world,
 )
 from mdarts_rs.genotype import load_genotype
-from mdarts_rs.run import RunFolder, RunFolderBusy, atomic_write_text
+from mdarts_rs.run import COMPARE_PLOT, RunFolder, RunFolderBusy, atomic_write_text
 from mdarts_rs.search import RanksDisagree, SearchDiverged, SearchInterrupted, run_search
 
 #: A run of a job: its sub-folder's name and the settings in which it differs from the job's.
@@ -247,7 +247,7 @@ def search(
         job.summary = write_summary(base.out, summary_rows(job.runs))
         if base.plots and len(alpha_modes) == 2 and not job.failed and world()[0] == 0:
             (base.out / "plots").mkdir(exist_ok=True)
-            figure = base.out / "plots" / "skip_connect_shared_vs_multilevel.png"
+            figure = base.out / "plots" / COMPARE_PLOT
             plots.plot_compare_runs([r.cfg.out for r in job.runs], figure)
     return job
 

@@ -10,9 +10,10 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
+import re
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +36,11 @@ RUN_FILES = (
     "summary.md",
     "learning_curves.png",
 )
+#: The plots a search writes into ``plots/`` (``mdarts_rs.plots``), and the figure of a search in both α modes.
+SEARCH_PLOTS = ("skip_connect.png", "alpha.png", "genotype.png")
+COMPARE_PLOT = "skip_connect_shared_vs_multilevel.png"
+#: The genotype a search derives after each epoch, in ``genotypes/``.
+_EPOCH_GENOTYPE = re.compile(r"epoch_\d{3,}\.json")
 
 
 class RunFolderBusy(RuntimeError):
@@ -106,6 +112,10 @@ class RunFolder:
         """The run folder at ``path``, created (and checked writable) unless ``create`` is False, as for reading a
         finished run."""
         self.path = Path(path)
+        #: while ``--overwrite`` replaces an earlier run: that run's files, and the new run's held back
+        self._earlier: list[Path] | None = None
+        self._held: dict[Path, str] = {}
+        self._say: Callable[[str], None] = _notice
         if str(path) == "":
             raise ValueError("the run folder's path is empty")
         if self.path.exists() and not self.path.is_dir():
@@ -149,11 +159,50 @@ class RunFolder:
         """The run files this folder holds."""
         return [name for name in RUN_FILES if (self.path / name).exists()]
 
-    def clear(self) -> None:
-        """Remove every run file (``--overwrite``)."""
-        for name in self.run_files():
-            p = self.path / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    def written_files(self) -> list[Path]:
+        """The files of this folder that a run writes, which ``--overwrite`` replaces: the run files by name, the
+        genotypes of ``genotypes/`` (``epoch_NNN.json``) and the plots a search writes; never other files."""
+        top = [self.path / n for n in RUN_FILES if (self.path / n).is_file()]
+        epochs = [p for p in self.genotypes.glob("epoch_*.json") if _EPOCH_GENOTYPE.fullmatch(p.name) and p.is_file()]
+        plots = [self.plots / n for n in (*SEARCH_PLOTS, COMPARE_PLOT) if (self.plots / n).is_file()]
+        return top + sorted(epochs) + plots
+
+    def replace_later(self, say: Callable[[str], None]) -> None:
+        """``--overwrite``: the earlier run's files (``written_files``) stay as they are until the new run has
+        written its first checkpoint, and the new run's other files are held back until then; a run that stops
+        before it (refused, diverged, out of memory) leaves the earlier run as it was."""
+        self._earlier, self._held, self._say = self.written_files(), {}, say
+
+    def keep_earlier(self) -> None:
+        """The run is over: if it never wrote a checkpoint, the earlier run stays and its files held back go."""
+        self._earlier, self._held = None, {}
+
+    def _replacing(self) -> bool:
+        return self._earlier is not None
+
+    def _write_text(self, path: Path, text: str) -> None:
+        """Write a run file, or hold it back while an earlier run is still to be replaced."""
+        if self._replacing():
+            self._held[path] = text
+            return
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_text(path, text)
+
+    def _replace_earlier(self) -> None:
+        """The new run's first checkpoint is written: remove the earlier run's files that the new run did not
+        write again, write the files held back, and say in a line what was removed."""
+        earlier, held = self._earlier or [], self._held
+        self.keep_earlier()
+        for p in earlier:
+            if p != self.checkpoint and p not in held:
+                p.unlink(missing_ok=True)
+        for folder in {p.parent for p in earlier} - {self.path}:
+            with suppress(OSError):  # kept where it holds other files
+                folder.rmdir()
+        for p, text in held.items():
+            self._write_text(p, text)
+        if earlier:
+            self._say(f"{self.path}: --overwrite removed the earlier run's files ({_describe(earlier, self.path)})")
 
     @contextmanager
     def writer(self) -> Iterator[None]:
@@ -184,7 +233,7 @@ class RunFolder:
             f.close()  # closing releases the lock
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_text(self.path / name, json.dumps(obj, indent=2) + "\n")
+        self._write_text(self.path / name, json.dumps(obj, indent=2) + "\n")
 
     def read_json(self, name: str) -> Any:
         path = self.path / name
@@ -195,7 +244,7 @@ class RunFolder:
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` with one line per finished epoch."""
-        atomic_write_text(self.metrics, "".join(json.dumps(rec) + "\n" for rec in history))
+        self._write_text(self.metrics, "".join(json.dumps(rec) + "\n" for rec in history))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.exists():
@@ -210,17 +259,19 @@ class RunFolder:
 
     def write_genotype(self, genotype: Genotype | MultiLevelGenotype, epoch: int | None = None) -> None:
         """The final genotype, or with ``epoch`` the genotype derived after that epoch."""
-        if epoch is None:
-            atomic_write_text(self.genotype, genotype.to_json() + "\n")
-        else:
-            self.genotypes.mkdir(exist_ok=True)
-            atomic_write_text(self.genotypes / f"epoch_{epoch:03d}.json", genotype.to_json() + "\n")
+        path = self.genotype if epoch is None else self.genotypes / f"epoch_{epoch:03d}.json"
+        self._write_text(path, genotype.to_json() + "\n")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write the checkpoint (the first one of a run that replaces an earlier one then removes that run's files)."""
         _atomic_write(self.checkpoint, lambda tmp: _write_durably(tmp, lambda f: torch.save(state, f)))
+        if self._replacing():
+            self._replace_earlier()
 
     def checkpoint_note(self) -> str:
         """Where the last checkpoint is, for messages about a run that stopped."""
+        if self._replacing():
+            return f"this run wrote no checkpoint; the earlier run in {self.path} is kept as it was"
         if self.checkpoint.exists():
             return f"the last good checkpoint is kept at {self.checkpoint}"
         return f"no checkpoint was written yet in {self.path}"
@@ -229,6 +280,24 @@ class RunFolder:
         if not self.checkpoint.exists():
             raise FileNotFoundError(f"{self.checkpoint}: no checkpoint to resume from")
         return read_checkpoint(self.checkpoint, kind)
+
+
+def _describe(files: list[Path], root: Path) -> str:
+    """Files of a run folder in a few words: their names, a sub-folder's as a count where it holds several."""
+    groups: dict[Path, list[Path]] = {}
+    for p in files:
+        groups.setdefault(p.parent, []).append(p)
+    parts = []
+    for folder, members in groups.items():
+        if folder == root or len(members) <= 2:
+            parts += [str(p.relative_to(root)) for p in members]
+        else:
+            parts.append(f"{folder.relative_to(root)}/ ({len(members)} files)")
+    return ", ".join(parts)
+
+
+def _notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
@@ -241,10 +310,13 @@ def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
 
 
 @contextmanager
-def open_run(run: RunFolder, resume: bool, overwrite: bool, kind: str) -> Iterator[dict[str, Any] | None]:
+def open_run(
+    run: RunFolder, resume: bool, overwrite: bool, kind: str, say: Callable[[str], None] = _notice
+) -> Iterator[dict[str, Any] | None]:
     """Hold ``run``'s write lock for a run of ``kind`` ("search" or "train") and give the checkpoint to continue
     from (``resume``), or None for a new run; a folder that holds another run's files is refused unless
-    ``overwrite`` replaces it."""
+    ``overwrite`` replaces it: its files are removed (and ``say`` says which) only once the new run has written its
+    first checkpoint, so that a run refused or stopped before then loses nothing."""
     with run.writer():
         state = run.load_checkpoint(kind) if resume else None
         if state is None and run.run_files():
@@ -253,8 +325,11 @@ def open_run(run: RunFolder, resume: bool, overwrite: bool, kind: str) -> Iterat
                     f"{run.path} holds another run ({', '.join(run.run_files())}): pass --resume to continue it, "
                     "--overwrite to replace it, or choose another --out"
                 )
-            run.clear()
-        yield state
+            run.replace_later(say)
+        try:
+            yield state
+        finally:
+            run.keep_earlier()
 
 
 def check_same_run(
