@@ -359,3 +359,55 @@ def test_a_run_stopped_before_its_first_checkpoint_keeps_the_run_it_would_replac
 
 
 # ---- a busy folder, damaged checkpoints, the largest seed and networks too large: messages ------------------------
+
+
+def _damage(path, change) -> None:
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+
+
+def _first_weight(state) -> None:
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.zeros(1)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.update(config="x"), "entry 'config' must be a mapping, got str 'x'"),
+        (lambda s: s["config"].update(bogus=1), "checkpoint.pt (its 'config'): unknown fields ['bogus']"),
+        (lambda s: s["config"].update(epochs="5"), "entry 'config' holds settings this version refuses: epochs"),
+        (_first_weight, "entry 'model' does not fit the supernet and optimizers of its settings"),
+        (lambda s: s.update(epoch=-5), "entry 'epoch' must be a non-negative integer, got int -5"),
+        (lambda s: s.update(epoch=3), "entry 'epoch' is 3 but 'history' holds 1 epochs"),
+        (lambda s: s.pop("w_opt"), "a damaged checkpoint: no 'w_opt' entry"),
+        (lambda s: s["model"].update(x=5), "entry 'model' must be a mapping of names to tensors, but its 'x' is int"),
+        (lambda s: s["w_opt"].update(param_groups=[]), "entry 'w_opt' does not fit"),
+        (lambda s: s.update(acc={"x": 1}), "entry 'acc' does not fit"),
+        (lambda s: s.update(world_size="2"), "entry 'world_size' must be a non-negative integer"),
+    ],
+)
+def test_cli_resume_of_a_damaged_search_checkpoint_names_file_and_entry(tmp_path, data_dir, change, message):
+    out = tmp_path / "run"
+    said(invoke("search", "--data", data_dir, "--out", out, *TINY), 0)
+    (out / "genotype.json").unlink()  # stopped before its end: --resume reads the checkpoint
+    _damage(out / "checkpoint.pt", change)
+    said(invoke("search", "--data", data_dir, "--out", out, *TINY, "--resume"), 1, f"{out / 'checkpoint.pt'}", message)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.update(rng=[1, 2]), "entry 'rng' must be a tensor, got a list of int"),
+        (lambda s: s.update(rng=torch.zeros(3)), "entry 'rng' does not fit the network and optimizer"),
+        (lambda s: s.update(history="x"), "entry 'history' must be a list of epoch records"),
+        (lambda s: s["opt"].update(param_groups=[]), "entry 'opt' does not fit"),
+    ],
+)
+def test_cli_resume_of_a_damaged_training_checkpoint_names_file_and_entry(tmp_path, train_data, change, message):
+    out = tmp_path / "run"
+    said(invoke("train", "--data", train_data, "--out", out, *TRAIN), 0)
+    _damage(out / "checkpoint.pt", change)
+    r = invoke("train", "--data", train_data, "--out", out, *TRAIN, "--resume")
+    said(r, 1, f"{out / 'checkpoint.pt'}", message)

@@ -4,6 +4,8 @@ checkpoint, export with a verified round trip, and predictions for image files."
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from mdarts_rs.evaluate.trained import (
 )
 from mdarts_rs.genotypes import PUBLISHED
 
+from clicheck import invoke, said
 from published import ALL
 from tinycifar import tiny_images, write_bin
 
@@ -191,3 +194,40 @@ def test_load_trained_of_an_image_folder_run_keeps_its_classes_and_input(tmp_pat
 def test_cli_export_offers_the_formats_export_writes():
     (fmt,) = [p for p in main.commands["export"].params if p.name == "fmt"]
     assert tuple(fmt.type.choices) == FORMATS
+
+
+# ---- export writes only new regular files (never its checkpoint), whole or not at all; damaged checkpoints ----
+
+
+def _copy(checkpoint: Path, folder: Path) -> Path:
+    folder.mkdir()
+    shutil.copy(checkpoint, folder / "checkpoint.pt")
+    return folder / "checkpoint.pt"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s["model"].update({"classifier.weight": 5}),
+            "entry 'model' must be a mapping of names to tensors, but its 'classifier.weight' is int",
+        ),
+        (lambda s: s.update(config="x"), "entry 'config' must be a mapping, got str 'x'"),
+        (lambda s: s["config"].update(bogus=1), "checkpoint.pt (its 'config'): unknown fields ['bogus']"),
+        (lambda s: s.update(dataset="x"), "entry 'dataset' must be a mapping, got str 'x'"),
+        (lambda s: s.update(test_indices=["a"]), "entry 'test_indices' must be a list of non-negative integers"),
+    ],
+)
+@pytest.mark.parametrize("command", ["export", "predict", "test"])
+def test_cli_damaged_training_checkpoints_are_named_with_the_entry(tmp_path, trained_run, change, message, command):
+    ckpt = _copy(trained_run, tmp_path / "run")
+    state = torch.load(ckpt, weights_only=True)
+    change(state)
+    torch.save(state, ckpt)
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    args = {
+        "export": ["--format", "pt2", "--out", tmp_path / "net.pt2"],
+        "predict": [tmp_path / "a.png"],
+        "test": ["--device", "cpu"],
+    }[command]
+    said(invoke(command, "--checkpoint", ckpt, *args), 1, f"{ckpt}", message)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mdarts_rs._core import Genotype, MultiLevelGenotype
-from mdarts_rs.config import resume_conflicts
+from mdarts_rs.config import ConfigError, SearchConfig, TrainConfig, resume_conflicts
 from mdarts_rs.data import description_conflicts
 
 #: The files a run writes into its folder; a folder holding any of them is a run's.
@@ -79,10 +79,91 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda tmp: _write_durably(tmp, lambda f: f.write(text.encode())))
 
 
-def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+class Checkpoint(dict):
+    """A checkpoint's entries (``read_checkpoint``), with the file they were read from, for messages."""
+
+    def __init__(self, entries: dict[str, Any], path: Path):
+        super().__init__(entries)
+        self.path = path
+
+
+def checkpoint_name(state: dict[str, Any]) -> str:
+    """The file a checkpoint's entries were read from, for messages ("the checkpoint" for entries made in memory)."""
+    return str(getattr(state, "path", "the checkpoint"))
+
+
+#: What each entry of a checkpoint holds, by kind of checkpoint: the entries every use reads, and those a resume
+#: reads too (``resume``). Optional entries (written by later versions) are checked where present.
+_ENTRIES: dict[str, dict[str, str]] = {
+    "search": {"config": "mapping", "model": "weights"},
+    "train": {"config": "mapping", "model": "weights", "genotype": "text"},
+}
+_RESUME_ENTRIES: dict[str, dict[str, str]] = {
+    "search": {"epoch": "count", "step": "count", "acc": "mapping", "history": "records", "w_opt": "mapping"}
+    | {"a_opt": "mapping", "sched": "mapping"},
+    "train": {"epoch": "count", "history": "records", "opt": "mapping", "rng": "tensor"},
+}
+_OPTIONAL_ENTRIES = {"dataset": "mapping", "class_names": "texts", "test_indices": "counts", "world_size": "count"}
+_WANT = {
+    "mapping": "a mapping",
+    "weights": "a mapping of names to tensors",
+    "text": "text",
+    "count": "a non-negative integer",
+    "records": "a list of epoch records (mappings)",
+    "tensor": "a tensor",
+    "texts": "a list of texts",
+    "counts": "a list of non-negative integers",
+}
+
+
+def _holds(want: str, value: Any) -> bool:
+    """Whether ``value`` is what an entry of kind ``want`` (``_WANT``) holds."""
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    checks: dict[str, Callable[[Any], bool]] = {
+        "mapping": lambda v: isinstance(v, dict),
+        "weights": lambda v: (
+            isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t) for k, t in v.items())
+        ),
+        "text": lambda v: isinstance(v, str),
+        "count": count,
+        "records": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+        "tensor": torch.is_tensor,
+        "texts": lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+        "counts": lambda v: isinstance(v, list) and all(count(i) for i in v),
+    }
+    return checks[want](value)
+
+
+def _shown(value: Any, want: str) -> str:
+    """What a damaged entry holds, in a few words: its type and value, weights' first item that is no tensor."""
+    if isinstance(value, dict) and want == "weights":
+        bad = next(k for k, v in value.items() if not (isinstance(k, str) and torch.is_tensor(v)))
+        return f"but its {bad!r} is {type(value[bad]).__name__}"
+    if isinstance(value, dict):
+        return "got a mapping"
+    if isinstance(value, list):
+        return f"got a list of {', '.join(sorted({type(v).__name__ for v in value}))}"
+    return f"got {type(value).__name__} {value!r}"[:80]
+
+
+def _entry_problems(state: dict[str, Any], kind: str, resume: bool) -> list[str]:
+    """What is missing or of the wrong type among the entries a use of a checkpoint of ``kind`` reads."""
+    wanted = {**_ENTRIES[kind], **(_RESUME_ENTRIES[kind] if resume else {})}
+    problems = [f"no {name!r} entry" for name in wanted if name not in state]
+    present = {**{k: w for k, w in _OPTIONAL_ENTRIES.items() if state.get(k) is not None}, **wanted}
+    for name, want in present.items():
+        if name in state and not _holds(want, state[name]):
+            problems.append(f"entry {name!r} must be {_WANT[want]}, {_shown(state[name], want)}")
+    if resume and not problems and state["epoch"] != len(state["history"]):
+        problems.append(f"entry 'epoch' is {state['epoch']} but 'history' holds {len(state['history'])} epochs")
+    return problems
+
+
+def read_checkpoint(path: str | os.PathLike[str], kind: str, resume: bool = False) -> Checkpoint:
     """A checkpoint written by mdarts-rs: ``kind`` "search" (a supernet's, by ``mdarts-rs search``) or "train" (an
-    evaluation network's, by ``mdarts-rs train``). ValueError naming the file for a damaged file, a torch file that
-    is not a checkpoint of this project, or one of the other kind."""
+    evaluation network's, by ``mdarts-rs train``), with every entry a use of it reads (``resume``: a resume's too)
+    of the right type and its settings valid. ValueError naming the file (and the entry) for a damaged file, a
+    torch file that is not a checkpoint of this project, or one of the other kind."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder; give the checkpoint file (checkpoint.pt)")
@@ -102,7 +183,29 @@ def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     if found != kind:
         made_by = {"search": "mdarts-rs search (a supernet)", "train": "mdarts-rs train (an evaluation network)"}
         raise ValueError(f"{path}: a checkpoint of {made_by[found]}; this needs one of {made_by[kind]}")
-    return state
+    problems = _entry_problems(state, kind, resume)
+    if problems:
+        raise ValueError(f"{path}: a damaged checkpoint: {'; '.join(problems)}")
+    settings = SearchConfig if kind == "search" else TrainConfig
+    try:
+        settings.from_json({**state["config"], "resume": False, "overwrite": False}, source=f"{path} (its 'config')")
+    except ConfigError as e:
+        raise ValueError(f"{path}: entry 'config' holds settings this version refuses: {e}") from None
+    return Checkpoint(state, path)
+
+
+def load_entries(state: dict[str, Any], loaders: dict[str, Callable[[Any], Any]], into: str) -> None:
+    """Load each entry of a checkpoint with its loader (a ``load_state_dict``, say); ValueError naming the file
+    and the entry whose content does not fit ``into`` (what the loaders load into: "the supernet of its
+    settings")."""
+    for name, load in loaders.items():
+        try:
+            load(state[name])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(
+                f"{checkpoint_name(state)}: entry {name!r} does not fit {into}; the file is damaged ({first})"
+            ) from None
 
 
 class RunFolder:
@@ -276,10 +379,11 @@ class RunFolder:
             return f"the last good checkpoint is kept at {self.checkpoint}"
         return f"no checkpoint was written yet in {self.path}"
 
-    def load_checkpoint(self, kind: str = "search") -> dict[str, Any]:
+    def load_checkpoint(self, kind: str = "search") -> Checkpoint:
+        """The checkpoint to resume from, with every entry a resume reads."""
         if not self.checkpoint.exists():
             raise FileNotFoundError(f"{self.checkpoint}: no checkpoint to resume from")
-        return read_checkpoint(self.checkpoint, kind)
+        return read_checkpoint(self.checkpoint, kind, resume=True)
 
 
 def _describe(files: list[Path], root: Path) -> str:
@@ -312,7 +416,7 @@ def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
 @contextmanager
 def open_run(
     run: RunFolder, resume: bool, overwrite: bool, kind: str, say: Callable[[str], None] = _notice
-) -> Iterator[dict[str, Any] | None]:
+) -> Iterator[Checkpoint | None]:
     """Hold ``run``'s write lock for a run of ``kind`` ("search" or "train") and give the checkpoint to continue
     from (``resume``), or None for a new run; a folder that holds another run's files is refused unless
     ``overwrite`` replaces it: its files are removed (and ``say`` says which) only once the new run has written its
@@ -343,7 +447,8 @@ def check_same_run(
     """ValueError unless a checkpoint's run is the one ``cfg`` describes: the same settings but ``may_change``, the
     same kind of data (``description``, where the data is described) and the same images (``fingerprint``). ``verb``
     says what the run did with its data ("searched", "trained on")."""
-    resume_conflicts(type(cfg).from_json(state["config"]).to_json(), cfg.to_json(), may_change)
+    saved = type(cfg).from_json(state["config"], source=f"{checkpoint_name(state)} (its 'config')")
+    resume_conflicts(saved.to_json(), cfg.to_json(), may_change)
     if description is not None:
         changed = description_conflicts(state.get("dataset"), description)
         if changed:

@@ -33,7 +33,7 @@ from mdarts_rs.evaluate.trained import trained_network
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.guards import first_names, non_finite_state
 from mdarts_rs.plots import plot_learning_curves
-from mdarts_rs.run import RunFolder, check_same_run, data_fingerprint, open_run
+from mdarts_rs.run import RunFolder, check_same_run, data_fingerprint, load_entries, open_run
 
 
 def lr_at(cfg: TrainConfig, epoch: float) -> float:
@@ -106,10 +106,12 @@ class Trainer:
         """Continue from a checkpoint of the same training (settings but the run's place and device, data)."""
         may_change = {"resume", "overwrite", "quiet", "device", "workers", "out", "data"}
         check_same_run(state, self.cfg, may_change, self.data_description, self.data_fingerprint, "trained on")
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
+        load_entries(
+            state,
+            {"model": self.model.load_state_dict, "opt": self.opt.load_state_dict, "rng": torch.set_rng_state},
+            "the network and optimizer of its settings",
+        )
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
-        torch.set_rng_state(state["rng"])
 
     def _kept(self) -> str:
         return self.run.checkpoint_note() if self.run is not None else "no checkpoint was written by this process"

@@ -26,7 +26,7 @@ from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import any_rank, barrier, ranks_disagree
 from mdarts_rs.distributed import world as _world
 from mdarts_rs.guards import first_names, non_finite_state
-from mdarts_rs.run import check_same_run, data_fingerprint
+from mdarts_rs.run import check_same_run, data_fingerprint, load_entries
 from mdarts_rs.search.diagnostics import TOTALS, device_totals, epoch_record, step_totals
 from mdarts_rs.search.graph import CapturedStep
 from mdarts_rs.search.step import STEP_STATS, StepParts, search_step
@@ -218,20 +218,32 @@ class Searcher:
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint of the same search (settings but ``RESUMABLE_CHANGES``, data, processes)."""
         check_same_run(state, self.cfg, RESUMABLE_CHANGES, self.data.describe(), self.data_fingerprint, "searched")
-        saved_world = int(state.get("world_size", 1))
+        saved_world = state.get("world_size", 1)
         if saved_world != self.world_size:
             raise ValueError(
                 f"cannot resume a search of {saved_world} processes with {self.world_size}: each process computes "
                 "its own chunks' batch-norm statistics; resume it with the same torchrun --nproc_per_node × --nnodes"
             )
-        self.model.load_state_dict(state["model"])
-        self.w_opt.load_state_dict(state["w_opt"])
-        self.a_opt.load_state_dict(state["a_opt"])
+        load_entries(
+            state,
+            {
+                "model": self.model.load_state_dict,
+                "w_opt": self.w_opt.load_state_dict,
+                "a_opt": self.a_opt.load_state_dict,
+                "sched": self.sched.load_state_dict,
+                "acc": self._load_totals,
+            },
+            "the supernet and optimizers of its settings",
+        )
         self._adam_for_this_mode()
-        self.sched.load_state_dict(state["sched"])
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step"])
-        self.acc = dict(state["acc"])
         self.history = list(state["history"])
+
+    def _load_totals(self, acc: dict[str, Any]) -> None:
+        """The epoch's totals so far, from a checkpoint (``TOTALS``, numbers)."""
+        if set(acc) != set(TOTALS) or not all(isinstance(v, (int, float)) for v in acc.values()):
+            raise ValueError(f"it must map {', '.join(TOTALS)} to numbers")
+        self.acc = {k: float(v) for k, v in acc.items()}
 
     def _adam_for_this_mode(self) -> None:
         """A loaded Adam state keeps the mode it was saved in: ``capturable`` and where its step counts live.
