@@ -4,7 +4,9 @@ checkpoint, export with a verified round trip, and predictions for image files."
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +205,44 @@ def _copy(checkpoint: Path, folder: Path) -> Path:
     folder.mkdir()
     shutil.copy(checkpoint, folder / "checkpoint.pt")
     return folder / "checkpoint.pt"
+
+
+def test_cli_export_refuses_an_existing_out_its_checkpoint_and_other_than_regular_files(tmp_path, trained_run):
+    ckpt = _copy(trained_run, tmp_path / "run")
+    out = tmp_path / "net.pt2"
+    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out), 0)
+    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out), 1, f"{out}: exists; pass --overwrite")
+    out.with_name("other.pt2.json").write_text("{}")  # the metadata file counts too
+    r = invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out.with_name("other.pt2"))
+    said(r, 1, "other.pt2.json: exists; pass --overwrite")
+    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out, "--overwrite"), 0)
+    before = ckpt.read_bytes()
+    (tmp_path / "link.pt").symlink_to(ckpt)
+    for target in (ckpt, tmp_path / "link.pt"):
+        for extra in ([], ["--overwrite"]):
+            r = invoke("export", "--checkpoint", ckpt, "--format", "torchscript", "--out", target, *extra)
+            said(r, 1, f"{ckpt}: is the checkpoint the network is read from; export to another file")
+    assert ckpt.read_bytes() == before
+    os.mkfifo(tmp_path / "fifo")
+    for device in ["/dev/null", "/dev/full", tmp_path / "fifo"]:
+        if Path(device).exists():
+            r = invoke("export", "--checkpoint", ckpt, "--format", "onnx", "--out", device, "--overwrite")
+            said(r, 1, f"{device}: is a device, FIFO or socket, not a regular file; export writes regular files only")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)
+    with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
+        export(load_trained(ckpt), "pt2", out)  # the library refuses the same way
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to fill a disk")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cli_export_to_a_full_disk_says_so_and_writes_nothing(tmp_path, trained_run, fmt):
+    # the temporary files are /dev/full, where every write fails with ENOSPC (torch's own writer aborted there)
+    out = tmp_path / f"net.{fmt}"
+    for tmp in (f".net.{fmt}.tmp", f".net.{fmt}.json.tmp"):
+        (tmp_path / tmp).symlink_to("/dev/full")
+        said(invoke("export", "--checkpoint", trained_run, "--format", fmt, "--out", out), 1, "the disk is full")
+        assert not (tmp_path / tmp).is_symlink() and not out.exists() and not Path(f"{out}.json").exists()
+    said(invoke("export", "--checkpoint", trained_run, "--format", fmt, "--out", out), 0)
 
 
 @pytest.mark.parametrize(

@@ -47,24 +47,32 @@ class RunFolderBusy(RuntimeError):
     """Another process is writing to the run folder."""
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+class WriteError(OSError):
+    """A file that could not be written (``atomic_write``): the message names it and says why."""
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], passes: tuple[type[BaseException], ...] = ()) -> None:
     """``write(tmp)``, then rename ``tmp`` over ``path``. Where writing fails (a full disk, say), the temporary file
-    is removed and ``path`` keeps its previous content; the OSError names the file."""
+    is removed and ``path`` keeps its previous content; the OSError names the file. Errors of the types ``passes``
+    (a check of what was written, say) are raised as they are, the temporary file removed too."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError of its own
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        # torch's writers report a failed write as a RuntimeError of their own; a WriteError is said already
+        if isinstance(e, (*passes, WriteError)) or not isinstance(e, (OSError, RuntimeError)):
+            raise
         kept = "; its previous version is kept" if path.exists() else ""
         code = e.errno if isinstance(e, OSError) else None
         reason = (
             "the disk is full" if code == errno.ENOSPC else (getattr(e, "strerror", None) or str(e).splitlines()[0])
         )
-        raise OSError(code, f"cannot write {path}: {reason}{kept}") from None
+        raise WriteError(code, f"cannot write {path}: {reason}{kept}") from None
 
 
-def _write_durably(tmp: Path, write: Callable[[IO[bytes]], None]) -> None:
+def write_durably(tmp: Path, write: Callable[[IO[bytes]], None]) -> None:
     """``write(f)`` into ``tmp`` through a Python file object, flushed and synced: a failed write (a full disk)
     raises OSError here, where torch's own file writer would raise a RuntimeError, and the bytes are on the disk
     before the rename makes them the file."""
@@ -74,9 +82,18 @@ def _write_durably(tmp: Path, write: Callable[[IO[bytes]], None]) -> None:
         os.fsync(f.fileno())
 
 
+def sync_file(path: Path) -> None:
+    """Put a file that another library wrote (by its path) on the disk, before a rename makes it the file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, synced, and a rename."""
-    _atomic_write(path, lambda tmp: _write_durably(tmp, lambda f: f.write(text.encode())))
+    atomic_write(path, lambda tmp: write_durably(tmp, lambda f: f.write(text.encode())))
 
 
 class Checkpoint(dict):
@@ -367,7 +384,7 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write the checkpoint (the first one of a run that replaces an earlier one then removes that run's files)."""
-        _atomic_write(self.checkpoint, lambda tmp: _write_durably(tmp, lambda f: torch.save(state, f)))
+        atomic_write(self.checkpoint, lambda tmp: write_durably(tmp, lambda f: torch.save(state, f)))
         if self._replacing():
             self._replace_earlier()
 
