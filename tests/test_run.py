@@ -313,12 +313,15 @@ def _files(folder) -> dict[str, bytes]:
     "command, refused, message",
     [
         ("search", ["--batch-size", "65536"], "S_train has 32 images, fewer than one batch of 65536"),
+        ("search", ["--init-channels", "1024", "--layers", "8"], "needs at least about"),
         ("train", ["--genotype", "nowhere.json"], "nowhere.json: no such genotype file"),
+        ("train", ["--init-channels", "1024", "--layers", "20", "--batch-size", "96"], "needs at least about"),
     ],
 )
 def test_overwrite_refused_later_loses_nothing_and_replaces_only_a_runs_files(
-    tmp_path, train_data, command, refused, message
+    tmp_path, train_data, monkeypatch, command, refused, message
 ):
+    monkeypatch.setattr("mdarts_rs.memory.available_bytes", lambda device: 16 * 2**30)
     out = tmp_path / "run"
     base = [command, "--data", train_data, "--out", out, *(TINY if command == "search" else TRAIN)]
     said(invoke(*base, "--epochs", "2"), 0)  # a finished run of 2 epochs
@@ -411,3 +414,24 @@ def test_cli_resume_of_a_damaged_training_checkpoint_names_file_and_entry(tmp_pa
     _damage(out / "checkpoint.pt", change)
     r = invoke("train", "--data", train_data, "--out", out, *TRAIN, "--resume")
     said(r, 1, f"{out / 'checkpoint.pt'}", message)
+
+
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("search", ["--init-channels", "1024", "--layers", "8", "--batch-size", "32"]),
+        ("search", ["--init-channels", "256", "--layers", "8", "--batch-size", "32"]),
+        ("search", ["--init-channels", "16", "--layers", "1000", "--batch-size", "32"]),
+        ("train", ["--init-channels", "1024", "--layers", "8", "--batch-size", "96"]),
+        ("train", ["--init-channels", "36", "--layers", "1000", "--batch-size", "96"]),
+    ],
+)
+def test_networks_too_large_for_the_memory_are_refused_with_the_estimate(
+    tmp_path, train_data, monkeypatch, command, args
+):
+    monkeypatch.setattr("mdarts_rs.memory.available_bytes", lambda device: 16 * 2**30)
+    base = TINY if command == "search" else TRAIN  # the search's S_train holds 32 images: batches up to 32
+    r = invoke(command, "--data", train_data, "--out", tmp_path / "run", *base, *args)
+    c, layers = args[1], args[3]
+    said(r, 1, f"(C = {c}, {layers} cells, ", "needs at least about", "more than the 16.0 GiB free on cpu: lower")
+    assert not (tmp_path / "run" / "config.json").exists()

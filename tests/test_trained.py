@@ -245,6 +245,10 @@ def test_cli_export_to_a_full_disk_says_so_and_writes_nothing(tmp_path, trained_
     said(invoke("export", "--checkpoint", trained_run, "--format", fmt, "--out", out), 0)
 
 
+def _weights_of_a_wider_network(state) -> None:
+    state["config"]["init_channels"] = 1024
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -256,6 +260,7 @@ def test_cli_export_to_a_full_disk_says_so_and_writes_nothing(tmp_path, trained_
         (lambda s: s["config"].update(bogus=1), "checkpoint.pt (its 'config'): unknown fields ['bogus']"),
         (lambda s: s.update(dataset="x"), "entry 'dataset' must be a mapping, got str 'x'"),
         (lambda s: s.update(test_indices=["a"]), "entry 'test_indices' must be a list of non-negative integers"),
+        (_weights_of_a_wider_network, "its settings describe its network (C = 1024, 5 cells) of at least"),
     ],
 )
 @pytest.mark.parametrize("command", ["export", "predict", "test"])
@@ -271,3 +276,12 @@ def test_cli_damaged_training_checkpoints_are_named_with_the_entry(tmp_path, tra
         "test": ["--device", "cpu"],
     }[command]
     said(invoke(command, "--checkpoint", ckpt, *args), 1, f"{ckpt}", message)
+
+
+@pytest.mark.parametrize("command", ["export", "predict", "test"])
+def test_cli_a_checkpoint_of_a_network_too_large_for_the_memory_says_so(tmp_path, trained_run, monkeypatch, command):
+    monkeypatch.setattr("mdarts_rs.memory.available_bytes", lambda device: 2**10)
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    args = {"export": ["--format", "pt2", "--out", tmp_path / "n.pt2"], "predict": [tmp_path / "a.png"], "test": []}
+    r = invoke(command, "--checkpoint", trained_run, *args[command])
+    said(r, 1, f"{trained_run}: its network (C = 4, 5 cells) needs at least about", "more than the 1 KiB free on cpu")

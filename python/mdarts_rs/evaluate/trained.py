@@ -20,6 +20,7 @@ from mdarts_rs._core import CIFAR10_MEAN, CIFAR10_STD, Genotype, MultiLevelGenot
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import CIFAR10_CLASSES  # re-exported: CIFAR-10's classes in label order
 from mdarts_rs.evaluate.network import eval_network
+from mdarts_rs.memory import check_loadable
 from mdarts_rs.run import atomic_write, atomic_write_text, read_checkpoint, sync_file, write_durably
 
 #: The per-channel mean and std the ImageNet recipe normalises with (torchvision's ImageNet statistics).
@@ -98,6 +99,9 @@ def load_trained(checkpoint: str | os.PathLike[str], device: str | torch.device 
         in_channels, image_size, mean, std = 3, 224, IMAGENET_MEAN, IMAGENET_STD
     else:
         in_channels, image_size, mean, std = 3, 32, tuple(CIFAR10_MEAN), tuple(CIFAR10_STD)
+    check_loadable(
+        cfg.init_channels, cfg.layers, image_size, classes, weights, str(checkpoint), cfg.dataset == "imagenet"
+    )
     model = trained_network(cfg, genotype, classes, in_channels, image_size)
     try:
         model.load_state_dict(weights)

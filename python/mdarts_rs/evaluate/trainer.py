@@ -32,6 +32,7 @@ from mdarts_rs.evaluate.testing import accuracy, evaluate_network
 from mdarts_rs.evaluate.trained import trained_network
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.guards import first_names, non_finite_state
+from mdarts_rs.memory import check_fits, train_estimate
 from mdarts_rs.plots import plot_learning_curves
 from mdarts_rs.run import RunFolder, check_same_run, data_fingerprint, load_entries, open_run
 
@@ -227,6 +228,9 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None, world: tuple[int,
         train_batches, test_batches, class_names = imagenet_batches(cfg, device, world)  # the folders in train/
         fingerprint = None  # an ImageFolder is not fingerprinted
         description, in_channels, image_size = None, 3, 224
+    per_step = math.ceil(cfg.batch_size / world[1])
+    size = train_estimate(cfg.init_channels, cfg.layers, image_size, len(class_names), per_step, cfg.bf16)
+    check_fits(size, device)
     model = trained_network(cfg, genotype, len(class_names), in_channels, image_size)
     return Trainer(
         cfg,

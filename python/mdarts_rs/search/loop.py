@@ -26,6 +26,7 @@ from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import any_rank, barrier, ranks_disagree
 from mdarts_rs.distributed import world as _world
 from mdarts_rs.guards import first_names, non_finite_state
+from mdarts_rs.memory import Estimate, check_fits, search_estimate
 from mdarts_rs.run import check_same_run, data_fingerprint, load_entries
 from mdarts_rs.search.diagnostics import TOTALS, device_totals, epoch_record, step_totals
 from mdarts_rs.search.graph import CapturedStep
@@ -135,6 +136,21 @@ def _loaders(
     return train, val, gap
 
 
+def search_size(cfg: SearchConfig, data: Dataset, world_size: int = 1) -> Estimate:
+    """The memory estimate of ``cfg``'s supernet on ``data``: a process's chunk of each batch."""
+    chunk = math.ceil(cfg.batch_size / (world_size * cfg.micro_batches))
+    return search_estimate(
+        cfg.init_channels,
+        cfg.layers,
+        data.image_size,
+        data.num_classes,
+        chunk,
+        cfg.partial_channels,
+        cfg.order,
+        cfg.bf16,
+    )
+
+
 class Searcher:
     """One search run over in-memory training images: a ``Dataset`` (``mdarts_rs.data``), or CIFAR-10's uint8
     images (N, 3, 32, 32) and labels.
@@ -157,6 +173,9 @@ class Searcher:
         cfg.check_world(self.world_size)
         self.device = resolve_device(cfg.device)
         self.data = as_dataset(images, labels, cfg.dataset)
+        # the batch against the data first, then the memory (a batch larger than the data is the clearer message)
+        self.train_loader, self.val_loader, self.gap = _loaders(cfg, self.data, self.device)
+        check_fits(search_size(cfg, self.data, self.world_size), self.device)
         self.model = SuperNet(
             cfg.init_channels,
             self.data.num_classes,
@@ -171,7 +190,6 @@ class Searcher:
         if self.device.type == "cuda":
             _set_cuda_backends(cfg)
         self.data_fingerprint = data_fingerprint(self.data.images, self.data.labels)
-        self.train_loader, self.val_loader, self.gap = _loaders(cfg, self.data, self.device)
         self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
         if cfg.cuda_graph and not self.use_graph:
             tqdm.write("--cuda-graph needs a CUDA device; running the steps eagerly")
