@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from mdarts_rs import GenotypeError, load_genotype
 from mdarts_rs.cli import main
-from mdarts_rs.config import SearchConfig
+from mdarts_rs.config import MAX_SEED, SearchConfig, derived_seed
 from mdarts_rs.run import RunFolder, RunFolderBusy, read_checkpoint
 from mdarts_rs.search import SearchDiverged, Searcher, SearchInterrupted, run_search
 
@@ -414,6 +414,12 @@ def test_cli_resume_of_a_damaged_training_checkpoint_names_file_and_entry(tmp_pa
     _damage(out / "checkpoint.pt", change)
     r = invoke("train", "--data", train_data, "--out", out, *TRAIN, "--resume")
     said(r, 1, f"{out / 'checkpoint.pt'}", message)
+
+
+def test_the_largest_seed_runs_a_search_and_a_training(tmp_path, train_data):
+    assert derived_seed(MAX_SEED, 1) == 0 and derived_seed(MAX_SEED, 0) == MAX_SEED and derived_seed(5, 2) == 7
+    said(invoke("search", "--data", train_data, "--out", tmp_path / "s", *TINY, "--seed", MAX_SEED), 0)
+    said(invoke("train", "--data", train_data, "--out", tmp_path / "t", *TRAIN, "--seed", MAX_SEED), 0)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,14 @@ from mdarts_rs.geometry import stem_plan
 MAX_CHANNELS = 1024  # init_channels: DARTS searches with 16, evaluates with 36 (CIFAR-10) and 48 (ImageNet)
 #: Seeds are 64-bit in the Rust core.
 MAX_SEED = 2**64 - 1
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """The seed ``offset`` places after ``seed`` (a second loader's, a rank's), wrapping within 64 bits so that
+    every seed up to MAX_SEED gives seeds in range."""
+    return (seed + offset) % (MAX_SEED + 1)
+
+
 #: The ``--dataset`` choices of search, sweep, train and test (``imagenet`` is train's torchvision recipe).
 DATASETS = ("cifar10", "cifar100", "arrays", "folder")
 #: The largest finite float32: settings that reach float32 tensors (learning rates, decays) must stay below it.

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from mdarts_rs import _core
-from mdarts_rs.config import SearchConfig
+from mdarts_rs.config import SearchConfig, derived_seed
 from mdarts_rs.data import CifarLoader, Dataset, as_dataset, augment_images, search_split
 from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import any_rank, barrier, ranks_disagree
@@ -122,7 +122,7 @@ def _loaders(
         num_classes=data.num_classes,
     )
     train = CifarLoader(data.images, data.labels, train_idx, seed=cfg.seed, **common)
-    val = CifarLoader(data.images, data.labels, val_idx, seed=cfg.seed + 1, **common)
+    val = CifarLoader(data.images, data.labels, val_idx, seed=derived_seed(cfg.seed, 1), **common)
     if len(train) == 0:
         raise ValueError(
             f"S_train has {train.num_images} images, fewer than one batch of {cfg.batch_size}: "
