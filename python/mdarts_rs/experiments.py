@@ -22,6 +22,7 @@ from mdarts_rs.distributed import (
     init_distributed,
     launched_world_size,
     leave_distributed,
+    rank_loss_said,
     world,
 )
 from mdarts_rs.genotype import load_genotype
@@ -151,6 +152,14 @@ def run_searches(
     stopped one continued and one without a checkpoint started afresh. Under torchrun the runs of a job with
     sub-folders spread over the ranks (run i on rank i mod N), a single search runs on all of them together."""
     base = _join_ranks(base, subfolders)
+    with rank_loss_said(lambda: f"the runs that finished are kept in {base.out}"):
+        return _run_variants(base, variants, subfolders, data, say)
+
+
+def _run_variants(
+    base: SearchConfig, variants: list[Variant], subfolders: bool, data: Dataset | None, say: Say
+) -> JobResult:
+    """``run_searches`` once the ranks are joined."""
     rank, size = world()
     if data is None:
         data = training_images(base, quiet=base.quiet or rank > 0)

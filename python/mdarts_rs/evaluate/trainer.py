@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import Dataset, as_dataset
 from mdarts_rs.device import resolve_device
-from mdarts_rs.distributed import all_reduce_sum, init_distributed
+from mdarts_rs.distributed import all_reduce_sum, init_distributed, rank_loss_said
 from mdarts_rs.distributed import world as _world
 from mdarts_rs.evaluate.inputs import CifarData, imagenet_batches, train_test_data
 from mdarts_rs.evaluate.network import NetworkCIFAR, NetworkImageNet
@@ -115,7 +115,11 @@ class Trainer:
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
 
     def _kept(self) -> str:
-        return self.run.checkpoint_note() if self.run is not None else "no checkpoint was written by this process"
+        if self.run is not None:
+            return self.run.checkpoint_note()
+        if self.world_size > 1:
+            return f"rank 0 keeps the last good checkpoint in {self.cfg.out}"
+        return "no checkpoint was written by this process"
 
     def train_epoch(self) -> dict[str, float]:
         cfg, model, net = self.cfg, self.model, self.net
@@ -170,32 +174,38 @@ class Trainer:
         }
 
     def run_epochs(self) -> list[dict[str, Any]]:
-        rank = self.rank
-        while self.epoch < self.cfg.epochs:
-            t0 = time.time()
-            rec: dict[str, Any] = {"epoch": self.epoch, **self.train_epoch()}
-            rec.update(evaluate_network(self.net, iter(self.test_batches), self.device, self.cfg.bf16, self.world_size))
-            rec["seconds"] = time.time() - t0
-            bad = non_finite_state(self.model, {"optimizer": self.opt})
-            if bad or not all(math.isfinite(rec[k]) for k in ("train_loss", "test_loss")):
-                kept = self._kept()
-                raise FloatingPointError(
-                    f"epoch {self.epoch}: the training diverged (train loss {rec['train_loss']}, test loss "
-                    f"{rec['test_loss']}{'; non-finite ' + first_names(bad) if bad else ''}); {kept}; lower the learning rate "
-                    "or the weight decay"
-                )
-            self.history.append(rec)
-            self.epoch += 1
-            if rank == 0:
-                if self.run is not None:
-                    self.run.write_metrics(self.history)
-                    self.run.save_checkpoint(self.state())
-                if not self.cfg.quiet:
-                    tqdm.write(
-                        f"epoch {rec['epoch'] + 1}/{self.cfg.epochs}: train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}, "
-                        f"test top-1 err {rec['top1_err']:.4f} top-5 err {rec['top5_err']:.4f} ({rec['seconds']:.0f} s)"
-                    )
+        """Train the remaining epochs (a checkpoint after each); every epoch's record."""
+        with rank_loss_said(self._kept, (self.rank, self.world_size)):
+            while self.epoch < self.cfg.epochs:
+                self._run_epoch()
         return self.history
+
+    def _run_epoch(self) -> None:
+        """One epoch: training, testing, the checks of the state, the record and the checkpoint."""
+        rank = self.rank
+        t0 = time.time()
+        rec: dict[str, Any] = {"epoch": self.epoch, **self.train_epoch()}
+        rec.update(evaluate_network(self.net, iter(self.test_batches), self.device, self.cfg.bf16, self.world_size))
+        rec["seconds"] = time.time() - t0
+        bad = non_finite_state(self.model, {"optimizer": self.opt})
+        if bad or not all(math.isfinite(rec[k]) for k in ("train_loss", "test_loss")):
+            kept = self._kept()
+            raise FloatingPointError(
+                f"epoch {self.epoch}: the training diverged (train loss {rec['train_loss']}, test loss "
+                f"{rec['test_loss']}{'; non-finite ' + first_names(bad) if bad else ''}); {kept}; lower the learning rate "
+                "or the weight decay"
+            )
+        self.history.append(rec)
+        self.epoch += 1
+        if rank == 0:
+            if self.run is not None:
+                self.run.write_metrics(self.history)
+                self.run.save_checkpoint(self.state())
+            if not self.cfg.quiet:
+                tqdm.write(
+                    f"epoch {rec['epoch'] + 1}/{self.cfg.epochs}: train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}, "
+                    f"test top-1 err {rec['top1_err']:.4f} top-5 err {rec['top5_err']:.4f} ({rec['seconds']:.0f} s)"
+                )
 
 
 def build_trainer(cfg: TrainConfig, data: tuple | None = None, world: tuple[int, int] | None = None) -> Trainer:

@@ -23,7 +23,7 @@ from mdarts_rs import _core
 from mdarts_rs.config import SearchConfig, derived_seed
 from mdarts_rs.data import CifarLoader, Dataset, as_dataset, augment_images, search_split
 from mdarts_rs.device import resolve_device
-from mdarts_rs.distributed import any_rank, barrier, ranks_disagree
+from mdarts_rs.distributed import any_rank, barrier, rank_loss_said, ranks_disagree
 from mdarts_rs.distributed import world as _world
 from mdarts_rs.guards import first_names, non_finite_state
 from mdarts_rs.memory import Estimate, check_fits, search_estimate
@@ -429,7 +429,8 @@ class Searcher:
     def run_epochs(self) -> SearchResult:
         """Run the remaining epochs; the final genotype, every epoch's record and the supernet."""
         cfg = self.cfg
-        with _Signals() as sig:
+        kept = lambda: self.recorder.describe() if self.recorder else "the run had no run folder"  # noqa: E731
+        with _Signals() as sig, rank_loss_said(kept, (self.rank, self.world_size)):
             while self.epoch < cfg.epochs:
                 t0 = time.time()
                 self._run_steps(sig)
