@@ -364,6 +364,16 @@ def test_a_run_stopped_before_its_first_checkpoint_keeps_the_run_it_would_replac
 # ---- a busy folder, damaged checkpoints, the largest seed and networks too large: messages ------------------------
 
 
+@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--resume"]])
+def test_cli_search_into_a_folder_being_written_says_so(tmp_path, data_dir, tiny_data, extra):
+    out = tmp_path / "run"
+    run_search(tiny_cfg(out), *tiny_data)
+    (out / "genotype.json").unlink()  # stopped before its end: --resume continues it
+    with RunFolder(out).writer():  # another writer holds the folder (a lock is per open file, even in one process)
+        r = invoke("search", "--data", data_dir, "--out", out, *TINY, *extra)
+    said(r, 1, f"{out} is being written by another mdarts-rs process (PID {os.getpid()})")
+
+
 def _damage(path, change) -> None:
     state = torch.load(path, weights_only=True)
     change(state)

@@ -285,3 +285,8 @@ def test_cli_a_checkpoint_of_a_network_too_large_for_the_memory_says_so(tmp_path
     args = {"export": ["--format", "pt2", "--out", tmp_path / "n.pt2"], "predict": [tmp_path / "a.png"], "test": []}
     r = invoke(command, "--checkpoint", trained_run, *args[command])
     said(r, 1, f"{trained_run}: its network (C = 4, 5 cells) needs at least about", "more than the 1 KiB free on cpu")
+
+
+def test_eval_network_names_what_it_takes():
+    with pytest.raises(TypeError, match="genotype must be a Genotype or MultiLevelGenotype .* got NoneType"):
+        eval_network(None)
