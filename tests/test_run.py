@@ -395,7 +395,10 @@ def _first_weight(state) -> None:
         (lambda s: s.update(epoch=-5), "entry 'epoch' must be a non-negative integer, got int -5"),
         (lambda s: s.update(epoch=3), "entry 'epoch' is 3 but 'history' holds 1 epochs"),
         (lambda s: s.pop("w_opt"), "a damaged checkpoint: no 'w_opt' entry"),
-        (lambda s: s["model"].update(x=5), "entry 'model' must be a mapping of names to tensors, but its 'x' is int"),
+        (
+            lambda s: s["model"].update(x=5),
+            "entry 'model' must be a mapping of names to tensors, but weight 'x' is a int, not a tensor",
+        ),
         (lambda s: s["w_opt"].update(param_groups=[]), "entry 'w_opt' does not fit"),
         (lambda s: s.update(acc={"x": 1}), "entry 'acc' does not fit"),
         (lambda s: s.update(world_size="2"), "entry 'world_size' must be a non-negative integer"),

@@ -254,7 +254,7 @@ def _weights_of_a_wider_network(state) -> None:
     [
         (
             lambda s: s["model"].update({"classifier.weight": 5}),
-            "entry 'model' must be a mapping of names to tensors, but its 'classifier.weight' is int",
+            "entry 'model' must be a mapping of names to tensors, but weight 'classifier.weight' is a int, not a tensor",
         ),
         (lambda s: s.update(config="x"), "entry 'config' must be a mapping, got str 'x'"),
         (lambda s: s["config"].update(bogus=1), "checkpoint.pt (its 'config'): unknown fields ['bogus']"),

@@ -155,7 +155,7 @@ def _shown(value: Any, want: str) -> str:
     """What a damaged entry holds, in a few words: its type and value, weights' first item that is no tensor."""
     if isinstance(value, dict) and want == "weights":
         bad = next(k for k, v in value.items() if not (isinstance(k, str) and torch.is_tensor(v)))
-        return f"but its {bad!r} is {type(value[bad]).__name__}"
+        return f"but weight {bad!r} is a {type(value[bad]).__name__}, not a tensor"
     if isinstance(value, dict):
         return "got a mapping"
     if isinstance(value, list):
