@@ -216,6 +216,9 @@ def test_cli_export_refuses_an_existing_out_its_checkpoint_and_other_than_regula
     r = invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out.with_name("other.pt2"))
     said(r, 1, "other.pt2.json: exists; pass --overwrite")
     said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out, "--overwrite"), 0)
+    (tmp_path / "to_net.pt2").symlink_to(tmp_path / "net2.pt2")  # written through the link, metadata beside it
+    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", tmp_path / "to_net.pt2"), 0)
+    assert (tmp_path / "net2.pt2").is_file() and (tmp_path / "to_net.pt2.json").is_file()
     before = ckpt.read_bytes()
     (tmp_path / "link.pt").symlink_to(ckpt)
     for target in (ckpt, tmp_path / "link.pt"):
@@ -260,6 +263,8 @@ def _weights_of_a_wider_network(state) -> None:
         (lambda s: s["config"].update(bogus=1), "checkpoint.pt (its 'config'): unknown fields ['bogus']"),
         (lambda s: s.update(dataset="x"), "entry 'dataset' must be a mapping, got str 'x'"),
         (lambda s: s.update(test_indices=["a"]), "entry 'test_indices' must be a list of non-negative integers"),
+        (lambda s: s.update(genotype="junk"), "entry 'genotype' is not a genotype (cannot parse genotype"),
+        (lambda s: s.update(data=5), "entry 'data' must be text, got int 5"),
         (_weights_of_a_wider_network, "its settings describe its network (C = 1024, 5 cells) of at least"),
     ],
 )

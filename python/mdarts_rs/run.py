@@ -20,7 +20,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from mdarts_rs._core import Genotype, MultiLevelGenotype
+from mdarts_rs._core import Genotype, GenotypeError, MultiLevelGenotype, parse_genotype
 from mdarts_rs.config import ConfigError, SearchConfig, TrainConfig, resume_conflicts
 from mdarts_rs.data import description_conflicts
 
@@ -121,6 +121,7 @@ _RESUME_ENTRIES: dict[str, dict[str, str]] = {
     "train": {"epoch": "count", "history": "records", "opt": "mapping", "rng": "tensor"},
 }
 _OPTIONAL_ENTRIES = {"dataset": "mapping", "class_names": "texts", "test_indices": "counts", "world_size": "count"}
+_OPTIONAL_ENTRIES |= {"data": "text"}
 _WANT = {
     "mapping": "a mapping",
     "weights": "a mapping of names to tensors",
@@ -208,6 +209,11 @@ def read_checkpoint(path: str | os.PathLike[str], kind: str, resume: bool = Fals
         settings.from_json({**state["config"], "resume": False, "overwrite": False}, source=f"{path} (its 'config')")
     except ConfigError as e:
         raise ValueError(f"{path}: entry 'config' holds settings this version refuses: {e}") from None
+    if kind == "train":
+        try:
+            parse_genotype(state["genotype"])
+        except GenotypeError as e:
+            raise ValueError(f"{path}: a damaged checkpoint: entry 'genotype' is not a genotype ({e})") from None
     return Checkpoint(state, path)
 
 

@@ -149,7 +149,7 @@ def export_target(
     folder: an export writes regular files only) or that is ``checkpoint`` itself (the network's own source);
     FileExistsError for an existing one without ``overwrite``. The same for its metadata file (``out`` + ".json")."""
     target = Path(out).resolve()
-    for path in (target, Path(f"{target}.json")):
+    for path in (target, Path(f"{out}.json").resolve()):
         try:
             mode = path.stat().st_mode
         except FileNotFoundError:
@@ -196,7 +196,7 @@ def export(
     def write(tmp: Path) -> None:
         _write_format(net, fmt, example, tmp)
         diffs.append(_verify(tmp, fmt, trained, atol, shown=Path(out)))
-        atomic_write_text(Path(f"{target}.json"), json.dumps(trained.metadata(), indent=2) + "\n")
+        atomic_write_text(Path(f"{out}.json").resolve(), json.dumps(trained.metadata(), indent=2) + "\n")
 
     atomic_write(target, write, passes=(ExportError, ValueError))
     return diffs[0]
