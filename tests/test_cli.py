@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import click
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -14,7 +15,10 @@ from click.testing import CliRunner
 import mdarts_rs as md
 from mdarts_rs import ops
 from mdarts_rs.cli import main
-from mdarts_rs.config import SearchConfig, TrainConfig
+from mdarts_rs.config import ConfigError, SearchConfig, TrainConfig
+from mdarts_rs.search import run_search
+
+from clicheck import invoke, said
 
 
 def test_cli_space_prints_four_sizes():
@@ -190,3 +194,35 @@ def test_kernels_use_the_compiler_that_build_kernels_installed(tmp_path, monkeyp
     with pytest.raises(OSError, match="stop before compiling"):
         ops.load_extension(with_cuda=True)
     assert used == [home]
+
+
+@pytest.mark.parametrize(
+    ("command", "setting"),
+    [
+        ("train", "lr"),
+        ("search", "lr"),
+        ("search", "lr_min"),
+        ("search", "weight_decay"),
+        ("search", "arch_weight_decay"),
+    ],
+)
+def test_cli_floats_beyond_float32_name_the_setting(tmp_path, command, setting):
+    genotype = ["--genotype", "darts_v2"] if command == "train" else []
+    option = "--" + setting.replace("_", "-")
+    r = invoke(command, *genotype, option, "1e308", "--data", tmp_path / "nowhere", "--out", tmp_path / "run")
+    said(r, 2, f"{setting} = 1e+308 is beyond float32's range")
+    assert not (tmp_path / "run").exists()
+
+
+def test_library_inputs_of_the_wrong_kind_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"epochs must be an integer, got '5' \(str\)"):
+        SearchConfig(epochs="5")
+    cfg = SearchConfig(out=tmp_path / "run", device="cpu")
+    labels = np.zeros(4, dtype=np.int64)
+    with pytest.raises(TypeError, match=r"images must be a mdarts_rs.data.Dataset .* with labels, got list"):
+        run_search(cfg, [np.zeros((3, 32, 32), dtype=np.uint8)] * 4, labels)
+    with pytest.raises(TypeError, match=r"images must be uint8 pixels .* got float32"):
+        run_search(cfg, np.zeros((4, 3, 32, 32), dtype=np.float32), labels)
+    with pytest.raises(TypeError, match=r"labels must be a numpy array of class indices, got list"):
+        run_search(cfg, np.zeros((4, 3, 32, 32), dtype=np.uint8), [0, 1, 2, 3])
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made

@@ -221,6 +221,28 @@ def test_sigterm_on_one_rank_stops_both_and_resumes(tmp_path, tiny_data, one_thr
         torch.testing.assert_close(resumed[name], a, rtol=0, atol=1e-6)
 
 
+@needs_torchrun
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks' processes in /proc")
+def test_kill_9_of_one_rank_is_said_by_the_other_without_a_traceback(tmp_path, tiny_data):
+    """kill -9 of rank 1 inside a 2-process search: rank 0, waiting for it in a collective, says which rank was lost
+    and that --resume continues, in a line (gloo's own error was its text, and other collectives' a traceback)."""
+    data = write_bin(tmp_path / "cifar", *tiny_data)
+    out = tmp_path / "run"
+    proc = _torchrun(
+        ["-m", "mdarts_rs.cli", "search", "--data", str(data), "--out", str(out), "--epochs", "3", *TINY_CLI]
+    )
+    deadline = time.time() + 240
+    while not (out / "genotypes" / "epoch_000.json").exists():
+        assert proc.poll() is None and time.time() < deadline, _finish(proc)[1][-4000:]
+        time.sleep(0.02)
+    os.kill(_worker_pids(proc.pid)[1], signal.SIGKILL)
+    code, log = _finish(proc)
+    assert code != 0, log[-4000:]
+    assert "Error: rank 0 of 2: lost rank 1 of this torchrun job" in log, log[-4000:]
+    assert f"the last good checkpoint is kept at {out / 'checkpoint.pt'}; continue with --resume" in log, log[-4000:]
+    assert "mdarts_rs/" not in log and "GLHF" not in log, log[-4000:]  # torchrun's own report is its business
+
+
 # ---- a sweep over 2 processes ------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -116,6 +117,10 @@ def test_arrays_and_cifar100_reach_the_search_and_train(tmp_path):
             + ["--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "t"), "--no-auxiliary", *small],
         )
     )
+    # no test arrays: the training held out a part of the images, saved in its checkpoint, which test scores
+    held_out = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["test_indices"]
+    result = json.loads(_ok(CliRunner().invoke(main, ["test", "--checkpoint", str(tmp_path / "t" / "checkpoint.pt")])))
+    assert result["test_images"] == len(held_out) > 0
     r = CliRunner().invoke(main, ["test", "--checkpoint", str(tmp_path / "t" / "checkpoint.pt"), "--dataset", "folder"])
     assert r.exit_code == 1 and "trained on arrays, not folder" in r.output
     r = CliRunner().invoke(main, ["search", "--dataset", "folder", "--out", str(tmp_path / "x")])

@@ -16,10 +16,11 @@ from click.testing import CliRunner
 
 from mdarts_rs import GenotypeError, load_genotype
 from mdarts_rs.cli import main
-from mdarts_rs.config import SearchConfig
+from mdarts_rs.config import MAX_SEED, SearchConfig, derived_seed
 from mdarts_rs.run import RunFolder, RunFolderBusy, read_checkpoint
-from mdarts_rs.search import Searcher, SearchInterrupted, run_search
+from mdarts_rs.search import SearchDiverged, Searcher, SearchInterrupted, run_search
 
+from clicheck import invoke, said
 from tinycifar import tiny_images, write_bin
 
 TINY = "--epochs 1 --batch-size 4 --init-channels 4 --layers 5 --steps-per-epoch 2 --gap-images 8 --workers 1 --device cpu --quiet --no-plots".split()
@@ -289,3 +290,167 @@ def test_sweep_runs_every_variant_and_fails_at_the_end_naming_the_failed_ones(tm
     assert "1 of 3 runs" in r.output and "gamma_1: " in r.output and "being written by another" in r.output
     assert (out / "gamma_0" / "genotype.json").exists() and (out / "gamma_5" / "genotype.json").exists()
     assert [row["gamma"] for row in json.loads((out / "summary.json").read_text())] == [0.0, 5.0]
+
+
+# ---- --overwrite loses nothing before the new run's first checkpoint, and only a run's own files -----------------
+
+TRAIN = "--epochs 1 --batch-size 8 --init-channels 4 --layers 5 --steps-per-epoch 2 --workers 1 --device cpu --quiet --genotype darts_v2".split()
+
+
+@pytest.fixture
+def train_data(data_dir):
+    """The tiny CIFAR-10 folder with a test set (its training images again)."""
+    (data_dir / "test_batch.bin").write_bytes((data_dir / "data_batch_1.bin").read_bytes())
+    return data_dir
+
+
+def _files(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` (but the lock, which holds the last writer's PID) and its content."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize(
+    "command, refused, message",
+    [
+        ("search", ["--batch-size", "65536"], "S_train has 32 images, fewer than one batch of 65536"),
+        ("search", ["--init-channels", "1024", "--layers", "8"], "needs at least about"),
+        ("train", ["--genotype", "nowhere.json"], "nowhere.json: no such genotype file"),
+        ("train", ["--init-channels", "1024", "--layers", "20", "--batch-size", "96"], "needs at least about"),
+    ],
+)
+def test_overwrite_refused_later_loses_nothing_and_replaces_only_a_runs_files(
+    tmp_path, train_data, monkeypatch, command, refused, message
+):
+    monkeypatch.setattr("mdarts_rs.memory.available_bytes", lambda device: 16 * 2**30)
+    out = tmp_path / "run"
+    base = [command, "--data", train_data, "--out", out, *(TINY if command == "search" else TRAIN)]
+    said(invoke(*base, "--epochs", "2"), 0)  # a finished run of 2 epochs
+    (out / "plots").mkdir(exist_ok=True)
+    (out / "plots" / "my_figure.png").write_bytes(b"mine")
+    (out / "notes.txt").write_text("mine")
+    before = _files(out)
+    said(invoke(*base, "--overwrite", *refused), 1, message)
+    assert _files(out) == before  # every file as it was: the refusal came before anything was removed
+
+    out_text = said(invoke(*base, "--overwrite"), 0, f"{out}: --overwrite removed the earlier run's files (")
+    after = _files(out)
+    assert after["plots/my_figure.png"] == b"mine" and after["notes.txt"] == b"mine"
+    assert len(json.loads("[" + after["metrics.jsonl"].decode().strip().replace("\n", ",") + "]")) == 1
+    assert json.loads(after["config.json"])["overwrite"] is True
+    if command == "search":  # the genotype of the earlier run's second epoch is gone, the new first one written
+        assert "genotypes/epoch_001.json" not in after and "genotypes/epoch_000.json" in after
+        assert "genotypes/epoch_000.json, genotypes/epoch_001.json" in out_text
+    removed = out_text.split("removed the earlier run's files (")[1].split(")")[0]
+    assert "my_figure" not in removed and "notes" not in removed and "checkpoint.pt" in removed
+
+
+def test_a_run_stopped_before_its_first_checkpoint_keeps_the_run_it_would_replace(tmp_path, tiny_data):
+    cfg = tiny_cfg(tmp_path / "run")
+    run_search(cfg, *tiny_data)
+    before = _files(cfg.out)
+
+    def diverge(self, *args):
+        raise SearchDiverged("epoch 0 step 0: the weight loss is nan; " + self._kept())
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Searcher, "train_step", diverge)
+        with pytest.raises(
+            SearchDiverged, match="this run wrote no checkpoint; the earlier run in .* is kept as it was"
+        ):
+            run_search(dataclasses.replace(cfg, overwrite=True, seed=1), *tiny_data)
+    assert _files(cfg.out) == before
+
+
+# ---- a busy folder, damaged checkpoints, the largest seed and networks too large: messages ------------------------
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--resume"]])
+def test_cli_search_into_a_folder_being_written_says_so(tmp_path, data_dir, tiny_data, extra):
+    out = tmp_path / "run"
+    run_search(tiny_cfg(out), *tiny_data)
+    (out / "genotype.json").unlink()  # stopped before its end: --resume continues it
+    with RunFolder(out).writer():  # another writer holds the folder (a lock is per open file, even in one process)
+        r = invoke("search", "--data", data_dir, "--out", out, *TINY, *extra)
+    said(r, 1, f"{out} is being written by another mdarts-rs process (PID {os.getpid()})")
+
+
+def _damage(path, change) -> None:
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+
+
+def _first_weight(state) -> None:
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.zeros(1)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.update(config="x"), "entry 'config' must be a mapping, got str 'x'"),
+        (lambda s: s["config"].update(bogus=1), "checkpoint.pt (its 'config'): unknown fields ['bogus']"),
+        (lambda s: s["config"].update(epochs="5"), "entry 'config' holds settings this version refuses: epochs"),
+        (_first_weight, "entry 'model' does not fit the supernet and optimizers of its settings"),
+        (lambda s: s.update(epoch=-5), "entry 'epoch' must be a non-negative integer, got int -5"),
+        (lambda s: s.update(epoch=3), "entry 'epoch' is 3 but 'history' holds 1 epochs"),
+        (lambda s: s.pop("w_opt"), "a damaged checkpoint: no 'w_opt' entry"),
+        (
+            lambda s: s["model"].update(x=5),
+            "entry 'model' must be a mapping of names to tensors, but weight 'x' is a int, not a tensor",
+        ),
+        (lambda s: s["w_opt"].update(param_groups=[]), "entry 'w_opt' does not fit"),
+        (lambda s: s.update(acc={"x": 1}), "entry 'acc' does not fit"),
+        (lambda s: s.update(world_size="2"), "entry 'world_size' must be a non-negative integer"),
+    ],
+)
+def test_cli_resume_of_a_damaged_search_checkpoint_names_file_and_entry(tmp_path, data_dir, change, message):
+    out = tmp_path / "run"
+    said(invoke("search", "--data", data_dir, "--out", out, *TINY), 0)
+    (out / "genotype.json").unlink()  # stopped before its end: --resume reads the checkpoint
+    _damage(out / "checkpoint.pt", change)
+    said(invoke("search", "--data", data_dir, "--out", out, *TINY, "--resume"), 1, f"{out / 'checkpoint.pt'}", message)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.update(rng=[1, 2]), "entry 'rng' must be a tensor, got a list of int"),
+        (lambda s: s.update(rng=torch.zeros(3)), "entry 'rng' does not fit the network and optimizer"),
+        (lambda s: s.update(history="x"), "entry 'history' must be a list of epoch records"),
+        (lambda s: s["opt"].update(param_groups=[]), "entry 'opt' does not fit"),
+    ],
+)
+def test_cli_resume_of_a_damaged_training_checkpoint_names_file_and_entry(tmp_path, train_data, change, message):
+    out = tmp_path / "run"
+    said(invoke("train", "--data", train_data, "--out", out, *TRAIN), 0)
+    _damage(out / "checkpoint.pt", change)
+    r = invoke("train", "--data", train_data, "--out", out, *TRAIN, "--resume")
+    said(r, 1, f"{out / 'checkpoint.pt'}", message)
+
+
+def test_the_largest_seed_runs_a_search_and_a_training(tmp_path, train_data):
+    assert derived_seed(MAX_SEED, 1) == 0 and derived_seed(MAX_SEED, 0) == MAX_SEED and derived_seed(5, 2) == 7
+    said(invoke("search", "--data", train_data, "--out", tmp_path / "s", *TINY, "--seed", MAX_SEED), 0)
+    said(invoke("train", "--data", train_data, "--out", tmp_path / "t", *TRAIN, "--seed", MAX_SEED), 0)
+
+
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("search", ["--init-channels", "1024", "--layers", "8", "--batch-size", "32"]),
+        ("search", ["--init-channels", "256", "--layers", "8", "--batch-size", "32"]),
+        ("search", ["--init-channels", "16", "--layers", "1000", "--batch-size", "32"]),
+        ("train", ["--init-channels", "1024", "--layers", "8", "--batch-size", "96"]),
+        ("train", ["--init-channels", "36", "--layers", "1000", "--batch-size", "96"]),
+    ],
+)
+def test_networks_too_large_for_the_memory_are_refused_with_the_estimate(
+    tmp_path, train_data, monkeypatch, command, args
+):
+    monkeypatch.setattr("mdarts_rs.memory.available_bytes", lambda device: 16 * 2**30)
+    base = TINY if command == "search" else TRAIN  # the search's S_train holds 32 images: batches up to 32
+    r = invoke(command, "--data", train_data, "--out", tmp_path / "run", *base, *args)
+    c, layers = args[1], args[3]
+    said(r, 1, f"(C = {c}, {layers} cells, ", "needs at least about", "more than the 16.0 GiB free on cpu: lower")
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -4,6 +4,10 @@ checkpoint, export with a verified round trip, and predictions for image files."
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +33,7 @@ from mdarts_rs.evaluate.trained import (
 )
 from mdarts_rs.genotypes import PUBLISHED
 
+from clicheck import invoke, said
 from hostile import png_claiming
 from published import ALL
 from tinycifar import tiny_images, write_bin
@@ -277,3 +282,102 @@ def test_load_trained_of_an_image_folder_run_keeps_its_classes_and_input(tmp_pat
 def test_cli_export_offers_the_formats_export_writes():
     (fmt,) = [p for p in main.commands["export"].params if p.name == "fmt"]
     assert tuple(fmt.type.choices) == FORMATS
+
+
+# ---- export writes only new regular files (never its checkpoint), whole or not at all; damaged checkpoints ----
+
+
+def _copy(checkpoint: Path, folder: Path) -> Path:
+    folder.mkdir()
+    shutil.copy(checkpoint, folder / "checkpoint.pt")
+    return folder / "checkpoint.pt"
+
+
+def test_cli_export_refuses_an_existing_out_its_checkpoint_and_other_than_regular_files(tmp_path, trained_run):
+    ckpt = _copy(trained_run, tmp_path / "run")
+    out = tmp_path / "net.pt2"
+    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out), 0)
+    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out), 1, f"{out}: exists; pass --overwrite")
+    out.with_name("other.pt2.json").write_text("{}")  # the metadata file counts too
+    r = invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out.with_name("other.pt2"))
+    said(r, 1, "other.pt2.json: exists; pass --overwrite")
+    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out, "--overwrite"), 0)
+    (tmp_path / "to_net.pt2").symlink_to(tmp_path / "net2.pt2")  # written through the link, metadata beside it
+    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", tmp_path / "to_net.pt2"), 0)
+    assert (tmp_path / "net2.pt2").is_file() and (tmp_path / "to_net.pt2.json").is_file()
+    before = ckpt.read_bytes()
+    (tmp_path / "link.pt").symlink_to(ckpt)
+    for target in (ckpt, tmp_path / "link.pt"):
+        for extra in ([], ["--overwrite"]):
+            r = invoke("export", "--checkpoint", ckpt, "--format", "torchscript", "--out", target, *extra)
+            said(r, 1, f"{ckpt}: is the checkpoint the network is read from; export to another file")
+    assert ckpt.read_bytes() == before
+    os.mkfifo(tmp_path / "fifo")
+    for device in ["/dev/null", "/dev/full", tmp_path / "fifo"]:
+        if Path(device).exists():
+            r = invoke("export", "--checkpoint", ckpt, "--format", "onnx", "--out", device, "--overwrite")
+            said(r, 1, f"{device}: is a device, FIFO or socket, not a regular file; export writes regular files only")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)
+    with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
+        export(load_trained(ckpt), "pt2", out)  # the library refuses the same way
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to fill a disk")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cli_export_to_a_full_disk_says_so_and_writes_nothing(tmp_path, trained_run, fmt):
+    # the temporary files are /dev/full, where every write fails with ENOSPC (torch's own writer aborted there)
+    out = tmp_path / f"net.{fmt}"
+    for tmp in (f".net.{fmt}.tmp", f".net.{fmt}.json.tmp"):
+        (tmp_path / tmp).symlink_to("/dev/full")
+        said(invoke("export", "--checkpoint", trained_run, "--format", fmt, "--out", out), 1, "the disk is full")
+        assert not (tmp_path / tmp).is_symlink() and not out.exists() and not Path(f"{out}.json").exists()
+    said(invoke("export", "--checkpoint", trained_run, "--format", fmt, "--out", out), 0)
+
+
+def _weights_of_a_wider_network(state) -> None:
+    state["config"]["init_channels"] = 1024
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s["model"].update({"classifier.weight": 5}),
+            "entry 'model' must be a mapping of names to tensors, but weight 'classifier.weight' is a int, not a tensor",
+        ),
+        (lambda s: s.update(config="x"), "entry 'config' must be a mapping, got str 'x'"),
+        (lambda s: s["config"].update(bogus=1), "checkpoint.pt (its 'config'): unknown fields ['bogus']"),
+        (lambda s: s.update(dataset="x"), "entry 'dataset' must be a mapping, got str 'x'"),
+        (lambda s: s.update(test_indices=["a"]), "entry 'test_indices' must be a list of non-negative integers"),
+        (lambda s: s.update(genotype="junk"), "entry 'genotype' is not a genotype (cannot parse genotype"),
+        (lambda s: s.update(data=5), "entry 'data' must be text, got int 5"),
+        (_weights_of_a_wider_network, "its settings describe its network (C = 1024, 5 cells) of at least"),
+    ],
+)
+@pytest.mark.parametrize("command", ["export", "predict", "test"])
+def test_cli_damaged_training_checkpoints_are_named_with_the_entry(tmp_path, trained_run, change, message, command):
+    ckpt = _copy(trained_run, tmp_path / "run")
+    state = torch.load(ckpt, weights_only=True)
+    change(state)
+    torch.save(state, ckpt)
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    args = {
+        "export": ["--format", "pt2", "--out", tmp_path / "net.pt2"],
+        "predict": [tmp_path / "a.png"],
+        "test": ["--device", "cpu"],
+    }[command]
+    said(invoke(command, "--checkpoint", ckpt, *args), 1, f"{ckpt}", message)
+
+
+@pytest.mark.parametrize("command", ["export", "predict", "test"])
+def test_cli_a_checkpoint_of_a_network_too_large_for_the_memory_says_so(tmp_path, trained_run, monkeypatch, command):
+    monkeypatch.setattr("mdarts_rs.memory.available_bytes", lambda device: 2**10)
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    args = {"export": ["--format", "pt2", "--out", tmp_path / "n.pt2"], "predict": [tmp_path / "a.png"], "test": []}
+    r = invoke(command, "--checkpoint", trained_run, *args[command])
+    said(r, 1, f"{trained_run}: its network (C = 4, 5 cells) needs at least about", "more than the 1 KiB free on cpu")
+
+
+def test_eval_network_names_what_it_takes():
+    with pytest.raises(TypeError, match="genotype must be a Genotype or MultiLevelGenotype .* got NoneType"):
+        eval_network(None)

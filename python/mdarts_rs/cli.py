@@ -32,7 +32,7 @@ from mdarts_rs.config import (
 from mdarts_rs.data import DataLocationError, resolve_data
 from mdarts_rs.evaluate import test_checkpoint, train_seeds
 from mdarts_rs.evaluate.network import count_macs, count_params, eval_network
-from mdarts_rs.evaluate.trained import export, load_trained, predict
+from mdarts_rs.evaluate.trained import export_checkpoint, load_trained, predict
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.geometry import describe_stem
 from mdarts_rs.ops import build_kernels
@@ -466,11 +466,12 @@ def test(checkpoint: Path, data: Path | None, dataset: str | None, device: str) 
 @_trained_checkpoint
 @click.option("--format", "fmt", type=click.Choice(["onnx", "pt2", "torchscript"]), required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
-def export_command(checkpoint: Path, fmt: str, out: Path) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace OUT (and OUT.json) where they exist.")
+def export_command(checkpoint: Path, fmt: str, out: Path, overwrite: bool) -> None:
     """Export a trained network (eval mode, no auxiliary head, any batch size), verified by loading it back with
     its own runtime; its input size, normalisation and class names go to OUT.json."""
     with _messages(usage=()):
-        diff = export(load_trained(checkpoint), fmt, out)
+        diff = export_checkpoint(checkpoint, fmt, out, overwrite)
     click.echo(f"{out}: {fmt}, outputs within {diff:.2g} of the network's; metadata in {out}.json")
 
 

@@ -29,6 +29,14 @@ else:  # Python 3.10: the same parser, from PyPI
 MAX_CHANNELS = 1024  # init_channels: DARTS searches with 16, evaluates with 36 (CIFAR-10) and 48 (ImageNet)
 #: Seeds are 64-bit in the Rust core.
 MAX_SEED = 2**64 - 1
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """The seed ``offset`` places after ``seed`` (a second loader's, a rank's), wrapping within 64 bits so that
+    every seed up to MAX_SEED gives seeds in range."""
+    return (seed + offset) % (MAX_SEED + 1)
+
+
 #: The ``--dataset`` choices of search, sweep, train and test (``imagenet`` is train's torchvision recipe).
 DATASETS = ("cifar10", "cifar100", "arrays", "folder")
 #: The largest finite float32: settings that reach float32 tensors (learning rates, decays) must stay below it.
@@ -417,30 +425,33 @@ class SearchConfig(DataSettings):
             raise ConfigError("; ".join(problems))
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> SearchConfig:
-        if "fast" in d:  # written before the batched supernet became the default: fast chose it
+    def from_json(cls, d: dict[str, Any], source: str = "config.json") -> SearchConfig:
+        """The settings saved as ``d`` (a run's ``config.json``, a checkpoint's config: ``source``, for messages)."""
+        if isinstance(d, dict) and "fast" in d:  # written before the batched supernet became the default: fast chose it
             d = {**{k: v for k, v in d.items() if k != "fast"}, "supernet": "batched" if d["fast"] else "plain"}
-        return _from_json(cls, d, REMOVED_SEARCH_SETTINGS)
+        return _from_json(cls, d, REMOVED_SEARCH_SETTINGS, source)
 
 
 #: Search settings of earlier versions (their runs built other batched-cell layouts or other steps).
 REMOVED_SEARCH_SETTINGS = frozenset({"channels_last", "compile"})
 
 
-def _from_json(cls: type, d: dict[str, Any], removed_settings: frozenset[str]) -> Any:
-    """A config from its saved JSON; ValueError naming the settings an earlier version wrote that this one
-    removed, or fields this version does not know."""
+def _from_json(cls: type, d: dict[str, Any], removed_settings: frozenset[str], source: str = "config.json") -> Any:
+    """A config from its saved JSON (read from ``source``, named in messages); ValueError naming the settings an
+    earlier version wrote that this one removed, or fields this version does not know."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: not a mapping of settings ({type(d).__name__})")
     # config.json's records of the data and of the processes that ran the search, not settings
     d = {k: v for k, v in d.items() if k not in ("data_description", "world_size")}
     removed = sorted(set(d) & removed_settings)
     if removed:
         raise ValueError(
-            f"this run was written by an earlier mdarts-rs with settings this version removed ({', '.join(removed)}); "
+            f"{source}: this run was written by an earlier mdarts-rs with settings this version removed ({', '.join(removed)}); "
             "it cannot be resumed or reloaded: start a new run (the README's changelog says what replaced them)"
         )
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ValueError(f"config.json: unknown fields {unknown}")
+        raise ValueError(f"{source}: unknown fields {unknown}")
     return cls(**d)
 
 
@@ -522,8 +533,8 @@ class TrainConfig(DataSettings):
         return out
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
-        return _from_json(cls, d, REMOVED_TRAIN_SETTINGS)
+    def from_json(cls, d: dict[str, Any], source: str = "config.json") -> TrainConfig:
+        return _from_json(cls, d, REMOVED_TRAIN_SETTINGS, source)
 
 
 #: Training settings of earlier versions.
@@ -668,8 +679,8 @@ class ProtocolConfig(DataSettings):
         return self.select_epochs or PROTOCOL_PRESETS[self.preset]["select_epochs"]
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ProtocolConfig:
-        return _from_json(cls, d, frozenset())
+    def from_json(cls, d: dict[str, Any], source: str = "protocol.json") -> ProtocolConfig:
+        return _from_json(cls, d, frozenset(), source)
 
 
 #: The settings of a protocol's runs that the protocol itself decides (run folders, seeds, what each run varies).

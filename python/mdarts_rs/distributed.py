@@ -5,11 +5,21 @@ DistributedDataParallel would not average)."""
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+#: What gloo and NCCL say when a peer process is gone (gloo: "Connection closed by peer [127.0.0.1]:4745").
+_PEER_GONE = re.compile(r"Connection (closed|reset) by peer|Broken pipe|communicator was aborted|remote process exit")
+
+
+class RankLost(RuntimeError):
+    """A process of the torchrun job ended (killed, crashed) while this one waited for it in a collective."""
 
 
 def world() -> tuple[int, int]:
@@ -114,3 +124,27 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world()[1]
     dist.all_gather_object(out, obj)
     return out
+
+
+@contextmanager
+def rank_loss_said(kept: Callable[[], str], ranks: tuple[int, int] | None = None) -> Iterator[None]:
+    """Where a collective fails because another process of the job has gone (kill -9, a crash), RankLost saying
+    which rank was lost (where there are two, the other one), what is kept (``kept()``: where the last checkpoint
+    is) and that ``--resume`` continues, in place of the backend's error. ``ranks`` (rank, world size) are those
+    of the work inside (by default the process group's; (0, 1): a run of its own, which waits for no one)."""
+    try:
+        yield
+    except RankLost:
+        raise
+    except RuntimeError as e:
+        rank, size = ranks or world()
+        text = str(e)
+        if size <= 1 or not (isinstance(e, dist.DistError) or _PEER_GONE.search(text)):
+            raise
+        who = f"rank {1 - rank}" if size == 2 else "another rank"
+        found = _PEER_GONE.search(text)
+        why = found.group(0) if found else (text.strip().splitlines() or [type(e).__name__])[0][:120]
+        raise RankLost(
+            f"rank {rank} of {size}: lost {who} of this torchrun job, which ended while this process waited for it "
+            f"({why}); {kept()}; continue with --resume"
+        ) from None

@@ -22,10 +22,11 @@ from mdarts_rs.distributed import (
     init_distributed,
     launched_world_size,
     leave_distributed,
+    rank_loss_said,
     world,
 )
 from mdarts_rs.genotype import load_genotype
-from mdarts_rs.run import RunFolder, RunFolderBusy, atomic_write_text
+from mdarts_rs.run import COMPARE_PLOT, RunFolder, RunFolderBusy, atomic_write_text
 from mdarts_rs.search import RanksDisagree, SearchDiverged, SearchInterrupted, run_search
 
 #: A run of a job: its sub-folder's name and the settings in which it differs from the job's.
@@ -151,6 +152,14 @@ def run_searches(
     stopped one continued and one without a checkpoint started afresh. Under torchrun the runs of a job with
     sub-folders spread over the ranks (run i on rank i mod N), a single search runs on all of them together."""
     base = _join_ranks(base, subfolders)
+    with rank_loss_said(lambda: f"the runs that finished are kept in {base.out}"):
+        return _run_variants(base, variants, subfolders, data, say)
+
+
+def _run_variants(
+    base: SearchConfig, variants: list[Variant], subfolders: bool, data: Dataset | None, say: Say
+) -> JobResult:
+    """``run_searches`` once the ranks are joined."""
     rank, size = world()
     if data is None:
         data = training_images(base, quiet=base.quiet or rank > 0)
@@ -247,7 +256,7 @@ def search(
         job.summary = write_summary(base.out, summary_rows(job.runs))
         if base.plots and len(alpha_modes) == 2 and not job.failed and world()[0] == 0:
             (base.out / "plots").mkdir(exist_ok=True)
-            figure = base.out / "plots" / "skip_connect_shared_vs_multilevel.png"
+            figure = base.out / "plots" / COMPARE_PLOT
             plots.plot_compare_runs([r.cfg.out for r in job.runs], figure)
     return job
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mdarts_rs._core import PRIMITIVES, CellGenotype, Genotype, MultiLevelGenotype  # noqa: E402
-from mdarts_rs.run import RunFolder  # noqa: E402
+from mdarts_rs.run import SEARCH_PLOTS, RunFolder  # noqa: E402
 
 LEVELS = ("low", "mid", "high")
 
@@ -175,7 +175,7 @@ def plot_search_run(
     out = folder / "plots"
     out.mkdir(exist_ok=True)
     mode = model.alpha_mode
-    paths = [out / "skip_connect.png", out / "alpha.png", out / "genotype.png"]
+    paths = [out / name for name in SEARCH_PLOTS]  # skip_connect, alpha, genotype: the files --overwrite replaces
     plot_skip_connect({mode: (mode, list(history))}, paths[0])
     with torch.no_grad():
         p, _ = model.softmax_entropy()

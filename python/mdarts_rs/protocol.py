@@ -31,6 +31,7 @@ from mdarts_rs.distributed import (
     init_distributed,
     launched_world_size,
     leave_distributed,
+    rank_loss_said,
     world,
 )
 from mdarts_rs.evaluate import train
@@ -168,10 +169,11 @@ class Protocol:
         if self.cfg.final == "best":
             stages.append(("selection", self.selections))
         stages.append(("final", self.finals))
-        for stage, jobs in stages:
-            self._run_stage(stage, jobs())
-        data = broadcast_object(self.write_report() if world()[0] == 0 else None)  # rank 0 writes the report
-        leave_distributed()
+        with rank_loss_said(lambda: f"the runs that finished are kept in {self.out}"):
+            for stage, jobs in stages:
+                self._run_stage(stage, jobs())
+            data = broadcast_object(self.write_report() if world()[0] == 0 else None)  # rank 0 writes the report
+            leave_distributed()
         return data
 
     def _join(self) -> None:

@@ -10,17 +10,18 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
+import re
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 
-from mdarts_rs._core import Genotype, MultiLevelGenotype
-from mdarts_rs.config import resume_conflicts
+from mdarts_rs._core import Genotype, GenotypeError, MultiLevelGenotype, parse_genotype
+from mdarts_rs.config import ConfigError, SearchConfig, TrainConfig, resume_conflicts
 from mdarts_rs.data import description_conflicts
 
 #: The files a run writes into its folder; a folder holding any of them is a run's.
@@ -35,30 +36,43 @@ RUN_FILES = (
     "summary.md",
     "learning_curves.png",
 )
+#: The plots a search writes into ``plots/`` (``mdarts_rs.plots``), and the figure of a search in both α modes.
+SEARCH_PLOTS = ("skip_connect.png", "alpha.png", "genotype.png")
+COMPARE_PLOT = "skip_connect_shared_vs_multilevel.png"
+#: The genotype a search derives after each epoch, in ``genotypes/``.
+_EPOCH_GENOTYPE = re.compile(r"epoch_\d{3,}\.json")
 
 
 class RunFolderBusy(RuntimeError):
     """Another process is writing to the run folder."""
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+class WriteError(OSError):
+    """A file that could not be written (``atomic_write``): the message names it and says why."""
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], passes: tuple[type[BaseException], ...] = ()) -> None:
     """``write(tmp)``, then rename ``tmp`` over ``path``. Where writing fails (a full disk, say), the temporary file
-    is removed and ``path`` keeps its previous content; the OSError names the file."""
+    is removed and ``path`` keeps its previous content; the OSError names the file. Errors of the types ``passes``
+    (a check of what was written, say) are raised as they are, the temporary file removed too."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError of its own
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        # torch's writers report a failed write as a RuntimeError of their own; a WriteError is said already
+        if isinstance(e, (*passes, WriteError)) or not isinstance(e, (OSError, RuntimeError)):
+            raise
         kept = "; its previous version is kept" if path.exists() else ""
         code = e.errno if isinstance(e, OSError) else None
         reason = (
             "the disk is full" if code == errno.ENOSPC else (getattr(e, "strerror", None) or str(e).splitlines()[0])
         )
-        raise OSError(code, f"cannot write {path}: {reason}{kept}") from None
+        raise WriteError(code, f"cannot write {path}: {reason}{kept}") from None
 
 
-def _write_durably(tmp: Path, write: Callable[[IO[bytes]], None]) -> None:
+def write_durably(tmp: Path, write: Callable[[IO[bytes]], None]) -> None:
     """``write(f)`` into ``tmp`` through a Python file object, flushed and synced: a failed write (a full disk)
     raises OSError here, where torch's own file writer would raise a RuntimeError, and the bytes are on the disk
     before the rename makes them the file."""
@@ -68,15 +82,106 @@ def _write_durably(tmp: Path, write: Callable[[IO[bytes]], None]) -> None:
         os.fsync(f.fileno())
 
 
+def sync_file(path: Path) -> None:
+    """Put a file that another library wrote (by its path) on the disk, before a rename makes it the file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, synced, and a rename."""
-    _atomic_write(path, lambda tmp: _write_durably(tmp, lambda f: f.write(text.encode())))
+    atomic_write(path, lambda tmp: write_durably(tmp, lambda f: f.write(text.encode())))
 
 
-def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+class Checkpoint(dict):
+    """A checkpoint's entries (``read_checkpoint``), with the file they were read from, for messages."""
+
+    def __init__(self, entries: dict[str, Any], path: Path):
+        super().__init__(entries)
+        self.path = path
+
+
+def checkpoint_name(state: dict[str, Any]) -> str:
+    """The file a checkpoint's entries were read from, for messages ("the checkpoint" for entries made in memory)."""
+    return str(getattr(state, "path", "the checkpoint"))
+
+
+#: What each entry of a checkpoint holds, by kind of checkpoint: the entries every use reads, and those a resume
+#: reads too (``resume``). Optional entries (written by later versions) are checked where present.
+_ENTRIES: dict[str, dict[str, str]] = {
+    "search": {"config": "mapping", "model": "weights"},
+    "train": {"config": "mapping", "model": "weights", "genotype": "text"},
+}
+_RESUME_ENTRIES: dict[str, dict[str, str]] = {
+    "search": {"epoch": "count", "step": "count", "acc": "mapping", "history": "records", "w_opt": "mapping"}
+    | {"a_opt": "mapping", "sched": "mapping"},
+    "train": {"epoch": "count", "history": "records", "opt": "mapping", "rng": "tensor"},
+}
+_OPTIONAL_ENTRIES = {"dataset": "mapping", "class_names": "texts", "test_indices": "counts", "world_size": "count"}
+_OPTIONAL_ENTRIES |= {"data": "text"}
+_WANT = {
+    "mapping": "a mapping",
+    "weights": "a mapping of names to tensors",
+    "text": "text",
+    "count": "a non-negative integer",
+    "records": "a list of epoch records (mappings)",
+    "tensor": "a tensor",
+    "texts": "a list of texts",
+    "counts": "a list of non-negative integers",
+}
+
+
+def _holds(want: str, value: Any) -> bool:
+    """Whether ``value`` is what an entry of kind ``want`` (``_WANT``) holds."""
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    checks: dict[str, Callable[[Any], bool]] = {
+        "mapping": lambda v: isinstance(v, dict),
+        "weights": lambda v: (
+            isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t) for k, t in v.items())
+        ),
+        "text": lambda v: isinstance(v, str),
+        "count": count,
+        "records": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+        "tensor": torch.is_tensor,
+        "texts": lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+        "counts": lambda v: isinstance(v, list) and all(count(i) for i in v),
+    }
+    return checks[want](value)
+
+
+def _shown(value: Any, want: str) -> str:
+    """What a damaged entry holds, in a few words: its type and value, weights' first item that is no tensor."""
+    if isinstance(value, dict) and want == "weights":
+        bad = next(k for k, v in value.items() if not (isinstance(k, str) and torch.is_tensor(v)))
+        return f"but weight {bad!r} is a {type(value[bad]).__name__}, not a tensor"
+    if isinstance(value, dict):
+        return "got a mapping"
+    if isinstance(value, list):
+        return f"got a list of {', '.join(sorted({type(v).__name__ for v in value}))}"
+    return f"got {type(value).__name__} {value!r}"[:80]
+
+
+def _entry_problems(state: dict[str, Any], kind: str, resume: bool) -> list[str]:
+    """What is missing or of the wrong type among the entries a use of a checkpoint of ``kind`` reads."""
+    wanted = {**_ENTRIES[kind], **(_RESUME_ENTRIES[kind] if resume else {})}
+    problems = [f"no {name!r} entry" for name in wanted if name not in state]
+    present = {**{k: w for k, w in _OPTIONAL_ENTRIES.items() if state.get(k) is not None}, **wanted}
+    for name, want in present.items():
+        if name in state and not _holds(want, state[name]):
+            problems.append(f"entry {name!r} must be {_WANT[want]}, {_shown(state[name], want)}")
+    if resume and not problems and state["epoch"] != len(state["history"]):
+        problems.append(f"entry 'epoch' is {state['epoch']} but 'history' holds {len(state['history'])} epochs")
+    return problems
+
+
+def read_checkpoint(path: str | os.PathLike[str], kind: str, resume: bool = False) -> Checkpoint:
     """A checkpoint written by mdarts-rs: ``kind`` "search" (a supernet's, by ``mdarts-rs search``) or "train" (an
-    evaluation network's, by ``mdarts-rs train``). ValueError naming the file for a damaged file, a torch file that
-    is not a checkpoint of this project, or one of the other kind."""
+    evaluation network's, by ``mdarts-rs train``), with every entry a use of it reads (``resume``: a resume's too)
+    of the right type and its settings valid. ValueError naming the file (and the entry) for a damaged file, a
+    torch file that is not a checkpoint of this project, or one of the other kind."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder; give the checkpoint file (checkpoint.pt)")
@@ -96,7 +201,34 @@ def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     if found != kind:
         made_by = {"search": "mdarts-rs search (a supernet)", "train": "mdarts-rs train (an evaluation network)"}
         raise ValueError(f"{path}: a checkpoint of {made_by[found]}; this needs one of {made_by[kind]}")
-    return state
+    problems = _entry_problems(state, kind, resume)
+    if problems:
+        raise ValueError(f"{path}: a damaged checkpoint: {'; '.join(problems)}")
+    settings = SearchConfig if kind == "search" else TrainConfig
+    try:
+        settings.from_json({**state["config"], "resume": False, "overwrite": False}, source=f"{path} (its 'config')")
+    except ConfigError as e:
+        raise ValueError(f"{path}: entry 'config' holds settings this version refuses: {e}") from None
+    if kind == "train":
+        try:
+            parse_genotype(state["genotype"])
+        except GenotypeError as e:
+            raise ValueError(f"{path}: a damaged checkpoint: entry 'genotype' is not a genotype ({e})") from None
+    return Checkpoint(state, path)
+
+
+def load_entries(state: dict[str, Any], loaders: dict[str, Callable[[Any], Any]], into: str) -> None:
+    """Load each entry of a checkpoint with its loader (a ``load_state_dict``, say); ValueError naming the file
+    and the entry whose content does not fit ``into`` (what the loaders load into: "the supernet of its
+    settings")."""
+    for name, load in loaders.items():
+        try:
+            load(state[name])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(
+                f"{checkpoint_name(state)}: entry {name!r} does not fit {into}; the file is damaged ({first})"
+            ) from None
 
 
 class RunFolder:
@@ -106,6 +238,10 @@ class RunFolder:
         """The run folder at ``path``, created (and checked writable) unless ``create`` is False, as for reading a
         finished run."""
         self.path = Path(path)
+        #: while ``--overwrite`` replaces an earlier run: that run's files, and the new run's held back
+        self._earlier: list[Path] | None = None
+        self._held: dict[Path, str] = {}
+        self._say: Callable[[str], None] = _notice
         if str(path) == "":
             raise ValueError("the run folder's path is empty")
         if self.path.exists() and not self.path.is_dir():
@@ -149,11 +285,50 @@ class RunFolder:
         """The run files this folder holds."""
         return [name for name in RUN_FILES if (self.path / name).exists()]
 
-    def clear(self) -> None:
-        """Remove every run file (``--overwrite``)."""
-        for name in self.run_files():
-            p = self.path / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    def written_files(self) -> list[Path]:
+        """The files of this folder that a run writes, which ``--overwrite`` replaces: the run files by name, the
+        genotypes of ``genotypes/`` (``epoch_NNN.json``) and the plots a search writes; never other files."""
+        top = [self.path / n for n in RUN_FILES if (self.path / n).is_file()]
+        epochs = [p for p in self.genotypes.glob("epoch_*.json") if _EPOCH_GENOTYPE.fullmatch(p.name) and p.is_file()]
+        plots = [self.plots / n for n in (*SEARCH_PLOTS, COMPARE_PLOT) if (self.plots / n).is_file()]
+        return top + sorted(epochs) + plots
+
+    def replace_later(self, say: Callable[[str], None]) -> None:
+        """``--overwrite``: the earlier run's files (``written_files``) stay as they are until the new run has
+        written its first checkpoint, and the new run's other files are held back until then; a run that stops
+        before it (refused, diverged, out of memory) leaves the earlier run as it was."""
+        self._earlier, self._held, self._say = self.written_files(), {}, say
+
+    def keep_earlier(self) -> None:
+        """The run is over: if it never wrote a checkpoint, the earlier run stays and its files held back go."""
+        self._earlier, self._held = None, {}
+
+    def _replacing(self) -> bool:
+        return self._earlier is not None
+
+    def _write_text(self, path: Path, text: str) -> None:
+        """Write a run file, or hold it back while an earlier run is still to be replaced."""
+        if self._replacing():
+            self._held[path] = text
+            return
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_text(path, text)
+
+    def _replace_earlier(self) -> None:
+        """The new run's first checkpoint is written: remove the earlier run's files that the new run did not
+        write again, write the files held back, and say in a line what was removed."""
+        earlier, held = self._earlier or [], self._held
+        self.keep_earlier()
+        for p in earlier:
+            if p != self.checkpoint and p not in held:
+                p.unlink(missing_ok=True)
+        for folder in {p.parent for p in earlier} - {self.path}:
+            with suppress(OSError):  # kept where it holds other files
+                folder.rmdir()
+        for p, text in held.items():
+            self._write_text(p, text)
+        if earlier:
+            self._say(f"{self.path}: --overwrite removed the earlier run's files ({_describe(earlier, self.path)})")
 
     @contextmanager
     def writer(self) -> Iterator[None]:
@@ -184,7 +359,7 @@ class RunFolder:
             f.close()  # closing releases the lock
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_text(self.path / name, json.dumps(obj, indent=2) + "\n")
+        self._write_text(self.path / name, json.dumps(obj, indent=2) + "\n")
 
     def read_json(self, name: str) -> Any:
         path = self.path / name
@@ -195,7 +370,7 @@ class RunFolder:
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` with one line per finished epoch."""
-        atomic_write_text(self.metrics, "".join(json.dumps(rec) + "\n" for rec in history))
+        self._write_text(self.metrics, "".join(json.dumps(rec) + "\n" for rec in history))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.exists():
@@ -210,25 +385,46 @@ class RunFolder:
 
     def write_genotype(self, genotype: Genotype | MultiLevelGenotype, epoch: int | None = None) -> None:
         """The final genotype, or with ``epoch`` the genotype derived after that epoch."""
-        if epoch is None:
-            atomic_write_text(self.genotype, genotype.to_json() + "\n")
-        else:
-            self.genotypes.mkdir(exist_ok=True)
-            atomic_write_text(self.genotypes / f"epoch_{epoch:03d}.json", genotype.to_json() + "\n")
+        path = self.genotype if epoch is None else self.genotypes / f"epoch_{epoch:03d}.json"
+        self._write_text(path, genotype.to_json() + "\n")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        _atomic_write(self.checkpoint, lambda tmp: _write_durably(tmp, lambda f: torch.save(state, f)))
+        """Write the checkpoint (the first one of a run that replaces an earlier one then removes that run's files)."""
+        atomic_write(self.checkpoint, lambda tmp: write_durably(tmp, lambda f: torch.save(state, f)))
+        if self._replacing():
+            self._replace_earlier()
 
     def checkpoint_note(self) -> str:
         """Where the last checkpoint is, for messages about a run that stopped."""
+        if self._replacing():
+            return f"this run wrote no checkpoint; the earlier run in {self.path} is kept as it was"
         if self.checkpoint.exists():
             return f"the last good checkpoint is kept at {self.checkpoint}"
         return f"no checkpoint was written yet in {self.path}"
 
-    def load_checkpoint(self, kind: str = "search") -> dict[str, Any]:
+    def load_checkpoint(self, kind: str = "search") -> Checkpoint:
+        """The checkpoint to resume from, with every entry a resume reads."""
         if not self.checkpoint.exists():
             raise FileNotFoundError(f"{self.checkpoint}: no checkpoint to resume from")
-        return read_checkpoint(self.checkpoint, kind)
+        return read_checkpoint(self.checkpoint, kind, resume=True)
+
+
+def _describe(files: list[Path], root: Path) -> str:
+    """Files of a run folder in a few words: their names, a sub-folder's as a count where it holds several."""
+    groups: dict[Path, list[Path]] = {}
+    for p in files:
+        groups.setdefault(p.parent, []).append(p)
+    parts = []
+    for folder, members in groups.items():
+        if folder == root or len(members) <= 2:
+            parts += [str(p.relative_to(root)) for p in members]
+        else:
+            parts.append(f"{folder.relative_to(root)}/ ({len(members)} files)")
+    return ", ".join(parts)
+
+
+def _notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
@@ -241,10 +437,13 @@ def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
 
 
 @contextmanager
-def open_run(run: RunFolder, resume: bool, overwrite: bool, kind: str) -> Iterator[dict[str, Any] | None]:
+def open_run(
+    run: RunFolder, resume: bool, overwrite: bool, kind: str, say: Callable[[str], None] = _notice
+) -> Iterator[Checkpoint | None]:
     """Hold ``run``'s write lock for a run of ``kind`` ("search" or "train") and give the checkpoint to continue
     from (``resume``), or None for a new run; a folder that holds another run's files is refused unless
-    ``overwrite`` replaces it."""
+    ``overwrite`` replaces it: its files are removed (and ``say`` says which) only once the new run has written its
+    first checkpoint, so that a run refused or stopped before then loses nothing."""
     with run.writer():
         state = run.load_checkpoint(kind) if resume else None
         if state is None and run.run_files():
@@ -253,8 +452,11 @@ def open_run(run: RunFolder, resume: bool, overwrite: bool, kind: str) -> Iterat
                     f"{run.path} holds another run ({', '.join(run.run_files())}): pass --resume to continue it, "
                     "--overwrite to replace it, or choose another --out"
                 )
-            run.clear()
-        yield state
+            run.replace_later(say)
+        try:
+            yield state
+        finally:
+            run.keep_earlier()
 
 
 def check_same_run(
@@ -268,7 +470,8 @@ def check_same_run(
     """ValueError unless a checkpoint's run is the one ``cfg`` describes: the same settings but ``may_change``, the
     same kind of data (``description``, where the data is described) and the same images (``fingerprint``). ``verb``
     says what the run did with its data ("searched", "trained on")."""
-    resume_conflicts(type(cfg).from_json(state["config"]).to_json(), cfg.to_json(), may_change)
+    saved = type(cfg).from_json(state["config"], source=f"{checkpoint_name(state)} (its 'config')")
+    resume_conflicts(saved.to_json(), cfg.to_json(), may_change)
     if description is not None:
         changed = description_conflicts(state.get("dataset"), description)
         if changed:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mdarts_rs.config import TrainConfig
+from mdarts_rs.config import TrainConfig, derived_seed
 from mdarts_rs.data import CifarLoader, Dataset, channel_stats, has_test_set, holdout_split, load_dataset
 
 
@@ -48,7 +48,7 @@ class CifarData:
             shard_indices(len(train.labels), cfg.seed, rank, ws),
             batch_size=cfg.batch_size // ws,
             cutout=scaled_cutout(cfg.cutout, train.image_size),
-            seed=cfg.seed + rank,
+            seed=derived_seed(cfg.seed, rank),
             **common,
         )
         test_idx = np.arange(rank, len(test.labels), ws)  # each rank tests its share; metrics are summed

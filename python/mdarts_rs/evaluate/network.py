@@ -249,6 +249,11 @@ def eval_network(
     CIFAR-100 and the user's data ("arrays", "folder": ``in_channels`` channels of ``image_size`` pixels, 32 by
     default), or the ImageNet network (14 cells, C = 48). ``drop_path`` sets the initial drop-path probability
     (training raises it linearly)."""
+    if not isinstance(genotype, (Genotype, MultiLevelGenotype)):
+        raise TypeError(
+            f"eval_network: genotype must be a Genotype or MultiLevelGenotype (mdarts_rs.load_genotype reads one from "
+            f"a file, a published name or text), got {type(genotype).__name__}"
+        )
     if dataset in ("cifar10", "cifar100", "arrays", "folder"):
         default_classes = {"cifar10": 10, "cifar100": 100}.get(dataset)
         if num_classes is None and default_classes is None:

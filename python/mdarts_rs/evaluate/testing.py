@@ -61,11 +61,16 @@ def evaluate_checkpoint(
     state = read_checkpoint(checkpoint, "train")
     desc = state.get("dataset") or {}
     opts = dict(label=desc.get("label", "fine"), image_size=desc.get("image_size"))
-    if trained.dataset in ("cifar10", "cifar100", "arrays") and not has_test_set(trained.dataset, data):
+    held_out = state.get("test_indices") is not None  # the training held out its test images: those are tested
+    if (
+        not held_out
+        and trained.dataset in ("cifar10", "cifar100", "arrays")
+        and not has_test_set(trained.dataset, data)
+    ):
         raise ValueError(
             f"{data}: holds no test set (test_images and test_labels) and the network was trained on all of it"
         )
-    if state.get("test_indices") is not None:
+    if held_out:
         full = load_dataset(trained.dataset, data, "train", **opts)  # type: ignore[arg-type]
         idx = np.asarray(state["test_indices"], dtype=np.int64)
         if len(idx) and idx.max() >= len(full):

@@ -3,9 +3,11 @@ TorchScript) with a verified round trip, and classify images."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,8 @@ from mdarts_rs._core import (
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import CIFAR10_CLASSES  # re-exported: CIFAR-10's classes in label order
 from mdarts_rs.evaluate.network import eval_network
-from mdarts_rs.run import read_checkpoint
+from mdarts_rs.memory import check_loadable
+from mdarts_rs.run import atomic_write, atomic_write_text, read_checkpoint, sync_file, write_durably
 
 #: The per-channel mean and std the ImageNet recipe normalises with (torchvision's ImageNet statistics).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -158,6 +161,9 @@ def load_trained(checkpoint: str | os.PathLike[str], device: str | torch.device 
         in_channels, image_size, mean, std = 3, 224, IMAGENET_MEAN, IMAGENET_STD
     else:
         in_channels, image_size, mean, std = 3, 32, tuple(CIFAR10_MEAN), tuple(CIFAR10_STD)
+    check_loadable(
+        cfg.init_channels, cfg.layers, image_size, classes, weights, str(checkpoint), cfg.dataset == "imagenet"
+    )
     model = trained_network(cfg, genotype, classes, in_channels, image_size)
     try:
         model.load_state_dict(weights)
@@ -197,40 +203,91 @@ class _Logits(nn.Module):
         return self.model(x)[0]
 
 
-def export(trained: TrainedNetwork, fmt: str, out: str | os.PathLike[str], atol: float = 1e-4) -> float:
-    """Write the eval-mode network (no auxiliary head, no drop-path; batch dimension dynamic) to ``out`` in
-    ``fmt``, and its metadata (``metadata()``) to ``out`` + ".json". The written file is then loaded by its own
-    runtime and must give the network's outputs on random inputs of another batch size within ``atol``; returns
-    the largest difference, ExportError otherwise (the files are removed)."""
+def export_target(
+    out: str | os.PathLike[str], overwrite: bool = False, checkpoint: str | os.PathLike[str] | None = None
+) -> Path:
+    """The file an export to ``out`` writes (where ``out`` is a symbolic link, the file it points to), checked
+    before anything is read: ValueError for an existing target that is not a regular file (a device, a FIFO, a
+    folder: an export writes regular files only) or that is ``checkpoint`` itself (the network's own source);
+    FileExistsError for an existing one without ``overwrite``. The same for its metadata file (``out`` + ".json")."""
+    target = Path(out).resolve()
+    for path in (target, Path(f"{out}.json").resolve()):
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise OSError(e.errno, f"cannot export to {path}: {e.strerror}") from None
+        if not stat.S_ISREG(mode):
+            what = "a folder" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+            raise ValueError(f"{path}: is {what}, not a regular file; export writes regular files only")
+        if checkpoint is not None and Path(checkpoint).exists() and os.path.samefile(path, checkpoint):
+            raise ValueError(f"{path}: is the checkpoint the network is read from; export to another file")
+        if not overwrite:
+            raise FileExistsError(f"{path}: exists; pass --overwrite to replace it, or choose another --out")
+    return target
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], overwrite: bool = False
+) -> float:
+    """``mdarts-rs export``: the trained network of ``checkpoint`` exported to ``out`` (``export``), the target
+    checked before the checkpoint is read (``export_target``)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    out = Path(out)
+    export_target(out, overwrite, checkpoint)
+    return export(load_trained(checkpoint), fmt, out, overwrite=True)
+
+
+def export(
+    trained: TrainedNetwork, fmt: str, out: str | os.PathLike[str], atol: float = 1e-4, overwrite: bool = False
+) -> float:
+    """Write the eval-mode network (no auxiliary head, no drop-path; batch dimension dynamic) to ``out`` in
+    ``fmt``, and its metadata (``metadata()``) to ``out`` + ".json". The file is written to a temporary one,
+    loaded by its own runtime and must give the network's outputs on random inputs of another batch size within
+    ``atol`` before it replaces ``out``; returns the largest difference, ExportError otherwise (nothing written).
+    A full disk is an OSError naming the file; ``export_target`` says which targets are refused (an existing one
+    without ``overwrite``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    target = export_target(out, overwrite)
     net = _Logits(trained.model).cpu().eval()
     example = torch.randn(2, trained.in_channels, trained.image_size, trained.image_size)
+    diffs: list[float] = []
+
+    def write(tmp: Path) -> None:
+        _write_format(net, fmt, example, tmp)
+        diffs.append(_verify(tmp, fmt, trained, atol, shown=Path(out)))
+        atomic_write_text(Path(f"{out}.json").resolve(), json.dumps(trained.metadata(), indent=2) + "\n")
+
+    atomic_write(target, write, passes=(ExportError, ValueError))
+    return diffs[0]
+
+
+def _write_format(net: nn.Module, fmt: str, example: torch.Tensor, path: Path) -> None:
+    """The network in ``fmt`` into ``path``, synced. torch's writers write to memory and the bytes go to the file
+    through Python: torch.export's own file writer aborts the process (a C++ exception in a destructor) where a
+    write fails, Python raises an OSError."""
     batch = torch.export.Dim("batch", min=1, max=65536)
+    buffer = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's own deprecation notice
             if fmt == "pt2":
-                torch.export.save(torch.export.export(net, (example,), dynamic_shapes=({0: batch},)), out)
+                torch.export.save(torch.export.export(net, (example,), dynamic_shapes=({0: batch},)), buffer)
             elif fmt == "torchscript":
-                torch.jit.save(torch.jit.trace(net, example), str(out))
+                torch.jit.save(torch.jit.trace(net, example), buffer)
             else:
-                _export_onnx(net, example, batch, out)
-    except ExportError:
+                _export_onnx(net, example, batch, path)  # onnx writes the file in Python
+    except (ExportError, OSError):
         raise
     except Exception as e:  # the exporters raise many types
-        out.unlink(missing_ok=True)
-        raise ExportError(
-            f"cannot export to {fmt}: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
-        ) from None
-    Path(f"{out}.json").write_text(json.dumps(trained.metadata(), indent=2) + "\n")
-    try:
-        return verify_export(out, fmt, trained, atol)
-    except ExportError:
-        out.unlink(missing_ok=True)
-        Path(f"{out}.json").unlink(missing_ok=True)
-        raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise ExportError(f"cannot export to {fmt}: {type(e).__name__}: {first}") from None
+    if fmt == "onnx":
+        sync_file(path)
+    else:
+        write_durably(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def _export_onnx(net: nn.Module, example: torch.Tensor, batch: Any, out: Path) -> None:
@@ -254,7 +311,11 @@ def _export_onnx(net: nn.Module, example: torch.Tensor, batch: Any, out: Path) -
 def verify_export(path: str | os.PathLike[str], fmt: str, trained: TrainedNetwork, atol: float = 1e-4) -> float:
     """Load ``path`` with its own runtime (onnxruntime, torch.export.load, torch.jit.load) and compare its outputs
     with the network's on random inputs (batch 3); the largest difference, or ExportError naming the file."""
-    path = Path(path)
+    return _verify(Path(path), fmt, trained, atol, Path(path))
+
+
+def _verify(path: Path, fmt: str, trained: TrainedNetwork, atol: float, shown: Path) -> float:
+    """``verify_export`` of ``path``, named ``shown`` in messages (the file a temporary one becomes)."""
     x = torch.randn(
         3, trained.in_channels, trained.image_size, trained.image_size, generator=torch.Generator().manual_seed(0)
     )
@@ -262,7 +323,8 @@ def verify_export(path: str | os.PathLike[str], fmt: str, trained: TrainedNetwor
     try:
         if fmt == "pt2":
             with torch.no_grad():
-                got = torch.export.load(path).module()(x)
+                # from the file's bytes: torch.export.load reads a path only where it ends in .pt2 (not a temporary)
+                got = torch.export.load(io.BytesIO(path.read_bytes())).module()(x)
         elif fmt == "torchscript":
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit's own deprecation notice
@@ -279,12 +341,12 @@ def verify_export(path: str | os.PathLike[str], fmt: str, trained: TrainedNetwor
     except (ExportError, ValueError):
         raise
     except Exception as e:  # a damaged file: each runtime raises its own types
-        raise ExportError(f"{path}: cannot be loaded as {fmt} ({type(e).__name__}: {str(e).strip()[:200]})") from None
+        raise ExportError(f"{shown}: cannot be loaded as {fmt} ({type(e).__name__}: {str(e).strip()[:200]})") from None
     if got.shape != expected.shape:
-        raise ExportError(f"{path}: gives outputs of shape {tuple(got.shape)}, the network {tuple(expected.shape)}")
+        raise ExportError(f"{shown}: gives outputs of shape {tuple(got.shape)}, the network {tuple(expected.shape)}")
     diff = float((got.float() - expected).abs().max())
     if not diff <= atol:
-        raise ExportError(f"{path}: its outputs differ from the network's by {diff:.3g} (more than {atol:g})")
+        raise ExportError(f"{shown}: its outputs differ from the network's by {diff:.3g} (more than {atol:g})")
     return diff
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import Dataset, as_dataset
 from mdarts_rs.device import resolve_device
-from mdarts_rs.distributed import all_reduce_sum, init_distributed
+from mdarts_rs.distributed import all_reduce_sum, init_distributed, rank_loss_said
 from mdarts_rs.distributed import world as _world
 from mdarts_rs.evaluate.inputs import CifarData, imagenet_batches, train_test_data
 from mdarts_rs.evaluate.network import NetworkCIFAR, NetworkImageNet
@@ -32,8 +32,9 @@ from mdarts_rs.evaluate.testing import accuracy, evaluate_network
 from mdarts_rs.evaluate.trained import trained_network
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.guards import first_names, non_finite_state
+from mdarts_rs.memory import check_fits, train_estimate
 from mdarts_rs.plots import plot_learning_curves
-from mdarts_rs.run import RunFolder, check_same_run, data_fingerprint, open_run
+from mdarts_rs.run import RunFolder, check_same_run, data_fingerprint, load_entries, open_run
 from mdarts_rs.tensorboard import Board
 
 
@@ -109,13 +110,19 @@ class Trainer:
         """Continue from a checkpoint of the same training (settings but the run's place and device, data)."""
         may_change = {"resume", "overwrite", "quiet", "device", "workers", "out", "data", "tensorboard", "log_every"}
         check_same_run(state, self.cfg, may_change, self.data_description, self.data_fingerprint, "trained on")
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
+        load_entries(
+            state,
+            {"model": self.model.load_state_dict, "opt": self.opt.load_state_dict, "rng": torch.set_rng_state},
+            "the network and optimizer of its settings",
+        )
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
-        torch.set_rng_state(state["rng"])
 
     def _kept(self) -> str:
-        return self.run.checkpoint_note() if self.run is not None else "no checkpoint was written by this process"
+        if self.run is not None:
+            return self.run.checkpoint_note()
+        if self.world_size > 1:
+            return f"rank 0 keeps the last good checkpoint in {self.cfg.out}"
+        return "no checkpoint was written by this process"
 
     def train_epoch(self) -> dict[str, float]:
         cfg, model, net = self.cfg, self.model, self.net
@@ -175,35 +182,41 @@ class Trainer:
         return steps if self.cfg.steps_per_epoch is None else min(steps, self.cfg.steps_per_epoch)
 
     def run_epochs(self) -> list[dict[str, Any]]:
-        rank = self.rank
-        while self.epoch < self.cfg.epochs:
-            t0 = time.time()
-            rec: dict[str, Any] = {"epoch": self.epoch, **self.train_epoch()}
-            rec.update(evaluate_network(self.net, iter(self.test_batches), self.device, self.cfg.bf16, self.world_size))
-            rec["seconds"] = time.time() - t0
-            bad = non_finite_state(self.model, {"optimizer": self.opt})
-            if bad or not all(math.isfinite(rec[k]) for k in ("train_loss", "test_loss")):
-                kept = self._kept()
-                raise FloatingPointError(
-                    f"epoch {self.epoch}: the training diverged (train loss {rec['train_loss']}, test loss "
-                    f"{rec['test_loss']}{'; non-finite ' + first_names(bad) if bad else ''}); {kept}; lower the learning rate "
-                    "or the weight decay"
-                )
-            self.history.append(rec)
-            self.epoch += 1
-            if rank == 0:
-                if self.run is not None:
-                    self.run.write_metrics(self.history)
-                    self.run.save_checkpoint(self.state())
-                if self.board is not None:
-                    drop_path = self.cfg.drop_path * rec["epoch"] / self.cfg.epochs
-                    self.board.train_epoch(self.epoch * self.steps_per_epoch(), rec, drop_path)
-                if not self.cfg.quiet:
-                    tqdm.write(
-                        f"epoch {rec['epoch'] + 1}/{self.cfg.epochs}: train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}, "
-                        f"test top-1 err {rec['top1_err']:.4f} top-5 err {rec['top5_err']:.4f} ({rec['seconds']:.0f} s)"
-                    )
+        """Train the remaining epochs (a checkpoint after each); every epoch's record."""
+        with rank_loss_said(self._kept, (self.rank, self.world_size)):
+            while self.epoch < self.cfg.epochs:
+                self._run_epoch()
         return self.history
+
+    def _run_epoch(self) -> None:
+        """One epoch: training, testing, the checks of the state, the record and the checkpoint."""
+        rank = self.rank
+        t0 = time.time()
+        rec: dict[str, Any] = {"epoch": self.epoch, **self.train_epoch()}
+        rec.update(evaluate_network(self.net, iter(self.test_batches), self.device, self.cfg.bf16, self.world_size))
+        rec["seconds"] = time.time() - t0
+        bad = non_finite_state(self.model, {"optimizer": self.opt})
+        if bad or not all(math.isfinite(rec[k]) for k in ("train_loss", "test_loss")):
+            kept = self._kept()
+            raise FloatingPointError(
+                f"epoch {self.epoch}: the training diverged (train loss {rec['train_loss']}, test loss "
+                f"{rec['test_loss']}{'; non-finite ' + first_names(bad) if bad else ''}); {kept}; lower the learning rate "
+                "or the weight decay"
+            )
+        self.history.append(rec)
+        self.epoch += 1
+        if rank == 0:
+            if self.run is not None:
+                self.run.write_metrics(self.history)
+                self.run.save_checkpoint(self.state())
+            if self.board is not None:
+                drop_path = self.cfg.drop_path * rec["epoch"] / self.cfg.epochs
+                self.board.train_epoch(self.epoch * self.steps_per_epoch(), rec, drop_path)
+            if not self.cfg.quiet:
+                tqdm.write(
+                    f"epoch {rec['epoch'] + 1}/{self.cfg.epochs}: train loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}, "
+                    f"test top-1 err {rec['top1_err']:.4f} top-5 err {rec['top5_err']:.4f} ({rec['seconds']:.0f} s)"
+                )
 
 
 def build_trainer(cfg: TrainConfig, data: tuple | None = None, world: tuple[int, int] | None = None) -> Trainer:
@@ -236,6 +249,9 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None, world: tuple[int,
         train_batches, test_batches, class_names = imagenet_batches(cfg, device, world)  # the folders in train/
         fingerprint = None  # an ImageFolder is not fingerprinted
         description, in_channels, image_size = None, 3, 224
+    per_step = math.ceil(cfg.batch_size / world[1])
+    size = train_estimate(cfg.init_channels, cfg.layers, image_size, len(class_names), per_step, cfg.bf16)
+    check_fits(size, device)
     model = trained_network(cfg, genotype, len(class_names), in_channels, image_size)
     return Trainer(
         cfg,

@@ -20,13 +20,14 @@ import torch
 from tqdm import tqdm
 
 from mdarts_rs import _core
-from mdarts_rs.config import SearchConfig
+from mdarts_rs.config import SearchConfig, derived_seed
 from mdarts_rs.data import CifarLoader, Dataset, as_dataset, augment_images, search_split
 from mdarts_rs.device import resolve_device
-from mdarts_rs.distributed import any_rank, barrier, ranks_disagree
+from mdarts_rs.distributed import any_rank, barrier, rank_loss_said, ranks_disagree
 from mdarts_rs.distributed import world as _world
 from mdarts_rs.guards import first_names, non_finite_state
-from mdarts_rs.run import check_same_run, data_fingerprint
+from mdarts_rs.memory import Estimate, check_fits, search_estimate
+from mdarts_rs.run import check_same_run, data_fingerprint, load_entries
 from mdarts_rs.search.diagnostics import TOTALS, device_totals, epoch_record, step_totals
 from mdarts_rs.search.graph import CapturedStep
 from mdarts_rs.search.step import STEP_STATS, StepParts, search_step
@@ -136,7 +137,7 @@ def _loaders(
         num_classes=data.num_classes,
     )
     train = CifarLoader(data.images, data.labels, train_idx, seed=cfg.seed, **common)
-    val = CifarLoader(data.images, data.labels, val_idx, seed=cfg.seed + 1, **common)
+    val = CifarLoader(data.images, data.labels, val_idx, seed=derived_seed(cfg.seed, 1), **common)
     if len(train) == 0:
         raise ValueError(
             f"S_train has {train.num_images} images, fewer than one batch of {cfg.batch_size}: "
@@ -148,6 +149,39 @@ def _loaders(
     )
     gap = (torch.from_numpy(pixels).to(device), torch.from_numpy(data.labels[gap_idx]).to(device))
     return train, val, gap
+
+
+def check_images(images: Any, labels: Any) -> None:
+    """TypeError naming what a search reads, for inputs of another kind (a list of images, float pixels)."""
+    if isinstance(images, Dataset):
+        return
+    if not isinstance(images, np.ndarray):
+        raise TypeError(
+            "images must be a mdarts_rs.data.Dataset (mdarts_rs.data.load_dataset) or a uint8 numpy array "
+            f"(N, C, S, S) with labels, got {type(images).__name__}"
+        )
+    if images.dtype != np.uint8:
+        raise TypeError(
+            f"images must be uint8 pixels (0..255) of shape (N, C, S, S), got {images.dtype}: convert images in "
+            "[0, 1] with (x * 255).round().astype(np.uint8)"
+        )
+    if not isinstance(labels, np.ndarray):
+        raise TypeError(f"labels must be a numpy array of class indices, got {type(labels).__name__}")
+
+
+def search_size(cfg: SearchConfig, data: Dataset, world_size: int = 1) -> Estimate:
+    """The memory estimate of ``cfg``'s supernet on ``data``: a process's chunk of each batch."""
+    chunk = math.ceil(cfg.batch_size / (world_size * cfg.micro_batches))
+    return search_estimate(
+        cfg.init_channels,
+        cfg.layers,
+        data.image_size,
+        data.num_classes,
+        chunk,
+        cfg.partial_channels,
+        cfg.order,
+        cfg.bf16,
+    )
 
 
 class Searcher:
@@ -171,7 +205,11 @@ class Searcher:
         self.rank, self.world_size = world if world is not None else _world()
         cfg.check_world(self.world_size)
         self.device = resolve_device(cfg.device)
+        check_images(images, labels)
         self.data = as_dataset(images, labels, cfg.dataset)
+        # the batch against the data first, then the memory (a batch larger than the data is the clearer message)
+        self.train_loader, self.val_loader, self.gap = _loaders(cfg, self.data, self.device)
+        check_fits(search_size(cfg, self.data, self.world_size), self.device)
         self.model = SuperNet(
             cfg.init_channels,
             self.data.num_classes,
@@ -186,7 +224,6 @@ class Searcher:
         if self.device.type == "cuda":
             _set_cuda_backends(cfg)
         self.data_fingerprint = data_fingerprint(self.data.images, self.data.labels)
-        self.train_loader, self.val_loader, self.gap = _loaders(cfg, self.data, self.device)
         self.use_graph = cfg.cuda_graph and self.device.type == "cuda"
         if cfg.cuda_graph and not self.use_graph:
             tqdm.write("--cuda-graph needs a CUDA device; running the steps eagerly")
@@ -233,20 +270,32 @@ class Searcher:
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint of the same search (settings but ``RESUMABLE_CHANGES``, data, processes)."""
         check_same_run(state, self.cfg, RESUMABLE_CHANGES, self.data.describe(), self.data_fingerprint, "searched")
-        saved_world = int(state.get("world_size", 1))
+        saved_world = state.get("world_size", 1)
         if saved_world != self.world_size:
             raise ValueError(
                 f"cannot resume a search of {saved_world} processes with {self.world_size}: each process computes "
                 "its own chunks' batch-norm statistics; resume it with the same torchrun --nproc_per_node × --nnodes"
             )
-        self.model.load_state_dict(state["model"])
-        self.w_opt.load_state_dict(state["w_opt"])
-        self.a_opt.load_state_dict(state["a_opt"])
+        load_entries(
+            state,
+            {
+                "model": self.model.load_state_dict,
+                "w_opt": self.w_opt.load_state_dict,
+                "a_opt": self.a_opt.load_state_dict,
+                "sched": self.sched.load_state_dict,
+                "acc": self._load_totals,
+            },
+            "the supernet and optimizers of its settings",
+        )
         self._adam_for_this_mode()
-        self.sched.load_state_dict(state["sched"])
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step"])
-        self.acc = dict(state["acc"])
         self.history = list(state["history"])
+
+    def _load_totals(self, acc: dict[str, Any]) -> None:
+        """The epoch's totals so far, from a checkpoint (``TOTALS``, numbers)."""
+        if set(acc) != set(TOTALS) or not all(isinstance(v, (int, float)) for v in acc.values()):
+            raise ValueError(f"it must map {', '.join(TOTALS)} to numbers")
+        self.acc = {k: float(v) for k, v in acc.items()}
 
     def _adam_for_this_mode(self) -> None:
         """A loaded Adam state keeps the mode it was saved in: ``capturable`` and where its step counts live.
@@ -436,7 +485,8 @@ class Searcher:
     def run_epochs(self) -> SearchResult:
         """Run the remaining epochs; the final genotype, every epoch's record and the supernet."""
         cfg = self.cfg
-        with _Signals() as sig:
+        kept = lambda: self.recorder.describe() if self.recorder else "the run had no run folder"  # noqa: E731
+        with _Signals() as sig, rank_loss_said(kept, (self.rank, self.world_size)):
             while self.epoch < cfg.epochs:
                 t0 = time.time()
                 self._run_steps(sig)

@@ -19,7 +19,7 @@ from mdarts_rs.data import Dataset
 from mdarts_rs.distributed import broadcast_object
 from mdarts_rs.distributed import world as _world
 from mdarts_rs.run import RunFolder, open_run
-from mdarts_rs.search.loop import Searcher, SearchResult
+from mdarts_rs.search.loop import Searcher, SearchResult, check_images
 from mdarts_rs.tensorboard import Board
 
 
@@ -117,6 +117,7 @@ def run_search(
     Under torchrun (``world``: (rank, world size), by default the process group's) the ranks run the search
     together: rank 0 alone touches the run folder, reads the checkpoint and sends it to the others (no shared
     filesystem needed); its refusals reach every rank."""
+    check_images(images, labels)  # before the run folder is touched
     rank, size = world if world is not None else _world()
     run = RunFolder(cfg.out) if rank == 0 else None
     with ExitStack() as stack:

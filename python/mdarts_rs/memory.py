@@ -1,0 +1,180 @@
+"""The memory a network needs, estimated from its size before it is built (a search's supernet, a training's
+network, a trained network loaded for use), and the refusal of one that the device cannot hold: an allocator
+failure deep inside torch (or the kernel's out-of-memory killer) is worse than a message with the estimate."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mdarts_rs.geometry import stem_plan
+
+#: Values a cell keeps for the backward pass, per image and per value of the cell's output (channels × side²).
+#: Measured on the CPU (torch 2.15, batch 16, 2026-12-06): about 320 for the batched supernet, 500 for the plain
+#: one, 45 for DARTS V2's evaluation network. The estimates take lower values (a cell of pooling and skips keeps
+#: less), so that a refusal is certain and a run that fits is never refused.
+SEARCH_ACTIVATIONS = 250
+TRAIN_ACTIVATIONS = 12
+#: Parameters per edge of a supernet cell of c channels: its four convolutions (DARTS' sep_conv_3x3/5x5,
+#: dil_conv_3x3/5x5: 6c² + 102c); an evaluation cell counts its two 1×1 input convolutions only (a lower bound).
+_EDGES = 14
+
+
+class NetworkTooLarge(ValueError):
+    """A network whose estimated memory exceeds what its device has free; the message holds the estimate."""
+
+
+@dataclass
+class Estimate:
+    """What a network needs: ``params`` parameters, ``param_bytes`` for them with their gradients and optimizer
+    state, ``activation_bytes`` for what one step keeps for its backward pass. ``what`` describes the network."""
+
+    what: str
+    params: int
+    param_bytes: int
+    activation_bytes: int
+    kept: str = "with their gradients and optimizer state"
+    advice: str = ""
+
+    @property
+    def total(self) -> int:
+        return self.param_bytes + self.activation_bytes
+
+
+def cell_shapes(C: int, layers: int, image_size: int) -> list[tuple[int, int]]:
+    """(channels, side) of each cell: the channels double and the side halves at the reduction cells (layers//3
+    and 2·layers//3), from the side the stem gives (``geometry.stem_plan``)."""
+    _, side = stem_plan(image_size)
+    out, c = [], C
+    for i in range(layers):
+        if i in (layers // 3, 2 * layers // 3):
+            c, side = 2 * c, max(1, side // 2)
+        out.append((c, side))
+    return out
+
+
+def _parameters(
+    C: int, layers: int, image_size: int, classes: int, edge_channels: int | None, stem_channels: int | None = None
+) -> int:
+    """Parameters of a network of ``layers`` cells: every cell's input convolutions, and with ``edge_channels``
+    (the supernet: C divided by PC-DARTS' K) its 14 edges' convolutions; the classifier. The stem gives
+    ``stem_channels`` (CIFAR's 3C by default, ImageNet's C)."""
+    c_pp = c_p = stem_channels or 3 * C
+    total = 0
+    for c, _ in cell_shapes(C, layers, image_size):
+        total += (c_pp + c_p) * c
+        if edge_channels is not None:
+            e = c * edge_channels // C
+            total += _EDGES * (6 * e * e + 102 * e)
+        c_pp, c_p = c_p, 4 * c
+    return total + c_p * classes
+
+
+def _values(C: int, layers: int, image_size: int) -> int:
+    """The values of all cells' outputs for one image (channels × side², summed over cells)."""
+    return sum(c * side * side for c, side in cell_shapes(C, layers, image_size))
+
+
+def search_estimate(
+    C: int,
+    layers: int,
+    image_size: int,
+    classes: int,
+    images_per_step: int,
+    partial_channels: int = 1,
+    order: int = 1,
+    bf16: bool = False,
+) -> Estimate:
+    """A search's supernet: its weights with their gradients and momentum (and the unrolled copy of order 2), and
+    the activations of ``images_per_step`` images (a process's chunk of a batch)."""
+    params = _parameters(C, layers, image_size, classes, C // partial_channels)
+    per_image = SEARCH_ACTIVATIONS * _values(C, layers, image_size) // partial_channels
+    return Estimate(
+        f"the supernet (C = {C}, {layers} cells, {images_per_step} images of {image_size}×{image_size} per step)",
+        params,
+        4 * params * (5 if order == 2 else 3),
+        (2 if bf16 else 4) * per_image * images_per_step,
+        advice="lower --init-channels, --layers or --batch-size, or raise --micro-batches",
+    )
+
+
+def train_estimate(
+    C: int, layers: int, image_size: int, classes: int, images_per_step: int, bf16: bool = False
+) -> Estimate:
+    """A training's evaluation network: weights, gradients and momentum, and the activations of a step."""
+    params = _parameters(C, layers, image_size, classes, None)
+    return Estimate(
+        f"the network (C = {C}, {layers} cells, {images_per_step} images of {image_size}×{image_size} per step)",
+        params,
+        4 * params * 3,
+        (2 if bf16 else 4) * TRAIN_ACTIVATIONS * _values(C, layers, image_size) * images_per_step,
+        advice="lower --init-channels, --layers or --batch-size",
+    )
+
+
+def check_loadable(
+    C: int, layers: int, image_size: int, classes: int, weights: dict[str, torch.Tensor], source: str, imagenet: bool
+) -> None:
+    """Before a trained network is built to load its checkpoint's ``weights``: NetworkTooLarge where the network
+    and the weights read do not fit in memory (inference keeps no activations to speak of), ValueError where the
+    weights hold fewer values than the network the checkpoint's settings describe has parameters (a damaged file:
+    building that network first could take all the memory)."""
+    params = _parameters(C, layers, image_size, classes, None, C if imagenet else None)
+    what = f"its network (C = {C}, {layers} cells)"
+    check_fits(Estimate(what, params, 4 * params * 2, 0, "as weights read and built"), torch.device("cpu"), source)
+    held = sum(t.numel() for t in weights.values())
+    if held < params:
+        raise ValueError(
+            f"{source}: its settings describe {what} of at least {params:,} parameters, but its weights hold "
+            f"{held:,} values: the file is damaged"
+        )
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for a network on ``device``: a GPU's free memory, or the RAM available to this process (the
+    kernel's MemAvailable, within a container's cgroup limit); None where it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    known = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                known.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            known.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    if not known:
+        try:
+            known.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            return None
+    return max(0, min(known))
+
+
+def _size(n: float) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:,.1f} GiB"
+    return f"{math.ceil(n / 2**20):,} MiB" if n >= 2**20 else f"{math.ceil(n / 2**10):,} KiB"
+
+
+def check_fits(estimate: Estimate, device: torch.device, source: str = "") -> None:
+    """NetworkTooLarge, with the estimate, where ``estimate`` exceeds the memory free on ``device`` (``source``
+    names the file the network comes from, for messages)."""
+    free = available_bytes(device)
+    if free is None or estimate.total <= free:
+        return
+    acts = f"; activations {_size(estimate.activation_bytes)}" if estimate.activation_bytes else ""
+    raise NetworkTooLarge(
+        f"{source + ': ' if source else ''}{estimate.what} needs at least about {_size(estimate.total)} "
+        f"({estimate.params / 1e6:,.1f} M parameters: {_size(estimate.param_bytes)} {estimate.kept}{acts}), more "
+        f"than the {_size(free)} free on {device.type}" + (f": {estimate.advice}" if estimate.advice else "")
+    )
