@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mdarts_rs.cli import main
 from mdarts_rs.config import ConfigError, SearchConfig, TrainConfig
 from mdarts_rs.evaluate import train
-from mdarts_rs.search import Searcher, SearchInterrupted, run_search
+from mdarts_rs.search import SearchDiverged, Searcher, SearchInterrupted, run_search
 
 from tinycifar import tiny_cfg, tiny_images
 
@@ -106,3 +106,21 @@ def test_tensorboard_without_the_package_says_how_to_install_it(tmp_path, monkey
     SearchConfig()  # nothing else fails
     r = CliRunner().invoke(main, ["search", "--tensorboard", "--out", str(tmp_path / "x"), "--data", str(tmp_path)])
     assert r.exit_code == 2 and "pip install 'mdarts-rs[tensorboard]'" in r.output
+
+
+def test_overwrite_replaces_the_event_files_only_once_the_new_run_checkpoints(tmp_path, tiny_data, monkeypatch):
+    cfg = tiny_cfg(tmp_path, tensorboard=True, log_every=1, epochs=1, steps_per_epoch=3)
+    run_search(cfg, *tiny_data)
+    first = sorted(p.name for p in (cfg.out / "tb").iterdir())
+
+    def diverge(self, *args):
+        raise SearchDiverged("a step that never finishes")
+
+    monkeypatch.setattr(Searcher, "train_step", diverge)
+    with pytest.raises(SearchDiverged):
+        run_search(dataclasses.replace(cfg, overwrite=True), *tiny_data)
+    assert sorted(p.name for p in (cfg.out / "tb").iterdir()) == first  # the earlier run stays as it was
+    monkeypatch.undo()
+    run_search(dataclasses.replace(cfg, overwrite=True, steps_per_epoch=2), *tiny_data)
+    assert first[0] not in {p.name for p in (cfg.out / "tb").iterdir()}
+    assert [s for s, _ in values(events(cfg.out), "step/train_loss")] == [1, 2]  # the new run's steps only

@@ -291,7 +291,11 @@ class RunFolder:
         top = [self.path / n for n in RUN_FILES if (self.path / n).is_file()]
         epochs = [p for p in self.genotypes.glob("epoch_*.json") if _EPOCH_GENOTYPE.fullmatch(p.name) and p.is_file()]
         plots = [self.plots / n for n in (*SEARCH_PLOTS, COMPARE_PLOT) if (self.plots / n).is_file()]
-        return top + sorted(epochs) + plots
+        return top + sorted(epochs) + plots + self.event_files()
+
+    def event_files(self) -> list[Path]:
+        """The TensorBoard event files of ``tb/`` (``--tensorboard``)."""
+        return sorted(p for p in (self.path / "tb").glob("events.out.tfevents.*") if p.is_file())
 
     def replace_later(self, say: Callable[[str], None]) -> None:
         """``--overwrite``: the earlier run's files (``written_files``) stay as they are until the new run has
@@ -300,7 +304,11 @@ class RunFolder:
         self._earlier, self._held, self._say = self.written_files(), {}, say
 
     def keep_earlier(self) -> None:
-        """The run is over: if it never wrote a checkpoint, the earlier run stays and its files held back go."""
+        """The run is over: if it never wrote a checkpoint, the earlier run stays as it was: the files held back
+        go, and so do the event files this run wrote beside the earlier run's."""
+        if self._earlier is not None:
+            for p in set(self.event_files()) - set(self._earlier):
+                p.unlink(missing_ok=True)
         self._earlier, self._held = None, {}
 
     def _replacing(self) -> bool:
@@ -318,7 +326,7 @@ class RunFolder:
         """The new run's first checkpoint is written: remove the earlier run's files that the new run did not
         write again, write the files held back, and say in a line what was removed."""
         earlier, held = self._earlier or [], self._held
-        self.keep_earlier()
+        self._earlier, self._held = None, {}
         for p in earlier:
             if p != self.checkpoint and p not in held:
                 p.unlink(missing_ok=True)
