@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import mdarts_rs as md
-from mdarts_rs import ops
+from mdarts_rs import DataFormatError, ops
 from mdarts_rs.cli import main
 from mdarts_rs.config import ConfigError, SearchConfig, TrainConfig
 from mdarts_rs.search import run_search
@@ -219,10 +219,10 @@ def test_library_inputs_of_the_wrong_kind_are_named(tmp_path):
         SearchConfig(epochs="5")
     cfg = SearchConfig(out=tmp_path / "run", device="cpu")
     labels = np.zeros(4, dtype=np.int64)
-    with pytest.raises(TypeError, match=r"images must be a mdarts_rs.data.Dataset .* with labels, got list"):
+    with pytest.raises(DataFormatError, match=r"CIFAR-10 images have shape \(N, 3, 32, 32\), got a list"):
         run_search(cfg, [np.zeros((3, 32, 32), dtype=np.uint8)] * 4, labels)
-    with pytest.raises(TypeError, match=r"images must be uint8 pixels .* got float32"):
+    with pytest.raises(DataFormatError, match=r"got float32 \(4, 3, 32, 32\): pass a numpy uint8 array"):
         run_search(cfg, np.zeros((4, 3, 32, 32), dtype=np.float32), labels)
-    with pytest.raises(TypeError, match=r"labels must be a numpy array of class indices, got list"):
-        run_search(cfg, np.zeros((4, 3, 32, 32), dtype=np.uint8), [0, 1, 2, 3])
+    with pytest.raises(DataFormatError, match=r"'labels' is float64 of shape \(4,\); expected 4 integers"):
+        run_search(cfg, np.zeros((4, 3, 32, 32), dtype=np.uint8), [0.5, 1, 2, 3])
     assert not (tmp_path / "run").exists()  # refused before the run folder was made

@@ -151,24 +151,6 @@ def _loaders(
     return train, val, gap
 
 
-def check_images(images: Any, labels: Any) -> None:
-    """TypeError naming what a search reads, for inputs of another kind (a list of images, float pixels)."""
-    if isinstance(images, Dataset):
-        return
-    if not isinstance(images, np.ndarray):
-        raise TypeError(
-            "images must be a mdarts_rs.data.Dataset (mdarts_rs.data.load_dataset) or a uint8 numpy array "
-            f"(N, C, S, S) with labels, got {type(images).__name__}"
-        )
-    if images.dtype != np.uint8:
-        raise TypeError(
-            f"images must be uint8 pixels (0..255) of shape (N, C, S, S), got {images.dtype}: convert images in "
-            "[0, 1] with (x * 255).round().astype(np.uint8)"
-        )
-    if not isinstance(labels, np.ndarray):
-        raise TypeError(f"labels must be a numpy array of class indices, got {type(labels).__name__}")
-
-
 def search_size(cfg: SearchConfig, data: Dataset, world_size: int = 1) -> Estimate:
     """The memory estimate of ``cfg``'s supernet on ``data``: a process's chunk of each batch."""
     chunk = math.ceil(cfg.batch_size / (world_size * cfg.micro_batches))
@@ -205,7 +187,6 @@ class Searcher:
         self.rank, self.world_size = world if world is not None else _world()
         cfg.check_world(self.world_size)
         self.device = resolve_device(cfg.device)
-        check_images(images, labels)
         self.data = as_dataset(images, labels, cfg.dataset)
         # the batch against the data first, then the memory (a batch larger than the data is the clearer message)
         self.train_loader, self.val_loader, self.gap = _loaders(cfg, self.data, self.device)

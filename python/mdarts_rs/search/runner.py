@@ -15,11 +15,11 @@ from tqdm import tqdm
 from mdarts_rs import plots
 from mdarts_rs._core import Genotype, MultiLevelGenotype
 from mdarts_rs.config import SearchConfig
-from mdarts_rs.data import Dataset
+from mdarts_rs.data import Dataset, as_dataset
 from mdarts_rs.distributed import broadcast_object
 from mdarts_rs.distributed import world as _world
 from mdarts_rs.run import RunFolder, open_run
-from mdarts_rs.search.loop import Searcher, SearchResult, check_images
+from mdarts_rs.search.loop import Searcher, SearchResult
 from mdarts_rs.tensorboard import Board
 
 
@@ -117,7 +117,7 @@ def run_search(
     Under torchrun (``world``: (rank, world size), by default the process group's) the ranks run the search
     together: rank 0 alone touches the run folder, reads the checkpoint and sends it to the others (no shared
     filesystem needed); its refusals reach every rank."""
-    check_images(images, labels)  # before the run folder is touched
+    data = as_dataset(images, labels, cfg.dataset)  # checked before the run folder is touched
     rank, size = world if world is not None else _world()
     run = RunFolder(cfg.out) if rank == 0 else None
     with ExitStack() as stack:
@@ -136,7 +136,7 @@ def run_search(
         state = prepared[1]
         cfg = _same_supernet(cfg, state)
         recorder = SearchRecorder(run) if run is not None else OtherRankRecorder(cfg.out)
-        searcher = Searcher(cfg, images, labels, recorder, world=(rank, size))
+        searcher = Searcher(cfg, data, None, recorder, world=(rank, size))
         if state is not None:
             searcher.load_state(state)
         if run is not None:
