@@ -41,12 +41,40 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory, cifar_mini) -> Path:
-    """The suite's protocol run by the command line in one process."""
+def one_process(tmp_path_factory, cifar_mini) -> tuple[Path, list[tuple[str, str]]]:
+    """The suite's protocol run in this process with one thread (as each torchrun process below), and the splits
+    each stage loaded: (stage, "train" or "test")."""
     out = tmp_path_factory.mktemp("protocol") / "one"
-    r = subprocess.run(_cli(out, cifar_mini, "--quiet"), env=_env(), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out
+    reads: list[tuple[str, str]] = []
+    stage = {"now": ""}
+    load = inputs.load_dataset
+
+    def spy(kind, path, split="train", **kw):
+        reads.append((stage["now"], split))
+        return load(kind, path, split, **kw)
+
+    def say(text: str) -> None:
+        stage["now"] = text.split()[0]
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inputs, "load_dataset", spy)
+        torch.set_num_threads(1)
+        try:
+            run_protocol(
+                data=cifar_mini,
+                out=out,
+                preset="tiny",
+                gammas=(0.0, 1.0),
+                seeds=(0, 1),
+                final_seeds=(0, 1),
+                device="cpu",
+                quiet=True,
+                say=say,
+            )
+        finally:
+            torch.set_num_threads(threads)
+    return out, reads
 
 
 def _last(folder: Path) -> dict:
@@ -55,6 +83,7 @@ def _last(folder: Path) -> dict:
 
 @pytest.mark.data
 def test_protocol_report_holds_the_run_folders_numbers(one_process):
+    one_process, _ = one_process
     report = json.loads((one_process / "report.json").read_text())
     assert not report["failures"]
     for row in report["table1"]:
@@ -88,6 +117,7 @@ def test_protocol_report_holds_the_run_folders_numbers(one_process):
 
 @pytest.mark.data
 def test_protocol_report_rebuilds_from_the_folders(one_process, tmp_path):
+    one_process, _ = one_process
     copy = tmp_path / "copy"
     shutil.copytree(one_process, copy)
     (copy / "report.json").unlink()
@@ -99,6 +129,7 @@ def test_protocol_report_rebuilds_from_the_folders(one_process, tmp_path):
 
 @pytest.mark.data
 def test_protocol_refuses_other_settings_on_resume(one_process, cifar_mini):
+    one_process, _ = one_process
     with pytest.raises(
         ValueError, match=r"cannot resume with a different configuration \(.*gammas: \(0.0, 1.0\) -> \(0.0, 5.0\)"
     ):
@@ -110,23 +141,31 @@ def test_protocol_refuses_other_settings_on_resume(one_process, cifar_mini):
 
 
 @pytest.mark.data
-@pytest.mark.parametrize("select_on", ["val", "test"])
-def test_protocol_selection_reads_no_test_image(tmp_path, cifar_mini, monkeypatch, select_on):
+def test_protocol_selection_reads_no_test_image(one_process, cifar_mini):
     """Selection trains on the training images less a validation split and scores on it, never loading the test
-    set (which is disjoint from it); with --select-on test it scores on the test set and the report says so."""
-    reads: list[tuple[str, str]] = []
-    stage = {"now": ""}
+    set, which is disjoint from it; the final stage reads the test set."""
+    out, reads = one_process
+    assert ("selection", "train") in reads and ("selection", "test") not in reads and ("final", "test") in reads
+    ckpt = torch.load(out / "select" / "multilevel_gamma1_seed0" / "checkpoint.pt", weights_only=True)
+    val = np.asarray(ckpt["test_indices"])
+    assert len(val) == 1000 and ckpt["dataset"]["images"] == 9000  # 10% of the subset's 10,000, held out
+    train_images, _ = load_cifar10(cifar_mini, "train")
+    test_images, _ = load_cifar10(cifar_mini, "test")
+    held_out = {hashlib.blake2b(img.tobytes()).digest() for img in train_images[val]}
+    assert not held_out & {hashlib.blake2b(img.tobytes()).digest() for img in test_images}
+
+
+@pytest.mark.data
+def test_protocol_select_on_test_says_so(tmp_path, cifar_mini, monkeypatch):
+    """--select-on test scores the selection on the test set, as the paper and DARTS' code do, and the report
+    says plainly that selection used it."""
+    reads: list[str] = []
     load = inputs.load_dataset
-
-    def spy(kind, path, split="train", **kw):
-        reads.append((stage["now"], split))
-        return load(kind, path, split, **kw)
-
-    monkeypatch.setattr(inputs, "load_dataset", spy)
-
-    def say(text: str) -> None:
-        stage["now"] = text.split()[0]
-
+    monkeypatch.setattr(
+        inputs,
+        "load_dataset",
+        lambda kind, path, split="train", **kw: reads.append(split) or load(kind, path, split, **kw),
+    )
     out = tmp_path / "p"
     run_protocol(
         data=cifar_mini,
@@ -136,24 +175,13 @@ def test_protocol_selection_reads_no_test_image(tmp_path, cifar_mini, monkeypatc
         seeds=(0,),
         final_seeds=(0,),
         device="cpu",
-        select_on=select_on,
+        select_on="test",
         quiet=True,
-        say=say,
+        say=lambda t: None,
     )
-    assert ("selection", "test" if select_on == "test" else "train") in reads
-    assert (("selection", "test") in reads) == (select_on == "test")
-    assert ("final", "test") in reads
     ckpt = torch.load(out / "select" / "multilevel_gamma1_seed0" / "checkpoint.pt", weights_only=True)
-    text = (out / "report.md").read_text()
-    if select_on == "test":
-        assert ckpt["test_indices"] is None and "**selection used the test set**" in text
-        return
-    val = np.asarray(ckpt["test_indices"])
-    assert len(val) == 1000 and ckpt["dataset"]["images"] == 9000  # 10% of the subset's 10,000, held out
-    train_images, _ = load_cifar10(cifar_mini, "train")
-    test_images, _ = load_cifar10(cifar_mini, "test")
-    held_out = {hashlib.blake2b(img.tobytes()).digest() for img in train_images[val]}
-    assert not held_out & {hashlib.blake2b(img.tobytes()).digest() for img in test_images}
+    assert ckpt["test_indices"] is None and reads.count("test") == 2  # the selection's and the final training's
+    assert "**selection used the test set**" in (out / "report.md").read_text()
 
 
 def _files(folder: Path) -> dict[str, tuple[int, str]]:
@@ -229,6 +257,7 @@ def test_protocol_reports_a_failed_search_and_goes_on(tmp_path, cifar_mini):
 
 @pytest.mark.data
 def test_protocol_under_torchrun_gives_the_one_process_report(one_process, tmp_path, cifar_mini):
+    one_process, _ = one_process
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     out = tmp_path / "two"
     args = [

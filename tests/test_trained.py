@@ -295,16 +295,20 @@ def _copy(checkpoint: Path, folder: Path) -> Path:
 
 def test_cli_export_refuses_an_existing_out_its_checkpoint_and_other_than_regular_files(tmp_path, trained_run):
     ckpt = _copy(trained_run, tmp_path / "run")
-    out = tmp_path / "net.pt2"
-    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out), 0)
-    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out), 1, f"{out}: exists; pass --overwrite")
-    out.with_name("other.pt2.json").write_text("{}")  # the metadata file counts too
-    r = invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out.with_name("other.pt2"))
-    said(r, 1, "other.pt2.json: exists; pass --overwrite")
-    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", out, "--overwrite"), 0)
-    (tmp_path / "to_net.pt2").symlink_to(tmp_path / "net2.pt2")  # written through the link, metadata beside it
-    said(invoke("export", "--checkpoint", ckpt, "--format", "pt2", "--out", tmp_path / "to_net.pt2"), 0)
-    assert (tmp_path / "net2.pt2").is_file() and (tmp_path / "to_net.pt2.json").is_file()
+    out = tmp_path / "net.ts"
+    said(invoke("export", "--checkpoint", ckpt, "--format", "torchscript", "--out", out), 0)
+    said(
+        invoke("export", "--checkpoint", ckpt, "--format", "torchscript", "--out", out),
+        1,
+        f"{out}: exists; pass --overwrite",
+    )
+    out.with_name("other.ts.json").write_text("{}")  # the metadata file counts too
+    r = invoke("export", "--checkpoint", ckpt, "--format", "torchscript", "--out", out.with_name("other.ts"))
+    said(r, 1, "other.ts.json: exists; pass --overwrite")
+    said(invoke("export", "--checkpoint", ckpt, "--format", "torchscript", "--out", out, "--overwrite"), 0)
+    (tmp_path / "to_net.ts").symlink_to(tmp_path / "net2.ts")  # written through the link, metadata beside it
+    said(invoke("export", "--checkpoint", ckpt, "--format", "torchscript", "--out", tmp_path / "to_net.ts"), 0)
+    assert (tmp_path / "net2.ts").is_file() and (tmp_path / "to_net.ts.json").is_file()
     before = ckpt.read_bytes()
     (tmp_path / "link.pt").symlink_to(ckpt)
     for target in (ckpt, tmp_path / "link.pt"):
@@ -331,7 +335,6 @@ def test_cli_export_to_a_full_disk_says_so_and_writes_nothing(tmp_path, trained_
         (tmp_path / tmp).symlink_to("/dev/full")
         said(invoke("export", "--checkpoint", trained_run, "--format", fmt, "--out", out), 1, "the disk is full")
         assert not (tmp_path / tmp).is_symlink() and not out.exists() and not Path(f"{out}.json").exists()
-    said(invoke("export", "--checkpoint", trained_run, "--format", fmt, "--out", out), 0)
 
 
 def _weights_of_a_wider_network(state) -> None:
