@@ -37,3 +37,12 @@ def cifar_full() -> Path:
     if p is None or not (p / "data_batch_5.bin").exists():
         pytest.skip("real CIFAR-10 not found: set MDARTS_CIFAR or provide ../shared/data/cifar-10-batches-bin")
     return p
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker computes with one thread: the machine's cores go to the workers, not to
+    threads competing inside each (and a float32 result never depends on how many threads computed it)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

@@ -35,6 +35,19 @@ def _cli(out: Path, data: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mdarts_rs.cli", "protocol", "--data", str(data), "--out", str(out), *ARGS, *extra]
 
 
+def spy_on_splits(mp: pytest.MonkeyPatch, stage: dict[str, str]) -> list[tuple[str, str]]:
+    """Record (stage["now"], split) for every split a training of the protocol loads."""
+    reads: list[tuple[str, str]] = []
+    load = inputs.load_split
+
+    def spy(settings, split="train", quiet=True):
+        reads.append((stage["now"], split))
+        return load(settings, split, quiet)
+
+    mp.setattr(inputs, "load_split", spy)
+    return reads
+
+
 def _env() -> dict[str, str]:
     # one thread per process: the same arithmetic in one process and under torchrun
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -45,20 +58,14 @@ def one_process(tmp_path_factory, cifar_mini) -> tuple[Path, list[tuple[str, str
     """The suite's protocol run in this process with one thread (as each torchrun process below), and the splits
     each stage loaded: (stage, "train" or "test")."""
     out = tmp_path_factory.mktemp("protocol") / "one"
-    reads: list[tuple[str, str]] = []
     stage = {"now": ""}
-    load = inputs.load_dataset
-
-    def spy(kind, path, split="train", **kw):
-        reads.append((stage["now"], split))
-        return load(kind, path, split, **kw)
 
     def say(text: str) -> None:
         stage["now"] = text.split()[0]
 
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(inputs, "load_dataset", spy)
+        reads = spy_on_splits(mp, stage)
         torch.set_num_threads(1)
         try:
             run_protocol(
@@ -159,13 +166,7 @@ def test_protocol_selection_reads_no_test_image(one_process, cifar_mini):
 def test_protocol_select_on_test_says_so(tmp_path, cifar_mini, monkeypatch):
     """--select-on test scores the selection on the test set, as the paper and DARTS' code do, and the report
     says plainly that selection used it."""
-    reads: list[str] = []
-    load = inputs.load_dataset
-    monkeypatch.setattr(
-        inputs,
-        "load_dataset",
-        lambda kind, path, split="train", **kw: reads.append(split) or load(kind, path, split, **kw),
-    )
+    reads = spy_on_splits(monkeypatch, {"now": ""})
     out = tmp_path / "p"
     run_protocol(
         data=cifar_mini,
@@ -180,7 +181,7 @@ def test_protocol_select_on_test_says_so(tmp_path, cifar_mini, monkeypatch):
         say=lambda t: None,
     )
     ckpt = torch.load(out / "select" / "multilevel_gamma1_seed0" / "checkpoint.pt", weights_only=True)
-    assert ckpt["test_indices"] is None and reads.count("test") == 2  # the selection's and the final training's
+    assert ckpt["test_indices"] is None and [split for _, split in reads].count("test") == 2  # selection's, final's
     assert "**selection used the test set**" in (out / "report.md").read_text()
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ import mdarts_rs as md
 from mdarts_rs.cli import main
 from mdarts_rs.search import STEP_STATS, SearchDiverged, Searcher, SearchInterrupted, entropy_loss, run_search
 
-from tinycifar import tiny_cfg, tiny_images, write_bin
+from tinycifar import interrupt_after, tiny_cfg, tiny_images, write_bin
 
 
 @pytest.fixture(scope="module")
@@ -75,23 +73,13 @@ def test_search_resume_after_sigint_matches_uninterrupted(tmp_path, tiny_data, m
     full = run_search(tiny_cfg(tmp_path, out=tmp_path / "full"), *tiny_data)
 
     cfg = tiny_cfg(tmp_path, out=tmp_path / "cut")
-    original = Searcher.train_step
-    calls = {"n": 0}
-
-    def step_then_interrupt(self, *args):
-        out = original(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 4:  # inside the second epoch
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(Searcher, "train_step", step_then_interrupt)
+    restore = interrupt_after(monkeypatch, 4)  # inside the second epoch
     with pytest.raises(
         SearchInterrupted,
         match=r"SIGINT at epoch 1 after step 1: the last good checkpoint is kept at .*checkpoint.pt; continue with --resume",
     ):
         run_search(cfg, *tiny_data)
-    monkeypatch.setattr(Searcher, "train_step", original)
+    restore()
     state = torch.load(cfg.out / "checkpoint.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 1)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
-import signal
 
 import pytest
 from click.testing import CliRunner
@@ -17,7 +15,7 @@ from mdarts_rs.config import ConfigError, SearchConfig, TrainConfig
 from mdarts_rs.evaluate import train
 from mdarts_rs.search import SearchDiverged, Searcher, SearchInterrupted, run_search
 
-from tinycifar import tiny_cfg, tiny_images
+from tinycifar import interrupt_after, tiny_cfg, tiny_images
 
 EventAccumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator", reason="the tensorboard extra is not installed"
@@ -41,19 +39,10 @@ def tiny_data():
 
 def test_search_event_files_hold_the_metrics_and_resume_without_repeating_steps(tmp_path, tiny_data, monkeypatch):
     cfg = tiny_cfg(tmp_path, tensorboard=True, log_every=1, epochs=2, steps_per_epoch=3)
-    original, calls = Searcher.train_step, {"n": 0}
-
-    def step_then_interrupt(self, *args):
-        out = original(self, *args)
-        calls["n"] += 1
-        if calls["n"] == 4:  # inside the second epoch
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(Searcher, "train_step", step_then_interrupt)
+    restore = interrupt_after(monkeypatch, 4)  # inside the second epoch
     with pytest.raises(SearchInterrupted):
         run_search(cfg, *tiny_data)
-    monkeypatch.setattr(Searcher, "train_step", original)
+    restore()
     run_search(dataclasses.replace(cfg, resume=True), *tiny_data)
     history = [json.loads(line) for line in (cfg.out / "metrics.jsonl").read_text().splitlines()]
     acc = events(cfg.out)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 
 from mdarts_rs.config import SearchConfig
+from mdarts_rs.search import Searcher
 
 
 def tiny_images(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -42,3 +45,19 @@ def tiny_cfg(tmp_path: Path, **kw) -> SearchConfig:
     )
     base.update(kw)
     return SearchConfig(**base)
+
+
+def interrupt_after(monkeypatch, calls: int, sig: int = signal.SIGINT):
+    """Make ``Searcher.train_step`` send ``sig`` to this process after its ``calls``-th call; returns a function
+    that restores the plain step."""
+    original, done = Searcher.train_step, {"n": 0}
+
+    def step_then_interrupt(self, *args):
+        out = original(self, *args)
+        done["n"] += 1
+        if done["n"] == calls:
+            os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(Searcher, "train_step", step_then_interrupt)
+    return lambda: monkeypatch.setattr(Searcher, "train_step", original)

@@ -274,7 +274,19 @@ class DataSettings:
 
 
 @dataclass
-class SearchConfig(DataSettings):
+class RunSettings(DataSettings):
+    """What searches and trainings share besides their data: TensorBoard's event files."""
+
+    tensorboard: bool = setting(
+        False, "Write TensorBoard event files into the run folder's tb/ (the tensorboard extra)."
+    )
+    log_every: int = setting(
+        50, "With --tensorboard: log the step's losses, learning rates and norms every N steps.", low=1
+    )
+
+
+@dataclass
+class SearchConfig(RunSettings):
     """A search run. Defaults are DARTS' first-order CIFAR-10 search (Liu et al. 2019, section 3.1) with the
     multi-level layout and γ = 1 (Li, Chen, Sun 2021), on the batched supernet."""
 
@@ -343,12 +355,6 @@ class SearchConfig(DataSettings):
         False, "Replay each search step as one CUDA graph (falls back to eager steps where capture fails)."
     )
     deterministic: bool = setting(False, "cuDNN's deterministic algorithms on the GPU instead of its autotuner.")
-    tensorboard: bool = setting(
-        False, "Write TensorBoard event files into the run folder's tb/ (the tensorboard extra)."
-    )
-    log_every: int = setting(
-        50, "With --tensorboard: log the step's losses, learning rates and norms every N steps.", low=1
-    )
     resume: bool = setting(False, "Continue the run in --out from its checkpoint.")
     overwrite: bool = setting(False, "Replace the run files already in --out (without it, such a folder is refused).")
     quiet: bool = setting(False, "No progress bars or epoch lines.")
@@ -463,7 +469,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class TrainConfig(DataSettings):
+class TrainConfig(RunSettings):
     """A training run of an evaluation network (DARTS' CIFAR-10 recipe by default)."""
 
     genotype: str = setting(
@@ -513,12 +519,6 @@ class TrainConfig(DataSettings):
     device: str = setting("auto")
     bf16: bool = setting(False, "bfloat16 autocast.")
     steps_per_epoch: int | None = setting(None, "Cap the steps of each epoch (smoke runs).", low=1)
-    tensorboard: bool = setting(
-        False, "Write TensorBoard event files into the run folder's tb/ (the tensorboard extra)."
-    )
-    log_every: int = setting(
-        50, "With --tensorboard: log the step's losses, learning rates and norms every N steps.", low=1
-    )
     resume: bool = setting(False)
     overwrite: bool = setting(False, "Replace the run files already in --out.")
     quiet: bool = setting(False)

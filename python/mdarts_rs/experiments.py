@@ -14,7 +14,7 @@ from typing import Any
 
 from mdarts_rs import _core, plots
 from mdarts_rs.config import ConfigError, SearchConfig
-from mdarts_rs.data import Dataset, load_dataset
+from mdarts_rs.data import Dataset, load_split
 from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import (
     broadcast_object,
@@ -57,20 +57,6 @@ class JobResult:
     runs: list[RunOutcome]
     failed: list[str]
     summary: Path | None = None
-
-
-def training_images(cfg: Any, quiet: bool = True) -> Dataset:
-    """The training split of a run's dataset (``cfg``: a SearchConfig or TrainConfig)."""
-    return load_dataset(
-        cfg.dataset,
-        cfg.data,
-        "train",
-        label=cfg.label,
-        image_size=cfg.image_size,
-        skip_bad_images=cfg.skip_bad_images,
-        workers=cfg.workers,
-        quiet=quiet,
-    )
 
 
 def search_variants(alpha_modes: list[str], seeds: list[int]) -> list[Variant]:
@@ -162,7 +148,7 @@ def _run_variants(
     """``run_searches`` once the ranks are joined."""
     rank, size = world()
     if data is None:
-        data = training_images(base, quiet=base.quiet or rank > 0)
+        data = load_split(base, quiet=base.quiet or rank > 0)
     runs, failed = [], []
     for i, (name, overrides) in enumerate(variants):
         if subfolders and i % size != rank:

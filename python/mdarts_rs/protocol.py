@@ -23,7 +23,7 @@ from typing import Any
 
 from mdarts_rs import report
 from mdarts_rs.config import ConfigError, ProtocolConfig, SearchConfig, TrainConfig, resume_conflicts
-from mdarts_rs.data import Dataset, has_test_set, load_dataset, resolve_data
+from mdarts_rs.data import Dataset, has_test_set, load_split, resolve_data
 from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import (
     barrier,
@@ -249,17 +249,7 @@ class Protocol:
     def _search_images(self) -> Dataset:
         """The training images every search reads, read once."""
         if self._images is None:
-            c = self.cfg
-            self._images = load_dataset(
-                c.dataset,
-                c.data,
-                "train",
-                label=c.label,
-                image_size=c.image_size,
-                skip_bad_images=c.skip_bad_images,
-                workers=c.workers,
-                quiet=c.quiet,
-            )
+            self._images = load_split(self.cfg, quiet=self.cfg.quiet)
         return self._images
 
     def write_report(self) -> dict[str, Any]:

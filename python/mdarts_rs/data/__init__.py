@@ -63,6 +63,7 @@ from mdarts_rs.data.sources import (
     description_conflicts,
     has_test_set,
     load_dataset,
+    load_split,
     resolve_data,
 )
 
@@ -113,6 +114,7 @@ __all__ = [
     "load_cifar100_bin",
     "load_cifar10_dataset",
     "load_dataset",
+    "load_split",
     "load_folder",
     "load_npz",
     "resolve_data",

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from mdarts_rs._core import CIFAR10_MEAN, CIFAR10_STD, BatchLoader
+from mdarts_rs.data.dataset import Dataset
 
 __all__ = ["CifarLoader", "crop_padding_for"]
 
@@ -88,6 +89,29 @@ class CifarLoader:
         mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, c, 1, 1)  # type: ignore[arg-type]
         std_t = torch.tensor(list(std), dtype=torch.float32).view(1, c, 1, 1)  # type: ignore[arg-type]
         self._mean, self._std = mean_t.to(self.device), std_t.to(self.device)
+
+    @classmethod
+    def of(
+        cls,
+        data: Dataset,
+        indices: np.ndarray | None,
+        *,
+        device: torch.device,
+        workers: int | None,
+        **kw: object,
+    ) -> CifarLoader:
+        """A loader of ``data``'s images at ``indices`` (None: all), normalised with its mean and std (unless ``kw``
+        gives others) and checked against its classes, its batches on ``device`` (through page-locked memory for a
+        GPU); ``kw``: the other options."""
+        options = dict(
+            workers=workers,
+            device=device,
+            pin_memory=device.type == "cuda",
+            mean=data.mean,
+            std=data.std,
+            num_classes=data.num_classes,
+        )
+        return cls(data.images, data.labels, indices, **{**options, **kw})  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self._loader)

@@ -30,6 +30,7 @@ __all__ = [
     "description_conflicts",
     "has_test_set",
     "load_dataset",
+    "load_split",
     "resolve_data",
 ]
 
@@ -108,6 +109,21 @@ def load_dataset(
     if kind == "arrays":
         return load_npz(path, "" if split == "train" else "test_")
     return load_folder(path, split, image_size or 32, skip_bad_images=skip_bad_images, workers=workers, quiet=quiet)
+
+
+def load_split(settings: Any, split: str = "train", quiet: bool = True) -> Dataset:
+    """The ``split`` of a run's dataset, as its settings (a SearchConfig, TrainConfig or ProtocolConfig: data,
+    dataset, label, image_size, skip_bad_images, workers) describe it."""
+    return load_dataset(
+        settings.dataset,
+        settings.data,
+        split,
+        label=settings.label,
+        image_size=settings.image_size,
+        skip_bad_images=settings.skip_bad_images,
+        workers=settings.workers,
+        quiet=quiet,
+    )
 
 
 def has_test_set(kind: str, path: str | os.PathLike[str]) -> bool:

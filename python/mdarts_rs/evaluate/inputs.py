@@ -4,13 +4,12 @@ DARTS trains on CIFAR-10; an ImageNet folder through torchvision; a held-out tes
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import torch
 
 from mdarts_rs.config import TrainConfig, derived_seed
-from mdarts_rs.data import CifarLoader, Dataset, channel_stats, has_test_set, holdout_split, load_dataset
+from mdarts_rs.data import CifarLoader, Dataset, channel_stats, has_test_set, holdout_split, load_split
 
 
 def shard_indices(n: int, seed: int, rank: int, world_size: int) -> np.ndarray:
@@ -34,33 +33,28 @@ class CifarData:
         rank, ws = world
         if cfg.batch_size % ws:
             raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {ws} processes")
-        common: dict[str, Any] = dict(
-            workers=cfg.workers,
-            device=device,
-            pin_memory=device.type == "cuda",
-            mean=train.mean,
-            std=train.std,
-            num_classes=train.num_classes,
-        )
-        self.train = CifarLoader(
-            train.images,
-            train.labels,
+        common = dict(workers=cfg.workers, device=device)
+        self.train = CifarLoader.of(
+            train,
             shard_indices(len(train.labels), cfg.seed, rank, ws),
             batch_size=cfg.batch_size // ws,
             cutout=scaled_cutout(cfg.cutout, train.image_size),
             seed=derived_seed(cfg.seed, rank),
-            **common,
+            **common,  # type: ignore[arg-type]
         )
         test_idx = np.arange(rank, len(test.labels), ws)  # each rank tests its share; metrics are summed
-        self.test = CifarLoader(
-            test.images,
-            test.labels,
+        # normalised as the training images are
+        self.test = CifarLoader.of(
+            test,
             test_idx,
             batch_size=256,
             shuffle=False,
             drop_last=False,
             augment=False,
-            **common,
+            mean=train.mean,
+            std=train.std,
+            num_classes=train.num_classes,
+            **common,  # type: ignore[arg-type]
         )
 
 
@@ -130,10 +124,9 @@ def train_test_data(cfg: TrainConfig, quiet: bool = True) -> tuple[Dataset, Data
     without its own test set (an image folder without train/ and val/, an arrays file without test_images)
     holds out ``cfg.holdout`` of its images, drawn from ``cfg.seed``; their indices come third (else None). With
     ``cfg.test_on`` "holdout" every dataset does so, and its test set is not read (a validation split)."""
-    opts = dict(label=cfg.label, image_size=cfg.image_size, skip_bad_images=cfg.skip_bad_images, workers=cfg.workers)
-    train = load_dataset(cfg.dataset, cfg.data, "train", quiet=quiet, **opts)  # type: ignore[arg-type]
+    train = load_split(cfg, "train", quiet)
     if cfg.test_on == "test" and has_test_set(cfg.dataset, cfg.data):  # type: ignore[arg-type]
-        test = load_dataset(cfg.dataset, cfg.data, "test", quiet=quiet, **opts)  # type: ignore[arg-type]
+        test = load_split(cfg, "test", quiet)
         if (test.channels, test.image_size) != (train.channels, train.image_size):
             raise ValueError(
                 f"{cfg.data}: the test images are {test.channels}×{test.image_size}², the training images "

@@ -127,17 +127,9 @@ def _loaders(
     """S_train's and S_val's loaders (the seeded half split of ``cfg.portion`` of the images), and the fixed,
     unaugmented S_val images of the supernet/derived gap."""
     train_idx, val_idx = search_split(len(data.labels), cfg.portion, cfg.seed)
-    common: dict[str, Any] = dict(
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        device=device,
-        pin_memory=device.type == "cuda",
-        mean=data.mean,
-        std=data.std,
-        num_classes=data.num_classes,
-    )
-    train = CifarLoader(data.images, data.labels, train_idx, seed=cfg.seed, **common)
-    val = CifarLoader(data.images, data.labels, val_idx, seed=derived_seed(cfg.seed, 1), **common)
+    common = dict(batch_size=cfg.batch_size, workers=cfg.workers, device=device)
+    train = CifarLoader.of(data, train_idx, seed=cfg.seed, **common)  # type: ignore[arg-type]
+    val = CifarLoader.of(data, val_idx, seed=derived_seed(cfg.seed, 1), **common)  # type: ignore[arg-type]
     if len(train) == 0:
         raise ValueError(
             f"S_train has {train.num_images} images, fewer than one batch of {cfg.batch_size}: "

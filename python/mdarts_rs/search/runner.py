@@ -72,19 +72,6 @@ class OtherRankRecorder:
     ) -> None:
         pass
 
-    def log_step(self, step: int, values: dict[str, float]) -> None:
-        pass
-
-    def log_epoch(
-        self,
-        step: int,
-        record: dict[str, Any],
-        genotype: Genotype | MultiLevelGenotype,
-        alpha: dict[str, np.ndarray],
-        steps: int,
-    ) -> None:
-        pass
-
     def describe(self) -> str:
         return f"rank 0 keeps the last good checkpoint in {self.out}"
 
