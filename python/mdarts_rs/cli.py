@@ -3,11 +3,10 @@ configs, handed to one library function per command; the results printed and the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,6 @@ from mdarts_rs.config import (
     ProtocolConfig,
     SearchConfig,
     TrainConfig,
-    dump_settings,
-    optional,
-    read_settings,
 )
 from mdarts_rs.data import DataLocationError, resolve_data
 from mdarts_rs.evaluate import test_checkpoint, train_seeds
@@ -36,152 +32,22 @@ from mdarts_rs.evaluate.trained import export_checkpoint, load_trained, predict
 from mdarts_rs.genotype import load_genotype
 from mdarts_rs.geometry import describe_stem
 from mdarts_rs.ops import build_kernels
+from mdarts_rs.options import (
+    Decorator,
+    FiniteFloat,
+    combined,
+    comma_list,
+    config_file_options,
+    config_options,
+    file_settings,
+    given,
+    prefixed,
+    print_config,
+    with_defaults,
+)
 from mdarts_rs.plots import plot_compare_runs
 from mdarts_rs.protocol import rebuild_report, run_protocol
 from mdarts_rs.search import SearchInterrupted
-
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-
-
-class FiniteFloat(click.FloatRange):
-    """A float option in a range that also refuses NaN and ±inf (click's FloatRange lets NaN through, since every
-    comparison with NaN is false)."""
-
-    name = "finite float"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return rv
-
-
-def _click_type(f: dataclasses.Field) -> Any:
-    """The click type of a config field: its choices, or its kind with its range."""
-    m, ann = f.metadata, str(f.type)
-    bounds = dict(min=m["low"], max=m["high"], min_open=m["low_open"], max_open=m["high_open"])
-    if m["choices"]:
-        return click.Choice(list(m["choices"]))
-    if "float" in ann:
-        return FiniteFloat(**bounds)
-    if "int" in ann:
-        return click.IntRange(**bounds)
-    return str  # text and paths: the config checks and converts them
-
-
-def _field_option(f: dataclasses.Field, prefix: str = "", preset_default: bool = False) -> Decorator:
-    """The option of a config field: named after it (after ``prefix``), with its default, help, type and range.
-    ``preset_default``: no default of its own (None: the protocol's preset decides)."""
-    m = f.metadata
-    dashed = prefix + (m.get("cli") or f.name.replace("_", "-"))
-    dest = prefix.replace("-", "_") + f.name
-    kind = str(f.type)
-    if "bool" in kind:
-        decls = [f"--{dashed}/--{prefix}no-{dashed[len(prefix) :]}"] if f.default or preset_default else [f"--{dashed}"]
-        default = None if preset_default else f.default
-        return click.option(*decls, dest, is_flag=True, default=default, help=m["help"] or None)
-    default = None if preset_default else (str(f.default) if isinstance(f.default, Path) else f.default)
-    many = kind.startswith("tuple[") and kind.endswith(", ...]")
-    return click.option(
-        f"--{dashed}",
-        dest,
-        type=str if many else _click_type(f),
-        callback=_list(_ELEMENT[kind], "values", m["choices"]) if many else None,
-        nargs=2 if "tuple" in kind and not many else 1,
-        default=",".join(map(str, default)) if many and default is not None else default,
-        required=m["required"],
-        show_default=not optional(f) and not m["required"] and not preset_default,
-        metavar="DIR" if f.name == "out" else None,
-        help=m["help"] or None,
-    )
-
-
-#: How the command line reads one element of a list setting.
-_ELEMENT: dict[str, Callable[[str], Any]] = {"tuple[int, ...]": int, "tuple[float, ...]": float, "tuple[str, ...]": str}
-
-
-def config_options(cls: type, skip: tuple[str, ...] | frozenset[str] = (), prefix: str = "") -> Decorator:
-    """Every option of ``cls``'s fields but ``skip``, in field order; with ``prefix``, named ``--<prefix><field>``
-    and without defaults of their own (the protocol's preset decides)."""
-
-    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
-        for f in reversed(dataclasses.fields(cls)):
-            if f.metadata.get("option", True) and f.name not in skip:
-                command = _field_option(f, prefix, preset_default=bool(prefix))(command)
-        return command
-
-    return apply
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    """Whether the option ``name`` was given on the command line (or by an environment variable)."""
-    return ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
-
-
-def _with_defaults(ctx: click.Context, opts: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``opts`` with ``defaults`` (a preset, a recipe) in place of every value that was not given explicitly."""
-    return {**opts, **{k: v for k, v in defaults.items() if not _given(ctx, k)}}
-
-
-_config_file = (
-    click.option(
-        "--config",
-        "config_file",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="Take the settings from this file (JSON, e.g. a run's config.json, or TOML); options given here "
-        "override it.",
-    ),
-    click.option(
-        "--print-config",
-        is_flag=True,
-        help="Print the settings this command would use (defaults, --config and options merged) in the file's "
-        "format (JSON without --config) and exit.",
-    ),
-)
-
-
-def _file_settings(opts: dict[str, Any], cls: type) -> dict[str, Any]:
-    """The settings of ``--config`` (popped from ``opts``) as option values: a protocol's search and training
-    settings as ``search_<name>``/``train_<name>``."""
-    path = opts.pop("config_file")
-    if path is None:
-        return {}
-    settings = read_settings(path, cls)
-    for prefix in ("search", "train"):
-        if cls is ProtocolConfig and isinstance(settings.get(prefix), dict):
-            settings |= {f"{prefix}_{k}": v for k, v in settings.pop(prefix).items()}
-    return settings
-
-
-def _print_config(cfg: Any, opts: dict[str, Any], file: Path | None) -> bool:
-    """With ``--print-config``, print ``cfg`` in the format of ``file`` (JSON without one); whether it printed."""
-    if not opts.pop("print_config"):
-        return False
-    click.echo(dump_settings(cfg, "toml" if file is not None and file.suffix == ".toml" else "json"), nl=False)
-    return True
-
-
-def _list(
-    convert: Callable[[str], Any], what: str, choices: tuple[str, ...] | None = None
-) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A callback parsing a comma-separated list of ``what`` (finite numbers; seeds from 0 to MAX_SEED)."""
-
-    def parse(ctx: click.Context, param: click.Parameter, value: Any) -> list[Any] | None:
-        if value is None or isinstance(value, (list, tuple)):
-            return None if value is None else list(value)
-        try:
-            out = [convert(v.strip()) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated {what}, got {value!r}") from None
-        if convert is float and not all(math.isfinite(v) for v in out):
-            raise click.BadParameter(f"expected finite numbers, got {value!r}")
-        if convert is int and (not out or min(out) < 0 or max(out) > MAX_SEED):
-            raise click.BadParameter(f"expected integers from 0 to {MAX_SEED}")
-        if choices and any(v not in choices for v in out):
-            raise click.BadParameter(f"expected comma-separated values of {', '.join(choices)}, got {value!r}")
-        return out
-
-    return parse
 
 
 @contextmanager
@@ -233,8 +99,8 @@ def sample(seed: int, alpha_mode: str, fmt: str) -> None:
 def _search_options(skip: tuple[str, ...]) -> Decorator:
     """The options of search and sweep: the SearchConfig fields but ``skip`` (which the command defines), a preset,
     seeds and the download."""
-    return _options(
-        click.option("--seeds", callback=_list(int, "integers"), help="Comma-separated seeds: one search each."),
+    return combined(
+        click.option("--seeds", callback=comma_list(int, "integers"), help="Comma-separated seeds: one search each."),
         click.option(
             "--preset",
             type=click.Choice(sorted(PRESETS)),
@@ -245,28 +111,17 @@ def _search_options(skip: tuple[str, ...]) -> Decorator:
             is_flag=True,
             help="Download CIFAR-10 or CIFAR-100 (checked against its MD5) when no data folder is found.",
         ),
-        *_config_file,
+        *config_file_options,
         config_options(SearchConfig, skip=skip),
         click.pass_context,
     )
-
-
-def _options(*options: Decorator) -> Decorator:
-    """Several option decorators as one, the first outermost."""
-
-    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return apply
 
 
 def _search_settings(ctx: click.Context, opts: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     """The settings of search or sweep (the --config file, then the preset, filling what was not given; the data
     folder found unless only printing) and the seeds."""
     preset = PRESETS.get(opts.pop("preset") or "", {})
-    settings = _with_defaults(ctx, opts, {**preset, **_file_settings(opts, SearchConfig)})
+    settings = with_defaults(ctx, opts, {**preset, **file_settings(opts, SearchConfig)})
     seeds = settings.pop("seeds") or [settings["seed"]]
     data, download = settings.pop("data"), settings.pop("download")
     if not settings.pop("print_config"):
@@ -312,7 +167,7 @@ def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> No
         settings, seeds = _search_settings(ctx, {**opts, "alpha_mode": alpha_mode, "gamma": gamma})
         modes = ["shared", "multilevel"] if settings["alpha_mode"] == "both" else [settings["alpha_mode"]]
         cfg = SearchConfig(**{**settings, "alpha_mode": modes[0]})
-        if _print_config(cfg, opts, file):
+        if print_config(cfg, opts, file):
             return
         job = experiments.search(cfg, modes, seeds, say=_say)
     _report(job, cfg.out)
@@ -322,7 +177,7 @@ def search(ctx: click.Context, alpha_mode: str, gamma: float, **opts: Any) -> No
 @click.option(
     "--gamma",
     "gammas",
-    callback=_list(float, "numbers"),
+    callback=comma_list(float, "numbers"),
     default="0,0.1,1,5,10",
     show_default=True,
     help="Comma-separated γ values.",
@@ -336,7 +191,7 @@ def sweep(ctx: click.Context, gammas: list[float], **opts: Any) -> None:
     with _messages():
         settings, seeds = _search_settings(ctx, opts)
         cfg = SearchConfig(**{**settings, "gamma": gammas[0]})
-        if _print_config(cfg, opts, file):
+        if print_config(cfg, opts, file):
             return
         job = experiments.sweep(cfg, gammas, seeds, say=_say)
     _report(job, cfg.out, show_table=True)
@@ -410,10 +265,10 @@ def info(genotype: str, imagenet_size: int, image_sizes: tuple[int, ...], channe
 
 
 @main.command()
-@_options(*_config_file)
+@combined(*config_file_options)
 @config_options(TrainConfig)
 @click.option(
-    "--seeds", callback=_list(int, "integers"), help="Comma-separated seeds: one training each, in --out/seed<N>."
+    "--seeds", callback=comma_list(int, "integers"), help="Comma-separated seeds: one training each, in --out/seed<N>."
 )
 @click.pass_context
 def train(ctx: click.Context, seeds: list[int] | None, **opts: Any) -> None:
@@ -421,14 +276,14 @@ def train(ctx: click.Context, seeds: list[int] | None, **opts: Any) -> None:
     data; or the ImageNet recipe)."""
     file = opts["config_file"]
     with _messages():
-        from_file = _file_settings(opts, TrainConfig)
-        dataset = opts["dataset"] if _given(ctx, "dataset") else from_file.get("dataset", opts["dataset"])
-        settings = _with_defaults(ctx, opts, {**RECIPES.get(dataset, {}), **from_file})
+        from_file = file_settings(opts, TrainConfig)
+        dataset = opts["dataset"] if given(ctx, "dataset") else from_file.get("dataset", opts["dataset"])
+        settings = with_defaults(ctx, opts, {**RECIPES.get(dataset, {}), **from_file})
         data = None if settings["data"] is None else Path(settings["data"])
         if settings["dataset"] != "imagenet" and not settings["print_config"]:
             data = resolve_data(data, False, settings["dataset"])
         cfg = TrainConfig(**{k: v for k, v in settings.items() if k != "print_config"} | {"data": data})
-        if _print_config(cfg, opts, file):
+        if print_config(cfg, opts, file):
             return
         train_seeds(cfg, seeds or [cfg.seed], say=click.echo)
 
@@ -490,18 +345,8 @@ def predict_command(checkpoint: Path, top: int, device: str, images: tuple[Path,
             click.echo(f"  {p:7.2%}  {name}")
 
 
-def _prefixed(opts: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """The options given for the runs of a protocol (``--search-*``, ``--train-*``), as settings."""
-    out = {}
-    for key in [k for k in opts if k.startswith(prefix)]:
-        value = opts.pop(key)
-        if value is not None:
-            out[key[len(prefix) :]] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
 @main.command("protocol")
-@_options(*_config_file)
+@combined(*config_file_options)
 @config_options(ProtocolConfig)
 @config_options(SearchConfig, skip=PROTOCOL_OWNS, prefix="search-")
 @config_options(TrainConfig, skip=PROTOCOL_OWNS, prefix="train-")
@@ -512,13 +357,13 @@ def protocol_command(ctx: click.Context, **opts: Any) -> None:
     report.md and report.json in --out. --search-* and --train-* set the runs' settings over the preset's."""
     file = opts["config_file"]
     with _messages():
-        settings = _with_defaults(ctx, opts, _file_settings(opts, ProtocolConfig))
-        search, train = _prefixed(settings, "search_"), _prefixed(settings, "train_")
+        settings = with_defaults(ctx, opts, file_settings(opts, ProtocolConfig))
+        search, train = prefixed(settings, "search_"), prefixed(settings, "train_")
         data = None if settings["data"] is None else Path(settings["data"])
         if not settings.pop("print_config"):
             data = resolve_data(data, False, settings["dataset"])
         cfg = ProtocolConfig(**{**settings, "data": data}, search=search, train=train)
-        if _print_config(cfg, opts, file):
+        if print_config(cfg, opts, file):
             return
         result = run_protocol(cfg, say=lambda t: click.echo(t, err=True))
     click.echo(f"report: {cfg.out / 'report.md'}")
