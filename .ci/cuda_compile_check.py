@@ -8,12 +8,12 @@ import os
 
 import torch
 
+from mdarts_rs.ops import build_kernels
+
 ARCH = os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0")  # Hopper (H100/H200), the GPUs this project targets
 
 
 def main() -> None:
-    from mdarts_rs.ops.build import build_kernels
-
     home = build_kernels(arch=ARCH)
     print(f"ci: built the CUDA kernels with {home / 'bin' / 'nvcc'} for sm_{ARCH.replace('.', '')}", flush=True)
     for op in ("weighted_sum", "weighted_sum_backward", "softmax_entropy", "softmax_entropy_backward"):
