@@ -123,6 +123,21 @@ def test_arrays_and_cifar100_reach_the_search_and_train(tmp_path):
     assert result["test_images"] == len(held_out) > 0
     r = CliRunner().invoke(main, ["test", "--checkpoint", str(tmp_path / "t" / "checkpoint.pt"), "--dataset", "folder"])
     assert r.exit_code == 1 and "trained on arrays, not folder" in r.output
+    # the arrays changed since: the saved indices would pick other images, so test refuses them
+    trained = next(i for i in range(len(y)) if i not in set(held_out))
+    x[trained] ^= 1
+    np.savez(tmp_path / "d2.npz", images=x, labels=y, class_names=np.array(["dark", "bright"]))
+    r = CliRunner().invoke(
+        main, ["test", "--checkpoint", str(tmp_path / "t" / "checkpoint.pt"), "--data", str(tmp_path / "d2.npz")]
+    )
+    assert r.exit_code == 1 and "d2.npz: not the images" in r.output and "it trained on were" in r.output
+    x[trained] ^= 1  # back, and one held-out image changed instead
+    x[held_out[0]] ^= 1
+    np.savez(tmp_path / "d3.npz", images=x, labels=y, class_names=np.array(["dark", "bright"]))
+    r = CliRunner().invoke(
+        main, ["test", "--checkpoint", str(tmp_path / "t" / "checkpoint.pt"), "--data", str(tmp_path / "d3.npz")]
+    )
+    assert r.exit_code == 1 and "d3.npz: not the images" in r.output and "it held out were" in r.output
     r = CliRunner().invoke(main, ["search", "--dataset", "folder", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--dataset folder needs --data" in r.output
     r = CliRunner().invoke(main, ["search", "--dataset", "cifar10", "--label", "coarse", "--data", str(tmp_path)])

@@ -10,6 +10,7 @@ import torch
 
 from mdarts_rs.config import TrainConfig, derived_seed
 from mdarts_rs.data import CifarLoader, Dataset, channel_stats, has_test_set, holdout_split, load_split
+from mdarts_rs.run import data_fingerprint
 
 
 def shard_indices(n: int, seed: int, rank: int, world_size: int) -> np.ndarray:
@@ -145,5 +146,6 @@ def train_test_data(cfg: TrainConfig, quiet: bool = True) -> tuple[Dataset, Data
     if train.kind not in ("cifar10", "cifar100"):  # their published statistics stand; others' are the images'
         train.mean, train.std = channel_stats(train.images)
     test.mean, test.std = train.mean, train.std
-    train.info["holdout"] = test.info["holdout"] = {"fraction": cfg.holdout, "seed": cfg.seed, "test_images": len(te)}
+    held_out = {"fraction": cfg.holdout, "seed": cfg.seed, "test_images": len(te)}
+    train.info["holdout"] = test.info["holdout"] = held_out | {"data": data_fingerprint(test.images, test.labels)}
     return train, test, [int(i) for i in te]

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdarts_rs.data import CifarLoader, has_test_set, load_dataset, resolve_data
+from mdarts_rs.data import CifarLoader, Dataset, has_test_set, load_dataset, resolve_data
 from mdarts_rs.device import resolve_device
 from mdarts_rs.distributed import all_reduce_sum
 from mdarts_rs.evaluate.trained import load_trained
-from mdarts_rs.run import read_checkpoint
+from mdarts_rs.run import data_fingerprint, read_checkpoint
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
@@ -76,6 +76,7 @@ def evaluate_checkpoint(
         if len(idx) and idx.max() >= len(full):
             raise ValueError(f"{data}: has {len(full)} images, fewer than the held-out test images of {checkpoint}")
         test = full.subset(idx)
+        _check_trained_on(full, test, state, data, checkpoint)
     else:
         test = load_dataset(trained.dataset, data, "test", **opts)  # type: ignore[arg-type]
     if test.class_names != trained.class_names or (test.channels, test.image_size) != (
@@ -100,6 +101,24 @@ def evaluate_checkpoint(
         num_classes=len(trained.class_names),
     )
     return evaluate_network(trained.model, iter(batches), dev, bf16)
+
+
+def _check_trained_on(full: Dataset, held_out: Dataset, state: dict, data: Path, checkpoint) -> None:
+    """ValueError unless ``full``'s images are those the checkpoint's training read: the images it trained on (its
+    ``data`` fingerprint) and those it held out (``dataset.holdout.data``, where recorded). Otherwise the saved
+    indices would pick other images, some of them trained on."""
+    idx = np.asarray(state["test_indices"], dtype=np.int64)
+    kept = full.subset(np.setdiff1d(np.arange(len(full)), idx))
+    pairs = [("trained on", state.get("data"), data_fingerprint(kept.images, kept.labels))]
+    recorded = ((state.get("dataset") or {}).get("holdout") or {}).get("data")
+    pairs.append(("held out", recorded, data_fingerprint(held_out.images, held_out.labels)))
+    for what, then, now in pairs:
+        if then is not None and then != now:
+            raise ValueError(
+                f"{data}: not the images {checkpoint} was trained on (the images it {what} were {then}, here "
+                f"{now}), so its {len(idx)} held-out test images cannot be found again: test with the data it was "
+                "trained on"
+            )
 
 
 def test_checkpoint(

@@ -250,7 +250,7 @@ def build_trainer(cfg: TrainConfig, data: tuple | None = None, world: tuple[int,
         fingerprint = None  # an ImageFolder is not fingerprinted
         description, in_channels, image_size = None, 3, 224
     per_step = math.ceil(cfg.batch_size / world[1])
-    size = train_estimate(cfg.init_channels, cfg.layers, image_size, len(class_names), per_step, cfg.bf16)
+    size = train_estimate(cfg.init_channels, cfg.layers, image_size, len(class_names), per_step, genotype, cfg.bf16)
     check_fits(size, device)
     model = trained_network(cfg, genotype, len(class_names), in_channels, image_size)
     return Trainer(
