@@ -6,19 +6,35 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from mdarts_rs._core import Genotype, MultiLevelGenotype
 from mdarts_rs.geometry import stem_plan
 
-#: Values a cell keeps for the backward pass, per image and per value of the cell's output (channels × side²).
-#: Measured on the CPU (torch 2.15, batch 16, 2026-12-06): about 320 for the batched supernet, 500 for the plain
-#: one, 45 for DARTS V2's evaluation network. The estimates take lower values (a cell of pooling and skips keeps
-#: less), so that a refusal is certain and a run that fits is never refused.
-SEARCH_ACTIVATIONS = 250
-TRAIN_ACTIVATIONS = 12
+#: Values a supernet cell keeps for the backward pass, per image and per value of the cell's output (channels ×
+#: side²), by supernet: the tensors its forward pass saves, measured on the CPU (torch 2.15, 2026-12-06, C = 8 and
+#: 16, 5 and 8 cells) at 289 for the batched supernet and 440-460 for the plain one, taken a little lower here so
+#: that a run that fits is never refused (tests/test_memory.py measures them again).
+SEARCH_ACTIVATIONS = {"batched": 280, "plain": 430}
+#: The same for an evaluation network, by op: measured on networks whose cells are eight of one op (skip_connect
+#: 20.5, avg_pool_3x3 16.5, max_pool_3x3 32.5, sep_conv 66.2, dil_conv 41.9). A network's estimate is the mean over
+#: its cells' ops, times TRAIN_MARGIN (cells of mixed ops keep a little less than the mean: DARTS V2 44.0 against
+#: its mean 39.9 × 1.1).
+TRAIN_OP_ACTIVATIONS = {
+    "none": 0.0,
+    "skip_connect": 20.5,
+    "avg_pool_3x3": 16.5,
+    "max_pool_3x3": 32.5,
+    "sep_conv_3x3": 66.2,
+    "sep_conv_5x5": 66.4,
+    "dil_conv_3x3": 41.9,
+    "dil_conv_5x5": 42.0,
+}
+TRAIN_MARGIN = 0.85
 #: Parameters per edge of a supernet cell of c channels: its four convolutions (DARTS' sep_conv_3x3/5x5,
 #: dil_conv_3x3/5x5: 6c² + 102c); an evaluation cell counts its two 1×1 input convolutions only (a lower bound).
 _EDGES = 14
@@ -88,11 +104,12 @@ def search_estimate(
     partial_channels: int = 1,
     order: int = 1,
     bf16: bool = False,
+    supernet: str = "batched",
 ) -> Estimate:
-    """A search's supernet: its weights with their gradients and momentum (and the unrolled copy of order 2), and
-    the activations of ``images_per_step`` images (a process's chunk of a batch)."""
+    """A search's ``supernet`` ("batched" or "plain"): its weights with their gradients and momentum (and the
+    unrolled copy of order 2), and the activations of ``images_per_step`` images (a process's chunk of a batch)."""
     params = _parameters(C, layers, image_size, classes, C // partial_channels)
-    per_image = SEARCH_ACTIVATIONS * _values(C, layers, image_size) // partial_channels
+    per_image = SEARCH_ACTIVATIONS[supernet] * _values(C, layers, image_size) // partial_channels
     return Estimate(
         f"the supernet (C = {C}, {layers} cells, {images_per_step} images of {image_size}×{image_size} per step)",
         params,
@@ -102,16 +119,34 @@ def search_estimate(
     )
 
 
+def train_activations(genotype: Genotype | MultiLevelGenotype) -> float:
+    """Values an evaluation network of ``genotype`` keeps per image and per value of its cells' outputs (a lower
+    bound: TRAIN_MARGIN times the mean of its ops' TRAIN_OP_ACTIVATIONS)."""
+    counts: Counter[str] = Counter()
+    for cell in genotype.cells.values():
+        counts.update(cell.op_counts())
+    total = sum(counts.values())
+    return TRAIN_MARGIN * sum(TRAIN_OP_ACTIVATIONS[op] * n for op, n in counts.items()) / max(total, 1)
+
+
 def train_estimate(
-    C: int, layers: int, image_size: int, classes: int, images_per_step: int, bf16: bool = False
+    C: int,
+    layers: int,
+    image_size: int,
+    classes: int,
+    images_per_step: int,
+    genotype: Genotype | MultiLevelGenotype,
+    bf16: bool = False,
 ) -> Estimate:
-    """A training's evaluation network: weights, gradients and momentum, and the activations of a step."""
+    """A training's evaluation network of ``genotype``: weights, gradients and momentum, and the activations of a
+    step."""
     params = _parameters(C, layers, image_size, classes, None)
+    per_image = train_activations(genotype) * _values(C, layers, image_size)
     return Estimate(
         f"the network (C = {C}, {layers} cells, {images_per_step} images of {image_size}×{image_size} per step)",
         params,
         4 * params * 3,
-        (2 if bf16 else 4) * TRAIN_ACTIVATIONS * _values(C, layers, image_size) * images_per_step,
+        int((2 if bf16 else 4) * per_image * images_per_step),
         advice="lower --init-channels, --layers or --batch-size",
     )
 

@@ -155,6 +155,7 @@ def search_size(cfg: SearchConfig, data: Dataset, world_size: int = 1) -> Estima
         cfg.partial_channels,
         cfg.order,
         cfg.bf16,
+        cfg.supernet,
     )
 
 
