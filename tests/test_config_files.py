@@ -89,3 +89,39 @@ def test_train_and_protocol_read_config_files(tmp_path):
     with pytest.raises(ConfigError, match="'bogus' is not a setting of TrainConfig"):
         path.write_text("bogus = 1\n")
         read_settings(path, TrainConfig)
+
+
+@pytest.mark.parametrize(
+    ("text", "args", "message"),
+    [
+        ('{"search": 5}', [], "'search' must be a mapping of search settings, got 5"),
+        ('{"train": [1]}', [], "'train' must be a mapping of train settings, got [1]"),
+        ('{"train": {"lr": 0}}', [], "train settings: lr must be > 0, got 0.0"),
+        ('{"search": {"epochs": "x"}}', [], "search settings: epochs must be an integer, got 'x'"),
+        ("{}", ["--train-lr", "1e308"], "train settings: lr = 1e+308 is beyond float32's range"),
+        ("{}", ["--alpha-mode="], "expected comma-separated values, got nothing"),
+        ("{}", ["--gamma", "1,,2"], "got '1,,2', which has an empty item"),
+        ("{}", ["--gamma", "0,1,0"], "gammas must not repeat a value: 0.0 given twice"),
+        ('{"seeds": [3, 3]}', [], "seeds must not repeat a value: 3 given twice"),
+    ],
+)
+def test_protocol_settings_of_every_run_are_checked_before_any_runs(tmp_path, text, args, message):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    r = CliRunner().invoke(main, ["protocol", "--config", str(path), "--preset", "tiny", "--print-config", *args])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+
+
+def test_protocol_run_settings_are_refused_when_the_protocol_is_made():
+    # before run_protocol reads or writes anything: the settings of every stage's runs are checked with its own
+    with pytest.raises(ConfigError, match="train settings: lr must be > 0"):
+        ProtocolConfig(preset="tiny", train={"lr": 0.0})
+    with pytest.raises(ConfigError, match="search settings: batch_size must be >= 1"):
+        ProtocolConfig(preset="tiny", search={"batch_size": 0})
+
+
+def test_a_config_file_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_bytes(b"\xff\xfe{")
+    r = CliRunner().invoke(main, ["search", "--config", str(path), "--print-config"])
+    assert r.exit_code == 2 and f"{path}: not a text file (not UTF-8: byte 0xff at 0)" in r.output, r.output

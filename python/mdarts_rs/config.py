@@ -122,6 +122,7 @@ def _as_kind(kind: str, value: Any) -> tuple[bool, Any]:
 
 _WANT = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text", "path": "a path"}
 _WANT["dict"] = "a mapping of settings"
+_PLURAL = {"int": "integers", "float": "numbers", "str": "texts"}
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
@@ -139,7 +140,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
             converted = [_as_kind(element, v) for v in value]
             if all(ok for ok, _ in converted):
                 return tuple(v for _, v in converted), None
-        want = "two numbers" if kind == "pair" else f"a non-empty list of {_WANT[element].split(' ', 1)[1]}s"
+        want = "two numbers" if kind == "pair" else f"a non-empty list of {_PLURAL[element]}"
         return value, f"{f.name} must be {want}, got {value!r}"
     ok, converted = _as_kind(kind, value)
     if ok:
@@ -665,6 +666,31 @@ class ProtocolConfig(DataSettings):
             taken = sorted(set(getattr(self, name)) & PROTOCOL_OWNS)
             if taken:
                 out.append(f"{name} settings {taken} are the protocol's own: set them as protocol settings")
+        for name in ("gammas", "alpha_modes", "seeds", "final_seeds"):
+            values = getattr(self, name)
+            twice = sorted({v for v in values if values.count(v) > 1}, key=values.index)
+            if twice:
+                out.append(f"{name} must not repeat a value: {', '.join(map(str, twice))} given twice")
+        return out or self._run_rules()
+
+    def _run_rules(self) -> list[str]:
+        """The problems of the runs' settings (the preset's with ``search``/``train`` over them), found before any
+        run starts: the search of the first γ, α mode and seed, and a final training."""
+        data = dict(data=self.data, dataset=self.dataset, label=self.label, image_size=self.image_size)
+        runs = (
+            (
+                "search",
+                SearchConfig,
+                {**self.search_settings(), "gamma": self.gammas[0], "alpha_mode": self.alpha_modes[0]},
+            ),
+            ("train", TrainConfig, {**self.train_settings(), "seed": self.final_seeds[0]}),
+        )
+        out = []
+        for name, cls, settings in runs:
+            try:
+                cls(**settings, **data, tensorboard=False)
+            except ConfigError as e:
+                out.append(f"{name} settings: {e}")
         return out
 
     def search_settings(self) -> dict[str, Any]:
@@ -700,9 +726,11 @@ def read_settings(path: str | os.PathLike[str], cls: type) -> dict[str, Any]:
     of ``cls``; the values are checked when the config is made from them."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (not UTF-8: byte {e.object[e.start]:#04x} at {e.start})") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as e:  # JSONDecodeError is a ValueError

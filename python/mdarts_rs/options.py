@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from mdarts_rs.config import MAX_SEED, ProtocolConfig, dump_settings, optional, read_settings
+from mdarts_rs.config import MAX_SEED, ConfigError, ProtocolConfig, dump_settings, optional, read_settings
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -121,9 +121,13 @@ def file_settings(opts: dict[str, Any], cls: type) -> dict[str, Any]:
     if path is None:
         return {}
     settings = read_settings(path, cls)
-    for prefix in ("search", "train"):
-        if cls is ProtocolConfig and isinstance(settings.get(prefix), dict):
-            settings |= {f"{prefix}_{k}": v for k, v in settings.pop(prefix).items()}
+    for prefix in ("search", "train") if cls is ProtocolConfig else ():
+        if prefix not in settings:
+            continue
+        table = settings.pop(prefix)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{prefix}' must be a mapping of {prefix} settings, got {table!r}")
+        settings |= {f"{prefix}_{k}": v for k, v in table.items()}
     return settings
 
 
@@ -143,8 +147,11 @@ def comma_list(
     def parse(ctx: click.Context, param: click.Parameter, value: Any) -> list[Any] | None:
         if value is None or isinstance(value, (list, tuple)):
             return None if value is None else list(value)
+        if any(not v.strip() for v in value.split(",")):
+            got = "nothing" if not value.strip() else f"{value!r}, which has an empty item"
+            raise click.BadParameter(f"expected comma-separated {what}, got {got}")
         try:
-            out = [convert(v.strip()) for v in value.split(",") if v.strip()]
+            out = [convert(v.strip()) for v in value.split(",")]
         except ValueError:
             raise click.BadParameter(f"expected comma-separated {what}, got {value!r}") from None
         if convert is float and not all(math.isfinite(v) for v in out):
