@@ -278,3 +278,28 @@ def test_protocol_under_torchrun_gives_the_one_process_report(one_process, tmp_p
             for volatile in ("search_hours", "search_seconds"):
                 a.pop(volatile, None), b.pop(volatile, None)
             assert a == b
+
+
+@pytest.mark.data
+def test_protocol_moved_folder_resumes_and_damaged_records_are_named(one_process, tmp_path, cifar_mini):
+    one_process, _ = one_process
+    moved = tmp_path / "moved"
+    shutil.copytree(one_process, moved)
+    settings = dict(data=cifar_mini, out=moved, preset="tiny", gammas=(0.0, 1.0), seeds=(0, 1), final_seeds=(0, 1))
+    settings |= dict(device="cpu", quiet=True, resume=True)
+    runs = {f: v for f, v in _files(moved).items() if f.startswith(("search/", "select/", "final/"))}
+    said: list[str] = []
+    run_protocol(**settings, say=said.append)  # a moved protocol folder continues where it is
+    assert not said and {f: _files(moved)[f] for f in runs} == runs  # nothing ran again
+    # a finished run whose record is damaged is named, counted as failed, and not taken for finished
+    damaged = moved / "final" / "multilevel_gamma0" / "seed0" / "metrics.jsonl"
+    damaged.write_text("junk\n")
+    data = run_protocol(**settings, say=said.append)
+    assert [f["run"] for f in data["failures"]] == ["final/multilevel_gamma0/seed0"]
+    assert f"{damaged}: line 1 is not an epoch's record" in data["failures"][0]["error"]
+    assert any(str(damaged) in line for line in said)
+    # a damaged protocol.json is named, as `report` names it
+    for text, error in (("[1]", "TypeError"), ('{"settings": ', "JSONDecodeError"), ('{"settings": 5}', "TypeError")):
+        (moved / "protocol.json").write_text(text)
+        with pytest.raises(ValueError, match=rf"{moved / 'protocol.json'}: not a protocol's settings \({error}"):
+            run_protocol(**settings)

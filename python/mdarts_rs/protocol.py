@@ -39,7 +39,7 @@ from mdarts_rs.run import RunFolder, RunFolderBusy, atomic_write_text
 from mdarts_rs.search import RanksDisagree, SearchDiverged, SearchInterrupted, run_search
 
 #: Settings of a protocol that may differ when it is resumed.
-RESUMABLE = {"resume", "quiet", "device", "workers", "data", "tensorboard"}
+RESUMABLE = {"resume", "quiet", "device", "workers", "data", "tensorboard", "out"}
 #: The errors a run may end with while the protocol goes on with the others.
 RUN_ERRORS = (SearchDiverged, RanksDisagree, RunFolderBusy, OSError, ValueError, RuntimeError, FloatingPointError)
 
@@ -63,11 +63,14 @@ def row_name(mode: str, gamma: float) -> str:
 
 
 def is_finished(folder: Path, epochs: int, search: bool) -> bool:
-    """Whether the run in ``folder`` finished all its epochs (a search: its final genotype written too)."""
-    metrics = folder / "metrics.jsonl"
-    if not metrics.is_file() or (search and not (folder / "genotype.json").is_file()):
+    """Whether the run in ``folder`` finished all its epochs (a search: its final genotype written too); not where
+    its record is damaged."""
+    if search and not (folder / "genotype.json").is_file():
         return False
-    return len(metrics.read_text().splitlines()) == epochs
+    try:
+        return len(report.read_history(folder)) == epochs
+    except ValueError:
+        return False
 
 
 class Protocol:
@@ -206,8 +209,7 @@ class Protocol:
         """``protocol.json``: the settings and the command; a resume with other settings is refused."""
         path = self.out / "protocol.json"
         if self.cfg.resume and path.is_file():
-            saved = ProtocolConfig.from_json(json.loads(path.read_text())["settings"]).to_json()
-            resume_conflicts(saved, self.cfg.to_json(), RESUMABLE)
+            resume_conflicts(recorded_settings(self.out).to_json(), self.cfg.to_json(), RESUMABLE)
         elif path.is_file() or (self.out / "report.json").is_file():
             raise FileExistsError(f"{self.out} holds a protocol: pass --resume to continue it, or choose another --out")
         RunFolder(self.out)  # created, and checked writable
@@ -227,6 +229,11 @@ class Protocol:
         """Run ``job`` unless it finished earlier: continued from its checkpoint where it has one, else afresh; a
         failure is recorded in its folder and the protocol goes on."""
         search = isinstance(job.cfg, SearchConfig)
+        try:
+            report.read_history(job.folder)
+        except ValueError as e:  # a run cannot continue from a damaged record, nor be counted
+            self._failed(stage, job, str(e))
+            return
         if is_finished(job.folder, job.cfg.epochs, search):
             return
         started = (job.folder / "checkpoint.pt").is_file()
@@ -241,10 +248,13 @@ class Protocol:
         except SearchInterrupted:
             raise
         except RUN_ERRORS as e:
-            message = (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e)
-            self.say(f"{stage} {job.name}: failed: {message}")
-            job.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(job.folder / "failed.json", json.dumps({"stage": stage, "error": message}) + "\n")
+            self._failed(stage, job, (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e))
+
+    def _failed(self, stage: str, job: Job, message: str) -> None:
+        """Say that ``job`` failed, and record it in its folder (``failed.json``) for the report."""
+        self.say(f"{stage} {job.name}: failed: {message}")
+        job.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(job.folder / "failed.json", json.dumps({"stage": stage, "error": message}) + "\n")
 
     def _search_images(self) -> Dataset:
         """The training images every search reads, read once."""
@@ -269,14 +279,20 @@ def run_protocol(
     return Protocol(cfg, say or (lambda text: print(text, file=sys.stderr))).run()
 
 
-def rebuild_report(out: Path) -> dict[str, Any]:
-    """Rebuild ``report.md`` and ``report.json`` of the protocol in ``out`` from its folders alone."""
+def recorded_settings(out: Path) -> ProtocolConfig:
+    """The settings ``protocol.json`` in ``out`` recorded (``out`` as it is now: a protocol folder may move)."""
     record = out / "protocol.json"
     if not record.is_file():
         raise FileNotFoundError(f"{record}: no protocol here (mdarts-rs protocol writes it)")
     try:
         settings = json.loads(record.read_text())["settings"]
+        if not isinstance(settings, dict):
+            raise TypeError(f"its settings are a {type(settings).__name__}, not a mapping")
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{record}: not a protocol's settings ({type(e).__name__}: {e})") from None
-    protocol = Protocol(dataclasses.replace(ProtocolConfig.from_json(settings), out=out))
-    return protocol.write_report()
+    return dataclasses.replace(ProtocolConfig.from_json(settings, source=str(record)), out=out)
+
+
+def rebuild_report(out: Path) -> dict[str, Any]:
+    """Rebuild ``report.md`` and ``report.json`` of the protocol in ``out`` from its folders alone."""
+    return Protocol(recorded_settings(out)).write_report()

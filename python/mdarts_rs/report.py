@@ -51,26 +51,47 @@ def _json(path: Path) -> Any:
         return None
 
 
-def _history(folder: Path) -> list[dict[str, Any]]:
-    """The epochs a run finished (an unreadable line ends the list: the report shows what it can)."""
+def read_history(folder: Path) -> list[dict[str, Any]]:
+    """The epochs the run in ``folder`` finished, as its ``metrics.jsonl`` records them (none without the file);
+    ValueError naming the file and the line where a line is not an epoch's record."""
+    path = folder / "metrics.jsonl"
     try:
-        lines = (folder / "metrics.jsonl").read_text().splitlines()
-    except OSError:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     out = []
-    for line in lines:
+    for i, line in enumerate(lines, 1):
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
-            break
+            record = None
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{path}: line {i} is not an epoch's record, so the run's record is damaged (remove the run's folder "
+                "to run it again)"
+            )
+        out.append(record)
     return out
+
+
+def _history(folder: Path) -> list[dict[str, Any]]:
+    """The epochs a run finished; none where its record is damaged (its status says so)."""
+    try:
+        return read_history(folder)
+    except ValueError:
+        return []
 
 
 def _status(folder: Path, epochs: int) -> str:
     failed = _json(folder / "failed.json")
     if failed is not None:
         return f"failed: {failed.get('error', '?')}"
-    done = len(_history(folder))
+    try:
+        done = len(read_history(folder))
+    except ValueError as e:
+        return f"damaged: {e}"
     if done == epochs and (folder / "checkpoint.pt").is_file():
         return "finished"
     return f"{done} of {epochs} epochs" if done else "not started"
