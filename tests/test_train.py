@@ -357,6 +357,14 @@ def test_train_holds_its_run_folder_and_resumes_only_the_same_data(tmp_path, fak
     (other / "data_batch_1.bin").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="cannot resume with other data: the run trained on 64 images"):
         evaluate.train(dataclasses.replace(cfg, data=other, resume=True, epochs=1))
+    # the genotype by another path resumes; another genotype is refused, naming both
+    same = tmp_path / "same.txt"
+    shutil.copy(cfg.genotype, same)
+    evaluate.train(dataclasses.replace(cfg, genotype=str(same), resume=True))
+    with pytest.raises(
+        ValueError, match="cannot resume with a different genotype: DARTS_V1 is not the cell this run trained"
+    ):
+        evaluate.train(dataclasses.replace(cfg, genotype="DARTS_V1", resume=True))
 
 
 def test_cli_test_with_a_checkpoint_that_does_not_fit_says_so(tmp_path, fake_cifar):

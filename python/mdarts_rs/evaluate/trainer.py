@@ -109,7 +109,13 @@ class Trainer:
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint of the same training (settings but the run's place and device, data)."""
         may_change = {"resume", "overwrite", "quiet", "device", "workers", "out", "data", "tensorboard", "log_every"}
+        may_change.add("genotype")  # its path may change; the cell it names may not
         check_same_run(state, self.cfg, may_change, self.data_description, self.data_fingerprint, "trained on")
+        if state.get("genotype") not in (None, self.genotype_json):
+            raise ValueError(
+                f"cannot resume with a different genotype: {self.cfg.genotype} is not the cell this run trained (its "
+                "checkpoint holds that cell)"
+            )
         load_entries(
             state,
             {"model": self.model.load_state_dict, "opt": self.opt.load_state_dict, "rng": torch.set_rng_state},
