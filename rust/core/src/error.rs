@@ -11,7 +11,7 @@ pub enum SpaceError {
     #[error("unknown alpha mode '{0}' (expected 'shared' or 'multilevel')")]
     UnknownAlphaMode(String),
     /// The network is too shallow for every table to be read by some cell.
-    #[error("a {mode} supernet of {layers} cells has no cell for table '{table}': use at least {minimum} cells")]
+    #[error("a {mode} network of {layers} cells has no cell for table '{table}': it needs at least {minimum} cells")]
     TooFewLayers {
         /// Mode name.
         mode: &'static str,
