@@ -335,6 +335,33 @@ def test_cli_export_to_a_full_disk_says_so_and_writes_nothing(tmp_path, trained_
         (tmp_path / tmp).symlink_to("/dev/full")
         said(invoke("export", "--checkpoint", trained_run, "--format", fmt, "--out", out), 1, "the disk is full")
         assert not (tmp_path / tmp).is_symlink() and not out.exists() and not Path(f"{out}.json").exists()
+        assert list(tmp_path.iterdir()) == []  # no temporary file left, no ONNX weights file either
+
+
+def test_cli_export_onnx_is_one_file_that_loads_copied_alone(tmp_path, trained_run):
+    # every weight inside net.onnx: torch's exporter would put them in a second file named after the temporary one
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "net.onnx"
+    said(invoke("export", "--checkpoint", trained_run, "--format", "onnx", "--out", out), 0, "outputs within")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["net.onnx", "net.onnx.json"]
+    (tmp_path / "copy").mkdir()
+    copy = Path(shutil.copy(out, tmp_path / "copy"))
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(copy), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)
+    got = session.run(None, {"images": x.numpy()})[0]
+    assert np.abs(got - load_trained(trained_run).logits(x).numpy()).max() <= 1e-4
+    assert list(copy.parent.iterdir()) == [copy]
+
+
+def test_export_refuses_a_network_over_the_onnx_limit_naming_its_size(tmp_path, trained_run, monkeypatch):
+    # a network over protobuf's 2 GiB is refused, never written with its weights in other files
+    t = load_trained(trained_run)
+    weights = sum(v.numel() * v.element_size() for v in t.model.state_dict().values())
+    monkeypatch.setattr("mdarts_rs.evaluate.trained.ONNX_MAX_BYTES", weights - 1)
+    with pytest.raises(ExportError, match=f"net.onnx: the network's weights take {weights / 2**30:.2f} GiB, more"):
+        export(t, "onnx", tmp_path / "net.onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 def _weights_of_a_wider_network(state) -> None:

@@ -82,15 +82,6 @@ def write_durably(tmp: Path, write: Callable[[IO[bytes]], None]) -> None:
         os.fsync(f.fileno())
 
 
-def sync_file(path: Path) -> None:
-    """Put a file that another library wrote (by its path) on the disk, before a rename makes it the file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, synced, and a rename."""
     atomic_write(path, lambda tmp: write_durably(tmp, lambda f: f.write(text.encode())))
