@@ -3,6 +3,7 @@ checkpoint, export with a verified round trip, and predictions for image files."
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import mdarts_rs as md
-from mdarts_rs import evaluate
+from mdarts_rs import evaluate, run
 from mdarts_rs.cli import main
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.evaluate.network import count_params, eval_network
@@ -362,6 +363,29 @@ def test_export_refuses_a_network_over_the_onnx_limit_naming_its_size(tmp_path, 
     with pytest.raises(ExportError, match=f"net.onnx: the network's weights take {weights / 2**30:.2f} GiB, more"):
         export(t, "onnx", tmp_path / "net.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.EDQUOT])
+def test_cli_export_to_a_folder_it_cannot_write_names_the_file(tmp_path, trained_run, monkeypatch, code):
+    # a read-only file system (or a folder without permission, a quota) refuses to make a file and to remove one
+    # there; as root a chmod would not stop the export, so both are refused here as such a folder refuses them
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    real_open, real_unlink = open, os.unlink
+
+    def refused(call):
+        def inside(path, *args, **kwargs):
+            if Path(path).parent == folder:
+                raise OSError(code, os.strerror(code), str(path))
+            return call(path, *args, **kwargs)
+
+        return inside
+
+    monkeypatch.setattr(run, "open", refused(real_open), raising=False)
+    monkeypatch.setattr(os, "unlink", refused(real_unlink))
+    r = invoke("export", "--checkpoint", trained_run, "--format", "torchscript", "--out", folder / "n.ts")
+    said(r, 1, f"cannot write {folder / 'n.ts'}: {os.strerror(code)}")
+    assert list(folder.iterdir()) == []
 
 
 def _weights_of_a_wider_network(state) -> None:
