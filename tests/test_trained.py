@@ -227,6 +227,17 @@ def test_cli_predict_names_a_file_that_is_not_an_image(tmp_path, trained_run):
     assert r.exit_code == 1 and "x.png: cannot read it as an image" in r.output
 
 
+@pytest.mark.parametrize("device", ["bogus", "cuda:99"])
+def test_cli_predict_refuses_a_device_as_test_does(tmp_path, trained_run, device):
+    # resolve_device's message (a name torch does not know; a GPU this machine lacks), not torch's own text
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    predicted = said(invoke("predict", "--checkpoint", trained_run, "--device", device, tmp_path / "a.png"), 1)
+    assert predicted == said(invoke("test", "--checkpoint", trained_run, "--device", device), 1)
+    assert predicted.startswith(f"Error: device {device!r}"), predicted
+    with pytest.raises(ValueError, match=f"device {device!r}"):
+        load_trained(trained_run, device)
+
+
 def test_predict_reads_images_exactly_as_the_folder_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MDARTS_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)

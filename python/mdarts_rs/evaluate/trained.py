@@ -30,6 +30,7 @@ from mdarts_rs._core import (
 )
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import CIFAR10_CLASSES  # re-exported: CIFAR-10's classes in label order
+from mdarts_rs.device import resolve_device
 from mdarts_rs.evaluate.network import eval_network
 from mdarts_rs.memory import check_loadable
 from mdarts_rs.run import atomic_write, atomic_write_text, read_checkpoint, write_durably
@@ -147,7 +148,8 @@ def load_trained(checkpoint: str | os.PathLike[str], device: str | torch.device 
     """The network a ``mdarts-rs train`` run saved in ``checkpoint``, in eval mode, from the checkpoint alone.
     ValueError naming the file for a search checkpoint (not a trained network), one that does not fit, or one
     whose weights or input description are damaged (non-finite weights, a mean or std per channel missing, a std
-    of 0), naming the entry."""
+    of 0), naming the entry; a ``device`` name this machine does not have (``resolve_device``) before any of it."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
     state = read_checkpoint(checkpoint, "train")
     cfg = TrainConfig.from_json({**state["config"], "resume": False})
     if not isinstance(state.get("genotype"), str):
