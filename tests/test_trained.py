@@ -3,6 +3,7 @@ checkpoint, export with a verified round trip, and predictions for image files."
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import mdarts_rs as md
-from mdarts_rs import evaluate
+from mdarts_rs import evaluate, run
 from mdarts_rs.cli import main
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.evaluate.network import count_params, eval_network
@@ -226,6 +227,17 @@ def test_cli_predict_names_a_file_that_is_not_an_image(tmp_path, trained_run):
     assert r.exit_code == 1 and "x.png: cannot read it as an image" in r.output
 
 
+@pytest.mark.parametrize("device", ["bogus", "cuda:99"])
+def test_cli_predict_refuses_a_device_as_test_does(tmp_path, trained_run, device):
+    # resolve_device's message (a name torch does not know; a GPU this machine lacks), not torch's own text
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    predicted = said(invoke("predict", "--checkpoint", trained_run, "--device", device, tmp_path / "a.png"), 1)
+    assert predicted == said(invoke("test", "--checkpoint", trained_run, "--device", device), 1)
+    assert predicted.startswith(f"Error: device {device!r}"), predicted
+    with pytest.raises(ValueError, match=f"device {device!r}"):
+        load_trained(trained_run, device)
+
+
 def test_predict_reads_images_exactly_as_the_folder_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MDARTS_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
@@ -335,6 +347,56 @@ def test_cli_export_to_a_full_disk_says_so_and_writes_nothing(tmp_path, trained_
         (tmp_path / tmp).symlink_to("/dev/full")
         said(invoke("export", "--checkpoint", trained_run, "--format", fmt, "--out", out), 1, "the disk is full")
         assert not (tmp_path / tmp).is_symlink() and not out.exists() and not Path(f"{out}.json").exists()
+        assert list(tmp_path.iterdir()) == []  # no temporary file left, no ONNX weights file either
+
+
+def test_cli_export_onnx_is_one_file_that_loads_copied_alone(tmp_path, trained_run):
+    # every weight inside net.onnx: torch's exporter would put them in a second file named after the temporary one
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "net.onnx"
+    said(invoke("export", "--checkpoint", trained_run, "--format", "onnx", "--out", out), 0, "outputs within")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["net.onnx", "net.onnx.json"]
+    (tmp_path / "copy").mkdir()
+    copy = Path(shutil.copy(out, tmp_path / "copy"))
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(copy), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)
+    got = session.run(None, {"images": x.numpy()})[0]
+    assert np.abs(got - load_trained(trained_run).logits(x).numpy()).max() <= 1e-4
+    assert list(copy.parent.iterdir()) == [copy]
+
+
+def test_export_refuses_a_network_over_the_onnx_limit_naming_its_size(tmp_path, trained_run, monkeypatch):
+    # a network over protobuf's 2 GiB is refused, never written with its weights in other files
+    t = load_trained(trained_run)
+    weights = sum(v.numel() * v.element_size() for v in t.model.state_dict().values())
+    monkeypatch.setattr("mdarts_rs.evaluate.trained.ONNX_MAX_BYTES", weights - 1)
+    with pytest.raises(ExportError, match=f"net.onnx: the network's weights take {weights / 2**30:.2f} GiB, more"):
+        export(t, "onnx", tmp_path / "net.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.EDQUOT])
+def test_cli_export_to_a_folder_it_cannot_write_names_the_file(tmp_path, trained_run, monkeypatch, code):
+    # a read-only file system (or a folder without permission, a quota) refuses to make a file and to remove one
+    # there; as root a chmod would not stop the export, so both are refused here as such a folder refuses them
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    real_open, real_unlink = open, os.unlink
+
+    def refused(call):
+        def inside(path, *args, **kwargs):
+            if Path(path).parent == folder:
+                raise OSError(code, os.strerror(code), str(path))
+            return call(path, *args, **kwargs)
+
+        return inside
+
+    monkeypatch.setattr(run, "open", refused(real_open), raising=False)
+    monkeypatch.setattr(os, "unlink", refused(real_unlink))
+    r = invoke("export", "--checkpoint", trained_run, "--format", "torchscript", "--out", folder / "n.ts")
+    said(r, 1, f"cannot write {folder / 'n.ts'}: {os.strerror(code)}")
+    assert list(folder.iterdir()) == []
 
 
 def _weights_of_a_wider_network(state) -> None:

@@ -60,11 +60,14 @@ def atomic_write(path: Path, write: Callable[[Path], None], passes: tuple[type[B
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # never made where its folder cannot be written (read-only, say)
+            tmp.unlink(missing_ok=True)
         # torch's writers report a failed write as a RuntimeError of their own; a WriteError is said already
         if isinstance(e, (*passes, WriteError)) or not isinstance(e, (OSError, RuntimeError)):
             raise
-        kept = "; its previous version is kept" if path.exists() else ""
+        kept = ""
+        with suppress(OSError):  # a folder that cannot be searched: nothing known about its previous version
+            kept = "; its previous version is kept" if path.exists() else ""
         code = e.errno if isinstance(e, OSError) else None
         reason = (
             "the disk is full" if code == errno.ENOSPC else (getattr(e, "strerror", None) or str(e).splitlines()[0])
@@ -80,15 +83,6 @@ def write_durably(tmp: Path, write: Callable[[IO[bytes]], None]) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
-
-
-def sync_file(path: Path) -> None:
-    """Put a file that another library wrote (by its path) on the disk, before a rename makes it the file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -3,6 +3,7 @@ TorchScript) with a verified round trip, and classify images."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
@@ -29,9 +30,10 @@ from mdarts_rs._core import (
 )
 from mdarts_rs.config import TrainConfig
 from mdarts_rs.data import CIFAR10_CLASSES  # re-exported: CIFAR-10's classes in label order
+from mdarts_rs.device import resolve_device
 from mdarts_rs.evaluate.network import eval_network
 from mdarts_rs.memory import check_loadable
-from mdarts_rs.run import atomic_write, atomic_write_text, read_checkpoint, sync_file, write_durably
+from mdarts_rs.run import atomic_write, atomic_write_text, read_checkpoint, write_durably
 
 #: The per-channel mean and std the ImageNet recipe normalises with (torchvision's ImageNet statistics).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -146,7 +148,8 @@ def load_trained(checkpoint: str | os.PathLike[str], device: str | torch.device 
     """The network a ``mdarts-rs train`` run saved in ``checkpoint``, in eval mode, from the checkpoint alone.
     ValueError naming the file for a search checkpoint (not a trained network), one that does not fit, or one
     whose weights or input description are damaged (non-finite weights, a mean or std per channel missing, a std
-    of 0), naming the entry."""
+    of 0), naming the entry; a ``device`` name this machine does not have (``resolve_device``) before any of it."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
     state = read_checkpoint(checkpoint, "train")
     cfg = TrainConfig.from_json({**state["config"], "resume": False})
     if not isinstance(state.get("genotype"), str):
@@ -256,7 +259,7 @@ def export(
     diffs: list[float] = []
 
     def write(tmp: Path) -> None:
-        _write_format(net, fmt, example, tmp)
+        _write_format(net, fmt, example, tmp, Path(out))
         diffs.append(_verify(tmp, fmt, trained, atol, shown=Path(out)))
         atomic_write_text(Path(f"{out}.json").resolve(), json.dumps(trained.metadata(), indent=2) + "\n")
 
@@ -264,10 +267,11 @@ def export(
     return diffs[0]
 
 
-def _write_format(net: nn.Module, fmt: str, example: torch.Tensor, path: Path) -> None:
-    """The network in ``fmt`` into ``path``, synced. torch's writers write to memory and the bytes go to the file
-    through Python: torch.export's own file writer aborts the process (a C++ exception in a destructor) where a
-    write fails, Python raises an OSError."""
+def _write_format(net: nn.Module, fmt: str, example: torch.Tensor, path: Path, shown: Path) -> None:
+    """The network in ``fmt`` into ``path``, synced (``shown`` names the file in messages). torch's writers write to
+    memory and the bytes go to the file through Python: torch.export's own file writer aborts the process (a C++
+    exception in a destructor) where a write fails, Python raises an OSError; torch's ONNX writer puts the weights
+    in a second file named after the file it writes (the temporary one), which a copy of ``shown`` would lose."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     buffer = io.BytesIO()
     try:
@@ -278,34 +282,53 @@ def _write_format(net: nn.Module, fmt: str, example: torch.Tensor, path: Path) -
             elif fmt == "torchscript":
                 torch.jit.save(torch.jit.trace(net, example), buffer)
             else:
-                _export_onnx(net, example, batch, path)  # onnx writes the file in Python
+                buffer.write(_onnx_bytes(net, example, batch, shown))
     except (ExportError, OSError):
         raise
     except Exception as e:  # the exporters raise many types
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise ExportError(f"cannot export to {fmt}: {type(e).__name__}: {first}") from None
-    if fmt == "onnx":
-        sync_file(path)
-    else:
-        write_durably(path, lambda f: f.write(buffer.getbuffer()))
+    write_durably(path, lambda f: f.write(buffer.getbuffer()))
 
 
-def _export_onnx(net: nn.Module, example: torch.Tensor, batch: Any, out: Path) -> None:
+#: The most an ONNX file holds: one protobuf message, weights inline (2 GiB). A larger network is refused rather
+#: than written with its weights in other files, which a copy of the .onnx file alone would lose.
+ONNX_MAX_BYTES = 2**31 - 1
+
+
+def _onnx_bytes(net: nn.Module, example: torch.Tensor, batch: Any, shown: Path) -> bytes:
+    """The network as one self-contained ONNX file's bytes (every weight inline); ExportError naming ``shown`` and
+    the size where it is over ``ONNX_MAX_BYTES``, checked on the weights before the export and on the file."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
         raise ExportError("ONNX export needs onnx and onnxscript: pip install 'mdarts-rs[export]'") from None
-    torch.onnx.export(
-        net,
-        (example,),
-        str(out),
-        dynamo=True,
-        dynamic_shapes=({0: batch},),
-        input_names=["images"],
-        output_names=["logits"],
-        verbose=False,
-    )
+
+    def refuse_over(size: int, what: str) -> None:
+        if size > ONNX_MAX_BYTES:
+            raise ExportError(
+                f"{shown}: {what} {size / 2**30:.2f} GiB, more than the {ONNX_MAX_BYTES / 2**30:.0f} GiB an ONNX "
+                "file holds (protobuf's limit); export to pt2 or torchscript"
+            )
+
+    refuse_over(sum(t.numel() * t.element_size() for t in net.state_dict().values()), "the network's weights take")
+    if "dynamic_shapes" in inspect.signature(torch.onnx.export).parameters:  # torch 2.5 and newer
+        program = torch.onnx.export(
+            net,
+            (example,),
+            dynamo=True,
+            dynamic_shapes=({0: batch},),
+            input_names=["images"],
+            output_names=["logits"],
+            verbose=False,
+        )
+    else:  # torch 2.4: its dynamo exporter (removed since), every input dimension dynamic
+        options = torch.onnx.ExportOptions(dynamic_shapes=True)  # type: ignore[attr-defined]
+        program = torch.onnx.dynamo_export(net, example, export_options=options)  # type: ignore[attr-defined]
+    proto = program.model_proto  # type: ignore[union-attr]  # built in memory, weights inline: no file written
+    refuse_over(proto.ByteSize(), "its ONNX file would take")
+    return proto.SerializeToString()
 
 
 def verify_export(path: str | os.PathLike[str], fmt: str, trained: TrainedNetwork, atol: float = 1e-4) -> float:
