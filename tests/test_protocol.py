@@ -222,37 +222,16 @@ def test_protocol_killed_during_selection_resumes_without_redoing_runs(tmp_path,
 def test_protocol_reports_a_failed_search_and_goes_on(tmp_path, cifar_mini):
     out = tmp_path / "p"
     busy = RunFolder(out / "search" / "multilevel_gamma1_seed1")
+    settings = dict(data=cifar_mini, out=out, preset="tiny", gammas=(1.0,), seeds=(0, 1), final="all")
+    settings |= dict(final_seeds=(0,), device="cpu", quiet=True, say=lambda t: None)
     with busy.writer():  # another process writes this search's folder
-        data = run_protocol(
-            data=cifar_mini,
-            out=out,
-            preset="tiny",
-            gammas=(1.0,),
-            seeds=(0, 1),
-            final="all",
-            final_seeds=(0,),
-            device="cpu",
-            quiet=True,
-            say=lambda t: None,
-        )
+        data = run_protocol(**settings)
     assert [f["run"] for f in data["failures"]] == ["search/multilevel_gamma1_seed1"]
     assert "being written by another mdarts-rs process" in data["failures"][0]["error"]
     row = data["table1"][0]
     assert row["runs"] == 1 and list(row["test_errors"]) == ["multilevel_gamma1_seed0/seed0"]
     assert "## Failures" in (out / "report.md").read_text()
-    again = run_protocol(
-        data=cifar_mini,
-        out=out,
-        preset="tiny",
-        gammas=(1.0,),
-        seeds=(0, 1),
-        final="all",
-        final_seeds=(0,),
-        device="cpu",
-        quiet=True,
-        resume=True,
-        say=lambda t: None,
-    )
+    again = run_protocol(**settings, resume=True)
     assert not again["failures"] and again["table1"][0]["runs"] == 2  # the failed search ran again on resume
 
 
