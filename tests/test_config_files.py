@@ -103,6 +103,8 @@ def test_train_and_protocol_read_config_files(tmp_path):
         ("{}", ["--gamma", "1,,2"], "got '1,,2', which has an empty item"),
         ("{}", ["--gamma", "0,1,0"], "gammas must not repeat a value: 0.0 given twice"),
         ('{"seeds": [3, 3]}', [], "seeds must not repeat a value: 3 given twice"),
+        ("{}", ["--train-layers", "3"], "train settings: a multilevel network of 3 cells has no cell for table"),
+        ('{"train": {"genotype": "x"}}', [], "train settings ['genotype'] are decided by the protocol"),
     ],
 )
 def test_protocol_settings_of_every_run_are_checked_before_any_runs(tmp_path, text, args, message):

@@ -24,7 +24,7 @@ from mdarts_rs.cli import main
 from mdarts_rs.config import ConfigError, ProtocolConfig
 from mdarts_rs.data import load_cifar10
 from mdarts_rs.evaluate import inputs
-from mdarts_rs.protocol import run_protocol
+from mdarts_rs.protocol import rebuild_report, run_protocol
 from mdarts_rs.run import RunFolder
 
 #: The protocol of the suite: 2 γ × 2 seeds, 2 final seeds, every run a few steps of a tiny network.
@@ -143,7 +143,7 @@ def test_protocol_refuses_other_settings_on_resume(one_process, cifar_mini):
         run_protocol(ProtocolConfig(data=cifar_mini, out=one_process, preset="tiny", gammas=(0.0, 5.0), resume=True))
     with pytest.raises(FileExistsError, match="holds a protocol: pass --resume"):
         run_protocol(ProtocolConfig(data=cifar_mini, out=one_process, preset="tiny"))
-    with pytest.raises(ConfigError, match="search settings \\['gamma'\\] are the protocol's own"):
+    with pytest.raises(ConfigError, match="search settings \\['gamma'\\] are decided by the protocol"):
         ProtocolConfig(search={"gamma": 2.0})
 
 
@@ -270,15 +270,27 @@ def test_protocol_moved_folder_resumes_and_damaged_records_are_named(one_process
     said: list[str] = []
     run_protocol(**settings, say=said.append)  # a moved protocol folder continues where it is
     assert not said and {f: _files(moved)[f] for f in runs} == runs  # nothing ran again
-    # a finished run whose record is damaged is named, counted as failed, and not taken for finished
+    # a finished run whose record is damaged is named by the report, counted as failed, and not taken for finished
     damaged = moved / "final" / "multilevel_gamma0" / "seed0" / "metrics.jsonl"
     damaged.write_text("junk\n")
+    message = f"{damaged}: line 1 is not an epoch's record"
+    assert [(f["run"], message in f["error"]) for f in rebuild_report(moved)["failures"]] == [
+        ("final/multilevel_gamma0/seed0", True)
+    ]
     data = run_protocol(**settings, say=said.append)
     assert [f["run"] for f in data["failures"]] == ["final/multilevel_gamma0/seed0"]
-    assert f"{damaged}: line 1 is not an epoch's record" in data["failures"][0]["error"]
-    assert any(str(damaged) in line for line in said)
+    assert message in data["failures"][0]["error"] and any(str(damaged) in line for line in said)
+    damaged.write_text("")  # emptied: the run's checkpoint is finished, its record is not
+    data = run_protocol(**settings, say=said.append)
+    assert "holds 0 of the 1 epochs its checkpoint finished" in data["failures"][0]["error"]
+    args = ["protocol", "--data", str(cifar_mini), "--out", str(moved), *ARGS, "--quiet", "--resume"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and f"1 runs in {moved} failed" in r.output and str(damaged) in r.output, r.output
     # a damaged protocol.json is named, as `report` names it
     for text, error in (("[1]", "TypeError"), ('{"settings": ', "JSONDecodeError"), ('{"settings": 5}', "TypeError")):
         (moved / "protocol.json").write_text(text)
         with pytest.raises(ValueError, match=rf"{moved / 'protocol.json'}: not a protocol's settings \({error}"):
             run_protocol(**settings)
+    (moved / "protocol.json").unlink()
+    with pytest.raises(FileNotFoundError, match="protocol.json: missing, so the protocol in .* cannot be resumed"):
+        run_protocol(**settings)

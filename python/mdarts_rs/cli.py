@@ -370,6 +370,11 @@ def protocol_command(ctx: click.Context, **opts: Any) -> None:
     for row in result["table1"]:
         if row["mean"] is not None:
             click.echo(f"  {row['row']}: {row['mean']:.2f} ± {row['std']:.2f} % test error over {row['runs']} runs")
+    if result["failures"]:
+        lines = [f"{f['run']}: {f['error']}" for f in result["failures"]]
+        raise click.ClickException(
+            f"{len(lines)} runs in {cfg.out} failed (--resume tries them again):\n" + "\n".join(lines)
+        )
 
 
 @main.command("report")

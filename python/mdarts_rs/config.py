@@ -663,7 +663,10 @@ class ProtocolConfig(DataSettings):
             unknown = sorted(set(getattr(self, name)) - {f.name for f in dataclasses.fields(cls)})
             if unknown:
                 out.append(f"{name} settings {unknown} are not {cls.__name__} fields")
-            taken = sorted(set(getattr(self, name)) & PROTOCOL_OWNS)
+            decided = sorted(set(getattr(self, name)) & PROTOCOL_DECIDES)
+            if decided:
+                out.append(f"{name} settings {decided} are decided by the protocol for each of its runs")
+            taken = sorted(set(getattr(self, name)) & (PROTOCOL_OWNS - PROTOCOL_DECIDES))
             if taken:
                 out.append(f"{name} settings {taken} are the protocol's own: set them as protocol settings")
         for name in ("gammas", "alpha_modes", "seeds", "final_seeds"):
@@ -688,8 +691,10 @@ class ProtocolConfig(DataSettings):
         out = []
         for name, cls, settings in runs:
             try:
-                cls(**settings, **data, tensorboard=False)
-            except ConfigError as e:
+                cfg = cls(**settings, **data, tensorboard=False)
+                for mode in self.alpha_modes:  # the cells of every level of a found genotype must fit
+                    _core.AlphaLayout(mode, cfg.layers)
+            except (ConfigError, _core.SearchSpaceError) as e:
                 out.append(f"{name} settings: {e}")
         return out
 
@@ -709,7 +714,9 @@ class ProtocolConfig(DataSettings):
         return _from_json(cls, d, frozenset(), source)
 
 
-#: The settings of a protocol's runs that the protocol itself decides (run folders, seeds, what each run varies).
+#: The settings of a protocol's runs that the protocol decides for each run (its folder, seed, γ, α mode, cell).
+PROTOCOL_DECIDES = frozenset({"out", "seed", "gamma", "alpha_mode", "genotype", "test_on"})
+#: The settings of a protocol's runs that are the protocol's: those it decides, and its own settings.
 PROTOCOL_OWNS = frozenset(
     {"data", "dataset", "label", "image_size", "skip_bad_images", "out", "seed", "gamma", "alpha_mode", "genotype"}
     | {"resume", "overwrite", "device", "quiet", "test_on", "holdout", "tensorboard"}

@@ -210,6 +210,11 @@ class Protocol:
         path = self.out / "protocol.json"
         if self.cfg.resume and path.is_file():
             resume_conflicts(recorded_settings(self.out).to_json(), self.cfg.to_json(), RESUMABLE)
+        elif self.cfg.resume and (self.out / "report.json").is_file():
+            raise FileNotFoundError(
+                f"{path}: missing, so the protocol in {self.out} cannot be resumed (its settings are recorded there); "
+                "choose another --out"
+            )
         elif path.is_file() or (self.out / "report.json").is_file():
             raise FileExistsError(f"{self.out} holds a protocol: pass --resume to continue it, or choose another --out")
         RunFolder(self.out)  # created, and checked writable
@@ -249,6 +254,15 @@ class Protocol:
             raise
         except RUN_ERRORS as e:
             self._failed(stage, job, (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e))
+            return
+        if not is_finished(job.folder, job.cfg.epochs, search):  # its checkpoint was done, its record was not
+            done = len(report.read_history(job.folder))
+            self._failed(
+                stage,
+                job,
+                f"{job.folder / 'metrics.jsonl'}: holds {done} of the {job.cfg.epochs} epochs its checkpoint "
+                "finished, so the run's record is damaged (remove the run's folder to run it again)",
+            )
 
     def _failed(self, stage: str, job: Job, message: str) -> None:
         """Say that ``job`` failed, and record it in its folder (``failed.json``) for the report."""

@@ -215,11 +215,16 @@ def _why_missing(searches: list[dict[str, Any]], final: str) -> str:
 
 
 def _failures(protocol: Runs) -> list[dict[str, str]]:
-    out = []
-    for path in sorted(protocol.out.glob("*/**/failed.json")):
-        record = _json(path) or {}
-        out.append({"run": str(path.parent.relative_to(protocol.out)), "error": record.get("error", "?")})
-    return out
+    """The runs that failed (``failed.json``) and those whose record is damaged, by folder."""
+    found: dict[Path, str] = {}
+    for path in protocol.out.glob("*/**/failed.json"):
+        found[path.parent] = (_json(path) or {}).get("error", "?")
+    for path in protocol.out.glob("*/**/metrics.jsonl"):
+        try:
+            read_history(path.parent)
+        except ValueError as e:
+            found.setdefault(path.parent, str(e))
+    return [{"run": str(folder.relative_to(protocol.out)), "error": found[folder]} for folder in sorted(found)]
 
 
 def _stale(figure: Path, sources: list[Path]) -> bool:
