@@ -13,6 +13,7 @@ from mdarts_rs.memory import (
     NetworkTooLarge,
     _parameters,
     _values,
+    available_bytes,
     check_fits,
     search_estimate,
     train_activations,
@@ -82,3 +83,9 @@ def test_supernet_activation_estimate_is_a_close_lower_bound(supernet):
     net = SuperNet(8, 10, 5, fast=supernet == "batched").double()
     kept = _kept_per_value(net, 8, 5, 32)
     assert 0.8 * kept <= SEARCH_ACTIVATIONS[supernet] <= kept
+
+
+def test_available_memory_counts_the_address_space_limit(monkeypatch):
+    # ulimit -v below what the process has mapped already: nothing is left for a network
+    monkeypatch.setattr("mdarts_rs.memory.resource.getrlimit", lambda which: (2**20, 2**20))
+    assert available_bytes(torch.device("cpu")) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +172,8 @@ def check_loadable(
 
 def available_bytes(device: torch.device) -> int | None:
     """Memory free for a network on ``device``: a GPU's free memory, or the RAM available to this process (the
-    kernel's MemAvailable, within a container's cgroup limit); None where it cannot be read."""
+    kernel's MemAvailable, within a container's cgroup limit and the process's ``ulimit -v``); None where it cannot
+    be read."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     known = []
@@ -187,6 +189,13 @@ def available_bytes(device: torch.device) -> int | None:
             known.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
     except (OSError, ValueError):
         pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]  # ulimit -v: this process's address space
+    if limit != resource.RLIM_INFINITY:
+        try:
+            mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            known.append(limit - mapped)
+        except (OSError, ValueError, IndexError):
+            pass
     if not known:
         try:
             known.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

@@ -116,8 +116,8 @@ def _check_trained_on(full: Dataset, held_out: Dataset, state: dict, data: Path,
         if then is not None and then != now:
             raise ValueError(
                 f"{data}: not the images {checkpoint} was trained on (the images it {what} were {then}, here "
-                f"{now}), so its {len(idx)} held-out test images cannot be found again: test with the data it was "
-                "trained on"
+                f"{now}); its {len(idx)} held-out test images are found by their place in the data, so test needs "
+                "the data it was trained on, in the same order"
             )
 
 

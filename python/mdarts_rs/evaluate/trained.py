@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import logging
 import math
 import os
 import stat
@@ -313,19 +314,25 @@ def _onnx_bytes(net: nn.Module, example: torch.Tensor, batch: Any, shown: Path) 
             )
 
     refuse_over(sum(t.numel() * t.element_size() for t in net.state_dict().values()), "the network's weights take")
-    if "dynamic_shapes" in inspect.signature(torch.onnx.export).parameters:  # torch 2.5 and newer
-        program = torch.onnx.export(
-            net,
-            (example,),
-            dynamo=True,
-            dynamic_shapes=({0: batch},),
-            input_names=["images"],
-            output_names=["logits"],
-            verbose=False,
-        )
-    else:  # torch 2.4: its dynamo exporter (removed since), every input dimension dynamic
-        options = torch.onnx.ExportOptions(dynamic_shapes=True)  # type: ignore[attr-defined]
-        program = torch.onnx.dynamo_export(net, example, export_options=options)  # type: ignore[attr-defined]
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)  # its notes that torchvision's ops (which these networks lack) are skipped
+    try:
+        if "dynamic_shapes" in inspect.signature(torch.onnx.export).parameters:  # torch 2.5 and newer
+            program = torch.onnx.export(
+                net,
+                (example,),
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                input_names=["images"],
+                output_names=["logits"],
+                verbose=False,
+            )
+        else:  # torch 2.4: its dynamo exporter (removed since), every input dimension dynamic
+            options = torch.onnx.ExportOptions(dynamic_shapes=True)  # type: ignore[attr-defined]
+            program = torch.onnx.dynamo_export(net, example, export_options=options)  # type: ignore[attr-defined]
+    finally:
+        registry.setLevel(level)
     proto = program.model_proto  # type: ignore[union-attr]  # built in memory, weights inline: no file written
     refuse_over(proto.ByteSize(), "its ONNX file would take")
     return proto.SerializeToString()
