@@ -1,6 +1,6 @@
 """CI: build the CUDA kernels exactly as a GPU user's `mdarts-rs build-kernels` does (torch.utils.cpp_extension,
 same flags, nvcc of torch's CUDA version from the system or NVIDIA's wheels), on a machine without a GPU. A kernel
-that does not compile fails CI."""
+that does not compile, or does not register its CUDA ops, fails CI (`.ci/run` runs this after the suite)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def main() -> None:
     home = build_kernels(arch=ARCH)
     print(f"ci: built the CUDA kernels with {home / 'bin' / 'nvcc'} for sm_{ARCH.replace('.', '')}", flush=True)
     for op in ("weighted_sum", "weighted_sum_backward", "softmax_entropy", "softmax_entropy_backward"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mdarts::{op}", "CUDA"), f"no CUDA kernel for {op}"
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"mdarts::{op}", "CUDA"):
+            raise SystemExit(f"ci: the kernels compiled, but mdarts::{op} has no CUDA kernel registered")
     print("ci: CUDA kernels compiled and registered")
 
 
