@@ -285,7 +285,7 @@ def test_protocol_moved_folder_resumes_and_damaged_records_are_named(one_process
     assert "holds 0 of the 1 epochs its checkpoint finished" in data["failures"][0]["error"]
     args = ["protocol", "--data", str(cifar_mini), "--out", str(moved), *ARGS, "--quiet", "--resume"]
     r = CliRunner().invoke(main, args)
-    assert r.exit_code == 1 and f"1 runs in {moved} failed" in r.output and str(damaged) in r.output, r.output
+    assert r.exit_code == 1 and f"1 run in {moved} failed" in r.output and str(damaged) in r.output, r.output
     # a damaged protocol.json is named, as `report` names it
     for text, error in (("[1]", "TypeError"), ('{"settings": ', "JSONDecodeError"), ('{"settings": 5}', "TypeError")):
         (moved / "protocol.json").write_text(text)

@@ -373,7 +373,8 @@ def protocol_command(ctx: click.Context, **opts: Any) -> None:
     if result["failures"]:
         lines = [f"{f['run']}: {f['error']}" for f in result["failures"]]
         raise click.ClickException(
-            f"{len(lines)} runs in {cfg.out} failed (--resume tries them again):\n" + "\n".join(lines)
+            f"{len(lines)} run{'s' if len(lines) > 1 else ''} in {cfg.out} failed (--resume tries them again):\n"
+            + "\n".join(lines)
         )
 
 
