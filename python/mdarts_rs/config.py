@@ -678,7 +678,8 @@ class ProtocolConfig(DataSettings):
 
     def _run_rules(self) -> list[str]:
         """The problems of the runs' settings (the preset's with ``search``/``train`` over them), found before any
-        run starts: the search of the first γ, α mode and seed, and a final training."""
+        run starts: the search of the first γ and α mode and a final training, each training's cells against every α
+        mode's levels."""
         data = dict(data=self.data, dataset=self.dataset, label=self.label, image_size=self.image_size)
         runs = (
             (
