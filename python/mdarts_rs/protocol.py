@@ -35,7 +35,7 @@ from mdarts_rs.distributed import (
     world,
 )
 from mdarts_rs.evaluate import train
-from mdarts_rs.run import RunFolder, RunFolderBusy, atomic_write_text
+from mdarts_rs.run import RunFolder, RunFolderBusy, atomic_write_text, read_metrics
 from mdarts_rs.search import RanksDisagree, SearchDiverged, SearchInterrupted, run_search
 
 #: Settings of a protocol that may differ when it is resumed.
@@ -68,7 +68,7 @@ def is_finished(folder: Path, epochs: int, search: bool) -> bool:
     if search and not (folder / "genotype.json").is_file():
         return False
     try:
-        return len(report.read_history(folder)) == epochs
+        return len(read_metrics(folder / "metrics.jsonl")) == epochs
     except ValueError:
         return False
 
@@ -235,9 +235,9 @@ class Protocol:
         failure is recorded in its folder and the protocol goes on."""
         search = isinstance(job.cfg, SearchConfig)
         try:
-            report.read_history(job.folder)
+            read_metrics(job.folder / "metrics.jsonl")
         except ValueError as e:  # a run cannot continue from a damaged record, nor be counted
-            self._failed(stage, job, str(e))
+            self._failed(stage, job, f"{e}, so the run's record is damaged (remove the run's folder to run it again)")
             return
         if is_finished(job.folder, job.cfg.epochs, search):
             return
@@ -256,7 +256,7 @@ class Protocol:
             self._failed(stage, job, (e.strerror if isinstance(e, OSError) and e.strerror else None) or str(e))
             return
         if not is_finished(job.folder, job.cfg.epochs, search):  # its checkpoint was done, its record was not
-            done = len(report.read_history(job.folder))
+            done = len(read_metrics(job.folder / "metrics.jsonl"))
             self._failed(
                 stage,
                 job,

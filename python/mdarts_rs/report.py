@@ -15,7 +15,7 @@ from mdarts_rs.config import PROTOCOL_PRESETS, ProtocolConfig, SearchConfig, Tra
 from mdarts_rs.evaluate.network import count_macs, count_params
 from mdarts_rs.evaluate.trained import trained_network
 from mdarts_rs.genotype import load_genotype
-from mdarts_rs.run import atomic_write_text
+from mdarts_rs.run import atomic_write_text, read_metrics
 
 
 class Job(Protocol):
@@ -51,35 +51,10 @@ def _json(path: Path) -> Any:
         return None
 
 
-def read_history(folder: Path) -> list[dict[str, Any]]:
-    """The epochs the run in ``folder`` finished, as its ``metrics.jsonl`` records them (none without the file);
-    ValueError naming the file and the line where a line is not an epoch's record."""
-    path = folder / "metrics.jsonl"
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
-    out = []
-    for i, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            raise ValueError(
-                f"{path}: line {i} is not an epoch's record, so the run's record is damaged (remove the run's folder "
-                "to run it again)"
-            )
-        out.append(record)
-    return out
-
-
 def _history(folder: Path) -> list[dict[str, Any]]:
     """The epochs a run finished; none where its record is damaged (its status says so)."""
     try:
-        return read_history(folder)
+        return read_metrics(folder / "metrics.jsonl")
     except ValueError:
         return []
 
@@ -89,7 +64,7 @@ def _status(folder: Path, epochs: int) -> str:
     if failed is not None:
         return f"failed: {failed.get('error', '?')}"
     try:
-        done = len(read_history(folder))
+        done = len(read_metrics(folder / "metrics.jsonl"))
     except ValueError as e:
         return f"damaged: {e}"
     if done == epochs and (folder / "checkpoint.pt").is_file():
@@ -221,7 +196,7 @@ def _failures(protocol: Runs) -> list[dict[str, str]]:
         found[path.parent] = (_json(path) or {}).get("error", "?")
     for path in protocol.out.glob("*/**/metrics.jsonl"):
         try:
-            read_history(path.parent)
+            read_metrics(path)
         except ValueError as e:
             found.setdefault(path.parent, str(e))
     return [{"run": str(folder.relative_to(protocol.out)), "error": found[folder]} for folder in sorted(found)]

@@ -375,15 +375,7 @@ class RunFolder:
         self._write_text(self.metrics, "".join(json.dumps(rec) + "\n" for rec in history))
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics.exists():
-            return []
-        out = []
-        for i, line in enumerate(self.metrics.read_text().splitlines(), start=1):
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{self.metrics}: line {i} is not JSON ({e})") from None
-        return out
+        return read_metrics(self.metrics)
 
     def write_genotype(self, genotype: Genotype | MultiLevelGenotype, epoch: int | None = None) -> None:
         """The final genotype, or with ``epoch`` the genotype derived after that epoch."""
@@ -409,6 +401,27 @@ class RunFolder:
         if not self.checkpoint.exists():
             raise FileNotFoundError(f"{self.checkpoint}: no checkpoint to resume from")
         return read_checkpoint(self.checkpoint, kind, resume=True)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The epochs a run finished, as its ``metrics.jsonl`` at ``path`` records them (none without the file);
+    ValueError naming the file, and the line where a line is not an epoch's record."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    out = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {i} is not an epoch's record (not JSON: {e})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {i} is not an epoch's record (a {type(record).__name__})")
+        out.append(record)
+    return out
 
 
 def _describe(files: list[Path], root: Path) -> str:
