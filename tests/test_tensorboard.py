@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from mdarts_rs.cli import main
-from mdarts_rs.config import ConfigError, SearchConfig, TrainConfig
+from mdarts_rs.config import ConfigError, SearchConfig
 from mdarts_rs.evaluate import train
 from mdarts_rs.search import SearchDiverged, Searcher, SearchInterrupted, run_search
 
-from tinycifar import interrupt_after, tiny_cfg, tiny_images
+from tinycifar import interrupt_after, tiny_cfg, tiny_images, tiny_train_cfg
 
 EventAccumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator", reason="the tensorboard extra is not installed"
@@ -60,25 +60,9 @@ def test_search_event_files_hold_the_metrics_and_resume_without_repeating_steps(
 
 
 def test_training_event_files_hold_the_metrics(tmp_path):
-    from tinycifar import tiny_images
-
     train_data = tiny_images(64, seed=1)
     test_data = tiny_images(32, seed=2)
-    genotype = "DARTS_V2"
-    cfg = TrainConfig(
-        genotype=genotype,
-        out=tmp_path / "t",
-        epochs=2,
-        batch_size=8,
-        init_channels=4,
-        layers=5,
-        steps_per_epoch=2,
-        device="cpu",
-        workers=1,
-        quiet=True,
-        tensorboard=True,
-        log_every=1,
-    )
+    cfg = tiny_train_cfg(tmp_path / "t", genotype="DARTS_V2", tensorboard=True, log_every=1)
     history = train(cfg, (train_data, test_data))
     acc = events(cfg.out)
     assert [s for s, _ in values(acc, "step/train_loss")] == [1, 2, 3, 4]

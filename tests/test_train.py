@@ -24,6 +24,7 @@ from mdarts_rs.evaluate import Trainer, shard_indices
 from mdarts_rs.evaluate.network import eval_network
 
 from published import DARTS_V2
+from tinycifar import tiny_train_cfg
 
 
 def write_records(path, images, labels):
@@ -46,21 +47,7 @@ def fake_cifar(tmp_path_factory):
 
 
 def tiny_cfg(root, out, **kw) -> TrainConfig:
-    base = dict(
-        genotype=str(root / "genotype.txt"),
-        data=root,
-        out=out,
-        epochs=2,
-        batch_size=8,
-        init_channels=4,
-        layers=5,
-        steps_per_epoch=2,
-        workers=1,
-        device="cpu",
-        quiet=True,
-        seed=0,
-    )
-    return TrainConfig(**{**base, **kw})
+    return tiny_train_cfg(out, **{"genotype": str(root / "genotype.txt"), "data": root, **kw})
 
 
 TINY = "--epochs 2 --batch-size 8 --init-channels 4 --layers 5 --steps-per-epoch 2 --workers 1 --device cpu --quiet".split()

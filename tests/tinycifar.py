@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mdarts_rs.config import SearchConfig
+from mdarts_rs.config import SearchConfig, TrainConfig
 from mdarts_rs.search import Searcher
 
 
@@ -45,6 +45,24 @@ def tiny_cfg(tmp_path: Path, **kw) -> SearchConfig:
     )
     base.update(kw)
     return SearchConfig(**base)
+
+
+def tiny_train_cfg(out: Path, **kw) -> TrainConfig:
+    """A training of a tiny network (5 cells, C = 4, batch 8, 2 steps per epoch, 2 epochs) on the CPU writing to
+    ``out``, quiet; ``kw`` sets the genotype, the data and overrides any field."""
+    base = dict(
+        out=out,
+        epochs=2,
+        batch_size=8,
+        init_channels=4,
+        layers=5,
+        steps_per_epoch=2,
+        workers=1,
+        device="cpu",
+        quiet=True,
+        seed=0,
+    )
+    return TrainConfig(**{**base, **kw})
 
 
 def interrupt_after(monkeypatch, calls: int, sig: int = signal.SIGINT):
