@@ -395,15 +395,18 @@ class Searcher:
         """Steps done since the search began (TensorBoard's step)."""
         return self.epoch * self.steps + self.step_in_epoch
 
+    def _logs_this_step(self) -> bool:
+        """Whether the step just done is logged: with ``--tensorboard``, every ``log_every`` steps, where this rank's
+        recorder logs steps (rank 0's). Graph mode reads the step's statistics from the device only then."""
+        logs = self.cfg.tensorboard and hasattr(self.recorder, "log_step")
+        return logs and self.global_step() % self.cfg.log_every == 0
+
     def _log_step(self, stats: dict[str, float]) -> None:
-        """Log a step's statistics every ``log_every`` steps."""
-        log_step = getattr(self.recorder, "log_step", None)
-        if log_step is None or self.global_step() % self.cfg.log_every:
-            return
+        """Log a step's statistics (``_logs_this_step``)."""
         values = {f"step/{k}": stats[k] for k in ("a_loss", "val_loss", "train_loss", "entropy_loss")}
         values |= {"grad_norm/alpha": stats["alpha_grad_norm"], "grad_norm/weights": stats["weight_grad_norm"]}
         values |= {"lr/weights": self.w_opt.param_groups[0]["lr"], "lr/alpha": self.a_opt.param_groups[0]["lr"]}
-        log_step(self.global_step(), values)
+        self.recorder.log_step(self.global_step(), values)  # type: ignore[union-attr]
 
     def _run_steps(self, sig: _Signals) -> None:
         """The rest of this epoch's steps, with a progress bar; a signal (on any rank) saves and stops the run."""
@@ -432,14 +435,15 @@ class Searcher:
                     if self.step_in_epoch % 50 == 0:  # the only host synchronisations of graph mode
                         self.flush_device_stats()
                         bar.set_postfix(loss=f"{self.acc['train_loss'] / max(1, self.acc['n_train']):.3f}")
-                    if self.global_step() % self.cfg.log_every == 0:  # and, with --tensorboard, these
+                    if self._logs_this_step():  # and, with --tensorboard, these
                         self._log_step(dict(zip(STEP_STATS, stats.tolist())))
                 else:
                     out = self.train_step(xt, yt, xv, yv)
                     for k, v in zip(TOTALS, step_totals(out, len(yt), len(yv))):
                         self.acc[k] += v
                     self.step_in_epoch += 1
-                    self._log_step(out)
+                    if self._logs_this_step():
+                        self._log_step(out)
                     bar.set_postfix(loss=f"{out['train_loss']:.3f}", val=f"{out['val_loss']:.3f}", refresh=False)
                 bar.update(1)
                 if self.world_size > 1 and any_rank(sig.caught is not None, self.device) and not sig.caught:
