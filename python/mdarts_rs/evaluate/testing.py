@@ -76,7 +76,7 @@ def evaluate_checkpoint(
         if len(idx) and idx.max() >= len(full):
             raise ValueError(f"{data}: has {len(full)} images, fewer than the held-out test images of {checkpoint}")
         test = full.subset(idx)
-        _check_trained_on(full, test, state, data, checkpoint)
+        _check_trained_on(full, idx, test, state, data, checkpoint)
     else:
         test = load_dataset(trained.dataset, data, "test", **opts)  # type: ignore[arg-type]
     if test.class_names != trained.class_names or (test.channels, test.image_size) != (
@@ -103,11 +103,10 @@ def evaluate_checkpoint(
     return evaluate_network(trained.model, iter(batches), dev, bf16)
 
 
-def _check_trained_on(full: Dataset, held_out: Dataset, state: dict, data: Path, checkpoint) -> None:
+def _check_trained_on(full: Dataset, idx: np.ndarray, held_out: Dataset, state: dict, data: Path, checkpoint) -> None:
     """ValueError unless ``full``'s images are those the checkpoint's training read: the images it trained on (its
-    ``data`` fingerprint) and those it held out (``dataset.holdout.data``, where recorded). Otherwise the saved
-    indices would pick other images, some of them trained on."""
-    idx = np.asarray(state["test_indices"], dtype=np.int64)
+    ``data`` fingerprint) and those it held out at ``idx`` (``held_out``; ``dataset.holdout.data``, where recorded).
+    Otherwise the saved indices would pick other images, some of them trained on."""
     kept = full.subset(np.setdiff1d(np.arange(len(full)), idx))
     pairs = [("trained on", state.get("data"), data_fingerprint(kept.images, kept.labels))]
     recorded = ((state.get("dataset") or {}).get("holdout") or {}).get("data")
