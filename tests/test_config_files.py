@@ -127,3 +127,14 @@ def test_a_config_file_that_is_not_text_is_named(tmp_path):
     path.write_bytes(b"\xff\xfe{")
     r = CliRunner().invoke(main, ["search", "--config", str(path), "--print-config"])
     assert r.exit_code == 2 and f"{path}: not a text file (not UTF-8: byte 0xff at 0)" in r.output, r.output
+
+
+@pytest.mark.parametrize(("fast", "supernet"), [(True, "batched"), (False, "plain")])
+def test_settings_written_with_fast_choose_the_supernet(tmp_path, fast, supernet):
+    # runs written before the batched supernet became the default said "fast"; both readers map it the same way
+    saved = {**SearchConfig().to_json(), "fast": fast}
+    del saved["supernet"]
+    assert SearchConfig.from_json(saved).supernet == supernet
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    assert read_settings(path, SearchConfig)["supernet"] == supernet

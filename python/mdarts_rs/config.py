@@ -434,9 +434,15 @@ class SearchConfig(RunSettings):
     @classmethod
     def from_json(cls, d: dict[str, Any], source: str = "config.json") -> SearchConfig:
         """The settings saved as ``d`` (a run's ``config.json``, a checkpoint's config: ``source``, for messages)."""
-        if isinstance(d, dict) and "fast" in d:  # written before the batched supernet became the default: fast chose it
-            d = {**{k: v for k, v in d.items() if k != "fast"}, "supernet": "batched" if d["fast"] else "plain"}
-        return _from_json(cls, d, REMOVED_SEARCH_SETTINGS, source)
+        return _from_json(cls, _with_supernet(d) if isinstance(d, dict) else d, REMOVED_SEARCH_SETTINGS, source)
+
+
+def _with_supernet(d: dict[str, Any]) -> dict[str, Any]:
+    """Search settings written before the batched supernet became the default, where ``fast`` chose it, with
+    ``supernet`` in its place."""
+    if "fast" not in d:
+        return d
+    return {**{k: v for k, v in d.items() if k != "fast"}, "supernet": "batched" if d["fast"] else "plain"}
 
 
 #: Search settings of earlier versions (their runs built other batched-cell layouts or other steps).
@@ -448,8 +454,7 @@ def _from_json(cls: type, d: dict[str, Any], removed_settings: frozenset[str], s
     earlier version wrote that this one removed, or fields this version does not know."""
     if not isinstance(d, dict):
         raise ValueError(f"{source}: not a mapping of settings ({type(d).__name__})")
-    # config.json's records of the data and of the processes that ran the search, not settings
-    d = {k: v for k, v in d.items() if k not in ("data_description", "world_size")}
+    d = {k: v for k, v in d.items() if k not in RECORDS}
     removed = sorted(set(d) & removed_settings)
     if removed:
         raise ValueError(
@@ -724,7 +729,8 @@ PROTOCOL_OWNS = frozenset(
 )
 
 
-#: What a run's config.json records beside its settings (not settings: a config file may hold them, unread).
+#: What a run's config.json records beside its settings, of the data and of the processes that ran it (not
+#: settings: a config file may hold them, unread).
 RECORDS = ("data_description", "world_size")
 
 
@@ -746,8 +752,8 @@ def read_settings(path: str | os.PathLike[str], cls: type) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file holds a mapping of settings, not a {type(data).__name__}")
     data = {k: v for k, v in data.items() if k not in RECORDS}
-    if cls is SearchConfig and "fast" in data:  # written before the batched supernet became the default
-        data["supernet"] = "batched" if data.pop("fast") else "plain"
+    if cls is SearchConfig:
+        data = _with_supernet(data)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
