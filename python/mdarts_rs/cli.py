@@ -117,15 +117,23 @@ def _search_options(skip: tuple[str, ...]) -> Decorator:
     )
 
 
+def _data_of(settings: dict[str, Any], download: bool = False) -> Path | None:
+    """The data of a command's settings (``data`` and ``print_config`` popped): found where it is not given (and
+    downloaded with ``download``), unless the command only prints its settings or reads an ImageNet folder."""
+    given_data = settings.pop("data")
+    data = None if given_data is None else Path(given_data)
+    if settings.pop("print_config") or settings["dataset"] == "imagenet":
+        return data
+    return resolve_data(data, download, settings["dataset"])
+
+
 def _search_settings(ctx: click.Context, opts: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     """The settings of search or sweep (the --config file, then the preset, filling what was not given; the data
     folder found unless only printing) and the seeds."""
     preset = PRESETS.get(opts.pop("preset") or "", {})
     settings = with_defaults(ctx, opts, {**preset, **file_settings(opts, SearchConfig)})
     seeds = settings.pop("seeds") or [settings["seed"]]
-    data, download = settings.pop("data"), settings.pop("download")
-    if not settings.pop("print_config"):
-        data = resolve_data(None if data is None else Path(data), download, settings["dataset"])
+    data = _data_of(settings, settings.pop("download"))
     return {**settings, "data": data}, seeds
 
 
@@ -279,10 +287,8 @@ def train(ctx: click.Context, seeds: list[int] | None, **opts: Any) -> None:
         from_file = file_settings(opts, TrainConfig)
         dataset = opts["dataset"] if given(ctx, "dataset") else from_file.get("dataset", opts["dataset"])
         settings = with_defaults(ctx, opts, {**RECIPES.get(dataset, {}), **from_file})
-        data = None if settings["data"] is None else Path(settings["data"])
-        if settings["dataset"] != "imagenet" and not settings["print_config"]:
-            data = resolve_data(data, False, settings["dataset"])
-        cfg = TrainConfig(**{k: v for k, v in settings.items() if k != "print_config"} | {"data": data})
+        data = _data_of(settings)
+        cfg = TrainConfig(**settings, data=data)
         if print_config(cfg, opts, file):
             return
         train_seeds(cfg, seeds or [cfg.seed], say=click.echo)
@@ -359,10 +365,8 @@ def protocol_command(ctx: click.Context, **opts: Any) -> None:
     with _messages():
         settings = with_defaults(ctx, opts, file_settings(opts, ProtocolConfig))
         search, train = prefixed(settings, "search_"), prefixed(settings, "train_")
-        data = None if settings["data"] is None else Path(settings["data"])
-        if not settings.pop("print_config"):
-            data = resolve_data(data, False, settings["dataset"])
-        cfg = ProtocolConfig(**{**settings, "data": data}, search=search, train=train)
+        data = _data_of(settings)
+        cfg = ProtocolConfig(**settings, data=data, search=search, train=train)
         if print_config(cfg, opts, file):
             return
         result = run_protocol(cfg, say=lambda t: click.echo(t, err=True))
